@@ -1,0 +1,104 @@
+"""The `vicino` command: run the stack, serve one service, manage stores."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Vicino: location-triggered personalised offers for omnichannel retail.",
+                  no_args_is_help=True, add_completion=False)
+serve_app = typer.Typer(help="Serve one service in the foreground (as a container runs it).", no_args_is_help=True)
+stores_app = typer.Typer(help="Manage stores (geofences).", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+app.add_typer(stores_app, name="stores")
+
+
+def _settings_or_exit(cls):
+    from pydantic import ValidationError
+
+    try:
+        return cls()
+    except ValidationError as e:
+        problems = "; ".join(f"VICINO_{'_'.join(str(x) for x in err['loc']).upper()}: {err['msg']}" for err in e.errors())
+        typer.echo(f"vicino: refusing to start, configuration incomplete or unsafe: {problems}", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def up() -> None:
+    """Start the whole stack on one machine (what `make run` runs): embedded Redis unless
+    VICINO_REDIS_URL is set, every service, demo data unless VICINO_DEMO=0."""
+    from services.launcher.settings import LauncherSettings
+    from services.launcher.up import run_up
+
+    raise typer.Exit(run_up(_settings_or_exit(LauncherSettings)))
+
+
+@serve_app.command("geo")
+def serve_geo(host: str = typer.Option("127.0.0.1", help="bind address"),
+              port: int = typer.Option(8000, help="port"),
+              workers: int = typer.Option(1, min=1, help="worker processes")) -> None:
+    """The geo service: stores, devices, consent, locations. Needs VICINO_REDIS_URL,
+    VICINO_ADMIN_TOKEN and VICINO_TOKEN_SECRET."""
+    import uvicorn
+
+    from services.geo.settings import GeoSettings
+    from services.kernel.observability import configure_logging
+
+    settings = _settings_or_exit(GeoSettings)
+    configure_logging(settings.log_level)
+    uvicorn.run("services.geo.app:create_app", factory=True, host=host, port=port, workers=workers, log_config=None,
+                access_log=False, lifespan="on", timeout_graceful_shutdown=10)
+
+
+@stores_app.command("import")
+def stores_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, help=".geojson/.json or .csv (optionally .gz)"),
+                  url: str = typer.Option("http://127.0.0.1:8000", envvar="VICINO_URL", help="base URL of the stack"),
+                  token: Optional[str] = typer.Option(None, envvar="VICINO_ADMIN_TOKEN", help="admin token (default: the one `vicino up` keeps in VICINO_DATA_DIR)"),
+                  radius_m: float = typer.Option(80.0, help="fence radius for CSV rows without radius_m"),
+                  batch: int = typer.Option(5000, min=1, max=100_000, help="features per request")) -> None:
+    """Upsert stores from a GeoJSON FeatureCollection or a CSV with lat/lon columns."""
+    import httpx
+    import orjson
+
+    from services.launcher.demo import post_features
+    from services.launcher.settings import LauncherSettings
+    from services.launcher.store_files import StoreFileError, read_features
+
+    if token is None:
+        kept = LauncherSettings().data_dir / "secrets.json"
+        if kept.exists():
+            token = orjson.loads(kept.read_bytes())["admin_token"]
+        else:
+            typer.echo("vicino: no admin token: set VICINO_ADMIN_TOKEN or pass --token", err=True)
+            raise typer.Exit(2)
+    try:
+        features = read_features(file, default_radius_m=radius_m)
+    except StoreFileError as e:
+        typer.echo(f"vicino: {e}", err=True)
+        raise typer.Exit(2)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=300) as client:
+        try:
+            totals = post_features(client, features, batch)
+        except httpx.HTTPStatusError as e:
+            typer.echo(f"vicino: {e.response.status_code} {e.response.text}", err=True)
+            raise typer.Exit(1)
+        except httpx.HTTPError as e:
+            typer.echo(f"vicino: cannot reach {url}: {e}", err=True)
+            raise typer.Exit(1)
+    typer.echo(f"{len(features)} features: {totals['created']} created, {totals['updated']} updated, "
+               f"{len(totals['rejected'])} rejected")
+    for r in totals["rejected"][:50]:
+        typer.echo(f"  rejected #{r['index']} {r.get('id')}: {r['reason']}")
+    if len(totals["rejected"]) > 50:
+        typer.echo(f"  ... and {len(totals['rejected']) - 50} more")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

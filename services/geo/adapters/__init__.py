@@ -1,0 +1,1 @@
+"""Edges of the geo service: Redis repositories for stores, devices, consent and device state."""

@@ -1,0 +1,142 @@
+"""Devices, consent and visit state in Redis.
+
+A device's registration carries a copy of its customer's location consent, written whenever
+the consent changes, so that a location request reads registration and visit state in one
+script on one slot and saves with one compare-and-set script that also appends the events.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from services.kernel.contracts.geofence_events import GeofenceEventV1
+
+from .redis_keys import CustomerKeys, DeviceKeys
+
+_READ = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HMGET', KEYS[2], 'r', 's')}
+"""
+
+# Compare-and-set of the visit state plus the event append: one atomic step per request, so two
+# concurrent requests for one device can never both emit an enter for the same visit.
+_SAVE = """
+local rev = redis.call('HGET', KEYS[1], 'r') or '0'
+if rev ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'r', tonumber(rev) + 1, 's', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+for i = 5, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'v', '1', 'event', ARGV[i])
+end
+return 1
+"""
+
+CONSENT_FIELDS = ("location", "marketing", "personalisation")
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    device_id: str
+    customer_id: str
+    platform: str
+    push_token: str
+    timezone: str
+    token_id: str
+    registered_at: float
+    location_consent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    registration: Registration | None
+    rev: str
+    state: dict | None
+
+
+def _registration(device_id: str, raw: dict) -> Registration | None:
+    if not raw:
+        return None
+    g = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
+    return Registration(device_id, g["customer_id"], g["platform"], g.get("push_token", ""), g.get("timezone", ""),
+                        g["token_id"], float(g["registered_at"]), g.get("location_consent") == "1")
+
+
+class DeviceRepository:
+    def __init__(self, redis, shards: int, events_maxlen: int) -> None:
+        self._r = redis
+        self._shards = shards
+        self._events_maxlen = events_maxlen
+        self._read = redis.register_script(_READ)
+        self._save = redis.register_script(_SAVE)
+
+    def keys(self, device_id: str) -> DeviceKeys:
+        return DeviceKeys(device_id, self._shards)
+
+    async def snapshot(self, device_id: str) -> Snapshot:
+        k = self.keys(device_id)
+        reg_flat, (rev, state) = await self._read(keys=[k.registration, k.state])
+        reg = _registration(device_id, dict(zip(reg_flat[::2], reg_flat[1::2])))
+        return Snapshot(reg, (rev or b"0").decode(), orjson.loads(state) if state else None)
+
+    async def get(self, device_id: str) -> Registration | None:
+        return _registration(device_id, await self._r.hgetall(self.keys(device_id).registration))
+
+    async def save_state(self, device_id: str, expected_rev: str, state: dict, ttl_s: float,
+                         events: list[GeofenceEventV1]) -> bool:
+        k = self.keys(device_id)
+        args = [expected_rev, orjson.dumps(state), int(ttl_s * 1000), self._events_maxlen]
+        args += [e.model_dump_json(by_alias=True) for e in events]
+        return bool(await self._save(keys=[k.state, k.events], args=args))
+
+    async def delete_state(self, device_id: str) -> None:
+        await self._r.delete(self.keys(device_id).state)
+
+    async def register(self, reg: Registration) -> Registration | None:
+        """Creates or replaces a registration; returns the previous one."""
+        k = self.keys(reg.device_id)
+        previous = await self.get(reg.device_id)
+        await self._r.hset(k.registration, mapping={
+            "customer_id": reg.customer_id, "platform": reg.platform, "push_token": reg.push_token,
+            "timezone": reg.timezone, "token_id": reg.token_id, "registered_at": repr(reg.registered_at),
+            "location_consent": "1" if reg.location_consent else "0"})
+        await self._r.sadd(CustomerKeys(reg.customer_id).devices, reg.device_id)
+        if previous is not None and previous.customer_id != reg.customer_id:
+            await self._r.srem(CustomerKeys(previous.customer_id).devices, reg.device_id)
+        return previous
+
+    async def append_events(self, device_id: str, events: list[GeofenceEventV1]) -> None:
+        stream = self.keys(device_id).events
+        for e in events:
+            await self._r.xadd(stream, e.to_stream_fields(), maxlen=self._events_maxlen, approximate=True)
+
+    # consent ---------------------------------------------------------------------------------
+
+    async def consent(self, customer_id: str) -> dict:
+        raw = await self._r.hgetall(CustomerKeys(customer_id).consent)
+        g = {k.decode(): v.decode() for k, v in raw.items()}
+        out = {f: g.get(f) == "1" for f in CONSENT_FIELDS}
+        out["updated_at"] = float(g["updated_at"]) if "updated_at" in g else None
+        return out
+
+    async def set_consent(self, customer_id: str, values: dict[str, bool], actor: str, now: float) -> list[str]:
+        """Records the consent and its audit entry, mirrors `location` into every device of the
+        customer; returns those device ids."""
+        ck = CustomerKeys(customer_id)
+        flat = {f: "1" if values[f] else "0" for f in CONSENT_FIELDS}
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hset(ck.consent, mapping={**flat, "updated_at": repr(now)})
+        pipe.xadd(ck.consent_audit, {**flat, "at": repr(now), "by": actor})
+        pipe.smembers(ck.devices)
+        *_, members = await pipe.execute()
+        devices = sorted(m.decode() for m in members)
+        for device_id in devices:
+            await self._r.hset(self.keys(device_id).registration, "location_consent", flat["location"])
+        return devices
+
+    async def consent_audit(self, customer_id: str, count: int = 100) -> list[dict]:
+        entries = await self._r.xrevrange(CustomerKeys(customer_id).consent_audit, count=count)
+        out = []
+        for _eid, fields in entries:
+            g = {k.decode(): v.decode() for k, v in fields.items()}
+            out.append({"at": float(g["at"]), "by": g["by"], **{f: g[f] == "1" for f in CONSENT_FIELDS}})
+        return out

@@ -1,0 +1,1 @@
+"""HTTP edge of the geo service: routers, request/response schemas, validating dependencies."""

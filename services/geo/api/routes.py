@@ -1,0 +1,125 @@
+"""Routes of the geo service. Each route: check the caller, validate, call a use case, shape."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Path, Query, Response
+
+from services.kernel.problems import Forbidden, InvalidInput, NotFound
+from services.kernel.ids import CLIENT_ID_PATTERN
+
+from ..domain.transitions import Fix
+from .deps import AdminDep, CallerDep, ContainerDep, CustomerAccessDep, DeviceCallerDep, JsonBody
+from .schemas import (FEATURE_SCHEMA, BulkStoresOut, ConsentIn, ConsentOut, DeviceIn, DeviceOut,
+                      LocationBatchIn, LocationResultOut, NearbyStoreOut)
+
+router = APIRouter(prefix="/v1")
+StoreId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN, description="client-chosen store id")]
+CustomerId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN)]
+
+
+def _json(body, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+# stores ------------------------------------------------------------------------------------------
+
+@router.put("/stores/{store_id}", tags=["stores"], summary="create or replace one store (GeoJSON Feature)",
+            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": FEATURE_SCHEMA}}}},
+            responses={200: {"description": "replaced"}, 201: {"description": "created"}})
+async def put_store(store_id: StoreId, body: JsonBody, _: AdminDep, c: ContainerDep) -> Response:
+    feature, created, warnings = await c.catalogue.put(store_id, body)
+    return _json({**feature, "warnings": warnings} if warnings else feature, 201 if created else 200)
+
+
+@router.post("/stores", tags=["stores"], summary="bulk upsert of a FeatureCollection", response_model=BulkStoresOut,
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                 "type": "object", "properties": {"type": {"const": "FeatureCollection"},
+                                                  "features": {"type": "array", "items": FEATURE_SCHEMA}}}}}}})
+async def bulk_stores(body: JsonBody, _: AdminDep, c: ContainerDep) -> Response:
+    r = await c.catalogue.bulk(body)
+    return _json({"created": r.created, "updated": r.updated, "rejected": r.rejected, "warnings": r.warnings})
+
+
+@router.get("/stores/{store_id}", tags=["stores"], summary="one store")
+async def get_store(store_id: StoreId, _: CallerDep, c: ContainerDep) -> Response:
+    return _json(await c.catalogue.get(store_id))
+
+
+@router.delete("/stores/{store_id}", tags=["stores"], status_code=204, summary="delete a store")
+async def delete_store(store_id: StoreId, _: AdminDep, c: ContainerDep) -> Response:
+    await c.catalogue.delete(store_id)
+    return Response(status_code=204)
+
+
+@router.get("/stores", tags=["stores"], summary="stores near a point, nearest fence first",
+            response_model=list[NearbyStoreOut])
+async def nearby_stores(_: CallerDep, c: ContainerDep,
+                        lat: Annotated[float, Query(ge=-90, le=90, allow_inf_nan=False)],
+                        lon: Annotated[float, Query(ge=-180, le=180, allow_inf_nan=False)],
+                        radius_m: Annotated[float, Query(gt=0, le=50_000, allow_inf_nan=False)] = 1000,
+                        limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
+    found = c.sync.index.nearby(lat, lon, radius_m, limit)
+    return _json([{"store_id": s.store_id, "distance_m": round(d, 2), "feature": s.feature} for s, d in found])
+
+
+# devices and consent -----------------------------------------------------------------------------
+
+@router.post("/devices", tags=["devices"], status_code=201, response_model=DeviceOut,
+             summary="register a device (or re-register: rotates its token and push token)")
+async def register_device(body: DeviceIn, _: AdminDep, c: ContainerDep) -> Response:
+    issued = await c.directory.register(body.device_id, body.customer_id, body.platform, body.push_token, body.timezone)
+    return _json({"device_id": body.device_id, "customer_id": body.customer_id, "platform": body.platform,
+                  "token": issued.token, "token_expires_at": issued.expires_at, "rotated": issued.rotated}, 201)
+
+
+@router.put("/customers/{customer_id}/consent", tags=["consent"], response_model=ConsentOut,
+            summary="set consent (location, marketing, personalisation); kept as an audit trail")
+async def put_consent(customer_id: CustomerId, body: ConsentIn, p: CustomerAccessDep, c: ContainerDep) -> Response:
+    actor = "admin" if p.admin else f"device:{p.device.device_id}"
+    current = await c.directory.set_consent(customer_id, body.model_dump(), actor)
+    return _json({"customer_id": customer_id, **current})
+
+
+@router.get("/customers/{customer_id}/consent", tags=["consent"], response_model=ConsentOut,
+            summary="current consent and its audit trail")
+async def get_consent(customer_id: CustomerId, _: CustomerAccessDep, c: ContainerDep) -> Response:
+    current = await c.devices_repo.consent(customer_id)
+    history = await c.devices_repo.consent_audit(customer_id)
+    return _json({"customer_id": customer_id, **current, "history": history})
+
+
+# locations ---------------------------------------------------------------------------------------
+
+@router.post("/locations", tags=["locations"], response_model=LocationResultOut,
+             summary="a batch of 1-500 GPS fixes from one device",
+             responses={403: {"description": "the token belongs to another device"},
+                        422: {"description": "a fix is malformed, in the future or too old"}})
+async def post_locations(body: LocationBatchIn, p: DeviceCallerDep, c: ContainerDep) -> Response:
+    claims = p.device
+    if body.device_id != claims.device_id:
+        raise Forbidden(f"this token belongs to device {claims.device_id!r}, not {body.device_id!r}")
+    now = c.clock.now()
+    s = c.settings
+    errors = []
+    fixes = []
+    for i, f in enumerate(body.fixes):
+        if f.ts > now + s.max_future_s:
+            errors.append({"field": f"fixes[{i}].ts", "message": f"{f.ts - now:.0f} s in the future (at most {s.max_future_s:g})"})
+        elif f.ts < now - s.max_fix_age_s:
+            errors.append({"field": f"fixes[{i}].ts", "message": f"{now - f.ts:.0f} s old (at most {s.max_fix_age_s:g})"})
+        fixes.append(Fix(f.lat, f.lon, f.accuracy_m, f.ts, i))
+    if errors:
+        head = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        raise InvalidInput(head + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "") +
+                           ". Nothing in this batch was processed.", errors=errors)
+    report = await c.reporter.report(claims, fixes)
+    c.metrics.count(report)
+    body_out = {"accepted": report.accepted, "ignored": report.ignored,
+                "events": [{"type": e.type, "store_id": e.store_id, "visit_id": e.visit_id, "ts": e.ts,
+                            "dwell_s": e.dwell_s, "exit_reason": e.exit_reason} for e in report.events],
+                "location_consent": report.location_consent}
+    if report.detail:
+        body_out["detail"] = report.detail
+    return _json(body_out)

@@ -1,0 +1,146 @@
+"""Request and response shapes of the geo API (the mobile app's and the operator's contract)."""
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+
+from services.kernel.ids import CLIENT_ID_PATTERN
+
+ClientId = Annotated[str, StringConstraints(pattern=CLIENT_ID_PATTERN)]
+MAX_FIXES = 500
+
+
+def _epoch(value: Any) -> float:
+    """RFC 3339 with an offset, or epoch seconds."""
+    if isinstance(value, bool):
+        raise ValueError("ts must be an RFC 3339 timestamp or epoch seconds")
+    if isinstance(value, (int, float)):
+        v = float(value)
+        if not math.isfinite(v):
+            raise ValueError("ts must be finite")
+        return v
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.strip().replace("z", "Z"))
+        except ValueError:
+            raise ValueError(f"ts {value[:40]!r} is not an RFC 3339 timestamp") from None
+        if dt.tzinfo is None:
+            raise ValueError("ts must carry a UTC offset (e.g. 2026-11-26T10:00:00Z)")
+        return dt.timestamp()
+    raise ValueError("ts must be an RFC 3339 timestamp or epoch seconds")
+
+
+Timestamp = Annotated[float, BeforeValidator(_epoch)]
+
+
+class FixIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    accuracy_m: float = Field(gt=0, le=100_000, allow_inf_nan=False, description="horizontal accuracy, metres")
+    ts: Timestamp = Field(description="RFC 3339 with offset, or epoch seconds")
+    speed_mps: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
+
+
+class LocationBatchIn(BaseModel):
+    device_id: ClientId
+    fixes: list[FixIn] = Field(min_length=1, max_length=MAX_FIXES)
+
+
+class IgnoredFix(BaseModel):
+    index: int
+    reason: Literal["duplicate", "out_of_order", "low_accuracy", "no_location_consent"]
+
+
+class VisitEventOut(BaseModel):
+    type: Literal["enter", "dwell", "exit"]
+    store_id: str
+    visit_id: str
+    ts: float
+    dwell_s: float | None = None
+    exit_reason: str | None = None
+
+
+class LocationResultOut(BaseModel):
+    accepted: int
+    ignored: list[IgnoredFix]
+    events: list[VisitEventOut]
+    location_consent: bool
+    detail: str | None = None
+
+
+class DeviceIn(BaseModel):
+    device_id: ClientId
+    customer_id: ClientId
+    platform: Literal["android", "ios", "web"]
+    push_token: str = Field(min_length=1, max_length=4096)
+    timezone: str = "Europe/Rome"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not an IANA time zone") from None
+        return v
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    customer_id: str
+    platform: str
+    token: str
+    token_expires_at: float
+    rotated: bool = Field(description="true when an earlier registration (and its token) was replaced")
+
+
+class ConsentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    location: bool
+    marketing: bool
+    personalisation: bool
+
+
+class ConsentOut(BaseModel):
+    customer_id: str
+    location: bool
+    marketing: bool
+    personalisation: bool
+    updated_at: float | None
+    history: list[dict] = Field(default_factory=list, description="audit trail, newest first")
+
+
+class BulkStoresOut(BaseModel):
+    created: int
+    updated: int
+    rejected: list[dict]
+    warnings: list[dict]
+
+
+class NearbyStoreOut(BaseModel):
+    store_id: str
+    distance_m: float
+    feature: dict
+
+
+FEATURE_SCHEMA = {
+    "type": "object",
+    "required": ["type", "geometry"],
+    "properties": {
+        "type": {"const": "Feature"},
+        "id": {"type": "string"},
+        "geometry": {"type": "object", "description": "Point (with properties.radius_m), Polygon or MultiPolygon"},
+        "properties": {"type": "object", "properties": {
+            "name": {"type": "string"}, "brand": {"type": "string"},
+            "radius_m": {"type": "number", "minimum": 10, "maximum": 10000},
+            "dwell_s": {"type": "number"}, "opening_hours": {"type": "string"},
+            "timezone": {"type": "string"}, "enabled": {"type": "boolean"}}},
+    },
+}

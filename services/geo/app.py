@@ -1,0 +1,72 @@
+"""`create_app`: the geo service as an ASGI app. Nothing connects until the app starts."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+from prometheus_client import CollectorRegistry
+
+from services.kernel.clock import Clock, SystemClock
+from services.kernel.http_edge import install_edge
+from services.kernel.redis_client import open_async
+
+from .api.routes import router
+from .settings import GeoSettings
+from .wiring import GeoMetrics, build
+
+log = logging.getLogger("vicino.geo")
+
+
+def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock | None = None) -> FastAPI:
+    settings = settings or GeoSettings()
+    clock = clock or SystemClock()
+    registry = CollectorRegistry()
+    running: dict = {}  # the container of the running app, once started
+    metrics = GeoMetrics(registry, lambda: running.get("sync"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        own_redis = redis is None
+        r = open_async(settings.redis_url) if own_redis else redis
+        container = build(settings, r, clock, registry, metrics)
+        app.state.container = container
+        running["sync"] = container.sync
+        stop = asyncio.Event()
+        await container.sync.load_all()
+        follower = asyncio.create_task(container.sync.follow(stop), name="store-index-follow")
+        log.info("geo service ready", extra={"fields": {"stores": len(container.sync.index)}})
+        try:
+            yield
+        finally:
+            stop.set()
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follower
+            if own_redis:
+                await r.aclose()
+
+    app = FastAPI(title="Vicino geo service", version="1", lifespan=lifespan,
+                  default_response_class=ORJSONResponse,
+                  description="Location fixes in, store visits (enter / dwell / exit) out. "
+                              "Authenticate with `Authorization: Bearer <admin or device token>`.")
+
+    async def ready() -> dict[str, str]:
+        checks = {}
+        container = getattr(app.state, "container", None)
+        try:
+            await asyncio.wait_for(container.redis.ping(), 2.0)
+            checks["redis"] = "ok"
+        except Exception as e:  # report, don't raise: this is the readiness answer
+            checks["redis"] = f"unreachable ({type(e).__name__})"
+        checks["store_index"] = "ok" if container and container.sync.loaded else "not loaded yet"
+        return checks
+
+    install_edge(app, service="geo", registry=registry, ready=ready,
+                 max_body_bytes=settings.max_body_bytes,
+                 body_limits={("POST", "/v1/stores"): settings.max_bulk_body_bytes})
+    app.include_router(router)
+    return app
+

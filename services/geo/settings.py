@@ -1,0 +1,36 @@
+"""Geo service settings, from `VICINO_*` environment variables. Unsafe values refuse to start."""
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_WEAK = {"changeme", "admin", "secret", "password", "token", "test"}
+
+
+class GeoSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VICINO_", extra="ignore")
+
+    redis_url: str = Field(..., description="redis:// URL of a standalone Redis or any node of a Redis Cluster")
+    admin_token: str = Field(..., description="bearer token of the operator (admin endpoints)")
+    token_secret: str = Field(..., description="key that signs device tokens; same on every replica")
+    log_level: str = "INFO"
+
+    dwell_s: float = Field(300.0, gt=0, description="default dwell threshold when a store sets none")
+    exit_buffer_m: float = Field(30.0, ge=0, description="a visit ends only this far outside the fence")
+    exit_timeout_s: float = Field(900.0, gt=0, description="a visit ends after this long without an inside fix")
+    max_accuracy_m: float = Field(200.0, gt=0, description="less accurate fixes cause no transition")
+    max_fix_age_s: float = Field(86_400.0, gt=0, description="fixes older than this are refused")
+    max_future_s: float = Field(300.0, ge=0, description="fixes further ahead of the server clock are refused")
+    device_state_ttl_s: float = Field(86_400.0, gt=0, description="visit state of a silent device expires")
+    device_token_ttl_s: float = Field(30 * 86_400.0, gt=0, description="lifetime of a device token")
+    event_shards: int = Field(16, ge=1, le=1024, description="geofence event streams (fixed for a deployment)")
+    events_maxlen: int = Field(1_000_000, ge=1000, description="approximate length cap per event stream")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="request body limit")
+    max_bulk_body_bytes: int = Field(256 << 20, ge=1024, description="body limit of POST /v1/stores")
+
+    @field_validator("admin_token", "token_secret")
+    @classmethod
+    def _strong(cls, v: str, info) -> str:
+        if len(v) < 16 or v.lower() in _WEAK:
+            raise ValueError(f"VICINO_{info.field_name.upper()} must be at least 16 characters and not a default")
+        return v

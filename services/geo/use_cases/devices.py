@@ -1,0 +1,60 @@
+"""Device registration (token issue and rotation) and consent, with its effect on visits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.kernel.auth import DeviceClaims, TokenSigner
+from services.kernel.clock import Clock
+from services.kernel.contracts.geofence_events import GeofenceEventV1
+from services.kernel.ids import new_id
+
+from ..adapters.device_repository import DeviceRepository, Registration
+from ..domain.transitions import DeviceState, close_all
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    registration: Registration
+    token: str
+    expires_at: float
+    rotated: bool
+
+
+class DeviceDirectory:
+    def __init__(self, repo: DeviceRepository, signer: TokenSigner, clock: Clock, token_ttl_s: float) -> None:
+        self.repo = repo
+        self.signer = signer
+        self.clock = clock
+        self.token_ttl_s = token_ttl_s
+
+    async def register(self, device_id: str, customer_id: str, platform: str, push_token: str,
+                       timezone: str) -> IssuedToken:
+        now = self.clock.now()
+        consent = await self.repo.consent(customer_id)
+        reg = Registration(device_id, customer_id, platform, push_token, timezone, new_id("tok"), now,
+                           consent["location"])
+        previous = await self.repo.register(reg)
+        if previous is not None and previous.customer_id != customer_id:
+            # the phone changed hands: the old owner's visits must not continue under the new one
+            await self.repo.delete_state(device_id)
+        expires = now + self.token_ttl_s
+        token = self.signer.issue(DeviceClaims(device_id, customer_id, reg.token_id, expires))
+        return IssuedToken(reg, token, expires, previous is not None)
+
+    async def set_consent(self, customer_id: str, values: dict[str, bool], actor: str) -> dict:
+        now = self.clock.now()
+        devices = await self.repo.set_consent(customer_id, values, actor, now)
+        if not values["location"]:
+            # Without consent we keep no location-derived state: close open visits and forget them.
+            for device_id in devices:
+                snap = await self.repo.snapshot(device_id)
+                if snap.state:
+                    state = DeviceState.from_json(snap.state)
+                    exits = close_all(state, now, "consent_withdrawn")
+                    await self.repo.append_events(device_id, [
+                        GeofenceEventV1(event_id=new_id("gev"), type="exit", device_id=device_id,
+                                        customer_id=customer_id, store_id=t.store_id, visit_id=t.visit_id,
+                                        ts=t.ts, emitted_at=now, dwell_s=t.dwell_s, exit_reason="consent_withdrawn")
+                        for t in exits])
+                await self.repo.delete_state(device_id)
+        return await self.repo.consent(customer_id)

@@ -1,0 +1,72 @@
+"""The geo service's composition root: the one place that builds adapters and use cases."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from services.kernel.auth import TokenSigner
+from services.kernel.clock import Clock
+
+from .adapters.device_repository import DeviceRepository
+from .adapters.store_repository import StoreRepository
+from .domain.transitions import TransitionPolicy
+from .settings import GeoSettings
+from .use_cases.devices import DeviceDirectory
+from .use_cases.index_sync import IndexSync
+from .use_cases.manage_stores import StoreCatalogue
+from .use_cases.report_fixes import FixReport, FixReporter
+
+
+class GeoMetrics:
+    """Created once per app; the gauges read whichever index the running container holds."""
+
+    def __init__(self, registry: CollectorRegistry, sync: Callable[[], IndexSync | None]) -> None:
+        self.fixes = Counter("vicino_geo_fixes_total", "Fixes received, by outcome", ["outcome"], registry=registry)
+        self.events = Counter("vicino_geo_events_total", "Visit events emitted", ["type"], registry=registry)
+        stores = Gauge("vicino_geo_index_stores", "Stores in this replica's index", registry=registry)
+        stores.set_function(lambda: len(sync().index) if sync() else 0)
+        cells = Gauge("vicino_geo_index_cells", "H3 cells in this replica's index", registry=registry)
+        cells.set_function(lambda: sync().index.cell_count if sync() else 0)
+        seq = Gauge("vicino_geo_index_seq", "Last store change applied", registry=registry)
+        seq.set_function(lambda: sync().last_seq if sync() else 0)
+
+    def count(self, report: FixReport) -> None:
+        if report.accepted:
+            self.fixes.labels("accepted").inc(report.accepted)
+        for item in report.ignored:
+            self.fixes.labels(item["reason"]).inc()
+        for e in report.events:
+            self.events.labels(e.type).inc()
+
+
+@dataclass
+class GeoContainer:
+    settings: GeoSettings
+    clock: Clock
+    redis: object
+    signer: TokenSigner
+    registry: CollectorRegistry
+    sync: IndexSync
+    catalogue: StoreCatalogue
+    devices_repo: DeviceRepository
+    directory: DeviceDirectory
+    reporter: FixReporter
+    metrics: GeoMetrics
+
+
+def build(settings: GeoSettings, redis, clock: Clock, registry: CollectorRegistry, metrics: GeoMetrics) -> GeoContainer:
+    store_repo = StoreRepository(redis)
+    sync = IndexSync(store_repo)
+    devices = DeviceRepository(redis, settings.event_shards, settings.events_maxlen)
+    signer = TokenSigner(settings.token_secret)
+    policy = TransitionPolicy(dwell_s=settings.dwell_s, exit_buffer_m=settings.exit_buffer_m,
+                              exit_timeout_s=settings.exit_timeout_s, max_accuracy_m=settings.max_accuracy_m)
+    return GeoContainer(
+        settings=settings, clock=clock, redis=redis, signer=signer, registry=registry, sync=sync,
+        catalogue=StoreCatalogue(store_repo, sync), devices_repo=devices,
+        directory=DeviceDirectory(devices, signer, clock, settings.device_token_ttl_s),
+        reporter=FixReporter(devices, sync, policy, clock, settings.device_state_ttl_s),
+        metrics=metrics,
+    )

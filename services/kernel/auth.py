@@ -1,0 +1,87 @@
+"""Bearer tokens: the operator's admin token, and signed device tokens.
+
+A device token is `v1.<payload>.<signature>`: base64url JSON `{d: device_id, c: customer_id,
+j: token id, e: expiry}` signed with HMAC-SHA256. Any replica can verify it offline; the
+token id is compared with the device's current one (kept by the service that registered it)
+so that re-registering a device revokes its previous token.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+import orjson
+
+from .problems import Unauthorized
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceClaims:
+    device_id: str
+    customer_id: str
+    token_id: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the operator (admin) or one device of one customer."""
+
+    admin: bool
+    device: DeviceClaims | None = None
+
+
+ADMIN = Principal(admin=True)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenSigner:
+    def __init__(self, secret: str) -> None:
+        self._key = hashlib.sha256(("vicino-device-token:" + secret).encode()).digest()
+
+    def issue(self, claims: DeviceClaims) -> str:
+        payload = _b64(orjson.dumps({"d": claims.device_id, "c": claims.customer_id,
+                                     "j": claims.token_id, "e": int(claims.expires_at)}))
+        sig = _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+        return f"v1.{payload}.{sig}"
+
+    def verify(self, token: str, now: float) -> DeviceClaims:
+        try:
+            version, payload, sig = token.split(".")
+        except ValueError:
+            raise Unauthorized("malformed bearer token") from None
+        if version != "v1":
+            raise Unauthorized("unknown token version")
+        expected = _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+        if not hmac.compare_digest(expected, sig):
+            raise Unauthorized("invalid token signature")
+        try:
+            raw = orjson.loads(_unb64(payload))
+            claims = DeviceClaims(str(raw["d"]), str(raw["c"]), str(raw["j"]), float(raw["e"]))
+        except Exception:
+            raise Unauthorized("malformed token payload") from None
+        if claims.expires_at <= now:
+            raise Unauthorized("token expired; register the device again for a new one")
+        return claims
+
+
+def parse_bearer(header: str | None) -> str:
+    if not header:
+        raise Unauthorized("missing Authorization: Bearer <token>")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized("Authorization header must be 'Bearer <token>'")
+    return value.strip()
+
+
+def is_admin_token(token: str, admin_token: str) -> bool:
+    return hmac.compare_digest(token.encode(), admin_token.encode())

@@ -1,0 +1,1 @@
+"""Versioned contracts between services: the only shapes that cross a process boundary."""

@@ -1,0 +1,40 @@
+"""What every service's HTTP edge has: problem+json errors, body limits, metrics, health routes."""
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.responses import Response
+
+from .observability import BodyLimitMiddleware, HttpMetrics, MetricsMiddleware
+from .problems import install_problem_handlers, problem_response
+
+ReadyCheck = Callable[[], Awaitable[dict[str, str]]]  # component -> "ok" or what is wrong
+
+
+def install_edge(app: FastAPI, *, service: str, registry: CollectorRegistry, ready: ReadyCheck,
+                 max_body_bytes: int, body_limits: dict[tuple[str, str], int] | None = None) -> None:
+    install_problem_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, default_limit=max_body_bytes, limits=body_limits)
+    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry, service))
+
+    @app.get("/healthz", tags=["health"], summary="process is alive")
+    async def healthz() -> dict:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", tags=["health"], summary="dependencies reachable and data loaded",
+             responses={503: {"description": "not ready; the body says which check failed"}})
+    async def readyz() -> Response:
+        checks = await ready()
+        if all(v == "ok" for v in checks.values()):
+            import orjson
+            return Response(orjson.dumps({"status": "ready", "service": service, "checks": checks}),
+                            media_type="application/json")
+        failing = "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
+        return problem_response(503, "Not ready", failing, instance="/readyz")
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

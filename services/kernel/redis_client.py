@@ -1,0 +1,28 @@
+"""One way to open Redis for every service: standalone or Cluster, told apart by the server."""
+from __future__ import annotations
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+
+
+def _is_cluster(url: str) -> bool:
+    probe = redis.Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        return bool(probe.info("cluster").get("cluster_enabled"))
+    finally:
+        probe.close()
+
+
+def open_async(url: str) -> aioredis.Redis | AsyncRedisCluster:
+    """`decode_responses` stays off: payloads are bytes decoded by the contracts."""
+    if _is_cluster(url):
+        return AsyncRedisCluster.from_url(url)
+    return aioredis.Redis.from_url(url, health_check_interval=30)
+
+
+def open_sync(url: str) -> redis.Redis | RedisCluster:
+    if _is_cluster(url):
+        return RedisCluster.from_url(url)
+    return redis.Redis.from_url(url)

@@ -1,0 +1,1 @@
+"""Running Vicino on one machine: embedded Redis, `vicino up`, demo data, store files."""

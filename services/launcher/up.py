@@ -1,0 +1,171 @@
+"""`vicino up`: Redis (embedded unless given), every service as a supervised child process,
+demo data, and one base URL. Ctrl-C stops the children, then Redis."""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+from .demo import DEMO_DEVICE, load_demo
+from .embedded_redis import EmbeddedRedis
+from .settings import LauncherSettings
+
+# One process per service; today the geo service is the whole public surface.
+SERVICES = ("geo",)
+MAX_RESTARTS = 5
+
+
+def _secrets(data_dir: Path, settings: LauncherSettings) -> tuple[str, str]:
+    """Admin token and signing secret: from the environment, else generated once and kept
+    (mode 0600) so that device tokens survive a restart of the stack."""
+    path = data_dir / "secrets.json"
+    stored = orjson.loads(path.read_bytes()) if path.exists() else {}
+    admin = settings.admin_token or stored.get("admin_token") or secrets.token_urlsafe(24)
+    secret = settings.token_secret or stored.get("token_secret") or secrets.token_urlsafe(32)
+    if stored.get("admin_token") != admin or stored.get("token_secret") != secret:
+        path.write_bytes(orjson.dumps({"admin_token": admin, "token_secret": secret}))
+        path.chmod(0o600)
+    return admin, secret
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited with code {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url}/readyz not ready after {timeout_s} s")
+
+
+class Stack:
+    def __init__(self, settings: LauncherSettings) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir.resolve()
+        self.redis: EmbeddedRedis | None = None
+        self.children: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {}
+        self.env: dict[str, str] = {}
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    def _spawn(self, service: str) -> subprocess.Popen:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = open(logs / f"{service}.log", "ab")
+        cmd = [sys.executable, "-m", "services.cli", "serve", service,
+               "--host", self.settings.host, "--port", str(self.settings.port)]
+        # stderr (JSON logs) goes both to the terminal (via tee-like inheritance) and the log file
+        return subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log, start_new_session=True)
+
+    def start(self) -> dict:
+        s = self.settings
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        redis_url = s.redis_url
+        if not redis_url:
+            self.redis = EmbeddedRedis(self.data_dir / "redis").start()
+            redis_url = self.redis.url
+        admin, secret = _secrets(self.data_dir, s)
+        self.env = {**os.environ, "VICINO_REDIS_URL": redis_url, "VICINO_ADMIN_TOKEN": admin,
+                    "VICINO_TOKEN_SECRET": secret, "VICINO_DATA_DIR": str(self.data_dir)}
+        for service in SERVICES:
+            self.children[service] = self._spawn(service)
+            _wait_ready(self.base_url, self.children[service], 120)
+        demo = load_demo(self.base_url, admin, s.demo_radius_m) if s.demo else None
+        return {"redis_url": redis_url, "admin_token": admin, "demo": demo}
+
+    def supervise_once(self) -> None:
+        for service, proc in list(self.children.items()):
+            if proc.poll() is None:
+                continue
+            n = self.restarts.get(service, 0) + 1
+            if n > MAX_RESTARTS:
+                raise RuntimeError(f"{service} keeps exiting (code {proc.returncode}); see {self.data_dir}/logs/{service}.log")
+            self.restarts[service] = n
+            print(f"vicino: {service} exited with {proc.returncode}; restart {n}/{MAX_RESTARTS}", file=sys.stderr)
+            time.sleep(min(2 ** n * 0.1, 5))
+            self.children[service] = self._spawn(service)
+
+    def stop(self) -> None:
+        for proc in self.children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.children.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def banner(stack: Stack, info: dict) -> str:
+    base = stack.base_url
+    lines = [
+        "",
+        "Vicino is up.",
+        f"  API docs     {base}/docs",
+        f"  health       {base}/healthz   ready: {base}/readyz   metrics: {base}/metrics",
+        f"  redis        {info['redis_url']}" + ("  (embedded, data in " + str(stack.data_dir / 'redis') + ")" if stack.redis else ""),
+        f"  admin token  {info['admin_token']}",
+        f"  logs         {stack.data_dir / 'logs'}",
+    ]
+    demo = info.get("demo")
+    if demo:
+        st = demo["stores"]
+        token = demo["device"]["token"]
+        lines += [
+            f"  demo data    {st['created'] + st['updated']} stores (MIMIT fuel stations of Milano and Roma, Milano NIL districts)",
+            f"  demo device  {DEMO_DEVICE['device_id']} of {DEMO_DEVICE['customer_id']}, location consent given",
+            "",
+            "Try a fix at Milano Duomo:",
+            f"  curl -s -X POST {base}/v1/locations -H 'Authorization: Bearer {token}' \\",
+            "    -H 'Content-Type: application/json' \\",
+            f"    -d '{{\"device_id\":\"{DEMO_DEVICE['device_id']}\",\"fixes\":[{{\"lat\":45.4642,\"lon\":9.19,\"accuracy_m\":10,\"ts\":'$(date +%s)'}}]}}'",
+        ]
+    else:
+        lines.append("  demo data    none (VICINO_DEMO=0): the stack starts empty")
+    lines += ["", "Ctrl-C stops everything, Redis included.", ""]
+    return "\n".join(lines)
+
+
+def run_up(settings: LauncherSettings) -> int:
+    stack = Stack(settings)
+    stopping = False
+
+    def _stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    try:
+        info = stack.start()  # Ctrl-C here raises KeyboardInterrupt, and we still clean up
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        print(banner(stack, info), flush=True)
+        while not stopping:
+            stack.supervise_once()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except Exception as e:
+        print(f"vicino up: {e}", file=sys.stderr)
+        return 1
+    finally:
+        print("vicino: stopping services and Redis...", file=sys.stderr, flush=True)
+        stack.stop()
+        print("vicino: stopped.", file=sys.stderr, flush=True)
+    return 0
