@@ -37,8 +37,8 @@ def up() -> None:
 
 
 @serve_app.command("geo")
-def serve_geo(host: str = typer.Option("127.0.0.1", help="bind address"),
-              port: int = typer.Option(8000, help="port"),
+def serve_geo(host: str = typer.Option("127.0.0.1", envvar="VICINO_HOST", help="bind address"),
+              port: int = typer.Option(8000, envvar="VICINO_PORT", help="port"),
               workers: int = typer.Option(1, min=1, help="worker processes")) -> None:
     """The geo service: stores, devices, consent, locations. Needs VICINO_REDIS_URL,
     VICINO_ADMIN_TOKEN and VICINO_TOKEN_SECRET."""

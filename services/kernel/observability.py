@@ -82,7 +82,12 @@ class MetricsMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over a limit before they are read whole (Content-Length or streamed)."""
+    """Refuses bodies over a limit with 413 before the app reads them.
+
+    With a Content-Length the header decides (the server enforces the framing). A chunked body
+    is buffered here up to the limit and replayed, because frameworks turn an error raised
+    while reading the body into a generic 400.
+    """
 
     def __init__(self, app, default_limit: int, limits: dict[tuple[str, str], int] | None = None) -> None:
         self.app = app
@@ -96,44 +101,43 @@ class BodyLimitMiddleware:
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
-                    if int(value) > limit:
-                        return await _too_large(send, limit)
+                    length = int(value)
                 except ValueError:
-                    pass
-        seen = 0
-
-        async def _receive():
-            nonlocal seen
+                    return await _too_large(send, limit, 400, "invalid Content-Length header")
+                if length > limit:
+                    return await _too_large(send, limit)
+                return await self.app(scope, receive, send)
+        chunks = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _BodyTooLarge()
-            return message
+            if message["type"] != "http.request":
+                return  # client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return await _too_large(send, limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        started = False
+        async def _replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-        async def _send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, _receive, _send)
-        except _BodyTooLarge:
-            if not started:
-                await _too_large(send, limit)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, _replay, send)
 
 
-async def _too_large(send, limit: int) -> None:
-    body = orjson.dumps({"type": "about:blank", "title": "Payload too large", "status": 413,
-                         "detail": f"request body exceeds {limit} bytes"})
-    await send({"type": "http.response.start", "status": 413,
+async def _too_large(send, limit: int, status: int = 413, detail: str | None = None) -> None:
+    title = "Payload too large" if status == 413 else "Bad request"
+    body = orjson.dumps({"type": "about:blank", "title": title, "status": status,
+                         "detail": detail or f"request body exceeds {limit} bytes"})
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/problem+json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

