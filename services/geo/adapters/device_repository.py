@@ -19,13 +19,18 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('HMGET', KEYS[2], 'r', 's')}
 """
 
 # Compare-and-set of the visit state plus the event append: one atomic step per request, so two
-# concurrent requests for one device can never both emit an enter for the same visit.
+# concurrent requests for one device can never both emit an enter for the same visit. The
+# registration is re-checked in the same step: a report that read it before consent was withdrawn
+# or the device re-registered (both delete the state, so the revision alone cannot tell) must not
+# save after them.
 _SAVE = """
 local rev = redis.call('HGET', KEYS[1], 'r') or '0'
 if rev ~= ARGV[1] then return 0 end
+local reg = redis.call('HMGET', KEYS[3], 'token_id', 'location_consent')
+if reg[1] ~= ARGV[5] or reg[2] ~= '1' then return 0 end
 redis.call('HSET', KEYS[1], 'r', tonumber(rev) + 1, 's', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'v', '1', 'event', ARGV[i])
 end
 return 1
@@ -82,11 +87,13 @@ class DeviceRepository:
         return _registration(device_id, await self._r.hgetall(self.keys(device_id).registration))
 
     async def save_state(self, device_id: str, expected_rev: str, state: dict, ttl_s: float,
-                         events: list[GeofenceEventV1]) -> bool:
+                         events: list[GeofenceEventV1], token_id: str) -> bool:
+        """False when the state moved on, or the registration no longer has this token id and
+        location consent: the caller reads again and decides anew."""
         k = self.keys(device_id)
-        args = [expected_rev, orjson.dumps(state), int(ttl_s * 1000), self._events_maxlen]
+        args = [expected_rev, orjson.dumps(state), int(ttl_s * 1000), self._events_maxlen, token_id]
         args += [e.model_dump_json(by_alias=True) for e in events]
-        return bool(await self._save(keys=[k.state, k.events], args=args))
+        return bool(await self._save(keys=[k.state, k.events, k.registration], args=args))
 
     async def delete_state(self, device_id: str) -> None:
         await self._r.delete(self.keys(device_id).state)

@@ -96,8 +96,11 @@ async def get_consent(customer_id: CustomerId, _: CustomerAccessDep, c: Containe
 
 @router.post("/locations", tags=["locations"], response_model=LocationResultOut,
              summary="a batch of 1-500 GPS fixes from one device",
-             responses={403: {"description": "the token belongs to another device"},
-                        422: {"description": "a fix is malformed, in the future or too old"}})
+             responses={401: {"description": "missing, invalid, expired or replaced device token"},
+                        403: {"description": "the token belongs to another device"},
+                        404: {"description": "the device is not registered"},
+                        409: {"description": "too many concurrent reports for this device; retry"},
+                        422: {"description": "a fix is malformed, in the future or too old; nothing was processed"}})
 async def post_locations(body: LocationBatchIn, p: DeviceCallerDep, c: ContainerDep) -> Response:
     claims = p.device
     if body.device_id != claims.device_id:

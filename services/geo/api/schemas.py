@@ -19,7 +19,10 @@ def _epoch(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("ts must be an RFC 3339 timestamp or epoch seconds")
     if isinstance(value, (int, float)):
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:  # a JSON integer beyond float range; pydantic would make it a 500
+            raise ValueError("ts is out of range; expected epoch seconds") from None
         if not math.isfinite(v):
             raise ValueError("ts must be finite")
         return v

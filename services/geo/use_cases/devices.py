@@ -33,10 +33,12 @@ class DeviceDirectory:
         consent = await self.repo.consent(customer_id)
         reg = Registration(device_id, customer_id, platform, push_token, timezone, new_id("tok"), now,
                            consent["location"])
+        snap = await self.repo.snapshot(device_id)
         previous = await self.repo.register(reg)
         if previous is not None and previous.customer_id != customer_id:
-            # the phone changed hands: the old owner's visits must not continue under the new one
-            await self.repo.delete_state(device_id)
+            # The phone changed hands: the old owner's visits end (exit events under the old
+            # owner, so consumers close them) and must not continue under the new one.
+            await self._close_visits(device_id, previous.customer_id, snap.state, now, "device_reassigned")
         expires = now + self.token_ttl_s
         token = self.signer.issue(DeviceClaims(device_id, customer_id, reg.token_id, expires))
         return IssuedToken(reg, token, expires, previous is not None)
@@ -48,13 +50,16 @@ class DeviceDirectory:
             # Without consent we keep no location-derived state: close open visits and forget them.
             for device_id in devices:
                 snap = await self.repo.snapshot(device_id)
-                if snap.state:
-                    state = DeviceState.from_json(snap.state)
-                    exits = close_all(state, now, "consent_withdrawn")
-                    await self.repo.append_events(device_id, [
-                        GeofenceEventV1(event_id=new_id("gev"), type="exit", device_id=device_id,
-                                        customer_id=customer_id, store_id=t.store_id, visit_id=t.visit_id,
-                                        ts=t.ts, emitted_at=now, dwell_s=t.dwell_s, exit_reason="consent_withdrawn")
-                        for t in exits])
-                await self.repo.delete_state(device_id)
+                await self._close_visits(device_id, customer_id, snap.state, now, "consent_withdrawn")
         return await self.repo.consent(customer_id)
+
+    async def _close_visits(self, device_id: str, customer_id: str, raw_state: dict | None, now: float,
+                            reason: str) -> None:
+        if raw_state:
+            exits = close_all(DeviceState.from_json(raw_state), now, reason)
+            await self.repo.append_events(device_id, [
+                GeofenceEventV1(event_id=new_id("gev"), type="exit", device_id=device_id, customer_id=customer_id,
+                                store_id=t.store_id, visit_id=t.visit_id, ts=t.ts, emitted_at=now,
+                                dwell_s=t.dwell_s, exit_reason=reason)
+                for t in exits])
+        await self.repo.delete_state(device_id)

@@ -59,7 +59,8 @@ class FixReporter:
             ignored = [{"index": i.index, "reason": i.reason} for i in sorted(outcome.ignored, key=lambda i: i.index)]
             if outcome.state.last_ts == before and not events:
                 return FixReport(outcome.accepted, ignored, [])
-            if await self.devices.save_state(device_id, snap.rev, outcome.state.to_json(), self.state_ttl_s, events):
+            if await self.devices.save_state(device_id, snap.rev, outcome.state.to_json(), self.state_ttl_s, events,
+                                             claims.token_id):
                 return FixReport(outcome.accepted, ignored, events)
             snap = await self.devices.snapshot(device_id)  # another request won the race: redo on its state
         raise Conflict("too many concurrent location reports for this device; retry")

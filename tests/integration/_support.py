@@ -1,0 +1,77 @@
+"""Helpers shared by the integration tests (no fixtures here: those live in tests/conftest.py)."""
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+
+from services.kernel.contracts.geofence_events import GeofenceEventV1, device_shard, events_stream_key
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(r: httpx.Response, status: int, *needles: str) -> dict:
+    """A problem+json answer with this status whose `detail` mentions every needle (case-insensitive)."""
+    assert r.status_code == status, f"expected {status}, got {r.status_code}: {r.text[:500]}"
+    assert r.headers["content-type"].split(";")[0] == PROBLEM, r.headers.get("content-type")
+    body = r.json()
+    assert body["status"] == status and body["title"], body
+    detail = body.get("detail")
+    assert isinstance(detail, str) and detail.strip(), body
+    for n in needles:
+        assert n.lower() in detail.lower(), f"{n!r} not in detail {detail!r}"
+    return body
+
+
+def redis_dump(r) -> dict:
+    """Every key with its type and full content: compare before/after a refused request."""
+    out = {}
+    for key in sorted(r.keys("*")):
+        kind = r.type(key).decode()
+        if kind == "string":
+            value = r.get(key)
+        elif kind == "hash":
+            value = r.hgetall(key)
+        elif kind == "set":
+            value = sorted(r.smembers(key))
+        elif kind == "stream":
+            value = r.xrange(key)
+        elif kind == "list":
+            value = r.lrange(key, 0, -1)
+        elif kind == "zset":
+            value = r.zrange(key, 0, -1, withscores=True)
+        else:  # pragma: no cover - the service writes none of these
+            value = kind
+        out[key] = (kind, value)
+    return out
+
+
+def stream_events(r, device_id: str, shards: int = 16) -> list[GeofenceEventV1]:
+    """The device's events in its shard's geofence event stream, in stream order."""
+    key = events_stream_key(device_shard(device_id, shards))
+    return [e for e in (GeofenceEventV1.from_stream_fields(f) for _id, f in r.xrange(key))
+            if e.device_id == device_id]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s")
+        time.sleep(interval_s)
