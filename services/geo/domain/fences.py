@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +43,8 @@ class CircleFence:
 
     def local_shape(self) -> tuple[LocalPlane, BaseGeometry]:
         plane = LocalPlane(self.lat, self.lon)
-        return plane, shapely.buffer(shapely.Point(0.0, 0.0), self.radius_m, quad_segs=32)
+        # circumscribed 128-gon: it contains the whole circle, so overlap tests never miss
+        return plane, shapely.buffer(shapely.Point(0.0, 0.0), self.radius_m / math.cos(math.pi / 128), quad_segs=32)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

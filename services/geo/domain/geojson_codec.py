@@ -146,9 +146,25 @@ def _polygon_fence(gtype: str, polygons: list, warnings: list[str]):
         xs, ys = plane.xy_many(arr[:, 1], arr[:, 0])
         return np.column_stack([xs, ys])
 
-    parts = [shapely.Polygon(local(rings[0]), [local(r) for r in rings[1:]]) for rings in rings_ll]
+    parts = []
+    for pi, rings in enumerate(rings_ll):
+        shell = shapely.Polygon(local(rings[0]))
+        holes = [shapely.Polygon(local(r)) for r in rings[1:]]
+        outer = shell if shell.is_valid else shapely.make_valid(shell)
+        for hi, hole in enumerate(holes, start=1):
+            # A "hole" outside its shell would be turned into extra area by make_valid: refuse it.
+            if not shapely.covers(outer.buffer(0.01), hole if hole.is_valid else shapely.make_valid(hole)):
+                raise FeatureRejected(f"polygon {pi} ring {hi}: a hole must lie inside the exterior ring")
+        parts.append(shapely.Polygon(shell.exterior, [h.exterior for h in holes]))
     shape = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
     repaired = False
+    if not shape.is_valid and len(parts) > 1 and all(p.is_valid for p in parts):
+        # Valid parts that touch along an edge, e.g. a fence split at the antimeridian as RFC 7946
+        # asks: the union is the same area, nothing to warn about. Overlapping parts are merged.
+        union = shapely.union_all(parts)
+        if abs(union.area - sum(p.area for p in parts)) > 1e-6 * union.area:
+            warnings.append("overlapping MultiPolygon parts were merged")
+        shape = union
     if not shape.is_valid:
         why = shapely.is_valid_reason(shape).split("[")[0]
         fixed = shapely.make_valid(shape)

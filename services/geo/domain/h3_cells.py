@@ -18,6 +18,7 @@ import numpy as np
 import shapely
 
 from .fences import CircleFence, Fence
+from .geodesy import haversine_many_m
 
 RESOLUTION = 9
 _EDGE_M = h3.average_hexagon_edge_length(RESOLUTION, "m")
@@ -82,5 +83,9 @@ def _band_cells_touching_circle(band: list[int], fence: CircleFence) -> list[int
     seg2 = dx * dx + dy * dy
     t = np.clip(np.where(seg2 > 0, -(ax * dx + ay * dy) / np.where(seg2 > 0, seg2, 1), 0.0), 0.0, 1.0)
     px, py = ax + t * dx, ay + t * dy
-    nearest = np.sqrt(px * px + py * py).min(axis=1)
+    # Plane metres drift from the haversine metres `contains` uses (metres at 10 km, more toward
+    # the poles): measure the plane's nearest point of each edge on the sphere. It is a point of
+    # the edge, so never nearer than the true nearest; the plane misplaces it only to second order.
+    lats, lons = plane.latlon(px, py)
+    nearest = haversine_many_m(fence.lat, fence.lon, lats, lons).min(axis=1)
     return [c for c, d in zip(band, nearest) if d <= fence.radius_m + _BOUNDARY_SLACK_M]
