@@ -11,9 +11,10 @@ from prometheus_client import CollectorRegistry
 
 from services.kernel.clock import Clock, SystemClock
 from services.kernel.http_edge import install_edge
-from services.kernel.redis_client import open_async
+from services.kernel.redis_client import open_async, open_hot_path
 
 from .api.routes import router
+from .api.schemas import LocationBatchIn
 from .settings import GeoSettings
 from .wiring import GeoMetrics, build
 
@@ -31,7 +32,8 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
     async def lifespan(app: FastAPI):
         own_redis = redis is None
         r = open_async(settings.redis_url) if own_redis else redis
-        container = build(settings, r, clock, registry, metrics)
+        hot = open_hot_path(settings.redis_url, r)
+        container = build(settings, r, clock, registry, metrics, hot)
         app.state.container = container
         running["sync"] = container.sync
         stop = asyncio.Event()
@@ -45,6 +47,8 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
+            if hot is not r:
+                await hot.aclose()
             if own_redis:
                 await r.aclose()
 
@@ -64,9 +68,26 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
         checks["store_index"] = "ok" if container and container.sync.loaded else "not loaded yet"
         return checks
 
+    app.include_router(router)  # before the health routes: the hot path is matched first
     install_edge(app, service="geo", registry=registry, ready=ready,
                  max_body_bytes=settings.max_body_bytes,
                  body_limits={("POST", "/v1/stores"): settings.max_bulk_body_bytes})
-    app.include_router(router)
+    _document_raw_bodies(app)
     return app
+
+
+def _document_raw_bodies(app: FastAPI) -> None:
+    """Routes that parse their body themselves still publish its schema in the OpenAPI."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            body = LocationBatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(body.pop("$defs", {}))
+            schemas["LocationBatchIn"] = body
+        return app.openapi_schema
+
+    app.openapi = openapi
 

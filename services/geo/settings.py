@@ -23,6 +23,8 @@ class GeoSettings(BaseSettings):
     max_future_s: float = Field(300.0, ge=0, description="fixes further ahead of the server clock are refused")
     device_state_ttl_s: float = Field(86_400.0, gt=0, description="visit state of a silent device expires")
     device_token_ttl_s: float = Field(30 * 86_400.0, gt=0, description="lifetime of a device token")
+    device_cache_size: int = Field(50_000, ge=0, description="recently active devices whose last snapshot a replica keeps "
+                                   "to save a Redis read (validated on every save; 0 turns it off)")
     event_shards: int = Field(16, ge=1, le=1024, description="geofence event streams (fixed for a deployment)")
     events_maxlen: int = Field(1_000_000, ge=1000, description="approximate length cap per event stream")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body limit")

@@ -16,7 +16,7 @@ from .settings import GeoSettings
 from .use_cases.devices import DeviceDirectory
 from .use_cases.index_sync import IndexSync
 from .use_cases.manage_stores import StoreCatalogue
-from .use_cases.report_fixes import FixReport, FixReporter
+from .use_cases.report_fixes import FixReport, FixReporter, RecentDevices
 
 
 class GeoMetrics:
@@ -25,6 +25,8 @@ class GeoMetrics:
     def __init__(self, registry: CollectorRegistry, sync: Callable[[], IndexSync | None]) -> None:
         self.fixes = Counter("vicino_geo_fixes_total", "Fixes received, by outcome", ["outcome"], registry=registry)
         self.events = Counter("vicino_geo_events_total", "Visit events emitted", ["type"], registry=registry)
+        self._fix_children: dict = {}
+        self._event_children: dict = {}
         stores = Gauge("vicino_geo_index_stores", "Stores in this replica's index", registry=registry)
         stores.set_function(lambda: len(sync().index) if sync() else 0)
         cells = Gauge("vicino_geo_index_cells", "H3 cells in this replica's index", registry=registry)
@@ -34,11 +36,23 @@ class GeoMetrics:
 
     def count(self, report: FixReport) -> None:
         if report.accepted:
-            self.fixes.labels("accepted").inc(report.accepted)
+            self._fixes("accepted").inc(report.accepted)
         for item in report.ignored:
-            self.fixes.labels(item["reason"]).inc()
+            self._fixes(item["reason"]).inc()
         for e in report.events:
-            self.events.labels(e.type).inc()
+            self._events(e.type).inc()
+
+    def _fixes(self, outcome: str):
+        child = self._fix_children.get(outcome)
+        if child is None:  # label lookups are costly on the hot path; outcomes are few
+            child = self._fix_children[outcome] = self.fixes.labels(outcome)
+        return child
+
+    def _events(self, kind: str):
+        child = self._event_children.get(kind)
+        if child is None:
+            child = self._event_children[kind] = self.events.labels(kind)
+        return child
 
 
 @dataclass
@@ -56,10 +70,11 @@ class GeoContainer:
     metrics: GeoMetrics
 
 
-def build(settings: GeoSettings, redis, clock: Clock, registry: CollectorRegistry, metrics: GeoMetrics) -> GeoContainer:
+def build(settings: GeoSettings, redis, clock: Clock, registry: CollectorRegistry, metrics: GeoMetrics,
+          hot_path=None) -> GeoContainer:
     store_repo = StoreRepository(redis)
     sync = IndexSync(store_repo)
-    devices = DeviceRepository(redis, settings.event_shards, settings.events_maxlen)
+    devices = DeviceRepository(redis, settings.event_shards, settings.events_maxlen, hot_path)
     signer = TokenSigner(settings.token_secret)
     policy = TransitionPolicy(dwell_s=settings.dwell_s, exit_buffer_m=settings.exit_buffer_m,
                               exit_timeout_s=settings.exit_timeout_s, max_accuracy_m=settings.max_accuracy_m)
@@ -67,6 +82,7 @@ def build(settings: GeoSettings, redis, clock: Clock, registry: CollectorRegistr
         settings=settings, clock=clock, redis=redis, signer=signer, registry=registry, sync=sync,
         catalogue=StoreCatalogue(store_repo, sync), devices_repo=devices,
         directory=DeviceDirectory(devices, signer, clock, settings.device_token_ttl_s),
-        reporter=FixReporter(devices, sync, policy, clock, settings.device_state_ttl_s),
+        reporter=FixReporter(devices, sync, policy, clock, settings.device_state_ttl_s,
+                             RecentDevices(settings.device_cache_size)),
         metrics=metrics,
     )

@@ -45,8 +45,12 @@ def _unb64(text: str) -> bytes:
 
 
 class TokenSigner:
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, cache_size: int = 100_000) -> None:
         self._key = hashlib.sha256(("vicino-device-token:" + secret).encode()).digest()
+        # A phone sends the same token every few seconds: remember verified ones (the expiry is
+        # still checked on every use; revocation is checked against the device's record).
+        self._verified: dict[str, DeviceClaims] = {}
+        self._cache_size = cache_size
 
     def issue(self, claims: DeviceClaims) -> str:
         payload = _b64(orjson.dumps({"d": claims.device_id, "c": claims.customer_id,
@@ -55,6 +59,17 @@ class TokenSigner:
         return f"v1.{payload}.{sig}"
 
     def verify(self, token: str, now: float) -> DeviceClaims:
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify_signature(token)
+            if len(self._verified) >= self._cache_size:
+                self._verified.clear()  # crude but bounded; refilled by the next requests
+            self._verified[token] = claims
+        if claims.expires_at <= now:
+            raise Unauthorized("token expired; register the device again for a new one")
+        return claims
+
+    def _verify_signature(self, token: str) -> DeviceClaims:
         try:
             version, payload, sig = token.split(".")
         except ValueError:
@@ -69,8 +84,6 @@ class TokenSigner:
             claims = DeviceClaims(str(raw["d"]), str(raw["c"]), str(raw["j"]), float(raw["e"]))
         except Exception:
             raise Unauthorized("malformed token payload") from None
-        if claims.expires_at <= now:
-            raise Unauthorized("token expired; register the device again for a new one")
         return claims
 
 

@@ -50,6 +50,17 @@ class HttpMetrics:
                                  ["service", "method", "route"], registry=registry,
                                  buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.service = service
+        self._children: dict[tuple, tuple] = {}  # label lookups are costly; routes are few
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = (self.requests.labels(self.service, method, route, str(status)),
+                    self.latency.labels(self.service, method, route))
+            self._children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
 
 
 class MetricsMiddleware:
@@ -76,9 +87,7 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            m = self.metrics
-            m.requests.labels(m.service, scope["method"], path, str(status)).inc()
-            m.latency.labels(m.service, scope["method"], path).observe(time.perf_counter() - start)
+            self.metrics.record(scope["method"], path, status, time.perf_counter() - start)
 
 
 class BodyLimitMiddleware:

@@ -65,6 +65,20 @@ class PayloadTooLarge(Problem):
     title = "Payload too large"
 
 
+class UnsupportedMediaType(Problem):
+    status = 415
+    title = "Unsupported media type"
+
+
+def require_json_content_type(content_type: str | None) -> None:
+    """A body sent as something else than JSON is a client mistake worth naming (no header: fine)."""
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"Content-Type is {media!r}; send the body as application/json")
+
+
 class Unavailable(Problem):
     status = 503
     title = "Service unavailable"

@@ -26,3 +26,13 @@ def open_sync(url: str) -> redis.Redis | RedisCluster:
     if _is_cluster(url):
         return RedisCluster.from_url(url)
     return redis.Redis.from_url(url)
+
+
+def open_hot_path(url: str, redis_client):
+    """The client for per-request scripts: the pipelined one on a standalone Redis, else (a
+    Cluster) the given redis-py client, which routes each script to its slot's node."""
+    from .redis_pipe import PipelinedRedis
+
+    if isinstance(redis_client, AsyncRedisCluster):
+        return redis_client
+    return PipelinedRedis(url)

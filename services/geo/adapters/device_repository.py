@@ -25,15 +25,18 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('HMGET', KEYS[2], 'r', 's')}
 # save after them.
 _SAVE = """
 local rev = redis.call('HGET', KEYS[1], 'r') or '0'
-if rev ~= ARGV[1] then return 0 end
 local reg = redis.call('HMGET', KEYS[3], 'token_id', 'location_consent')
-if reg[1] ~= ARGV[5] or reg[2] ~= '1' then return 0 end
-redis.call('HSET', KEYS[1], 'r', tonumber(rev) + 1, 's', ARGV[2])
+if rev ~= ARGV[1] or reg[1] ~= ARGV[5] or reg[2] ~= '1' then
+  -- refused: hand back the current snapshot so the caller can decide again without a read
+  return {0, redis.call('HGETALL', KEYS[3]), redis.call('HMGET', KEYS[1], 'r', 's')}
+end
+local new_rev = tonumber(rev) + 1
+redis.call('HSET', KEYS[1], 'r', new_rev, 's', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 for i = 6, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'v', '1', 'event', ARGV[i])
 end
-return 1
+return {1, new_rev}
 """
 
 CONSENT_FIELDS = ("location", "marketing", "personalisation")
@@ -58,6 +61,13 @@ class Snapshot:
     state: dict | None
 
 
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    saved: bool
+    rev: str                      # the new revision when saved
+    current: Snapshot | None      # when refused: what Redis holds now
+
+
 def _registration(device_id: str, raw: dict) -> Registration | None:
     if not raw:
         return None
@@ -66,34 +76,45 @@ def _registration(device_id: str, raw: dict) -> Registration | None:
                         g["token_id"], float(g["registered_at"]), g.get("location_consent") == "1")
 
 
+def _snapshot(device_id: str, reg_flat: list, rev_state: list) -> Snapshot:
+    rev, state = rev_state
+    reg = _registration(device_id, dict(zip(reg_flat[::2], reg_flat[1::2])))
+    return Snapshot(reg, (rev or b"0").decode(), orjson.loads(state) if state else None)
+
+
 class DeviceRepository:
-    def __init__(self, redis, shards: int, events_maxlen: int) -> None:
+    def __init__(self, redis, shards: int, events_maxlen: int, hot_path=None) -> None:
+        """`hot_path`: the client that runs the two per-request scripts (see
+        services.kernel.redis_client.open_hot_path); defaults to `redis`."""
         self._r = redis
         self._shards = shards
         self._events_maxlen = events_maxlen
-        self._read = redis.register_script(_READ)
-        self._save = redis.register_script(_SAVE)
+        hot = hot_path or redis
+        self._read = hot.register_script(_READ)
+        self._save = hot.register_script(_SAVE)
 
     def keys(self, device_id: str) -> DeviceKeys:
         return DeviceKeys(device_id, self._shards)
 
     async def snapshot(self, device_id: str) -> Snapshot:
         k = self.keys(device_id)
-        reg_flat, (rev, state) = await self._read(keys=[k.registration, k.state])
-        reg = _registration(device_id, dict(zip(reg_flat[::2], reg_flat[1::2])))
-        return Snapshot(reg, (rev or b"0").decode(), orjson.loads(state) if state else None)
+        reg_flat, rev_state = await self._read(keys=[k.registration, k.state])
+        return _snapshot(device_id, reg_flat, rev_state)
 
     async def get(self, device_id: str) -> Registration | None:
         return _registration(device_id, await self._r.hgetall(self.keys(device_id).registration))
 
     async def save_state(self, device_id: str, expected_rev: str, state: dict, ttl_s: float,
-                         events: list[GeofenceEventV1], token_id: str) -> bool:
-        """False when the state moved on, or the registration no longer has this token id and
-        location consent: the caller reads again and decides anew."""
+                         events: list[GeofenceEventV1], token_id: str) -> SaveResult:
+        """Saves only if the revision is still `expected_rev` and the registration still has this
+        token id and location consent; otherwise returns the current snapshot, in the same trip."""
         k = self.keys(device_id)
         args = [expected_rev, orjson.dumps(state), int(ttl_s * 1000), self._events_maxlen, token_id]
         args += [e.model_dump_json(by_alias=True) for e in events]
-        return bool(await self._save(keys=[k.state, k.events, k.registration], args=args))
+        out = await self._save(keys=[k.state, k.events, k.registration], args=args)
+        if int(out[0]) == 1:
+            return SaveResult(True, str(int(out[1])), None)
+        return SaveResult(False, "", _snapshot(device_id, out[1], out[2]))
 
     async def delete_state(self, device_id: str) -> None:
         await self._r.delete(self.keys(device_id).state)

@@ -7,19 +7,20 @@ import orjson
 from fastapi import Depends, Header, Request
 
 from services.kernel.auth import ADMIN, Principal, is_admin_token, parse_bearer
-from services.kernel.problems import Forbidden, InvalidInput, Unauthorized
+from services.kernel.problems import Forbidden, InvalidInput, Unauthorized, require_json_content_type
 
 from ..wiring import GeoContainer
 
 
-def container(request: Request) -> GeoContainer:
+async def container(request: Request) -> GeoContainer:
+    # async on purpose: a plain def dependency would run in the thread pool on every request
     return request.app.state.container
 
 
 ContainerDep = Annotated[GeoContainer, Depends(container)]
 
 
-async def caller(c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+def authenticate(c: GeoContainer, authorization: str | None) -> Principal:
     """Admin token, or a device token whose signature and expiry check out. Whether a device
     token is still the device's current one is checked where the device's record is read."""
     token = parse_bearer(authorization)
@@ -28,6 +29,10 @@ async def caller(c: ContainerDep, authorization: Annotated[str | None, Header()]
     if not token.startswith("v1."):
         raise Unauthorized("unknown bearer token")
     return Principal(admin=False, device=c.signer.verify(token, c.clock.now()))
+
+
+async def caller(c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return authenticate(c, authorization)
 
 
 CallerDep = Annotated[Principal, Depends(caller)]
@@ -40,15 +45,6 @@ async def admin(p: CallerDep) -> Principal:
 
 
 AdminDep = Annotated[Principal, Depends(admin)]
-
-
-async def device_caller(p: CallerDep) -> Principal:
-    if p.device is None:
-        raise Forbidden("this endpoint takes a device token (POST /v1/devices issues one)")
-    return p
-
-
-DeviceCallerDep = Annotated[Principal, Depends(device_caller)]
 
 
 async def customer_access(customer_id: str, p: CallerDep, c: ContainerDep) -> Principal:
@@ -69,6 +65,7 @@ CustomerAccessDep = Annotated[Principal, Depends(customer_access)]
 
 async def json_body(request: Request):
     """Parses the body with orjson (fast on 100k-feature collections) with a clear error."""
+    require_json_content_type(request.headers.get("content-type"))
     raw = await request.body()
     if not raw:
         raise InvalidInput("request body is empty; expected JSON")

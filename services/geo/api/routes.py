@@ -4,13 +4,16 @@ from __future__ import annotations
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import ValidationError
 
-from services.kernel.problems import Forbidden, InvalidInput, NotFound
+from services.kernel.problems import (Forbidden, InvalidInput, NotFound, describe_validation_errors,
+                                     require_json_content_type)
 from services.kernel.ids import CLIENT_ID_PATTERN
 
 from ..domain.transitions import Fix
-from .deps import AdminDep, CallerDep, ContainerDep, CustomerAccessDep, DeviceCallerDep, JsonBody
+from ..wiring import GeoContainer
+from .deps import AdminDep, CallerDep, ContainerDep, CustomerAccessDep, JsonBody, authenticate
 from .schemas import (FEATURE_SCHEMA, BulkStoresOut, ConsentIn, ConsentOut, DeviceIn, DeviceOut,
                       LocationBatchIn, LocationResultOut, NearbyStoreOut)
 
@@ -21,6 +24,62 @@ CustomerId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN)]
 
 def _json(body, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+# locations (first: routes are matched in order, and this is the phone's hot path) -----------------------------------------------------------------------------------
+
+def _validation_problem(e: ValidationError) -> InvalidInput:
+    detail, items = describe_validation_errors(list(e.errors()))
+    return InvalidInput(detail, errors=items)
+
+
+@router.post("/locations", tags=["locations"], response_model=LocationResultOut,
+             summary="a batch of 1-500 GPS fixes from one device",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/LocationBatchIn"}}}}},
+             responses={401: {"description": "missing, invalid, expired or replaced device token"},
+                        403: {"description": "the token belongs to another device"},
+                        404: {"description": "the device is not registered"},
+                        409: {"description": "too many concurrent reports for this device; retry"},
+                        422: {"description": "a fix is malformed, in the future or too old; nothing was processed"}})
+async def post_locations(request: Request) -> Response:
+    # The phone's hot path: no dependency chain, the token is checked before the body is read,
+    # and the body is parsed and validated in one pass by pydantic-core (LocationBatchIn).
+    c: GeoContainer = request.app.state.container
+    p = authenticate(c, request.headers.get("authorization"))
+    if p.device is None:
+        raise Forbidden("this endpoint takes a device token (POST /v1/devices issues one)")
+    claims = p.device
+    require_json_content_type(request.headers.get("content-type"))
+    try:
+        body = LocationBatchIn.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise _validation_problem(e) from None
+    if body.device_id != claims.device_id:
+        raise Forbidden(f"this token belongs to device {claims.device_id!r}, not {body.device_id!r}")
+    now = c.clock.now()
+    s = c.settings
+    errors = []
+    fixes = []
+    for i, f in enumerate(body.fixes):
+        if f.ts > now + s.max_future_s:
+            errors.append({"field": f"fixes[{i}].ts", "message": f"{f.ts - now:.0f} s in the future (at most {s.max_future_s:g})"})
+        elif f.ts < now - s.max_fix_age_s:
+            errors.append({"field": f"fixes[{i}].ts", "message": f"{now - f.ts:.0f} s old (at most {s.max_fix_age_s:g})"})
+        fixes.append(Fix(f.lat, f.lon, f.accuracy_m, f.ts, i))
+    if errors:
+        head = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        raise InvalidInput(head + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "") +
+                           ". Nothing in this batch was processed.", errors=errors)
+    report = await c.reporter.report(claims, fixes)
+    c.metrics.count(report)
+    body_out = {"accepted": report.accepted, "ignored": report.ignored,
+                "events": [{"type": e.type, "store_id": e.store_id, "visit_id": e.visit_id, "ts": e.ts,
+                            "dwell_s": e.dwell_s, "exit_reason": e.exit_reason} for e in report.events],
+                "location_consent": report.location_consent}
+    if report.detail:
+        body_out["detail"] = report.detail
+    return _json(body_out)
 
 
 # stores ------------------------------------------------------------------------------------------
@@ -92,39 +151,3 @@ async def get_consent(customer_id: CustomerId, _: CustomerAccessDep, c: Containe
     return _json({"customer_id": customer_id, **current, "history": history})
 
 
-# locations ---------------------------------------------------------------------------------------
-
-@router.post("/locations", tags=["locations"], response_model=LocationResultOut,
-             summary="a batch of 1-500 GPS fixes from one device",
-             responses={401: {"description": "missing, invalid, expired or replaced device token"},
-                        403: {"description": "the token belongs to another device"},
-                        404: {"description": "the device is not registered"},
-                        409: {"description": "too many concurrent reports for this device; retry"},
-                        422: {"description": "a fix is malformed, in the future or too old; nothing was processed"}})
-async def post_locations(body: LocationBatchIn, p: DeviceCallerDep, c: ContainerDep) -> Response:
-    claims = p.device
-    if body.device_id != claims.device_id:
-        raise Forbidden(f"this token belongs to device {claims.device_id!r}, not {body.device_id!r}")
-    now = c.clock.now()
-    s = c.settings
-    errors = []
-    fixes = []
-    for i, f in enumerate(body.fixes):
-        if f.ts > now + s.max_future_s:
-            errors.append({"field": f"fixes[{i}].ts", "message": f"{f.ts - now:.0f} s in the future (at most {s.max_future_s:g})"})
-        elif f.ts < now - s.max_fix_age_s:
-            errors.append({"field": f"fixes[{i}].ts", "message": f"{now - f.ts:.0f} s old (at most {s.max_fix_age_s:g})"})
-        fixes.append(Fix(f.lat, f.lon, f.accuracy_m, f.ts, i))
-    if errors:
-        head = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-        raise InvalidInput(head + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "") +
-                           ". Nothing in this batch was processed.", errors=errors)
-    report = await c.reporter.report(claims, fixes)
-    c.metrics.count(report)
-    body_out = {"accepted": report.accepted, "ignored": report.ignored,
-                "events": [{"type": e.type, "store_id": e.store_id, "visit_id": e.visit_id, "ts": e.ts,
-                            "dwell_s": e.dwell_s, "exit_reason": e.exit_reason} for e in report.events],
-                "location_consent": report.location_consent}
-    if report.detail:
-        body_out["detail"] = report.detail
-    return _json(body_out)

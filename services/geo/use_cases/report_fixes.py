@@ -1,6 +1,7 @@
 """A batch of fixes from one device: consent check, transitions, one atomic save with events."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from services.kernel.auth import DeviceClaims
@@ -9,7 +10,7 @@ from services.kernel.contracts.geofence_events import GeofenceEventV1
 from services.kernel.ids import new_id
 from services.kernel.problems import Conflict, NotFound, Unauthorized
 
-from ..adapters.device_repository import DeviceRepository
+from ..adapters.device_repository import DeviceRepository, Snapshot
 from ..domain.transitions import DeviceState, Fix, TransitionPolicy, evaluate
 from .index_sync import IndexSync
 
@@ -26,25 +27,62 @@ class FixReport:
     ignored_counts: dict[str, int] = field(default_factory=dict)
 
 
+class RecentDevices:
+    """What this replica last saw of recently active devices (snapshot after its own save).
+
+    Purely a saving of one Redis round trip per request: the save script checks the revision,
+    the token and the consent atomically, and hands back the current snapshot when any of them
+    moved on (another replica, a consent change, a re-registration), so a stale entry costs a
+    retry, never a wrong answer. Bounded, least recently used out first.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, Snapshot] = OrderedDict()
+
+    def get(self, device_id: str) -> Snapshot | None:
+        snap = self._entries.get(device_id)
+        if snap is not None:
+            self._entries.move_to_end(device_id)
+        return snap
+
+    def put(self, device_id: str, snap: Snapshot) -> None:
+        if self.capacity <= 0:
+            return
+        self._entries[device_id] = snap
+        self._entries.move_to_end(device_id)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def drop(self, device_id: str) -> None:
+        self._entries.pop(device_id, None)
+
+
 class FixReporter:
     def __init__(self, devices: DeviceRepository, sync: IndexSync, policy: TransitionPolicy, clock: Clock,
-                 state_ttl_s: float) -> None:
+                 state_ttl_s: float, recent: RecentDevices | None = None) -> None:
         self.devices = devices
         self.sync = sync
         self.policy = policy
         self.clock = clock
         self.state_ttl_s = state_ttl_s
+        self.recent = recent or RecentDevices(0)
 
     async def report(self, claims: DeviceClaims, fixes: list[Fix]) -> FixReport:
         device_id = claims.device_id
-        snap = await self.devices.snapshot(device_id)
+        snap = self.recent.get(device_id)
+        if snap is None or not _usable(snap, claims):
+            snap = await self.devices.snapshot(device_id)  # a cached refusal is never trusted: re-read
         for attempt in range(MAX_ATTEMPTS):
             reg = snap.registration
             if reg is None:
+                self.recent.drop(device_id)
                 raise NotFound(f"device {device_id!r} is not registered")
             if reg.token_id != claims.token_id:
+                self.recent.drop(device_id)
                 raise Unauthorized("this device token was replaced by a newer registration")
             if not reg.location_consent:
+                self.recent.drop(device_id)
                 return FixReport(0, [{"index": f.index, "reason": "no_location_consent"} for f in fixes], [],
                                  location_consent=False,
                                  detail="the customer has not consented to location processing; nothing was processed or stored")
@@ -59,11 +97,20 @@ class FixReporter:
             ignored = [{"index": i.index, "reason": i.reason} for i in sorted(outcome.ignored, key=lambda i: i.index)]
             if outcome.state.last_ts == before and not events:
                 return FixReport(outcome.accepted, ignored, [])
-            if await self.devices.save_state(device_id, snap.rev, outcome.state.to_json(), self.state_ttl_s, events,
-                                             claims.token_id):
+            new_state = outcome.state.to_json()
+            result = await self.devices.save_state(device_id, snap.rev, new_state, self.state_ttl_s, events,
+                                                   claims.token_id)
+            if result.saved:
+                self.recent.put(device_id, Snapshot(reg, result.rev, new_state))
                 return FixReport(outcome.accepted, ignored, events)
-            snap = await self.devices.snapshot(device_id)  # another request won the race: redo on its state
+            snap = result.current  # another request, replica or consent change won: redo on what is there now
+        self.recent.drop(device_id)
         raise Conflict("too many concurrent location reports for this device; retry")
+
+
+def _usable(snap: Snapshot, claims: DeviceClaims) -> bool:
+    reg = snap.registration
+    return reg is not None and reg.token_id == claims.token_id and reg.location_consent
 
 
 def _mint_visit_id() -> str:
