@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import random
 import zlib
 from pathlib import Path
 
@@ -679,3 +680,23 @@ def test_mixed_circle_and_polygon_index_against_brute_force(fuel_80, nil):
     lons = rng.uniform(9.03, 9.29, 8000)
     hits = assert_index_matches(index, brute, lats, lons)
     assert hits > 3000  # about half the box is the municipality (the districts), plus the stations
+
+
+def test_batch_covering_equals_one_by_one_covering():
+    """`cover_many` (bulk imports, index loads) and `cover` (single PUTs) keep the same cells."""
+    from services.geo.domain.fences import CircleFence
+    from services.geo.domain.h3_cells import cover, cover_many
+
+    rng = random.Random(11)
+    fences = []
+    for _ in range(400):
+        lat = rng.choice([rng.uniform(-60, 60), rng.uniform(60, 84), rng.uniform(-84, -60)])
+        lon = rng.choice([rng.uniform(-180, 180), rng.uniform(179.9, 180), rng.uniform(-180, -179.9)])
+        fences.append(CircleFence(lat, lon, rng.choice([10, 35, 80, 300, 1500, rng.uniform(10, 10_000)])))
+    fences.append(store_from_feature({"type": "Feature", "id": "p", "properties": {}, "geometry": {
+        "type": "Polygon", "coordinates": [[[9.0, 45.0], [9.01, 45.0], [9.01, 45.01], [9.0, 45.0]]]}})[0].fence)
+    batch = cover_many(fences)
+    assert len(batch) == len(fences)
+    for f, cells in zip(fences, batch):
+        assert sorted(cells) == sorted(cover(f))
+        assert len(cells) == len(set(cells)) and cells

@@ -12,7 +12,7 @@ import time
 
 from ..adapters.store_repository import StoreRepository
 from ..domain.geojson_codec import FeatureRejected, store_from_feature
-from ..domain.h3_cells import cover
+from ..domain.h3_cells import cover_many
 from ..domain.store_index import StoreIndex
 from ..domain.stores import Store
 
@@ -23,19 +23,20 @@ APPLY_SLICE = 2000
 
 def prepare(features: list[tuple[str, dict | None]]) -> list[tuple[str, Store | None, list[int] | None]]:
     """Parse and cover, off the event loop. A feature that no longer parses is dropped (logged)."""
-    out = []
+    parsed: list[tuple[str, Store | None]] = []
     for sid, feature in features:
         if feature is None:
-            out.append((sid, None, None))
+            parsed.append((sid, None))
             continue
         try:
             store, _ = store_from_feature(feature, sid)
         except FeatureRejected as e:
             log.error("stored feature no longer valid, skipped", extra={"fields": {"store_id": sid, "reason": e.reason}})
-            out.append((sid, None, None))
+            parsed.append((sid, None))
             continue
-        out.append((sid, store, cover(store.fence)))
-    return out
+        parsed.append((sid, store))
+    covers = iter(cover_many([s.fence for _, s in parsed if s is not None]))
+    return [(sid, store, next(covers) if store is not None else None) for sid, store in parsed]
 
 
 class IndexSync:

@@ -9,7 +9,7 @@ from services.kernel.problems import InvalidInput, NotFound
 
 from ..adapters.store_repository import StoreRepository
 from ..domain.geojson_codec import FeatureRejected, feature_id, store_from_feature
-from ..domain.h3_cells import cover
+from ..domain.h3_cells import cover, cover_many
 from ..domain.stores import Store
 from .index_sync import IndexSync
 
@@ -25,7 +25,7 @@ class BulkResult:
 
 
 def _validate_all(features: list[Any]) -> tuple[list[tuple[Store, list[int]]], list[dict], list[dict]]:
-    good: dict[str, tuple[Store, list[int]]] = {}
+    good: dict[str, Store] = {}
     rejected: list[dict] = []
     warnings: list[dict] = []
     for i, feature in enumerate(features):
@@ -37,9 +37,10 @@ def _validate_all(features: list[Any]) -> tuple[list[tuple[Store, list[int]]], l
         if store.store_id in good:
             # the last occurrence wins, as a sequence of PUTs would; say so
             warnings.append({"index": i, "id": store.store_id, "warning": "duplicate id in the collection; the last one wins"})
-        good[store.store_id] = (store, cover(store.fence))
+        good[store.store_id] = store
         warnings += [{"index": i, "id": store.store_id, "warning": w} for w in warns]
-    return list(good.values()), rejected, warnings
+    stores = list(good.values())
+    return list(zip(stores, cover_many([s.fence for s in stores]))), rejected, warnings
 
 
 class StoreCatalogue:
