@@ -13,7 +13,7 @@ from services.kernel.clock import Clock, SystemClock
 from services.kernel.http_edge import install_edge
 from services.kernel.redis_client import open_async, open_hot_path
 
-from .api.routes import router
+from .api.routes import HOT_PATH_ROUTES, router
 from .api.schemas import LocationBatchIn
 from .settings import GeoSettings
 from .wiring import GeoMetrics, build
@@ -69,6 +69,7 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
         return checks
 
     app.include_router(router)  # before the health routes: the hot path is matched first
+    app.router.routes[:0] = HOT_PATH_ROUTES
     install_edge(app, service="geo", registry=registry, ready=ready,
                  max_body_bytes=settings.max_body_bytes,
                  body_limits={("POST", "/v1/stores"): settings.max_bulk_body_bytes})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
+import orjson
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -29,7 +30,6 @@ def install_edge(app: FastAPI, *, service: str, registry: CollectorRegistry, rea
     async def readyz() -> Response:
         checks = await ready()
         if all(v == "ok" for v in checks.values()):
-            import orjson
             return Response(orjson.dumps({"status": "ready", "service": service, "checks": checks}),
                             media_type="application/json")
         failing = "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")

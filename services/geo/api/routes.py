@@ -5,6 +5,7 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
+from starlette.routing import Route as StarletteRoute
 from pydantic import ValidationError
 
 from services.kernel.problems import (Forbidden, InvalidInput, NotFound, describe_validation_errors,
@@ -45,6 +46,7 @@ def _validation_problem(e: ValidationError) -> InvalidInput:
 async def post_locations(request: Request) -> Response:
     # The phone's hot path: no dependency chain, the token is checked before the body is read,
     # and the body is parsed and validated in one pass by pydantic-core (LocationBatchIn).
+    # Served through `HOT_PATH_ROUTES` (below); this APIRoute is what the OpenAPI documents.
     c: GeoContainer = request.app.state.container
     p = authenticate(c, request.headers.get("authorization"))
     if p.device is None:
@@ -151,3 +153,15 @@ async def get_consent(customer_id: CustomerId, _: CustomerAccessDep, c: Containe
     return _json({"customer_id": customer_id, **current, "history": history})
 
 
+
+
+# FastAPI's request handler costs about a third of this endpoint's CPU per request (measured:
+# 94 -> 58 µs in process). The app puts this plain Starlette route in front of the router; the
+# APIRoute above, same function, documents it in the OpenAPI and would serve it just the same.
+class _PlainRoute(StarletteRoute):
+    async def handle(self, scope, receive, send) -> None:
+        scope["route"] = self  # FastAPI's router only records its own routes; metrics label by it
+        await super().handle(scope, receive, send)
+
+
+HOT_PATH_ROUTES = [_PlainRoute("/v1/locations", post_locations, methods=["POST"])]

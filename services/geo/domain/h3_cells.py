@@ -31,13 +31,6 @@ INRADIUS_MIN_M = 0.55 * _EDGE_M
 _RING_STEP_MIN_M = 0.95 * 2 * (0.63 * _EDGE_M) * math.cos(math.radians(30))
 _BOUNDARY_SLACK_M = 2.0  # geodesic cell edges vs straight edges on the local plane
 
-cell_of = h3.latlng_to_cell
-
-
-def cell_of_fix(lat: float, lon: float) -> int:
-    return h3.latlng_to_cell(lat, lon, RESOLUTION)
-
-
 def _rings(bounding_radius_m: float) -> int:
     return int(math.ceil((bounding_radius_m + CIRCUMRADIUS_MAX_M) / _RING_STEP_MIN_M)) + 1
 
