@@ -4,9 +4,10 @@
 geo service, and nothing else: no auth, no Redis, no index. It answers with a small JSON of the
 shape the real endpoint returns for a quiet batch.
 
-`create_redis_app`: the same, plus the two Redis round trips the service makes per request (a
+`create_redis_app`: the same, plus the two Redis round trips of a cold location request (a
 script that reads a hash and two fields, then a script that writes the state back with a TTL),
-through the same redis-py asyncio client. It shows what per-request Redis I/O costs on its own.
+through the redis-py asyncio client. It shows what per-request Redis I/O costs through redis-py;
+the service itself makes one round trip in the steady state, on its pipelined client.
 
 Run by bench/geo.py as `uvicorn bench._bare_app:create_app --factory` (or `create_redis_app`).
 """
