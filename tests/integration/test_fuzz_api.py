@@ -1,0 +1,66 @@
+"""Schemathesis drives every documented operation with generated (valid and invalid) input
+against a real `vicino serve geo` on a real Redis: no answer may be a server error."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET, circle_store, register
+from tests.integration._support import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+
+
+@pytest.fixture
+def served(redis_url, tmp_path):
+    port = free_port()
+    env = {**os.environ, "VICINO_REDIS_URL": redis_url, "VICINO_ADMIN_TOKEN": ADMIN_TOKEN,
+           "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_LOG_LEVEL": "WARNING"}
+    log = open(tmp_path / "geo.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "geo", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready():
+        assert proc.poll() is None, (tmp_path / "geo.log").read_text()[-3000:]
+        try:
+            return httpx.get(url + "/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, 60, 0.1, "geo service ready")
+        with httpx.Client(base_url=url, timeout=30) as http:
+            admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            assert http.put("/v1/stores/duomo", headers=admin, json=circle_store("duomo", 45.4642, 9.19, 80)).status_code == 201
+            device = register(http, "fuzz-phone", "fuzz-customer")
+        yield url, device["Authorization"].split(" ", 1)[1]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        # a server error would have been logged: show it with the failure
+        text = (tmp_path / "geo.log").read_text(errors="replace")
+        assert '"level":"error"' not in text, text[-3000:]
+
+
+@pytest.mark.parametrize("who", ["admin", "device"])
+def test_no_generated_request_gets_a_server_error(served, who, tmp_path):
+    url, device_token = served
+    token = ADMIN_TOKEN if who == "admin" else device_token
+    args = [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {token}",
+            "--checks", "not_a_server_error", "--max-examples", "40", "--seed", "20261126",
+            "--report-dir", str(tmp_path / "report")]
+    if who == "device":
+        args += ["--include-path", "/v1/locations"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+    assert "passed" in out.stdout
