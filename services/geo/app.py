@@ -6,7 +6,6 @@ import contextlib
 import logging
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 from prometheus_client import CollectorRegistry
 
 from services.kernel.clock import Clock, SystemClock
@@ -53,7 +52,6 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
                 await r.aclose()
 
     app = FastAPI(title="Vicino geo service", version="1", lifespan=lifespan,
-                  default_response_class=ORJSONResponse,
                   description="Location fixes in, store visits (enter / dwell / exit) out. "
                               "Authenticate with `Authorization: Bearer <admin or device token>`.")
 
