@@ -56,10 +56,15 @@ def _bindable(port: int) -> bool:
             return False
 
 
+class _PortTaken(Exception):
+    pass
+
+
 class EmbeddedRedis:
     def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = True,
                  extra_args: list[str] | None = None) -> None:
         self.data_dir = data_dir
+        self._port_chosen = port is None
         self.port = port or free_port()
         self.persist = persist
         self.extra_args = extra_args or []
@@ -70,6 +75,16 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 15.0) -> "EmbeddedRedis":
+        for attempt in range(3):
+            try:
+                return self._start(timeout_s)
+            except _PortTaken:
+                if not self._port_chosen or attempt == 2:
+                    raise RuntimeError(f"port {self.port} is in use") from None
+                self.port = free_port()  # another process took it between our probe and the bind
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout_s: float) -> "EmbeddedRedis":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
                 "--protected-mode", "yes", "--daemonize", "no", "--logfile", "redis.log"]
@@ -86,9 +101,12 @@ class EmbeddedRedis:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 log_file = self.data_dir / "redis.log"
                 tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+                if "Address already in use" in err + tail:
+                    raise _PortTaken()
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {err}{tail}")
             try:
-                if client.ping():
+                # our server, not another one that happens to listen on this port
+                if client.info("server").get("process_id") == self.proc.pid:
                     break
             except redis.ConnectionError:
                 pass

@@ -139,12 +139,12 @@ def test_concurrent_reports_for_one_device_make_one_enter(geo_server, redis_sync
     # refused save hands back the current state, no re-read). Without the cache every request
     # also reads once, so the count of lost races is exact.
     saves = int(state[b"r"])
-    assert evalsha["failed_calls"] == 0, evalsha
+    calls = evalsha["calls"] - evalsha.get("failed_calls", 0)  # NOSCRIPT answers, then loaded and retried
     if cache_size == 0:
-        lost = evalsha["calls"] - len(responses) - saves
+        lost = calls - len(responses) - saves
         assert lost >= 1, (evalsha, saves)
     else:
-        assert evalsha["calls"] > saves, (evalsha, saves)
+        assert calls > saves, (evalsha, saves)
 
 
 @pytest.fixture

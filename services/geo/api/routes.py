@@ -27,7 +27,7 @@ def _json(body, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-# locations (first: routes are matched in order, and this is the phone's hot path) -----------------------------------------------------------------------------------
+# locations (first: routes are matched in order, and this is the phone's hot path) ---------
 
 def _validation_problem(e: ValidationError) -> InvalidInput:
     detail, items = describe_validation_errors(list(e.errors()))

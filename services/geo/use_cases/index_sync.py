@@ -60,6 +60,9 @@ class IndexSync:
                 index.upsert(store, cells)
         self.index = index  # swap: readers see the old or the new index, never a mix
         self._last_entry, self.last_seq = entry, seq
+        # Local writes made while this load ran went to the old index and may have been missed by
+        # the scan: forget that they were applied, so the change log re-applies them (idempotent).
+        self._own_seqs.clear()
         self.loaded = True
         self.reloads += 1
         log.info("store index loaded", extra={"fields": {"stores": len(index), "cells": index.cell_count,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from services.kernel.auth import DeviceClaims
 from services.kernel.clock import Clock
@@ -24,7 +24,6 @@ class FixReport:
     events: list[GeofenceEventV1]
     location_consent: bool = True
     detail: str | None = None
-    ignored_counts: dict[str, int] = field(default_factory=dict)
 
 
 class RecentDevices:
