@@ -292,3 +292,25 @@ def test_state_ttl_follows_the_setting(redis_url, redis_sync):
         _post(c, dev, "phone-i", fix(*INSIDE[0], time.time() - 10))
         assert 80_000 < redis_sync.pttl(DeviceKeys("phone-i", 16).state) <= 90_000
         assert json.loads(redis_sync.hget(DeviceKeys("phone-i", 16).state, "s"))["v"]["duomo"]
+
+
+def test_unregistering_a_device_ends_its_visit_and_revokes_its_tokens(client, admin, redis_sync):
+    _duomo(client, admin)
+    dev = register(client, "lost-phone", "cust-lost")
+    t0 = time.time() - 100
+    visit = _post(client, dev, "lost-phone", fix(*INSIDE[0], t0))["events"][0]["visit_id"]
+    mine = client.get("/v1/devices/lost-phone", headers=dev)
+    assert mine.status_code == 200 and mine.json()["customer_id"] == "cust-lost" and "token" not in mine.json()
+    assert_problem(client.get("/v1/devices/other-phone", headers=dev), 403, "own")
+
+    assert client.delete("/v1/devices/lost-phone", headers=dev).status_code == 403  # admin only
+    assert client.delete("/v1/devices/lost-phone", headers=admin).status_code == 204
+    last = stream_events(redis_sync, "lost-phone")[-1]
+    assert (last.type, last.visit_id, last.exit_reason) == ("exit", visit, "device_removed")
+    assert not redis_sync.exists(DeviceKeys("lost-phone", 16).state)
+    assert not redis_sync.exists(DeviceKeys("lost-phone", 16).registration)
+    assert not redis_sync.sismember("vicino:{cust:cust-lost}:devices", "lost-phone")
+    assert_problem(client.post(LOC, headers=dev, json={"device_id": "lost-phone", "fixes": [fix(*INSIDE[1], t0 + 5)]}),
+                   404, "not registered")
+    assert_problem(client.get("/v1/devices/lost-phone", headers=admin), 404, "not registered")
+    assert_problem(client.delete("/v1/devices/lost-phone", headers=admin), 404, "not registered")

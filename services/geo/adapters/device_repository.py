@@ -132,6 +132,11 @@ class DeviceRepository:
             await self._r.srem(CustomerKeys(previous.customer_id).devices, reg.device_id)
         return previous
 
+    async def unregister(self, reg: Registration) -> None:
+        """Removes the registration (its tokens stop working) and the device from its customer."""
+        await self._r.delete(self.keys(reg.device_id).registration)
+        await self._r.srem(CustomerKeys(reg.customer_id).devices, reg.device_id)
+
     async def append_events(self, device_id: str, events: list[GeofenceEventV1]) -> None:
         stream = self.keys(device_id).events
         for e in events:

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.routing import Route as StarletteRoute
 from pydantic import ValidationError
 
-from services.kernel.problems import (Forbidden, InvalidInput, NotFound, describe_validation_errors,
-                                     require_json_content_type)
+from services.kernel.problems import (Forbidden, InvalidInput, NotFound, Unauthorized,
+                                     describe_validation_errors, require_json_content_type)
 from services.kernel.ids import CLIENT_ID_PATTERN
 
 from ..domain.transitions import Fix
@@ -135,6 +135,29 @@ async def register_device(body: DeviceIn, _: AdminDep, c: ContainerDep) -> Respo
     issued = await c.directory.register(body.device_id, body.customer_id, body.platform, body.push_token, body.timezone)
     return _json({"device_id": body.device_id, "customer_id": body.customer_id, "platform": body.platform,
                   "token": issued.token, "token_expires_at": issued.expires_at, "rotated": issued.rotated}, 201)
+
+
+DeviceId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN)]
+
+
+@router.get("/devices/{device_id}", tags=["devices"], summary="a device's registration (no token)")
+async def get_device(device_id: DeviceId, p: CallerDep, c: ContainerDep) -> Response:
+    if not p.admin and p.device.device_id != device_id:
+        raise Forbidden("a device token may only read its own registration")
+    reg = await c.devices_repo.get(device_id)
+    if reg is None or (not p.admin and reg.token_id != p.device.token_id):
+        raise NotFound(f"device {device_id!r} is not registered") if reg is None else \
+            Unauthorized("this device token was replaced by a newer registration")
+    return _json({"device_id": reg.device_id, "customer_id": reg.customer_id, "platform": reg.platform,
+                  "timezone": reg.timezone, "registered_at": reg.registered_at,
+                  "location_consent": reg.location_consent})
+
+
+@router.delete("/devices/{device_id}", tags=["devices"], status_code=204,
+               summary="unregister a device: its visits end, its tokens stop working")
+async def delete_device(device_id: DeviceId, _: AdminDep, c: ContainerDep) -> Response:
+    await c.directory.unregister(device_id)
+    return Response(status_code=204)
 
 
 @router.put("/customers/{customer_id}/consent", tags=["consent"], response_model=ConsentOut,

@@ -7,6 +7,7 @@ from services.kernel.auth import DeviceClaims, TokenSigner
 from services.kernel.clock import Clock
 from services.kernel.contracts.geofence_events import GeofenceEventV1
 from services.kernel.ids import new_id
+from services.kernel.problems import NotFound
 
 from ..adapters.device_repository import DeviceRepository, Registration
 from ..domain.transitions import DeviceState, close_all
@@ -42,6 +43,16 @@ class DeviceDirectory:
         expires = now + self.token_ttl_s
         token = self.signer.issue(DeviceClaims(device_id, customer_id, reg.token_id, expires))
         return IssuedToken(reg, token, expires, previous is not None)
+
+    async def unregister(self, device_id: str) -> None:
+        """A lost or retired phone: its open visits end, its state and registration go, and every
+        token issued to it stops working."""
+        snap = await self.repo.snapshot(device_id)
+        if snap.registration is None:
+            raise NotFound(f"device {device_id!r} is not registered")
+        await self._close_visits(device_id, snap.registration.customer_id, snap.state, self.clock.now(),
+                                 "device_removed")
+        await self.repo.unregister(snap.registration)
 
     async def set_consent(self, customer_id: str, values: dict[str, bool], actor: str) -> dict:
         now = self.clock.now()

@@ -44,7 +44,8 @@ class GeofenceEventV1(BaseModel):
     ts: float = Field(description="time of the fix that caused the transition, epoch seconds")
     emitted_at: float = Field(description="server time of emission, epoch seconds")
     dwell_s: float | None = Field(None, description="seconds inside so far (dwell, exit)")
-    exit_reason: Literal["left", "timeout", "store_removed", "consent_withdrawn", "device_reassigned"] | None = None
+    exit_reason: Literal["left", "timeout", "store_removed", "consent_withdrawn", "device_reassigned",
+                         "device_removed"] | None = None
 
     def to_stream_fields(self) -> dict[str, str]:
         return {"v": str(SCHEMA_VERSION), "event": self.model_dump_json(by_alias=True)}
