@@ -314,3 +314,14 @@ def test_unregistering_a_device_ends_its_visit_and_revokes_its_tokens(client, ad
                    404, "not registered")
     assert_problem(client.get("/v1/devices/lost-phone", headers=admin), 404, "not registered")
     assert_problem(client.delete("/v1/devices/lost-phone", headers=admin), 404, "not registered")
+
+
+def test_a_consent_change_racing_an_unregistration_leaves_no_stub_registration(client, admin, redis_sync):
+    register(client, "gone-phone", "cust-gone")
+    # the device is still in its customer's set, but its registration is already gone (a DELETE
+    # that ran between the consent change reading the set and updating the devices)
+    redis_sync.delete(DeviceKeys("gone-phone", 16).registration)
+    r = client.put("/v1/customers/cust-gone/consent", headers=admin,
+                   json={"location": False, "marketing": False, "personalisation": False})
+    assert r.status_code == 200, r.text
+    assert not redis_sync.exists(DeviceKeys("gone-phone", 16).registration)

@@ -39,6 +39,13 @@ end
 return {1, new_rev}
 """
 
+_SET_COPY = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HSET', KEYS[1], 'location_consent', ARGV[1])
+end
+return 0
+"""
+
 CONSENT_FIELDS = ("location", "marketing", "personalisation")
 
 
@@ -69,7 +76,7 @@ class SaveResult:
 
 
 def _registration(device_id: str, raw: dict) -> Registration | None:
-    if not raw:
+    if not raw or b"customer_id" not in raw and "customer_id" not in raw:
         return None
     g = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
     return Registration(device_id, g["customer_id"], g["platform"], g.get("push_token", ""), g.get("timezone", ""),
@@ -92,6 +99,7 @@ class DeviceRepository:
         hot = hot_path or redis
         self._read = hot.register_script(_READ)
         self._save = hot.register_script(_SAVE)
+        self._set_copy = redis.register_script(_SET_COPY)
 
     def keys(self, device_id: str) -> DeviceKeys:
         return DeviceKeys(device_id, self._shards)
@@ -132,6 +140,10 @@ class DeviceRepository:
             await self._r.srem(CustomerKeys(previous.customer_id).devices, reg.device_id)
         return previous
 
+    async def set_location_copy(self, device_id: str, location: bool) -> None:
+        # only on a registration that still exists: never resurrect a removed device as a stub
+        await self._set_copy(keys=[self.keys(device_id).registration], args=["1" if location else "0"])
+
     async def unregister(self, reg: Registration) -> None:
         """Removes the registration (its tokens stop working) and the device from its customer."""
         await self._r.delete(self.keys(reg.device_id).registration)
@@ -163,7 +175,7 @@ class DeviceRepository:
         *_, members = await pipe.execute()
         devices = sorted(m.decode() for m in members)
         for device_id in devices:
-            await self._r.hset(self.keys(device_id).registration, "location_consent", flat["location"])
+            await self.set_location_copy(device_id, values["location"])
         return devices
 
     async def consent_audit(self, customer_id: str, count: int = 100) -> list[dict]:

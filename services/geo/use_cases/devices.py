@@ -36,6 +36,12 @@ class DeviceDirectory:
                            consent["location"])
         snap = await self.repo.snapshot(device_id)
         previous = await self.repo.register(reg)
+        # A consent change that ran between our read and our joining the customer's device set
+        # could not update this device's copy: read once more, now that we are in the set (any
+        # later change will find us there and update the copy itself).
+        latest = (await self.repo.consent(customer_id))["location"]
+        if latest != consent["location"]:
+            await self.repo.set_location_copy(device_id, latest)
         if previous is not None and previous.customer_id != customer_id:
             # The phone changed hands: the old owner's visits end (exit events under the old
             # owner, so consumers close them) and must not continue under the new one.
