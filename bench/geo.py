@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import gc
 import http.client
-import itertools
 import json
 import math
 import multiprocessing as mp
@@ -47,7 +46,7 @@ import orjson
 from services.geo.domain.fences import CircleFence
 from services.geo.domain.geodesy import M_PER_DEG
 from services.geo.domain.geojson_codec import store_from_feature
-from services.geo.domain.h3_cells import RESOLUTION, cover_many
+from services.geo.domain.h3_cells import cover_many
 from services.geo.domain.store_index import StoreIndex
 from services.geo.domain.stores import Store
 from services.geo.domain.transitions import DeviceState, Fix, TransitionPolicy, evaluate

@@ -1,7 +1,6 @@
 """The `vicino` command: run the stack, serve one service, manage stores."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 

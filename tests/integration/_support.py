@@ -1,14 +1,20 @@
 """Helpers shared by the integration tests (no fixtures here: those live in tests/conftest.py)."""
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 
 from services.kernel.contracts.geofence_events import GeofenceEventV1, device_shard, events_stream_key
 
 PROBLEM = "application/problem+json"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def assert_problem(r: httpx.Response, status: int, *needles: str) -> dict:
@@ -75,3 +81,39 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.05, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout_s} s")
         time.sleep(interval_s)
+
+
+@contextlib.contextmanager
+def served_geo(redis_url: str, log_dir: Path, *, workers: int = 1, env: dict | None = None):
+    """`vicino serve geo` as its own process tree on a free port, as a container runs it; yields
+    the base URL once /readyz answers, and stops it (SIGTERM, then SIGKILL) afterwards."""
+    from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
+
+    port = free_port()
+    full_env = {**os.environ, "VICINO_REDIS_URL": redis_url, "VICINO_ADMIN_TOKEN": ADMIN_TOKEN,
+                "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_LOG_LEVEL": "WARNING", **(env or {})}
+    log_path = log_dir / "geo.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "geo", "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", str(workers)], cwd=ROOT, env=full_env,
+                            stdout=log, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready():
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        try:
+            return httpx.get(url + "/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, 60, 0.1, "geo service ready")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -2,13 +2,9 @@
 Redis share the store catalogue (through the change log) and the device's visit state."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import orjson
@@ -17,11 +13,10 @@ from fastapi.testclient import TestClient
 
 from services.geo.adapters.redis_keys import DeviceKeys
 from services.geo.app import create_app
-from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET, circle_store, fix, make_settings, register
+from tests.conftest import ADMIN_TOKEN, circle_store, fix, make_settings, register
 
-from ._support import free_port, stream_events, wait_until
+from ._support import served_geo, stream_events, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LAT, LON = 45.4642, 9.19
 
@@ -62,36 +57,9 @@ def post_until_done(post, body: dict, attempts: int = 20) -> dict:
 
 @pytest.fixture(params=[0, 50_000], ids=["no-device-cache", "device-cache"])
 def geo_server(request, redis_url, tmp_path):
-    """`vicino serve geo` as its own process tree (two uvicorn workers) on a free port, with and
-    without the replica's cache of recent device snapshots."""
-    port = free_port()
-    env = {**os.environ, "VICINO_REDIS_URL": redis_url, "VICINO_ADMIN_TOKEN": ADMIN_TOKEN,
-           "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_LOG_LEVEL": "WARNING",
-           "VICINO_DEVICE_CACHE_SIZE": str(request.param)}
-    log = open(tmp_path / "geo.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "geo", "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "2"], cwd=ROOT, env=env, stdout=log, stderr=log,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready():
-        assert proc.poll() is None, (tmp_path / "geo.log").read_text()[-3000:]
-        try:
-            return httpx.get(url + "/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, 60, 0.1, "geo service ready")
+    """Two uvicorn workers, with and without the replica's cache of recent device snapshots."""
+    with served_geo(redis_url, tmp_path, workers=2, env={"VICINO_DEVICE_CACHE_SIZE": str(request.param)}) as url:
         yield url, request.param
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_concurrent_reports_for_one_device_make_one_enter(geo_server, redis_sync):

@@ -1,6 +1,5 @@
 """Schemathesis drives every documented operation with generated (valid and invalid) input
 against a real `vicino serve geo` on a real Redis: no answer may be a server error."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,48 +7,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET, circle_store, register
-from tests.integration._support import free_port, wait_until
+from tests.conftest import ADMIN_TOKEN, circle_store, register
+from tests.integration._support import served_geo
 
-ROOT = Path(__file__).resolve().parents[2]
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
 
 @pytest.fixture
 def served(redis_url, tmp_path):
-    port = free_port()
-    env = {**os.environ, "VICINO_REDIS_URL": redis_url, "VICINO_ADMIN_TOKEN": ADMIN_TOKEN,
-           "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_LOG_LEVEL": "WARNING"}
-    log = open(tmp_path / "geo.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "geo", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready():
-        assert proc.poll() is None, (tmp_path / "geo.log").read_text()[-3000:]
-        try:
-            return httpx.get(url + "/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, 60, 0.1, "geo service ready")
+    with served_geo(redis_url, tmp_path) as url:
         with httpx.Client(base_url=url, timeout=30) as http:
             admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
             assert http.put("/v1/stores/duomo", headers=admin, json=circle_store("duomo", 45.4642, 9.19, 80)).status_code == 201
             device = register(http, "fuzz-phone", "fuzz-customer")
         yield url, device["Authorization"].split(" ", 1)[1]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        # a server error would have been logged: show it with the failure
-        text = (tmp_path / "geo.log").read_text(errors="replace")
-        assert '"level":"error"' not in text, text[-3000:]
+    # a server error would have been logged: show it with the failure
+    text = (tmp_path / "geo.log").read_text(errors="replace")
+    assert '"level":"error"' not in text, text[-3000:]
 
 
 @pytest.mark.parametrize("who", ["admin", "device"])
