@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from services.kernel.clock import Clock, SystemClock
 from services.kernel.http_edge import install_edge
-from services.kernel.redis_client import open_async, open_hot_path
+from services.kernel.redis_client import open_async, open_hot_path, wait_for_redis
 
 from .api.routes import HOT_PATH_ROUTES, router
 from .api.schemas import LocationBatchIn
@@ -30,6 +30,8 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         own_redis = redis is None
+        if own_redis:
+            await wait_for_redis(settings.redis_url, settings.redis_wait_s, log)
         r = open_async(settings.redis_url) if own_redis else redis
         hot = open_hot_path(settings.redis_url, r)
         container = build(settings, r, clock, registry, metrics, hot)

@@ -13,6 +13,7 @@ class GeoSettings(BaseSettings):
     redis_url: str = Field(..., description="redis:// URL of a standalone Redis or any node of a Redis Cluster")
     admin_token: str = Field(..., description="bearer token of the operator (admin endpoints)")
     token_secret: str = Field(..., description="key that signs device tokens; same on every replica")
+    redis_wait_s: float = Field(30.0, ge=0, description="at start, how long to wait for Redis to answer before giving up")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr")
 
     dwell_s: float = Field(300.0, gt=0, description="default dwell threshold when a store sets none")

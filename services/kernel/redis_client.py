@@ -1,6 +1,10 @@
 """One way to open Redis for every service: standalone or Cluster, told apart by the server."""
 from __future__ import annotations
 
+import asyncio
+import time
+from urllib.parse import urlsplit, urlunsplit
+
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -13,6 +17,35 @@ def _is_cluster(url: str) -> bool:
         return bool(probe.info("cluster").get("cluster_enabled"))
     finally:
         probe.close()
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+async def wait_for_redis(url: str, wait_s: float, log) -> None:
+    """At start, Redis may come up after us (containers start in any order): retry with backoff
+    for `wait_s`, then fail with one clear message."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.2
+    while True:
+        probe = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+        try:
+            await probe.ping()
+            return
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            if time.monotonic() + delay > deadline:
+                raise RuntimeError(f"Redis at {redacted(url)} unreachable for {wait_s:g} s: {e}") from None
+            log.warning("waiting for Redis", extra={"fields": {"redis": redacted(url), "error": str(e)}})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        finally:
+            await probe.aclose()
 
 
 def open_async(url: str) -> aioredis.Redis | AsyncRedisCluster:

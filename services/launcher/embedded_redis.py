@@ -61,6 +61,10 @@ class _PortTaken(Exception):
 
 
 class EmbeddedRedis:
+    """One redis-server child. Start it from the thread that will outlive it (normally the main
+    thread): on Linux it is told to exit when that thread's process ends (PR_SET_PDEATHSIG),
+    and the kernel ties that signal to the starting thread."""
+
     def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = True,
                  extra_args: list[str] | None = None) -> None:
         self.data_dir = data_dir
