@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.kernel.auth import TokenSigner
 from services.kernel.clock import Clock
+from services.kernel.observability import LabelledChildren
 
 from .adapters.device_repository import DeviceRepository
 from .adapters.store_repository import StoreRepository
@@ -25,8 +26,8 @@ class GeoMetrics:
     def __init__(self, registry: CollectorRegistry, sync: Callable[[], IndexSync | None]) -> None:
         self.fixes = Counter("vicino_geo_fixes_total", "Fixes received, by outcome", ["outcome"], registry=registry)
         self.events = Counter("vicino_geo_events_total", "Visit events emitted", ["type"], registry=registry)
-        self._fix_children: dict = {}
-        self._event_children: dict = {}
+        self._fixes = LabelledChildren(self.fixes)
+        self._events = LabelledChildren(self.events)
         stores = Gauge("vicino_geo_index_stores", "Stores in this replica's index", registry=registry)
         stores.set_function(lambda: len(sync().index) if sync() else 0)
         cells = Gauge("vicino_geo_index_cells", "H3 cells in this replica's index", registry=registry)
@@ -41,18 +42,6 @@ class GeoMetrics:
             self._fixes(item["reason"]).inc()
         for e in report.events:
             self._events(e.type).inc()
-
-    def _fixes(self, outcome: str):
-        child = self._fix_children.get(outcome)
-        if child is None:  # label lookups are costly on the hot path; outcomes are few
-            child = self._fix_children[outcome] = self.fixes.labels(outcome)
-        return child
-
-    def _events(self, kind: str):
-        child = self._event_children.get(kind)
-        if child is None:
-            child = self._event_children[kind] = self.events.labels(kind)
-        return child
 
 
 @dataclass

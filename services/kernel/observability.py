@@ -40,6 +40,21 @@ def configure_logging(level: str = "INFO", service: str = "vicino") -> None:
         lg.propagate = True
 
 
+class LabelledChildren:
+    """`metric.labels(...)` costs a lock and a tuple build per call; on a hot path, keep the
+    children of the few label combinations that occur."""
+
+    def __init__(self, metric) -> None:
+        self.metric = metric
+        self._children: dict[tuple, object] = {}
+
+    def __call__(self, *labels):
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self.metric.labels(*labels)
+        return child
+
+
 class HttpMetrics:
     """Per-route request counts and latency, on a registry owned by one app (no globals)."""
 
@@ -50,17 +65,12 @@ class HttpMetrics:
                                  ["service", "method", "route"], registry=registry,
                                  buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.service = service
-        self._children: dict[tuple, tuple] = {}  # label lookups are costly; routes are few
+        self._requests = LabelledChildren(self.requests)
+        self._latency = LabelledChildren(self.latency)
 
     def record(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, status)
-        pair = self._children.get(key)
-        if pair is None:
-            pair = (self.requests.labels(self.service, method, route, str(status)),
-                    self.latency.labels(self.service, method, route))
-            self._children[key] = pair
-        pair[0].inc()
-        pair[1].observe(seconds)
+        self._requests(self.service, method, route, str(status)).inc()
+        self._latency(self.service, method, route).observe(seconds)
 
 
 class MetricsMiddleware:

@@ -76,7 +76,7 @@ class SaveResult:
 
 
 def _registration(device_id: str, raw: dict) -> Registration | None:
-    if not raw or b"customer_id" not in raw and "customer_id" not in raw:
+    if not raw or not ({b"customer_id", "customer_id"} & raw.keys()):  # none, or not a whole registration
         return None
     g = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
     return Registration(device_id, g["customer_id"], g["platform"], g.get("push_token", ""), g.get("timezone", ""),

@@ -5,11 +5,11 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from starlette.routing import Route as StarletteRoute
 from pydantic import ValidationError
 
-from services.kernel.problems import (Forbidden, InvalidInput, NotFound, Unauthorized,
-                                     describe_validation_errors, require_json_content_type)
+from services.kernel.problems import Forbidden, InvalidInput, NotFound, Unauthorized, require_json_content_type
 from services.kernel.ids import CLIENT_ID_PATTERN
 
 from ..domain.transitions import Fix
@@ -28,11 +28,6 @@ def _json(body, status: int = 200) -> Response:
 
 
 # locations (first: routes are matched in order, and this is the phone's hot path) ---------
-
-def _validation_problem(e: ValidationError) -> InvalidInput:
-    detail, items = describe_validation_errors(list(e.errors()))
-    return InvalidInput(detail, errors=items)
-
 
 @router.post("/locations", tags=["locations"], response_model=LocationResultOut,
              summary="a batch of 1-500 GPS fixes from one device",
@@ -56,7 +51,7 @@ async def post_locations(request: Request) -> Response:
     try:
         body = LocationBatchIn.model_validate_json(await request.body())
     except ValidationError as e:
-        raise _validation_problem(e) from None
+        raise RequestValidationError(e.errors()) from None  # rendered by the shared problem handler
     if body.device_id != claims.device_id:
         raise Forbidden(f"this token belongs to device {claims.device_id!r}, not {body.device_id!r}")
     now = c.clock.now()

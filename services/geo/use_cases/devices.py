@@ -34,7 +34,6 @@ class DeviceDirectory:
         consent = await self.repo.consent(customer_id)
         reg = Registration(device_id, customer_id, platform, push_token, timezone, new_id("tok"), now,
                            consent["location"])
-        snap = await self.repo.snapshot(device_id)
         previous = await self.repo.register(reg)
         # A consent change that ran between our read and our joining the customer's device set
         # could not update this device's copy: read once more, now that we are in the set (any
@@ -45,6 +44,8 @@ class DeviceDirectory:
         if previous is not None and previous.customer_id != customer_id:
             # The phone changed hands: the old owner's visits end (exit events under the old
             # owner, so consumers close them) and must not continue under the new one.
+            # (registering leaves the visit state alone, and the old token can no longer save it)
+            snap = await self.repo.snapshot(device_id)
             await self._close_visits(device_id, previous.customer_id, snap.state, now, "device_reassigned")
         expires = now + self.token_ttl_s
         token = self.signer.issue(DeviceClaims(device_id, customer_id, reg.token_id, expires))
