@@ -19,6 +19,7 @@ import os
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
+from starlette.requests import Request
 from starlette.responses import Response
 
 from services.geo.api.schemas import LocationBatchIn
@@ -76,6 +77,23 @@ def create_redis_app() -> FastAPI:
         await state["write"](keys=[f"bench:state:{{{d}}}"],
                              args=[(rev or b"0").decode(), orjson.dumps({"t": last, "v": {}}), 86_400_000])
         return _answer(len(body.fixes))
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    return app
+
+
+def create_ingest_app() -> FastAPI:
+    """The bare peer of `POST /v1/interactions`: parse the batch with orjson, count it, answer."""
+    app = FastAPI(title="bench bare interactions endpoint")
+
+    @app.post("/v1/interactions")
+    async def interactions(request: Request) -> Response:
+        items = orjson.loads(await request.body())
+        return Response(orjson.dumps({"accepted": len(items), "duplicates": 0, "rejected": []}),
+                        media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -52,6 +52,39 @@ def serve_geo(host: str = typer.Option("127.0.0.1", envvar="VICINO_HOST", help="
                 access_log=False, lifespan="on", timeout_graceful_shutdown=10)
 
 
+@serve_app.command("recommender")
+def serve_recommender(host: str = typer.Option("127.0.0.1", envvar="VICINO_HOST", help="bind address"),
+                      port: int = typer.Option(8001, envvar="VICINO_RECOMMENDER_PORT", help="port"),
+                      workers: int = typer.Option(1, min=1, help="worker processes")) -> None:
+    """The recommender service: customers, identifiers, interactions, profile, erasure, offers,
+    stock, campaign rules. Needs VICINO_REDIS_URL, VICINO_ADMIN_TOKEN, VICINO_TOKEN_SECRET, and
+    VICINO_GEO_URL (where the geo service answers)."""
+    import uvicorn
+
+    from services.kernel.observability import configure_logging
+    from services.recommender.settings import RecommenderSettings
+
+    settings = _settings_or_exit(RecommenderSettings)
+    configure_logging(settings.log_level)
+    uvicorn.run("services.recommender.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=10)
+
+
+@serve_app.command("recommender-worker")
+def serve_recommender_worker() -> None:
+    """The recommender's background consumers: store visits from the geo events, and the
+    exporter of interactions to the Parquet log (VICINO_HISTORY_DIR)."""
+    import asyncio
+
+    from services.kernel.observability import configure_logging
+    from services.recommender.settings import RecommenderSettings
+    from services.recommender.worker import run_worker
+
+    settings = _settings_or_exit(RecommenderSettings)
+    configure_logging(settings.log_level)
+    asyncio.run(run_worker(settings))
+
+
 @stores_app.command("import")
 def stores_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, help=".geojson/.json or .csv (optionally .gz)"),
                   url: str = typer.Option("http://127.0.0.1:8000", envvar="VICINO_URL", help="base URL of the stack"),
@@ -93,6 +126,18 @@ def stores_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, 
         typer.echo(f"  rejected #{r['index']} {r.get('id')}: {r['reason']}")
     if len(totals["rejected"]) > 50:
         typer.echo(f"  ... and {len(totals['rejected']) - 50} more")
+
+
+def _register_subcommands() -> None:
+    # at the end: these modules import `_settings_or_exit` from this one
+    from services.cli_history import history_app
+    from services.cli_offers import offers_app
+
+    app.add_typer(offers_app, name="offers", help="Manage the offer catalogue.")
+    app.add_typer(history_app, name="history", help="Customers' interaction history: import, export, erasure.")
+
+
+_register_subcommands()
 
 
 def main() -> None:

@@ -81,3 +81,43 @@ def circle_store(store_id: str, lat: float, lon: float, radius_m: float = 50, **
 
 def fix(lat: float, lon: float, ts: float | None = None, accuracy_m: float = 10) -> dict:
     return {"lat": lat, "lon": lon, "accuracy_m": accuracy_m, "ts": time.time() if ts is None else ts}
+
+
+# --- the recommender, with a real geo service beside it ----------------------------------------
+
+@pytest.fixture(scope="session")
+def geo_url(redis_server, tmp_path_factory):
+    """`vicino serve geo` on the session's Redis, for the recommender to call (consent on merge,
+    location data on erasure) and for tests to register devices through."""
+    from tests.integration._support import served_geo
+
+    with served_geo(redis_server.url, tmp_path_factory.mktemp("geo-logs")) as url:
+        yield url
+
+
+def make_rec_settings(redis_url: str, **overrides):
+    from services.recommender.settings import RecommenderSettings
+
+    return RecommenderSettings(redis_url=redis_url, admin_token=ADMIN_TOKEN, token_secret=TOKEN_SECRET, **overrides)
+
+
+@pytest.fixture
+def rec_settings(redis_url, geo_url, tmp_path):
+    return make_rec_settings(redis_url, geo_url=geo_url, history_dir=str(tmp_path / "history"))
+
+
+@pytest.fixture
+def rec_client(rec_settings):
+    from services.recommender.app import create_app as create_recommender
+
+    with TestClient(create_recommender(rec_settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def geo_http(geo_url):
+    """A client of the real geo service, with the admin token."""
+    import httpx
+
+    with httpx.Client(base_url=geo_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30) as c:
+        yield c

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.kernel.clock import Clock, SystemClock
-from services.kernel.http_edge import install_edge
+from services.kernel.http_edge import install_edge, publish_body_schemas
 from services.kernel.redis_client import open_async, open_hot_path, wait_for_redis
 
 from .api.routes import HOT_PATH_ROUTES, router
@@ -73,22 +73,5 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
     install_edge(app, service="geo", registry=registry, ready=ready,
                  max_body_bytes=settings.max_body_bytes,
                  body_limits={("POST", "/v1/stores"): settings.max_bulk_body_bytes})
-    _document_raw_bodies(app)
+    publish_body_schemas(app, LocationBatchIn)
     return app
-
-
-def _document_raw_bodies(app: FastAPI) -> None:
-    """Routes that parse their body themselves still publish its schema in the OpenAPI."""
-    generate = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = generate()
-            body = LocationBatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            schemas.update(body.pop("$defs", {}))
-            schemas["LocationBatchIn"] = body
-        return app.openapi_schema
-
-    app.openapi = openapi
-

@@ -38,3 +38,21 @@ def install_edge(app: FastAPI, *, service: str, registry: CollectorRegistry, rea
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def publish_body_schemas(app: FastAPI, *models) -> None:
+    """Routes that parse their body themselves (speed, or per-item verdicts) still publish its
+    schema in the OpenAPI, under the model's name."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(body.pop("$defs", {}))
+                schemas[model.__name__] = body
+        return app.openapi_schema
+
+    app.openapi = openapi

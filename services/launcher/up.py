@@ -1,5 +1,5 @@
 """`vicino up`: Redis (embedded unless given), every service as a supervised child process,
-demo data, and one base URL. Ctrl-C stops the children, then Redis."""
+demo data. Ctrl-C stops the children, then Redis."""
 from __future__ import annotations
 
 import os
@@ -17,8 +17,8 @@ from .demo import DEMO_DEVICE, load_demo
 from .embedded_redis import EmbeddedRedis
 from .settings import LauncherSettings
 
-# One process per service; today the geo service is the whole public surface.
-SERVICES = ("geo",)
+# One process per service: (name, port offset from VICINO_PORT, or None for a worker without HTTP).
+SERVICES = (("geo", 0), ("recommender", 1), ("recommender-worker", None))
 MAX_RESTARTS = 5
 
 
@@ -35,7 +35,12 @@ def _secrets(data_dir: Path, settings: LauncherSettings) -> tuple[str, str]:
     return admin, secret
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+def _wait_ready(url: str | None, proc: subprocess.Popen, timeout_s: float) -> None:
+    if url is None:  # a worker: alive after a moment is all we can ask
+        time.sleep(0.5)
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with code {proc.returncode} at start")
+        return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -60,14 +65,20 @@ class Stack:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.settings.host}:{self.settings.port}"
+        return self.url_of("geo")
+
+    def url_of(self, service: str) -> str | None:
+        offset = dict(SERVICES)[service]
+        return None if offset is None else f"http://{self.settings.host}:{self.settings.port + offset}"
 
     def _spawn(self, service: str) -> subprocess.Popen:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = open(logs / f"{service}.log", "ab")
-        cmd = [sys.executable, "-m", "services.cli", "serve", service,
-               "--host", self.settings.host, "--port", str(self.settings.port)]
+        cmd = [sys.executable, "-m", "services.cli", "serve", service]
+        offset = dict(SERVICES)[service]
+        if offset is not None:
+            cmd += ["--host", self.settings.host, "--port", str(self.settings.port + offset)]
         # stderr (JSON logs) goes both to the terminal (via tee-like inheritance) and the log file
         return subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log, start_new_session=True)
 
@@ -80,10 +91,12 @@ class Stack:
             redis_url = self.redis.url
         admin, secret = _secrets(self.data_dir, s)
         self.env = {**os.environ, "VICINO_REDIS_URL": redis_url, "VICINO_ADMIN_TOKEN": admin,
-                    "VICINO_TOKEN_SECRET": secret, "VICINO_DATA_DIR": str(self.data_dir)}
-        for service in SERVICES:
+                    "VICINO_TOKEN_SECRET": secret, "VICINO_DATA_DIR": str(self.data_dir),
+                    "VICINO_GEO_URL": self.url_of("geo"),
+                    "VICINO_HISTORY_DIR": os.environ.get("VICINO_HISTORY_DIR", str(self.data_dir / "history"))}
+        for service, _offset in SERVICES:
             self.children[service] = self._spawn(service)
-            _wait_ready(self.base_url, self.children[service], 120)
+            _wait_ready(self.url_of(service), self.children[service], 120)
         demo = load_demo(self.base_url, admin, s.demo_radius_m) if s.demo else None
         return {"redis_url": redis_url, "admin_token": admin, "demo": demo}
 
@@ -118,7 +131,8 @@ def banner(stack: Stack, info: dict) -> str:
     lines = [
         "",
         "Vicino is up.",
-        f"  API docs     {base}/docs",
+        f"  geo          {base}/docs   (stores, devices, consent, locations)",
+        f"  recommender  {stack.url_of('recommender')}/docs   (customers, interactions, offers, stock, rules)",
         f"  health       {base}/healthz   ready: {base}/readyz   metrics: {base}/metrics",
         f"  redis        {info['redis_url']}" + ("  (embedded, data in " + str(stack.data_dir / 'redis') + ")" if stack.redis else ""),
         f"  admin token  {info['admin_token']}",

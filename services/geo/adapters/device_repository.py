@@ -12,7 +12,7 @@ import orjson
 
 from services.kernel.contracts.geofence_events import GeofenceEventV1
 
-from .redis_keys import CustomerKeys, DeviceKeys
+from .redis_keys import CustomerKeys, DeviceKeys, all_event_streams
 
 _READ = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('HMGET', KEYS[2], 'r', 's')}
@@ -153,6 +153,33 @@ class DeviceRepository:
         stream = self.keys(device_id).events
         for e in events:
             await self._r.xadd(stream, e.to_stream_fields(), maxlen=self._events_maxlen, approximate=True)
+
+    async def drop_events_of(self, customer_id: str, device_ids: set[str]) -> int:
+        """Deletes, from every event stream, the events of this customer or these devices (erasure).
+        A full scan: erasures are rare, and the streams are capped."""
+        needles = [b'"customer_id":' + orjson.dumps(customer_id)]
+        needles += [b'"device_id":' + orjson.dumps(d) for d in device_ids]
+        dropped = 0
+        for stream in all_event_streams(self._shards):
+            start = "-"
+            while True:
+                page = await self._r.xrange(stream, min=start, count=5000)
+                if not page:
+                    break
+                doomed = [eid for eid, fields in page
+                          if any(n in (fields.get(b"event") or b"") for n in needles)]
+                if doomed:
+                    dropped += await self._r.xdel(stream, *doomed)
+                ms, seq = page[-1][0].decode().split("-")
+                start = f"{ms}-{int(seq) + 1}"
+        return dropped
+
+    async def forget_customer(self, customer_id: str) -> None:
+        ck = CustomerKeys(customer_id)
+        await self._r.delete(ck.consent, ck.consent_audit, ck.devices)
+
+    async def customer_devices(self, customer_id: str) -> list[str]:
+        return sorted(m.decode() for m in await self._r.smembers(CustomerKeys(customer_id).devices))
 
     # consent ---------------------------------------------------------------------------------
 

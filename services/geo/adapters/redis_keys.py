@@ -8,11 +8,11 @@
 """
 from __future__ import annotations
 
+from services.kernel.contracts import customer_state as published
 from services.kernel.contracts.geofence_events import device_shard, events_stream_key, shard_tag
 
-STORES_FEATURES = "vicino:{stores}:features"      # hash: store_id -> normalised GeoJSON Feature
-STORES_SEQ = "vicino:{stores}:seq"                # counter: one per change-log entry
-STORES_CHANGES = "vicino:{stores}:changes"        # stream: {seq, op: upsert|delete, ids: json}
+# published for other services to read: services.kernel.contracts.stores
+from services.kernel.contracts.stores import STORES_CHANGES, STORES_FEATURES, STORES_SEQ  # noqa: F401
 
 
 class DeviceKeys:
@@ -21,7 +21,7 @@ class DeviceKeys:
     def __init__(self, device_id: str, shards: int) -> None:
         shard = device_shard(device_id, shards)
         tag = shard_tag(shard)
-        self.registration = f"vicino:{tag}:device:{device_id}:registration"  # hash
+        self.registration = published.device_registration_key(device_id, shards)  # hash
         self.state = f"vicino:{tag}:device:{device_id}:visits"               # hash {r: rev, s: state}
         self.events = events_stream_key(shard)
 
@@ -33,8 +33,9 @@ def all_event_streams(shards: int) -> list[str]:
 class CustomerKeys:
     __slots__ = ("consent", "consent_audit", "devices")
 
+    """Published for other services to read: services.kernel.contracts.customer_state."""
+
     def __init__(self, customer_id: str) -> None:
-        tag = f"{{cust:{customer_id}}}"
-        self.consent = f"vicino:{tag}:consent"              # hash: location, marketing, personalisation, updated_at
-        self.consent_audit = f"vicino:{tag}:consent:audit"  # stream: every change, who and when
-        self.devices = f"vicino:{tag}:devices"              # set of device ids
+        self.consent = published.consent_key(customer_id)              # hash: location, marketing, personalisation, updated_at
+        self.consent_audit = published.consent_audit_key(customer_id)  # stream: every change, who and when
+        self.devices = published.customer_devices_key(customer_id)     # set of device ids

@@ -163,6 +163,13 @@ async def put_consent(customer_id: CustomerId, body: ConsentIn, p: CustomerAcces
     return _json({"customer_id": customer_id, **current})
 
 
+@router.delete("/customers/{customer_id}/location-data", tags=["consent"],
+               summary="erase a customer's location data: devices, visit state, consent, their events")
+async def erase_location_data(customer_id: CustomerId, _: AdminDep, c: ContainerDep) -> Response:
+    """Called by the recommender's customer erasure; idempotent (a second call removes nothing)."""
+    return _json(await c.directory.erase_customer(customer_id))
+
+
 @router.get("/customers/{customer_id}/consent", tags=["consent"], response_model=ConsentOut,
             summary="current consent and its audit trail")
 async def get_consent(customer_id: CustomerId, _: CustomerAccessDep, c: ContainerDep) -> Response:

@@ -61,6 +61,22 @@ class DeviceDirectory:
                                  "device_removed")
         await self.repo.unregister(snap.registration)
 
+    async def erase_customer(self, customer_id: str) -> dict:
+        """Erasure: the customer's devices, visit state, consent and its audit trail, and their
+        events still in the streams, go without a trace (no exit events: those would be new
+        records of the customer)."""
+        removed = 0
+        devices = set(await self.repo.customer_devices(customer_id))
+        for device_id in devices:
+            reg = await self.repo.get(device_id)
+            await self.repo.delete_state(device_id)
+            if reg is not None and reg.customer_id == customer_id:
+                await self.repo.unregister(reg)
+                removed += 1
+        dropped = await self.repo.drop_events_of(customer_id, devices)
+        await self.repo.forget_customer(customer_id)
+        return {"customer_id": customer_id, "devices_removed": removed, "events_dropped": dropped}
+
     async def set_consent(self, customer_id: str, values: dict[str, bool], actor: str) -> dict:
         now = self.clock.now()
         devices = await self.repo.set_consent(customer_id, values, actor, now)

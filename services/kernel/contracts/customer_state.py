@@ -1,0 +1,44 @@
+"""State the geo service owns and publishes for other services to read (never write):
+a customer's consent and devices, and a device's registration.
+
+Writers: the geo service only (its HTTP API is how others change consent or remove devices).
+Readers: the recommender (consent for personalisation and marketing; a device token is checked
+against the registration's current token id; the profile lists devices).
+"""
+from __future__ import annotations
+
+from .geofence_events import device_shard, shard_tag
+
+CONSENT_FIELDS = ("location", "marketing", "personalisation")
+
+
+def customer_tag(customer_id: str) -> str:
+    return f"{{cust:{customer_id}}}"
+
+
+def consent_key(customer_id: str) -> str:
+    """hash: location, marketing, personalisation ("1"/"0"), updated_at"""
+    return f"vicino:{customer_tag(customer_id)}:consent"
+
+
+def consent_audit_key(customer_id: str) -> str:
+    """stream: every consent change, who and when"""
+    return f"vicino:{customer_tag(customer_id)}:consent:audit"
+
+
+def customer_devices_key(customer_id: str) -> str:
+    """set of device ids"""
+    return f"vicino:{customer_tag(customer_id)}:devices"
+
+
+def device_registration_key(device_id: str, shards: int) -> str:
+    """hash: customer_id, platform, push_token, timezone, token_id, registered_at, location_consent"""
+    return f"vicino:{shard_tag(device_shard(device_id, shards))}:device:{device_id}:registration"
+
+
+def decode_consent(raw: dict) -> dict:
+    g = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+         for k, v in raw.items()}
+    out: dict = {f: g.get(f) == "1" for f in CONSENT_FIELDS}
+    out["updated_at"] = float(g["updated_at"]) if "updated_at" in g else None
+    return out

@@ -1,0 +1,124 @@
+"""A consumer-group reader over several Redis streams, for every background worker.
+
+Acknowledges an entry only after its handler returned; reclaims entries that a dead consumer
+left pending for longer than `claim_idle_ms`; moves an entry that can never be handled (its
+handler raised `PoisonEntry`, or failed `max_attempts` times) to a dead-letter stream in the
+same hash tag, then acknowledges it, so one bad entry never stops a worker. Streams are read
+one at a time: on a Redis Cluster they live in different slots.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from redis.exceptions import ResponseError
+
+log = logging.getLogger("vicino.stream_consumer")
+
+Handler = Callable[[str, str, dict], Awaitable[None]]  # (stream, entry id, fields)
+
+
+class PoisonEntry(Exception):
+    """The entry is malformed or can never be handled: dead-letter it."""
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class StreamConsumer:
+    def __init__(self, redis, streams: list[str], group: str, consumer: str, handler: Handler, *,
+                 dead_letter: Callable[[str], str], batch: int = 200, claim_idle_ms: int = 30_000,
+                 max_attempts: int = 5, idle_sleep_s: float = 0.05) -> None:
+        self._r = redis
+        self.streams = streams
+        self.group = group
+        self.consumer = consumer
+        self.handler = handler
+        self.dead_letter = dead_letter
+        self.batch = batch
+        self.claim_idle_ms = claim_idle_ms
+        self.max_attempts = max_attempts
+        self.idle_sleep_s = idle_sleep_s
+        self._attempts: dict[tuple[str, str], int] = {}
+        self._ready = False
+        self.handled = 0
+        self.dead = 0
+
+    async def ensure_groups(self) -> None:
+        for stream in self.streams:
+            try:
+                await self._r.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+        self._ready = True
+
+    async def run_once(self) -> int:
+        """Handles what is available now (own pending first, then reclaimed, then new); returns
+        how many entries were acknowledged."""
+        if not self._ready:
+            await self.ensure_groups()
+        done = 0
+        for stream in self.streams:
+            for entries in (await self._own_pending(stream), await self._reclaim(stream), await self._new(stream)):
+                for entry_id, fields in entries:
+                    done += await self._handle(stream, _s(entry_id), fields)
+        return done
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                n = await self.run_once()
+            except Exception:  # Redis restarting, a failover: keep the worker alive
+                log.exception("stream consumer round failed", extra={"fields": {"group": self.group}})
+                n = 0
+            if n == 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), self.idle_sleep_s)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _own_pending(self, stream: str) -> list:
+        # entries this consumer read before a crash or a failed attempt
+        reply = await self._r.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.batch)
+        return reply[0][1] if reply else []
+
+    async def _reclaim(self, stream: str) -> list:
+        reply = await self._r.xautoclaim(stream, self.group, self.consumer, self.claim_idle_ms, "0-0",
+                                         count=self.batch)
+        return [e for e in reply[1] if e is not None] if reply else []
+
+    async def _new(self, stream: str) -> list:
+        reply = await self._r.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self.batch)
+        return reply[0][1] if reply else []
+
+    async def _handle(self, stream: str, entry_id: str, fields: dict | None) -> int:
+        if not fields:  # deleted after delivery (an erasure): nothing to do
+            await self._r.xack(stream, self.group, entry_id)
+            return 1
+        key = (stream, entry_id)
+        try:
+            await self.handler(stream, entry_id, fields)
+        except PoisonEntry as e:
+            await self._bury(stream, entry_id, fields, str(e))
+        except Exception as e:
+            n = self._attempts.get(key, 0) + 1
+            self._attempts[key] = n
+            if n < self.max_attempts:
+                log.warning("entry failed; will retry", extra={"fields": {"stream": stream, "id": entry_id,
+                                                                          "attempt": n, "error": repr(e)}})
+                return 0
+            await self._bury(stream, entry_id, fields, f"failed {n} times: {e!r}")
+        self._attempts.pop(key, None)
+        await self._r.xack(stream, self.group, entry_id)
+        self.handled += 1
+        return 1
+
+    async def _bury(self, stream: str, entry_id: str, fields: dict, reason: str) -> None:
+        self.dead += 1
+        log.error("entry dead-lettered", extra={"fields": {"stream": stream, "id": entry_id, "reason": reason}})
+        await self._r.xadd(self.dead_letter(stream), {**{_s(k): v for k, v in fields.items()},
+                                                      "dead_reason": reason[:500], "dead_from": entry_id,
+                                                      "dead_group": self.group}, maxlen=100_000, approximate=True)

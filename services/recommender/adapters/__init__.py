@@ -1,0 +1,1 @@
+"""Redis, HTTP and file-system adapters of the recommender."""

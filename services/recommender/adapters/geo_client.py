@@ -1,0 +1,35 @@
+"""The geo service's HTTP API, as the recommender uses it: geo owns consent and devices, so a
+merge changes consent through it and an erasure asks it to remove the location data."""
+from __future__ import annotations
+
+import httpx
+
+from services.kernel.contracts.customer_state import CONSENT_FIELDS
+from services.kernel.problems import Unavailable
+
+
+class GeoClient:
+    def __init__(self, http: httpx.AsyncClient, admin_token: str) -> None:
+        self._http = http
+        self._headers = {"Authorization": f"Bearer {admin_token}"}
+
+    async def _call(self, method: str, path: str, **kw) -> httpx.Response:
+        try:
+            r = await self._http.request(method, path, headers=self._headers, **kw)
+        except httpx.HTTPError as e:
+            raise Unavailable(f"the geo service is unreachable ({type(e).__name__}); nothing was lost, retry") from e
+        if r.status_code >= 500 or r.status_code in (401, 403):
+            raise Unavailable(f"the geo service answered {r.status_code} to {method} {path}; retry")
+        return r
+
+    async def set_consent(self, customer_id: str, consent: dict) -> None:
+        r = await self._call("PUT", f"/v1/customers/{customer_id}/consent",
+                             json={f: bool(consent[f]) for f in CONSENT_FIELDS})
+        if r.status_code != 200:
+            raise Unavailable(f"the geo service refused the consent of {customer_id!r}: {r.status_code} {r.text[:200]}")
+
+    async def erase_location_data(self, customer_id: str) -> dict:
+        r = await self._call("DELETE", f"/v1/customers/{customer_id}/location-data")
+        if r.status_code != 200:
+            raise Unavailable(f"the geo service refused to erase {customer_id!r}: {r.status_code} {r.text[:200]}")
+        return r.json()

@@ -1,0 +1,59 @@
+"""Every Redis key the recommender owns. Hash tags keep multi-key operations in one Cluster slot.
+
+- `{cs:NNN}`: a customer's hot history, deduplication window, identifiers, alias pointers and
+  visits, and the interaction stream of the customer's shard, so that ingestion ("seen this event
+  id? keep it, log it") is one atomic script per shard.
+- `{idn:NNN}`: the identifier directory (identifier → customer), sharded by identifier.
+- `{erasures}`: the erasure register (SHA-256 of erased customer ids) that the exporter and the
+  partition rewrite consult; `{identity}`: the lock that serialises merges.
+- `{offers}`, `{inv:<store_id>}`, `{rules}`: the offer catalogue, a store's stock, the campaign rules.
+"""
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+from services.kernel.contracts.interactions import customer_shard, customer_tag, interactions_stream_key
+
+ERASURES = "vicino:{erasures}:customers"     # hash: sha256(customer id) -> erased_at
+MERGE_LOCK = "vicino:{identity}:merge-lock"  # string with a token, short TTL
+
+
+def erasure_digest(customer_id: str) -> str:
+    """Erased ids are remembered only as digests: enough to drop them from exports."""
+    return hashlib.sha256(customer_id.encode()).hexdigest()
+
+
+class CustomerKeys:
+    __slots__ = ("customer_id", "shard", "history", "events", "seen", "identifiers", "merged_into", "aliases",
+                 "visits", "visit_info", "redeemed", "stream")
+
+    def __init__(self, customer_id: str, shards: int) -> None:
+        self.customer_id = customer_id
+        self.shard = customer_shard(customer_id, shards)
+        base = f"vicino:{customer_tag(self.shard)}:customer:{customer_id}"
+        self.history = base + ":history"          # zset: event_id -> ts (ms); the most recent N
+        self.events = base + ":events"            # hash: event_id -> compact JSON of the interaction
+        self.seen = base + ":seen"                # zset: event_id -> accepted_at; the dedup window
+        self.identifiers = base + ":identifiers"  # set: "kind:value"
+        self.merged_into = base + ":merged_into"  # string: the customer this one was merged into
+        self.aliases = base + ":aliases"          # set: customers merged into this one
+        self.visits = base + ":visits"            # zset: visit_id -> entered at; the most recent N store visits
+        self.visit_info = base + ":visit_info"    # hash: visit_id -> JSON {store_id, entered_at, left_at, ...}
+        self.redeemed = base + ":redeemed"        # set: offer ids redeemed
+        self.stream = interactions_stream_key(self.shard)
+
+    def all_owned(self) -> list[str]:
+        """Every per-customer key (not the shard stream)."""
+        return [self.history, self.events, self.seen, self.identifiers, self.merged_into, self.aliases,
+                self.visits, self.visit_info, self.redeemed]
+
+
+def identifier_key(identifier: str, shards: int) -> str:
+    """`identifier` is "kind:value"; the key holds the customer id."""
+    shard = zlib.crc32(identifier.encode()) % shards
+    return f"vicino:{{idn:{shard:03d}}}:identifier:{identifier}"
+
+
+def shard_streams(shards: int) -> list[str]:
+    return [interactions_stream_key(i) for i in range(shards)]

@@ -1,0 +1,230 @@
+"""Routes of the catalogue: offers, store stock, campaign rules and the offers a store may show.
+
+Writes need the admin token; reading an offer or a store's offers also takes a device token.
+AdminDep comes before JsonBody in every signature: FastAPI resolves dependencies in parameter
+order, and a body (up to VICINO_MAX_BULK_BODY_BYTES on the bulk route) must not be read or parsed
+for an unauthorised caller.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Path, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, StrictInt, StringConstraints, TypeAdapter, ValidationError
+from starlette.responses import Response
+
+from services.kernel.contracts.interactions import Channel
+from services.kernel.ids import CLIENT_ID_PATTERN
+from services.kernel.problems import InvalidInput
+
+from ..domain.campaign_rules import CampaignRules
+from ..domain.offers import Offer, to_epoch
+from ..use_cases.catalog import MAX_BULK_OFFERS, PreconditionFailed, RulesDocument
+from .deps import AdminDep, CallerDep, ContainerDep, JsonBody
+
+router = APIRouter(prefix="/v1")
+OfferId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN, description="client-chosen offer id")]
+StoreId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN, description="a store of the geo service")]
+ItemId = Annotated[str, StringConstraints(pattern=CLIENT_ID_PATTERN)]
+MAX_UNITS = 1_000_000_000
+MAX_STOCK_ITEMS = 100_000
+# Strict: 2.5 units, "3" or true are a client mistake, not something to round or coerce.
+_QUANTITIES = TypeAdapter(Annotated[dict[ItemId, Annotated[StrictInt, Field(ge=0, le=MAX_UNITS)]],
+                                    Field(max_length=MAX_STOCK_ITEMS)])
+_DELTAS = TypeAdapter(Annotated[dict[ItemId, Annotated[StrictInt, Field(ge=-MAX_UNITS, le=MAX_UNITS)]],
+                                Field(max_length=MAX_STOCK_ITEMS)])
+
+
+def _json(body, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _validated(adapter: TypeAdapter, body: Any):
+    try:
+        return adapter.validate_python(body)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None  # rendered by the shared problem handler
+
+
+def _instant(value: str | None, name: str) -> float | None:
+    """Epoch seconds or RFC 3339 with an offset, as in offer bodies."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    try:
+        return to_epoch(value if number is None else number)
+    except ValueError as e:
+        raise InvalidInput(f"{name}: {e}") from None
+
+
+def _offer_out(offer: Offer, channel: str | None = None) -> dict:
+    out = offer.to_public()
+    if channel is not None:
+        out["available_on_channel"] = offer.on_channel(channel)
+    return out
+
+
+class BulkOffersOut(BaseModel):
+    created: int
+    updated: int
+    rejected: list[dict] = Field(description="{index, offer_id, reason} of each refused item; nothing of it stored")
+    warnings: list[dict]
+
+
+class OfferPageOut(BaseModel):
+    offers: list[dict]
+    next_after: str | None = Field(description="pass as `after` for the next page; null on the last")
+
+
+class RulesOut(BaseModel):
+    revision: int = Field(description="0 until the rules are first written; also the ETag")
+    updated_at: float | None
+    rules: CampaignRules
+
+
+class ExcludedOut(BaseModel):
+    offer_id: str
+    title: str
+    reason: str
+
+
+class StoreOffersOut(BaseModel):
+    store_id: str
+    channel: str
+    at: float
+    rules_revision: int
+    eligible: list[dict] = Field(description="offers, highest priority first, then the lowest canonical price")
+    excluded: list[ExcludedOut]
+
+
+_OFFER_SCHEMA = Offer.model_json_schema()
+_OFFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": _OFFER_SCHEMA}}}}
+
+
+# offers ----------------------------------------------------------------------------------------------
+
+@router.put("/offers/{offer_id}", tags=["offers"], summary="create or replace one offer",
+            openapi_extra=_OFFER_BODY, responses={200: {"description": "replaced"}, 201: {"description": "created"}})
+async def put_offer(offer_id: OfferId, _: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
+    offer, created = await c.catalog.put_offer(offer_id, body)
+    return _json(_offer_out(offer), 201 if created else 200)
+
+
+@router.post("/offers", tags=["offers"], response_model=BulkOffersOut,
+             summary=f"bulk upsert of up to {MAX_BULK_OFFERS} offers; each item judged alone",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                 "type": "object", "properties": {"offers": {"type": "array", "maxItems": MAX_BULK_OFFERS,
+                                                             "items": _OFFER_SCHEMA}}}}}}},
+             responses={413: {"description": f"more than {MAX_BULK_OFFERS} offers"}})
+async def bulk_offers(_: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
+    """A JSON array of offers (each with its `offer_id`), or `{"offers": [...]}`. Valid items are
+    stored, invalid ones reported with their index and reason."""
+    r = await c.catalog.bulk(body)
+    return _json({"created": r.created, "updated": r.updated, "rejected": r.rejected, "warnings": r.warnings})
+
+
+@router.get("/offers", tags=["offers"], response_model=OfferPageOut, summary="the catalogue, by offer id, paged")
+async def list_offers(_: AdminDep, c: ContainerDep,
+                      store_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN,
+                                                            description="offers that may run at this store")] = None,
+                      channel: Annotated[Channel | None, Query(description="offers shown on this channel")] = None,
+                      active_at: Annotated[str | None, Query(description="offers valid at this instant "
+                                                             "(epoch seconds or RFC 3339)")] = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                      after: Annotated[str | None, Query(description="cursor: next_after of the previous page")] = None
+                      ) -> Response:
+    page, next_after = await c.catalog.list_offers(store_id=store_id, channel=channel,
+                                                   active_at=_instant(active_at, "active_at"), limit=limit, after=after)
+    return _json({"offers": [_offer_out(o) for o in page], "next_after": next_after})
+
+
+@router.get("/offers/{offer_id}", tags=["offers"], summary="one offer; the same price whatever the channel")
+async def get_offer(offer_id: OfferId, _: CallerDep, c: ContainerDep,
+                    channel: Annotated[Channel | None, Query(description="adds available_on_channel")] = None
+                    ) -> Response:
+    return _json(_offer_out(await c.catalog.get_offer(offer_id), channel))
+
+
+@router.delete("/offers/{offer_id}", tags=["offers"], status_code=204, summary="delete an offer")
+async def delete_offer(offer_id: OfferId, _: AdminDep, c: ContainerDep) -> Response:
+    await c.catalog.delete_offer(offer_id)
+    return Response(status_code=204)
+
+
+# store stock -----------------------------------------------------------------------------------------
+
+_STOCK_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "additionalProperties": {"type": "integer"}, "example": {"85123A": 12, "22423": 0}}}}}}
+
+
+@router.get("/stores/{store_id}/inventory", tags=["stock"], summary="units held per item: {item_id: quantity}")
+async def get_inventory(store_id: StoreId, _: AdminDep, c: ContainerDep) -> Response:
+    return _json(await c.catalog.stock(store_id))
+
+
+@router.put("/stores/{store_id}/inventory", tags=["stock"], openapi_extra=_STOCK_BODY,
+            summary="replace a store's stock: {item_id: non-negative integer}")
+async def put_inventory(store_id: StoreId, _: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
+    return _json(await c.catalog.replace_stock(store_id, _validated(_QUANTITIES, body)))
+
+
+@router.patch("/stores/{store_id}/inventory", tags=["stock"], openapi_extra=_STOCK_BODY,
+              summary="add signed deltas {item_id: integer}; all or nothing",
+              responses={409: {"description": "a quantity would go below zero; nothing was changed"}})
+async def patch_inventory(store_id: StoreId, _: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
+    """Answers the new quantities of the patched items."""
+    return _json(await c.catalog.patch_stock(store_id, _validated(_DELTAS, body)))
+
+
+# campaign rules --------------------------------------------------------------------------------------
+
+def _rules_out(doc: RulesDocument) -> Response:
+    return _json(doc.to_public(), headers={"ETag": f'"{doc.revision}"'})
+
+
+def _expected_revision(if_match: str | None) -> int | None:
+    if if_match is None or if_match.strip() == "*":
+        return None
+    tag = if_match.strip()
+    if tag.startswith("W/"):
+        tag = tag[2:]
+    tag = tag.strip('"')
+    if not tag.isdigit():
+        raise PreconditionFailed(f"If-Match {if_match!r} is not a revision of the rules (send the ETag of a GET)")
+    return int(tag)
+
+
+@router.get("/rules", tags=["rules"], response_model=RulesOut, summary="the campaign switches, with their revision")
+async def get_rules(_: AdminDep, c: ContainerDep) -> Response:
+    return _rules_out(await c.catalog.rules())
+
+
+@router.put("/rules", tags=["rules"], response_model=RulesOut,
+            summary="replace the campaign switches; If-Match: the revision you read",
+            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                "schema": CampaignRules.model_json_schema()}}}},
+            responses={412: {"description": "If-Match names another revision; nothing was changed"}})
+async def put_rules(_: AdminDep, body: JsonBody, c: ContainerDep,
+                    if_match: Annotated[str | None, Header(description='the ETag of your GET, e.g. "3"')] = None
+                    ) -> Response:
+    return _rules_out(await c.catalog.put_rules(body, _expected_revision(if_match)))
+
+
+# what a store may show -------------------------------------------------------------------------------
+
+@router.get("/stores/{store_id}/offers", tags=["offers"], response_model=StoreOffersOut,
+            summary="offers eligible at a store now, and the excluded ones with their reason")
+async def store_offers(store_id: StoreId, _: CallerDep, c: ContainerDep,
+                       channel: Annotated[Channel, Query()] = "store",
+                       at: Annotated[str | None, Query(description="instant to judge at (epoch seconds or "
+                                                       "RFC 3339); default now")] = None) -> Response:
+    r = await c.catalog.offers_at_store(store_id, channel, _instant(at, "at"))
+    return _json({"store_id": store_id, "channel": r.channel, "at": r.at, "rules_revision": r.rules_revision,
+                  "eligible": [_offer_out(o) for o in r.verdicts.eligible],
+                  "excluded": [{"offer_id": o.offer_id, "title": o.title, "reason": reason}
+                               for o, reason in r.verdicts.excluded]})

@@ -1,0 +1,112 @@
+"""Customers, their identifiers and interactions: ingestion, profile, history, erasure."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import orjson
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict
+from starlette.responses import Response
+
+from services.kernel.contracts.interactions import Channel, InteractionType
+from services.kernel.ids import CLIENT_ID_PATTERN
+from services.kernel.problems import InvalidInput, NotFound
+
+from ..domain.identity import IdentifierError, normalise_identifier
+from ..domain.interactions import InteractionIn
+from .deps import AdminDep, CallerDep, ContainerDep, CustomerAccessDep, JsonBody
+
+router = APIRouter(prefix="/v1")
+CustomerId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN)]
+
+
+def _json(body, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+class IdentifierBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["device", "loyalty_card", "email", "email_sha256", "cookie"]
+    value: str
+
+
+class InteractionBatchIn(BaseModel):
+    """A JSON array of interactions is accepted too."""
+    interactions: list[InteractionIn]
+
+
+class IngestOut(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: list[dict]
+    results: list[dict]
+
+
+def _identifier(kind: str, value: str) -> str:
+    try:
+        return normalise_identifier(kind, value)
+    except IdentifierError as e:
+        raise InvalidInput(str(e)) from None
+
+
+@router.post("/interactions", tags=["interactions"], response_model=IngestOut,
+             summary="a batch of up to VICINO_MAX_BATCH interactions; idempotent by event_id",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/InteractionBatchIn"}}}}})
+async def post_interactions(body: JsonBody, p: CallerDep, c: ContainerDep) -> Response:
+    """Each item is judged alone: accepted, a duplicate of one already accepted (a retry), or
+    rejected with its reason; the others are kept either way. A device token may send only its
+    own customer's interactions."""
+    report = await c.ingest.ingest(body, p)
+    return _json(report.as_dict())
+
+
+@router.post("/customers/{customer_id}/identifiers", tags=["customers"],
+             summary="link an identifier; if it belongs to another customer, the two are merged")
+async def link_identifier(customer_id: CustomerId, body: IdentifierBody, _: AdminDep, c: ContainerDep) -> Response:
+    identifier = _identifier(body.kind, body.value)
+    result = await c.identity.link(customer_id, identifier)
+    return _json({"customer_id": result.customer_id, "identifier": identifier, "created": result.created,
+                  "merged": result.merged}, 201 if result.created else 200)
+
+
+@router.delete("/customers/{customer_id}/identifiers/{kind}/{value}", tags=["customers"], status_code=204,
+               summary="unlink an identifier")
+async def unlink_identifier(customer_id: CustomerId, kind: str, value: str, _: AdminDep, c: ContainerDep) -> Response:
+    identifier = _identifier(kind, value)
+    if not await c.identity.unlink(customer_id, identifier):
+        raise NotFound(f"{identifier!r} is not linked to customer {customer_id!r}")
+    return Response(status_code=204)
+
+
+@router.get("/identifiers/{kind}/{value}", tags=["customers"],
+            summary="which customer an identifier belongs to (e.g. a loyalty card scanned at the till)")
+async def resolve_identifier(kind: str, value: str, _: AdminDep, c: ContainerDep) -> Response:
+    identifier = _identifier(kind, value)
+    customer = await c.identity.resolve(identifier)
+    if customer is None:
+        raise NotFound(f"identifier {identifier!r} is linked to no customer")
+    return _json({"identifier": identifier, "customer_id": customer})
+
+
+@router.get("/customers/{customer_id}", tags=["customers"],
+            summary="profile: identifiers, consent, devices, channel mix, last purchases and visits")
+async def get_profile(customer_id: CustomerId, _: CustomerAccessDep, c: ContainerDep) -> Response:
+    return _json(await c.profiles.profile(customer_id))
+
+
+@router.get("/customers/{customer_id}/history", tags=["customers"],
+            summary="recent interactions (hot history), most recent first, paged with `before`")
+async def get_history(customer_id: CustomerId, _: CustomerAccessDep, c: ContainerDep,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                      before: Annotated[float | None, Query(description="epoch seconds; from next_before")] = None,
+                      channel: Channel | None = None,
+                      type: InteractionType | None = None) -> Response:
+    return _json(await c.profiles.history(customer_id, limit=limit, before=before, channel=channel, type_=type))
+
+
+@router.delete("/customers/{customer_id}", tags=["customers"],
+               summary="erase a customer: every trace in Redis, and their rows from future training files")
+async def erase_customer(customer_id: CustomerId, _: AdminDep, c: ContainerDep) -> Response:
+    return _json(await c.erasure.erase(customer_id))

@@ -1,0 +1,71 @@
+"""`create_app`: the recommender service as an ASGI app. Nothing connects until the app starts."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from services.kernel.clock import Clock, SystemClock
+from services.kernel.http_edge import install_edge, publish_body_schemas
+from services.kernel.redis_client import open_async, wait_for_redis
+
+from .api import catalog_routes, customer_routes
+from .api.customer_routes import InteractionBatchIn
+from .settings import RecommenderSettings
+from .wiring import build
+
+log = logging.getLogger("vicino.recommender")
+
+
+def create_app(settings: RecommenderSettings | None = None, *, redis=None, clock: Clock | None = None,
+               geo_http: httpx.AsyncClient | None = None) -> FastAPI:
+    """`geo_http`: the client that reaches the geo service (tests hand one bound to the real geo
+    app in-process); by default one is opened on `settings.geo_url`."""
+    settings = settings or RecommenderSettings()
+    clock = clock or SystemClock()
+    registry = CollectorRegistry()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        own_redis = redis is None
+        if own_redis:
+            await wait_for_redis(settings.redis_url, settings.redis_wait_s, log)
+        r = open_async(settings.redis_url) if own_redis else redis
+        own_http = geo_http is None
+        http = geo_http or httpx.AsyncClient(base_url=settings.geo_url, timeout=10.0)
+        app.state.container = build(settings, r, clock, registry, http)
+        log.info("recommender service ready")
+        try:
+            yield
+        finally:
+            if own_http:
+                await http.aclose()
+            if own_redis:
+                await r.aclose()
+
+    app = FastAPI(title="Vicino recommender service", version="1", lifespan=lifespan,
+                  description="Customers across channels, their interactions and history, the offer catalogue, "
+                              "store stock and campaign rules. Authenticate with `Authorization: Bearer <admin "
+                              "or device token>`.")
+
+    async def ready() -> dict[str, str]:
+        checks = {}
+        container = getattr(app.state, "container", None)
+        try:
+            await asyncio.wait_for(container.redis.ping(), 2.0)
+            checks["redis"] = "ok"
+        except Exception as e:  # report, don't raise: this is the readiness answer
+            checks["redis"] = f"unreachable ({type(e).__name__})"
+        return checks
+
+    app.include_router(customer_routes.router)
+    app.include_router(catalog_routes.router)
+    install_edge(app, service="recommender", registry=registry, ready=ready,
+                 max_body_bytes=settings.max_body_bytes,
+                 body_limits={("POST", "/v1/offers"): settings.max_bulk_body_bytes})
+    publish_body_schemas(app, InteractionBatchIn)
+    return app

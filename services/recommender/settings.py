@@ -1,0 +1,46 @@
+"""Recommender service settings, from `VICINO_*` environment variables. Unsafe values refuse to start."""
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_WEAK = {"changeme", "admin", "secret", "password", "token", "test"}
+
+
+class RecommenderSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VICINO_", extra="ignore")
+
+    redis_url: str = Field(..., description="redis:// URL of a standalone Redis or any node of a Redis Cluster")
+    admin_token: str = Field(..., description="bearer token of the operator (admin endpoints)")
+    token_secret: str = Field(..., description="key that signs device tokens; same on every replica")
+    redis_wait_s: float = Field(30.0, ge=0, description="at start, how long to wait for Redis to answer before giving up")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr")
+    geo_url: str = Field("http://127.0.0.1:8000", description="base URL of the geo service (consent changes on "
+                         "merge, location data on erasure)")
+
+    customer_shards: int = Field(16, ge=1, le=1024, description="interaction streams and customer key shards "
+                                 "(fixed for a deployment)")
+    event_shards: int = Field(16, ge=1, le=1024, description="the geo service's event streams (same value as geo)")
+    history_hot_per_customer: int = Field(200, ge=1, le=10_000, description="most recent interactions kept in Redis "
+                                          "per customer")
+    visits_per_customer: int = Field(50, ge=1, le=10_000, description="most recent store visits kept per customer")
+    dedup_window_s: float = Field(7 * 86_400.0, gt=0, description="a retried event id is recognised for this long "
+                                  "after it was first accepted")
+    max_future_s: float = Field(300.0, ge=0, description="interactions further ahead of the server clock are refused")
+    max_batch: int = Field(1000, ge=1, le=10_000, description="interactions per POST /v1/interactions")
+    history_dir: str = Field("var/history", description="where the Parquet interaction log is written: a local path "
+                             "or any URL fsspec understands (s3://bucket/prefix, ...)")
+    export_flush_rows: int = Field(20_000, ge=1, description="the exporter writes a Parquet file after this many "
+                                   "stream entries of one shard ...")
+    export_flush_s: float = Field(5.0, gt=0, description="... or after this many seconds")
+    interactions_maxlen: int = Field(5_000_000, ge=1000, description="safety cap per interaction stream; the "
+                                     "exporter trims what it has written, this only bounds a stalled exporter")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="request body limit")
+    max_bulk_body_bytes: int = Field(256 << 20, ge=1024, description="body limit of POST /v1/offers")
+
+    @field_validator("admin_token", "token_secret")
+    @classmethod
+    def _strong(cls, v: str, info) -> str:
+        if len(v) < 16 or v.lower() in _WEAK:
+            raise ValueError(f"VICINO_{info.field_name.upper()} must be at least 16 characters and not a default")
+        return v

@@ -1,0 +1,1 @@
+"""Use cases: load state, call the pure core, save and publish."""

@@ -1,0 +1,63 @@
+"""Erasure of a customer: every trace in Redis goes (ours, and through the geo service's API its
+location data), and the customer is remembered only as a digest so that the exporter and the
+partition rewrite drop their rows from training files.
+
+Order matters for retries: the geo service first (if it is unreachable, nothing of ours is gone
+yet and a retry still knows every merged alias), then the register of digests, then our keys.
+"""
+from __future__ import annotations
+
+import logging
+
+from services.kernel.clock import Clock
+from services.kernel.problems import NotFound
+
+from ..adapters.customer_repository import CustomerRepository
+from ..adapters.geo_client import GeoClient
+from ..adapters.published_state import PublishedCustomerState
+from ..adapters.redis_keys import ERASURES, erasure_digest
+from .identity import IdentityService
+
+log = logging.getLogger("vicino.recommender.erasure")
+
+
+class Erasure:
+    def __init__(self, customers: CustomerRepository, published: PublishedCustomerState,
+                 identity: IdentityService, geo: GeoClient, clock: Clock) -> None:
+        self.customers = customers
+        self.published = published
+        self.identity = identity
+        self.geo = geo
+        self.clock = clock
+
+    async def erase(self, customer_id: str) -> dict:
+        members = await self.identity.members(customer_id)
+        if customer_id not in members:
+            members.append(customer_id)
+        if not await self._any_trace(members):
+            raise NotFound(f"customer {customer_id!r} has no data here (already erased, or never seen)")
+        location = {"devices_removed": 0, "events_dropped": 0}
+        for m in members:
+            out = await self.geo.erase_location_data(m)
+            for k in location:
+                location[k] += int(out.get(k, 0))
+        now = self.clock.now()
+        await self.customers.redis.hset(ERASURES, mapping={erasure_digest(m): repr(now) for m in members})
+        for m in members:
+            for identifier in await self.customers.identifiers(m):
+                await self.customers.forget_identifier(identifier, m)
+            await self.customers.delete_data(m, keep_pointer=False)
+        dropped = await self.customers.drop_from_stream(set(members))
+        log.info("customer erased", extra={"fields": {"customers": len(members)}})  # no ids in logs
+        return {"erased_customers": len(members), "interactions_dropped_from_stream": dropped, **location}
+
+    async def _any_trace(self, members: list[str]) -> bool:
+        for m in members:
+            if (await self.customers.has_data(m) or await self.customers.merged_into(m)
+                    or await self.published.has_consent_record(m) or await self.published.devices(m)):
+                return True
+        return False
+
+    async def erased_digests(self) -> dict[str, float]:
+        raw = await self.customers.redis.hgetall(ERASURES)
+        return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}

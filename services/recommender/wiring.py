@@ -1,0 +1,74 @@
+"""The recommender's composition root: the one place that builds adapters and use cases."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from services.kernel.auth import TokenSigner
+from services.kernel.clock import Clock
+
+from .adapters.customer_repository import CustomerRepository
+from .adapters.geo_client import GeoClient
+from .adapters.published_state import PublishedCustomerState
+from .settings import RecommenderSettings
+from .use_cases.erasure import Erasure
+from .use_cases.identity import IdentityService
+from .use_cases.ingest import InteractionIngest
+from .use_cases.profile import ProfileReader
+
+# --- catalogue (offers, stock, rules) ---
+from .adapters.catalog_repository import CatalogRepository
+from .use_cases.catalog import Catalog
+# --- end catalogue ---
+
+
+@dataclass
+class RecommenderContainer:
+    settings: RecommenderSettings
+    clock: Clock
+    redis: object
+    signer: TokenSigner
+    registry: CollectorRegistry
+    devices: PublishedCustomerState
+    identity: IdentityService
+    ingest: InteractionIngest
+    profiles: ProfileReader
+    erasure: Erasure
+    catalog: Catalog
+
+
+def build(settings: RecommenderSettings, redis, clock: Clock, registry: CollectorRegistry,
+          geo_http: httpx.AsyncClient) -> RecommenderContainer:
+    published = PublishedCustomerState(redis, settings.event_shards)
+    customers = CustomerRepository(redis, settings)
+    geo = GeoClient(geo_http, settings.admin_token)
+    identity = IdentityService(customers, published, geo, clock)
+    catalog = Catalog(CatalogRepository(redis), clock)
+    return RecommenderContainer(
+        settings=settings, clock=clock, redis=redis, signer=TokenSigner(settings.token_secret), registry=registry,
+        devices=published, identity=identity,
+        ingest=InteractionIngest(customers, identity, clock, settings),
+        profiles=ProfileReader(customers, published, identity),
+        erasure=Erasure(customers, published, identity, geo, clock),
+        catalog=catalog,
+    )
+
+
+def build_visit_consumer(settings: RecommenderSettings, redis, consumer: str):
+    """The worker that keeps customers' recent visits from the geo service's events."""
+    from .workers.visits import VisitRecorder, visit_consumer
+
+    customers = CustomerRepository(redis, settings)
+    # merges are not run by this worker: canonical() only reads the pointers
+    identity = IdentityService(customers, PublishedCustomerState(redis, settings.event_shards), None, None)
+    return visit_consumer(redis, VisitRecorder(customers, identity), settings.event_shards, consumer)
+
+
+def build_worker_loops(settings: RecommenderSettings, redis, consumer: str) -> dict:
+    """name -> `run_forever(stop)` of each background loop of the worker process."""
+    from .workers.exporter import Exporter
+
+    return {"visits": build_visit_consumer(settings, redis, consumer).run_forever,
+            "exporter": Exporter(redis, settings).run_forever}

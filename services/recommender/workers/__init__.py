@@ -1,0 +1,1 @@
+"""Background consumers of Redis streams (run as their own processes, never in web workers)."""

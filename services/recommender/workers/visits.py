@@ -1,0 +1,56 @@
+"""Keeps each customer's recent store visits (for the profile) from the geo service's visit
+events: enter opens a visit, dwell marks it, exit closes it."""
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from services.kernel.contracts.geofence_events import GeofenceEventV1, events_stream_key
+from services.kernel.stream_consumer import PoisonEntry, StreamConsumer
+
+from ..adapters.customer_repository import CustomerRepository
+from ..adapters.redis_keys import ERASURES, erasure_digest
+from ..use_cases.identity import IdentityService
+
+GROUP = "recommender-visits"
+
+
+def dead_letter_key(stream: str) -> str:
+    return stream + ":dead"
+
+
+class VisitRecorder:
+    def __init__(self, customers: CustomerRepository, identity: IdentityService) -> None:
+        self.customers = customers
+        self.identity = identity
+
+    async def handle(self, stream: str, entry_id: str, fields: dict) -> None:
+        try:
+            e = GeofenceEventV1.from_stream_fields(fields)
+        except (ValidationError, TypeError, ValueError) as exc:
+            raise PoisonEntry(f"not a geofence event v1: {exc}") from None
+        erased_at = await self.customers.redis.hget(ERASURES, erasure_digest(e.customer_id))
+        if erased_at is not None and float(erased_at) >= e.emitted_at:
+            return  # emitted before the customer was erased: keep no trace
+        customer = await self.identity.canonical(e.customer_id)
+        for _ in range(4):
+            current = await self.customers.visit(customer, e.visit_id) or {
+                "visit_id": e.visit_id, "store_id": e.store_id, "device_id": e.device_id,
+                "entered_at": e.ts if e.type == "enter" else None, "dwelled": False, "left_at": None,
+                "dwell_s": None, "exit_reason": None}
+            if e.type == "enter":
+                current["entered_at"] = e.ts
+            elif e.type == "dwell":
+                current["dwelled"] = True
+                current["dwell_s"] = e.dwell_s
+            else:
+                current.update(left_at=e.ts, dwell_s=e.dwell_s, exit_reason=e.exit_reason)
+            order = current["entered_at"] if current["entered_at"] is not None else e.ts
+            outcome = await self.customers.record_visit(customer, e.visit_id, order, current)
+            if not outcome.startswith("moved:"):
+                return
+            customer = await self.identity.canonical(outcome[6:])
+
+
+def visit_consumer(redis, recorder: VisitRecorder, event_shards: int, consumer: str) -> StreamConsumer:
+    streams = [events_stream_key(i) for i in range(event_shards)]
+    return StreamConsumer(redis, streams, GROUP, consumer, recorder.handle, dead_letter=dead_letter_key)
