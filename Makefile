@@ -34,6 +34,8 @@ test: $(TSTAMP) ## install test deps and run the whole suite (real redis-server,
 
 bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.geo
+	$(BIN)/python -m bench.data_layer
+	$(BIN)/python -m bench.history
 
 clean: ## remove .venv and var/
 	rm -rf $(VENV) var

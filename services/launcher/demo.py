@@ -1,14 +1,22 @@
-"""Demo data through the public API: real stores (MIMIT fuel stations of Milano and Roma, and
-the Comune di Milano's NIL districts) and one demo phone with consent."""
+"""Demo data through the public API and CLI: real stores (MIMIT fuel stations of Milano and Roma,
+the Comune di Milano's NIL districts), one demo phone with consent, and for the recommender a
+real catalogue and history (UCI Online Retail), stock at the stores around Milano Duomo, and the
+demo customer linked to a real shopper of that history."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
 import httpx
 
+from .demo_offers import load_demo_offers
 from .store_files import read_features
 
+DEMO_HISTORY = "online_retail_recent.csv.gz"
+DEMO_SHOPPER = "14527"            # a UCI Online Retail customer with ~290 lines in the demo history
+DUOMO = (45.4642, 9.19)
 DEMO_DEVICE = {"device_id": "demo-phone-1", "customer_id": "demo-customer-1", "platform": "android",
                "push_token": "demo-fcm-token", "timezone": "Europe/Rome"}
 
@@ -42,3 +50,34 @@ def load_demo(base_url: str, admin_token: str, radius_m: float) -> dict:
         client.put(f"/v1/customers/{DEMO_DEVICE['customer_id']}/consent",
                    json={"location": True, "marketing": True, "personalisation": True}).raise_for_status()
     return {"stores": totals, "device": device}
+
+
+def load_demo_recommender(url: str, admin_token: str, env: dict, log_path: Path) -> dict:
+    """Offers, history, stock near Duomo, and the demo customer merged with a real shopper."""
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as rec:
+        offers = load_demo_offers(rec)
+        history_file = Path(str(resources.files("services.launcher") / "demo_data" / DEMO_HISTORY))
+        with open(log_path, "ab") as log:
+            subprocess.run([sys.executable, "-m", "services.cli", "history", "import", str(history_file)],
+                           env=env, stdout=log, stderr=log, check=True, timeout=300)
+        stocked = _stock_near_duomo(rec, env["VICINO_GEO_URL"], headers)
+        link = rec.post(f"/v1/customers/{DEMO_SHOPPER}/identifiers",
+                        json={"kind": "device", "value": DEMO_DEVICE["device_id"]})
+        link.raise_for_status()
+    return {"offers": offers, "stocked_stores": stocked, "customer": link.json()["customer_id"]}
+
+
+def _stock_near_duomo(rec: httpx.Client, geo_url: str, headers: dict) -> int:
+    """Every demo offer's items in stock at the stores within 3 km of Duomo, a few of them low,
+    so that `min_stock` and the low-stock switch have something to act on."""
+    offers = rec.get("/v1/offers", params={"limit": 1000}).json()["offers"]
+    items = sorted({i for o in offers for i in o["item_ids"]})
+    with httpx.Client(base_url=geo_url, headers=headers, timeout=60) as geo:
+        near = geo.get("/v1/stores", params={"lat": DUOMO[0], "lon": DUOMO[1], "radius_m": 3000, "limit": 200})
+        near.raise_for_status()
+    stores = [s["store_id"] for s in near.json() if not s["store_id"].startswith("milano-nil-")]
+    for n, store_id in enumerate(stores):
+        stock = {item: (1 if (n + k) % 7 == 0 else 5 + (n + k) % 20) for k, item in enumerate(items)}
+        rec.put(f"/v1/stores/{store_id}/inventory", json=stock).raise_for_status()
+    return len(stores)

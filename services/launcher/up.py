@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from .demo import DEMO_DEVICE, load_demo
+from .demo import DEMO_DEVICE, load_demo, load_demo_recommender
 from .embedded_redis import EmbeddedRedis
 from .settings import LauncherSettings
 
@@ -97,7 +97,11 @@ class Stack:
         for service, _offset in SERVICES:
             self.children[service] = self._spawn(service)
             _wait_ready(self.url_of(service), self.children[service], 120)
-        demo = load_demo(self.base_url, admin, s.demo_radius_m) if s.demo else None
+        demo = None
+        if s.demo:
+            demo = load_demo(self.base_url, admin, s.demo_radius_m)
+            demo["recommender"] = load_demo_recommender(self.url_of("recommender"), admin, self.env,
+                                                        self.data_dir / "logs" / "demo.log")
         return {"redis_url": redis_url, "admin_token": admin, "demo": demo}
 
     def supervise_once(self) -> None:
@@ -145,6 +149,12 @@ def banner(stack: Stack, info: dict) -> str:
         lines += [
             f"  demo data    {st['created'] + st['updated']} stores (MIMIT fuel stations of Milano and Roma, Milano NIL districts)",
             f"  demo device  {DEMO_DEVICE['device_id']} of {DEMO_DEVICE['customer_id']}, location consent given",
+            f"  demo shopper {DEMO_DEVICE['customer_id']} merged with UCI Online Retail customer "
+            f"{demo['recommender']['customer']} (history imported); {demo['recommender']['offers']['created'] + demo['recommender']['offers']['updated']} offers, "
+            f"stock at {demo['recommender']['stocked_stores']} stores near Duomo",
+            "",
+            "The customer as a shop assistant sees them:",
+            f"  curl -s {stack.url_of('recommender')}/v1/customers/{DEMO_DEVICE['customer_id']} -H 'Authorization: Bearer {token}'",
             "",
             "Try a fix at Milano Duomo:",
             f"  curl -s -X POST {base}/v1/locations -H 'Authorization: Bearer {token}' \\",

@@ -140,6 +140,7 @@ def _assert_stopped(up: Up) -> None:
     assert up.interrupt() == 0, "".join(up.err)
     assert "vicino: stopped." in "".join(up.err)
     assert not port_open(up.port), "the geo service still listens"
+    assert not port_open(up.port + 1), "the recommender still listens"
     assert not port_open(up.redis_port), "redis still listens"
     wait_until(lambda: not up.leftovers(), 5, what="no process of the stack left")
     assert up.child_pids, "the stack's processes were never seen"
@@ -176,6 +177,26 @@ def test_vicino_up_with_demo_then_ctrl_c(up_factory):
         assert [e["type"] for e in events] == ["enter"] * len(events) and events
         assert {e["store_id"] for e in events} == {s["store_id"] for s in containing}
         assert_problem(http.get("/v1/stores", params={"lat": 45, "lon": 9}), 401)
+
+    # the recommender beside it: real catalogue and history, the demo customer merged with a real shopper
+    rec_url = up.field(r"recommender\s+(http://127\.0\.0\.1:\d+)/docs")
+    assert rec_url == f"http://127.0.0.1:{up.port + 1}"
+    with httpx.Client(base_url=rec_url, timeout=30) as rec:
+        assert rec.get("/readyz").status_code == 200
+        profile = rec.get("/v1/customers/demo-customer-1", headers=device)
+        assert profile.status_code == 200, profile.text
+        p = profile.json()
+        assert p["customer_id"] == "14527" and p["merged_from"] == ["demo-customer-1"]
+        assert p["history"]["hot_interactions"] > 100 and p["last_purchases"]
+        assert [d["device_id"] for d in p["devices"]] == ["demo-phone-1"]
+        # the visit of the fix above reaches the profile through the worker
+        wait_until(lambda: rec.get("/v1/customers/14527", headers=admin).json()["last_visits"], 15,
+                   what="the demo visit in the profile")
+        offers = rec.get("/v1/offers", headers=admin, params={"limit": 1000}).json()["offers"]
+        assert len(offers) == 300
+        prices = {rec.get(f"/v1/offers/{offers[0]['offer_id']}", headers=device, params={"channel": ch}
+                          ).json()["canonical_price"] for ch in ("web", "app", "store")}
+        assert len(prices) == 1
 
     _assert_stopped(up)
 
