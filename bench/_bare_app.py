@@ -86,12 +86,21 @@ def create_redis_app() -> FastAPI:
 
 
 def create_ingest_app() -> FastAPI:
-    """The bare peer of `POST /v1/interactions`: parse the batch with orjson, count it, answer."""
+    """The bare peer of `POST /v1/interactions`: parse the batch with orjson, count it, answer.
+    With VICINO_BENCH_VALIDATE=1, also judge every item as the service does (pure, no Redis)."""
+    import time
+
+    from services.recommender.domain.interactions import judge
+
+    validate = os.environ.get("VICINO_BENCH_VALIDATE") == "1"
     app = FastAPI(title="bench bare interactions endpoint")
 
     @app.post("/v1/interactions")
     async def interactions(request: Request) -> Response:
         items = orjson.loads(await request.body())
+        if validate:
+            now = time.time()
+            items = [judge(n, raw, now, 300) for n, raw in enumerate(items)]
         return Response(orjson.dumps({"accepted": len(items), "duplicates": 0, "rejected": []}),
                         media_type="application/json")
 

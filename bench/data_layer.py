@@ -3,8 +3,9 @@
 Every figure beside a floor or a peer measured in the same run (shared, noisy 2-core machines):
 
 1. api      `POST /v1/interactions` of the real recommender service (uvicorn, 1 worker, Redis),
-            batches of 500 new interactions, against a bare endpoint that only parses the same
-            bodies with orjson; both driven by the same keep-alive clients in their own processes.
+            batches of 500 new interactions, against two bare endpoints: one that only parses
+            the same bodies with orjson, one that also judges every item as the service does
+            (everything but Redis); all driven by the same keep-alive clients in their own processes.
 2. store    the ingestion script alone (dedup window, hot history, trim, stream append), in
             process, against the floor of appending the same entries to a stream with a
             pipelined XADD and nothing else.
@@ -108,13 +109,15 @@ def section_api(redis_url: str, tmp: Path, cfg: dict) -> dict:
     env = {**os.environ, "VICINO_REDIS_URL": redis_url, "VICINO_ADMIN_TOKEN": ADMIN, "VICINO_TOKEN_SECRET": SECRET,
            "VICINO_LOG_LEVEL": "WARNING", "VICINO_HISTORY_DIR": str(tmp / "history")}
     out = {}
-    for label, cmd in (
-            ("bare", [sys.executable, "-m", "uvicorn", "bench._bare_app:create_ingest_app", "--factory",
-                      "--log-level", "warning", "--no-access-log"]),
-            ("service", [sys.executable, "-m", "services.cli", "serve", "recommender"])):
+    bare = [sys.executable, "-m", "uvicorn", "bench._bare_app:create_ingest_app", "--factory",
+            "--log-level", "warning", "--no-access-log"]
+    for label, cmd, extra in (
+            ("bare", bare, {}),
+            ("bare_validate", bare, {"VICINO_BENCH_VALIDATE": "1"}),
+            ("service", [sys.executable, "-m", "services.cli", "serve", "recommender"], {})):
         port = free_port()
         full = cmd + ["--host", "127.0.0.1", "--port", str(port)]
-        proc = serve(full, env, port, tmp / f"{label}.log")
+        proc = serve(full, {**env, **extra}, port, tmp / f"{label}.log")
         try:
             drive(port, "warm" + label, 1, 4, 500, cfg["customers"], 5)
             out[label] = drive(port, label, cfg["clients"], cfg["batches"], 500, cfg["customers"], cfg["seconds"])
@@ -122,6 +125,7 @@ def section_api(redis_url: str, tmp: Path, cfg: dict) -> dict:
             stop(proc)
         log(f"api {label}: {out[label]}")
     out["ratio_to_bare"] = round(out["service"]["per_s"] / out["bare"]["per_s"], 3)
+    out["ratio_to_bare_validate"] = round(out["service"]["per_s"] / out["bare_validate"]["per_s"], 3)
     return out
 
 
@@ -216,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table("POST /v1/interactions, batches of 500 (2 client processes, 1 server worker)",
                 ["endpoint", "interactions/s", "vs bare"],
                 [["bare: parse and count", f"{a['bare']['per_s']:,}", "1.00"],
-                 ["recommender service", f"{a['service']['per_s']:,}", f"{a['ratio_to_bare']:.2f}"]]))
+                 ["bare: parse and judge every item", f"{a['bare_validate']['per_s']:,}",
+                  f"{a['bare_validate']['per_s'] / a['bare']['per_s']:.2f}"],
+                 ["recommender service", f"{a['service']['per_s']:,}",
+                  f"{a['ratio_to_bare']:.2f} ({a['ratio_to_bare_validate']:.2f} of parse and judge)"]]))
     print(table("Ingestion script in process (dedup window, hot history, trim, stream append)",
                 ["path", "interactions/s", "vs floor"],
                 [["XADD pipelined (floor)", f"{s['xadd_floor_per_s']:,}", "1.00"],

@@ -51,7 +51,7 @@ def build(settings: RecommenderSettings, redis, clock: Clock, registry: Collecto
         devices=published, identity=identity,
         ingest=InteractionIngest(customers, identity, clock, settings),
         profiles=ProfileReader(customers, published, identity),
-        erasure=Erasure(customers, published, identity, geo, clock),
+        erasure=Erasure(customers, published, identity, geo, clock, settings.event_shards),
         catalog=catalog,
     )
 

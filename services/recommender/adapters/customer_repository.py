@@ -251,12 +251,14 @@ class CustomerRepository:
         doomed = [key for key in k.all_owned() if not (keep_pointer and key == k.merged_into)]
         await self._r.delete(*doomed)
 
-    async def drop_from_stream(self, customer_ids: set[str]) -> int:
-        """Deletes not-yet-trimmed interaction stream entries of these customers (erasure)."""
+    async def drop_from_streams(self, customer_ids: set[str], extra_streams: list[str]) -> int:
+        """Deletes not-yet-trimmed entries of these customers (erasure) from their interaction
+        streams, the dead letters beside them, and `extra_streams` (full scans: erasures are rare)."""
         needles = [orjson.dumps(c) for c in customer_ids]
         dropped = 0
         streams = {self.keys(c).stream for c in customer_ids}
-        for stream in streams:
+        streams |= {s.replace(":interactions:v1", ":interactions:dead") for s in streams}
+        for stream in sorted(streams) + extra_streams:
             start = "-"
             while True:
                 page = await self._r.xrange(stream, min=start, count=2000)
@@ -264,8 +266,7 @@ class CustomerRepository:
                     break
                 doomed = []
                 for entry_id, fields in page:
-                    data = fields.get(b"data") or fields.get("data") or b""
-                    data = data if isinstance(data, bytes) else data.encode()
+                    data = b" ".join(v if isinstance(v, bytes) else str(v).encode() for v in fields.values())
                     if any(b'"customer_id":' + n in data or b'"merged":' + n in data or b'"into":' + n in data
                            for n in needles):
                         doomed.append(entry_id)

@@ -55,5 +55,11 @@ def identifier_key(identifier: str, shards: int) -> str:
     return f"vicino:{{idn:{shard:03d}}}:identifier:{identifier}"
 
 
+def geo_events_dead_letter(stream: str) -> str:
+    """Where this service's consumers of a geo event stream put entries they can never handle
+    (same hash tag as the stream; owned by the recommender)."""
+    return stream + ":dead"
+
+
 def shard_streams(shards: int) -> list[str]:
     return [interactions_stream_key(i) for i in range(shards)]

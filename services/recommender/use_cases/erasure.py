@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 
 from services.kernel.clock import Clock
+from services.kernel.contracts.geofence_events import events_stream_key
 from services.kernel.problems import NotFound
 
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.geo_client import GeoClient
 from ..adapters.published_state import PublishedCustomerState
-from ..adapters.redis_keys import ERASURES, erasure_digest
+from ..adapters.redis_keys import ERASURES, erasure_digest, geo_events_dead_letter
 from .identity import IdentityService
 
 log = logging.getLogger("vicino.recommender.erasure")
@@ -23,12 +24,13 @@ log = logging.getLogger("vicino.recommender.erasure")
 
 class Erasure:
     def __init__(self, customers: CustomerRepository, published: PublishedCustomerState,
-                 identity: IdentityService, geo: GeoClient, clock: Clock) -> None:
+                 identity: IdentityService, geo: GeoClient, clock: Clock, event_shards: int) -> None:
         self.customers = customers
         self.published = published
         self.identity = identity
         self.geo = geo
         self.clock = clock
+        self.event_shards = event_shards
 
     async def erase(self, customer_id: str) -> dict:
         members = await self.identity.members(customer_id)
@@ -47,7 +49,9 @@ class Erasure:
             for identifier in await self.customers.identifiers(m):
                 await self.customers.forget_identifier(identifier, m)
             await self.customers.delete_data(m, keep_pointer=False)
-        dropped = await self.customers.drop_from_stream(set(members))
+        # the dead letters this service wrote beside the geo event streams may hold their visits
+        geo_dead = [geo_events_dead_letter(events_stream_key(i)) for i in range(self.event_shards)]
+        dropped = await self.customers.drop_from_streams(set(members), geo_dead)
         log.info("customer erased", extra={"fields": {"customers": len(members)}})  # no ids in logs
         return {"erased_customers": len(members), "interactions_dropped_from_stream": dropped, **location}
 

@@ -8,14 +8,10 @@ from services.kernel.contracts.geofence_events import GeofenceEventV1, events_st
 from services.kernel.stream_consumer import PoisonEntry, StreamConsumer
 
 from ..adapters.customer_repository import CustomerRepository
-from ..adapters.redis_keys import ERASURES, erasure_digest
+from ..adapters.redis_keys import ERASURES, erasure_digest, geo_events_dead_letter
 from ..use_cases.identity import IdentityService
 
 GROUP = "recommender-visits"
-
-
-def dead_letter_key(stream: str) -> str:
-    return stream + ":dead"
 
 
 class VisitRecorder:
@@ -53,4 +49,4 @@ class VisitRecorder:
 
 def visit_consumer(redis, recorder: VisitRecorder, event_shards: int, consumer: str) -> StreamConsumer:
     streams = [events_stream_key(i) for i in range(event_shards)]
-    return StreamConsumer(redis, streams, GROUP, consumer, recorder.handle, dead_letter=dead_letter_key)
+    return StreamConsumer(redis, streams, GROUP, consumer, recorder.handle, dead_letter=geo_events_dead_letter)
