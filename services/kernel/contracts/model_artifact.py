@@ -1,0 +1,223 @@
+"""The model artifact: what training (`models/`) publishes and the recommender loads and scores.
+
+A version is a directory under the model root:
+
+    <root>/<version>/arrays.npz      float32 arrays, loaded with allow_pickle=False:
+        user_repr (U×k), user_bias (U)      known customers (LightFM's user representations,
+                                            identity plus features, as `get_user_representations`)
+        item_repr (I×k), item_bias (I)      known items, the same way
+        user_feature_emb (UF×k), user_feature_bias (UF)   per feature, for customers never seen
+        item_feature_emb (IF×k), item_feature_bias (IF)   per feature, for items never seen
+    <root>/<version>/manifest.json   see `Manifest`
+    <root>/CURRENT                   the published version's name, replaced atomically
+
+A customer's score for an item is `user_repr·item_repr + user_bias + item_bias`, exactly what
+`LightFM.predict` computes from the same representations. For a customer or an item without a
+row, the representation is the mean of its features' embeddings (and biases): LightFM's
+normalised feature rows, without the identity feature. The final ranking blends the model's
+score, standardised with the training run's statistics, with the customer's own purchase
+recency and frequency (`blend`): on retail data customers re-buy a lot, and the blend is what
+beats the repeat-purchase baseline. Pure numpy; serving never imports LightFM.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+CURRENT = "CURRENT"
+ARRAYS = ("user_repr", "user_bias", "item_repr", "item_bias", "user_feature_emb", "user_feature_bias",
+          "item_feature_emb", "item_feature_bias")
+
+
+class ArtifactError(Exception):
+    """The artifact is missing, truncated or inconsistent; the message says what."""
+
+
+@dataclass(frozen=True)
+class Blend:
+    """score = (model − mean) / std + repeat_weight × Σ exp(−age_days / half_life_days) over the
+    customer's purchases of the item."""
+    score_mean: float = 0.0
+    score_std: float = 1.0
+    repeat_weight: float = 0.0
+    half_life_days: float = 30.0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str
+    created_at: float
+    data_window: dict                      # {"start": epoch s, "end": epoch s, "rows": n}
+    settings: dict                         # training settings (weights, decay, epochs, ...)
+    metrics: dict                          # evaluation: model and baselines
+    user_ids: list[str]
+    item_ids: list[str]
+    user_features: list[str]               # names, in user_feature_emb row order
+    item_features: list[str]
+    item_feature_map: dict[str, list[str]] = field(default_factory=dict)  # item id -> its feature names
+    popular_items: list[str] = field(default_factory=list)               # most popular first
+    blend: Blend = field(default_factory=Blend)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "Manifest":
+        try:
+            d = json.loads(raw)
+            if d.get("schema_version") != SCHEMA_VERSION:
+                raise ArtifactError(f"manifest schema_version {d.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+            d["blend"] = Blend(**d.get("blend", {}))
+            return cls(**d)
+        except (ValueError, TypeError) as e:
+            raise ArtifactError(f"manifest is not valid: {e}") from None
+
+
+class ModelArtifact:
+    """One loaded version: arrays, id maps and the scoring arithmetic."""
+
+    def __init__(self, manifest: Manifest, arrays: dict[str, np.ndarray]) -> None:
+        self.manifest = manifest
+        self.version = manifest.version
+        for name in ARRAYS:
+            setattr(self, name, arrays[name])
+        self.user_index = {u: n for n, u in enumerate(manifest.user_ids)}
+        self.item_index = {i: n for n, i in enumerate(manifest.item_ids)}
+        self.user_feature_index = {f: n for n, f in enumerate(manifest.user_features)}
+        self.item_feature_index = {f: n for n, f in enumerate(manifest.item_features)}
+        self._check()
+
+    def _check(self) -> None:
+        m = self.manifest
+        k = self.item_repr.shape[1] if self.item_repr.ndim == 2 else -1
+        expect = {"user_repr": (len(m.user_ids), k), "user_bias": (len(m.user_ids),),
+                  "item_repr": (len(m.item_ids), k), "item_bias": (len(m.item_ids),),
+                  "user_feature_emb": (len(m.user_features), k), "user_feature_bias": (len(m.user_features),),
+                  "item_feature_emb": (len(m.item_features), k), "item_feature_bias": (len(m.item_features),)}
+        for name, shape in expect.items():
+            got = getattr(self, name).shape
+            if got != shape:
+                raise ArtifactError(f"{name} has shape {got}, the manifest implies {shape}")
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise ArtifactError(f"{name} holds NaN or infinite values")
+
+    # representations -------------------------------------------------------------------------
+
+    def user(self, customer_id: str | None, features: list[str] = ()) -> tuple[np.ndarray, float, bool]:
+        """(representation, bias, known): the learned row of a known customer, else the mean of
+        the embeddings of their known features (zero when none is known)."""
+        row = self.user_index.get(customer_id) if customer_id is not None else None
+        if row is not None:
+            return self.user_repr[row], float(self.user_bias[row]), True
+        rows = [self.user_feature_index[f] for f in features if f in self.user_feature_index]
+        if not rows:
+            return np.zeros(self.user_repr.shape[1], np.float32), 0.0, False
+        return (self.user_feature_emb[rows].mean(axis=0), float(self.user_feature_bias[rows].mean()), False)
+
+    def items(self, item_ids: list[str], features: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(representations n×k, biases n, known mask n) for items given with their features;
+        an item without a learned row is represented by the mean of its known features."""
+        n = len(item_ids)
+        reprs = np.zeros((n, self.item_repr.shape[1]), np.float32)
+        bias = np.zeros(n, np.float32)
+        known = np.zeros(n, bool)
+        rows = [self.item_index.get(i) for i in item_ids]
+        hit = [p for p, r in enumerate(rows) if r is not None]
+        if hit:
+            idx = [rows[p] for p in hit]
+            reprs[hit] = self.item_repr[idx]
+            bias[hit] = self.item_bias[idx]
+            known[hit] = True
+        for p, r in enumerate(rows):
+            if r is None:
+                fr = [self.item_feature_index[f] for f in features[p] if f in self.item_feature_index]
+                if fr:
+                    reprs[p] = self.item_feature_emb[fr].mean(axis=0)
+                    bias[p] = self.item_feature_bias[fr].mean()
+        return reprs, bias, known
+
+
+def model_scores(user_repr: np.ndarray, user_bias: float, item_repr: np.ndarray, item_bias: np.ndarray) -> np.ndarray:
+    """LightFM's prediction for one customer over many items."""
+    return item_repr @ user_repr + item_bias + user_bias
+
+
+def repeat_signal(purchase_ages_days: list[list[float]], half_life_days: float) -> np.ndarray:
+    """Per item: Σ exp(−age/half_life) over the customer's purchases of it (0 when none)."""
+    lam = math.log(2) / half_life_days
+    return np.array([sum(math.exp(-lam * max(a, 0.0)) for a in ages) for ages in purchase_ages_days], np.float32)
+
+
+def blend(scores: np.ndarray, repeat: np.ndarray, b: Blend) -> np.ndarray:
+    std = b.score_std if b.score_std > 0 else 1.0
+    return (scores - b.score_mean) / std + b.repeat_weight * repeat
+
+
+# files -------------------------------------------------------------------------------------------
+
+def write_version(root: str | Path, manifest: Manifest, arrays: dict[str, np.ndarray]) -> Path:
+    """Writes a version directory whole or not at all (a temporary directory renamed)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    missing = set(ARRAYS) - arrays.keys()
+    if missing:
+        raise ArtifactError(f"arrays missing: {sorted(missing)}")
+    final = root / manifest.version
+    if final.exists():
+        raise ArtifactError(f"version {manifest.version!r} already exists")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.version}.", dir=root))
+    try:
+        np.savez(tmp / "arrays.npz", **{k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in ARRAYS})
+        (tmp / "manifest.json").write_bytes(manifest.to_json())
+        ModelArtifact(manifest, {k: np.asarray(arrays[k], np.float32) for k in ARRAYS})  # refuse what won't load
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def publish(root: str | Path, version: str) -> None:
+    """Points CURRENT at `version` atomically (readers see the old or the new name, never half)."""
+    root = Path(root)
+    if not (root / version / "manifest.json").exists():
+        raise ArtifactError(f"no version {version!r} under {root}")
+    fd, tmp = tempfile.mkstemp(prefix=".CURRENT.", dir=root)
+    with os.fdopen(fd, "w") as f:
+        f.write(version + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / CURRENT)
+
+
+def current_version(root: str | Path) -> str | None:
+    try:
+        name = (Path(root) / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return name or None
+
+
+def read_version(root: str | Path, version: str) -> ModelArtifact:
+    path = Path(root) / version
+    try:
+        manifest = Manifest.from_json((path / "manifest.json").read_bytes())
+        with np.load(path / "arrays.npz", allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k], np.float32) for k in ARRAYS}
+    except ArtifactError:
+        raise
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:  # missing, truncated, not a zip
+        raise ArtifactError(f"version {version!r} cannot be read: {type(e).__name__}: {e}") from None
+    if manifest.version != version:
+        raise ArtifactError(f"directory {version!r} holds a manifest of version {manifest.version!r}")
+    return ModelArtifact(manifest, arrays)
