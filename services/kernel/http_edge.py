@@ -29,8 +29,12 @@ def install_edge(app: FastAPI, *, service: str, registry: CollectorRegistry, rea
              responses={503: {"description": "not ready; the body says which check failed"}})
     async def readyz() -> Response:
         checks = await ready()
-        if all(v == "ok" for v in checks.values()):
-            return Response(orjson.dumps({"status": "ready", "service": service, "checks": checks}),
+        # "degraded: …" reports a problem that does not stop the replica from serving (it keeps
+        # traffic: taking every replica out for it would turn a degradation into an outage)
+        serving = all(v == "ok" or v.startswith("degraded") for v in checks.values())
+        if serving:
+            status = "ready" if all(v == "ok" for v in checks.values()) else "degraded"
+            return Response(orjson.dumps({"status": status, "service": service, "checks": checks}),
                             media_type="application/json")
         failing = "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
         return problem_response(503, "Not ready", failing, instance="/readyz")

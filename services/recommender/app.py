@@ -13,7 +13,7 @@ from services.kernel.clock import Clock, SystemClock
 from services.kernel.http_edge import install_edge, publish_body_schemas
 from services.kernel.redis_client import open_async, wait_for_redis
 
-from .api import catalog_routes, customer_routes
+from .api import catalog_routes, customer_routes, offer_routes
 from .api.customer_routes import InteractionBatchIn
 from .settings import RecommenderSettings
 from .wiring import build
@@ -37,11 +37,17 @@ def create_app(settings: RecommenderSettings | None = None, *, redis=None, clock
         r = open_async(settings.redis_url) if own_redis else redis
         own_http = geo_http is None
         http = geo_http or httpx.AsyncClient(base_url=settings.geo_url, timeout=10.0)
-        app.state.container = build(settings, r, clock, registry, http)
-        log.info("recommender service ready")
+        container = app.state.container = build(settings, r, clock, registry, http)
+        await container.models.refresh()
+        stop = asyncio.Event()
+        follower = asyncio.create_task(container.models.follow(stop, settings.model_poll_s), name="model-follow")
+        log.info("recommender service ready", extra={"fields": {"model": container.models.status.serving}})
         try:
             yield
         finally:
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follower
             if own_http:
                 await http.aclose()
             if own_redis:
@@ -60,10 +66,12 @@ def create_app(settings: RecommenderSettings | None = None, *, redis=None, clock
             checks["redis"] = "ok"
         except Exception as e:  # report, don't raise: this is the readiness answer
             checks["redis"] = f"unreachable ({type(e).__name__})"
+        checks["model"] = container.models.readiness() if container else "not started"
         return checks
 
     app.include_router(customer_routes.router)
     app.include_router(catalog_routes.router)
+    app.include_router(offer_routes.router)
     install_edge(app, service="recommender", registry=registry, ready=ready,
                  max_body_bytes=settings.max_body_bytes,
                  body_limits={("POST", "/v1/offers"): settings.max_bulk_body_bytes})

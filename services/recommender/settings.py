@@ -30,6 +30,10 @@ class RecommenderSettings(BaseSettings):
     max_batch: int = Field(1000, ge=1, le=10_000, description="interactions per POST /v1/interactions")
     history_dir: str = Field("var/history", description="where the Parquet interaction log is written: a local path "
                              "or any URL fsspec understands (s3://bucket/prefix, ...)")
+    model_dir: str = Field("var/models", description="where trained model versions are published (a local "
+                           "directory; CURRENT names the version that serves)")
+    model_poll_s: float = Field(5.0, gt=0, description="how often a replica checks whether a new model version was "
+                                "published (picked up without a restart)")
     export_flush_rows: int = Field(20_000, ge=1, description="the exporter writes a Parquet file after this many "
                                    "stream entries of one shard ...")
     export_flush_s: float = Field(5.0, gt=0, description="... or after this many seconds")

@@ -11,12 +11,14 @@ from services.kernel.clock import Clock
 
 from .adapters.customer_repository import CustomerRepository
 from .adapters.geo_client import GeoClient
+from .adapters.model_store import ModelHolder
 from .adapters.published_state import PublishedCustomerState
 from .settings import RecommenderSettings
 from .use_cases.erasure import Erasure
 from .use_cases.identity import IdentityService
 from .use_cases.ingest import InteractionIngest
 from .use_cases.profile import ProfileReader
+from .use_cases.ranking import OfferRanker
 
 # --- catalogue (offers, stock, rules) ---
 from .adapters.catalog_repository import CatalogRepository
@@ -37,6 +39,8 @@ class RecommenderContainer:
     profiles: ProfileReader
     erasure: Erasure
     catalog: Catalog
+    models: ModelHolder
+    ranker: OfferRanker
 
 
 def build(settings: RecommenderSettings, redis, clock: Clock, registry: CollectorRegistry,
@@ -46,13 +50,15 @@ def build(settings: RecommenderSettings, redis, clock: Clock, registry: Collecto
     geo = GeoClient(geo_http, settings.admin_token)
     identity = IdentityService(customers, published, geo, clock)
     catalog = Catalog(CatalogRepository(redis), clock)
+    models = ModelHolder(settings.model_dir)
     return RecommenderContainer(
         settings=settings, clock=clock, redis=redis, signer=TokenSigner(settings.token_secret), registry=registry,
         devices=published, identity=identity,
         ingest=InteractionIngest(customers, identity, clock, settings),
         profiles=ProfileReader(customers, published, identity),
         erasure=Erasure(customers, published, identity, geo, clock, settings.event_shards),
-        catalog=catalog,
+        catalog=catalog, models=models,
+        ranker=OfferRanker(catalog, customers, published, identity, models, clock),
     )
 
 

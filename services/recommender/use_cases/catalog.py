@@ -225,15 +225,23 @@ class Catalog:
 
     # eligibility at a store ------------------------------------------------------------------------
 
-    async def offers_at_store(self, store_id: str, channel: str, at: float | None) -> StoreOffers:
+    async def situation(self, store_id: str | None, channel: str, now: float,
+                        offers: list[Offer]) -> tuple[Situation, int]:
+        """Where, what the store holds of these offers' items, the rules: what eligibility needs
+        (and the rules' revision). No store: only the time and channel checks will apply."""
+        doc = await self.rules()
+        if store_id is None:
+            return Situation(None, {}, doc.rules, channel, now), doc.revision
         feature = await self.repo.store_feature(store_id)
         if feature is None:
             raise NotFound(f"store {store_id!r} does not exist (stores are managed by the geo service)")
-        store = StoreView.from_feature(feature)
-        offers = await self.offers()
-        doc = await self.rules()
         items = sorted({item for o in offers for item in o.item_ids})
         stock = await self.repo.stock_of(store_id, items)
+        return Situation(StoreView.from_feature(feature), stock, doc.rules, channel, now), doc.revision
+
+    async def offers_at_store(self, store_id: str, channel: str, at: float | None) -> StoreOffers:
+        offers = await self.offers()
         now = self.clock.now() if at is None else at
-        verdicts = sort_out(offers, Situation(store, stock, doc.rules, channel, now))
-        return StoreOffers(store, channel, now, doc.revision, verdicts)
+        situation, revision = await self.situation(store_id, channel, now, offers)
+        verdicts = sort_out(offers, situation)
+        return StoreOffers(situation.store, channel, now, revision, verdicts)

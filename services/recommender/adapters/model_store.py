@@ -1,0 +1,70 @@
+"""The published model, as a running replica holds it: loads the version that `CURRENT` names,
+checks now and then whether it moved, and swaps in a new version only once it has loaded
+whole. A version that fails to load leaves the previous one serving, and says why."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from services.kernel.contracts.model_artifact import ArtifactError, ModelArtifact, current_version, read_version
+
+log = logging.getLogger("vicino.recommender.model")
+
+
+@dataclass
+class ModelStatus:
+    serving: str | None = None         # the version in use
+    loaded_at: float | None = None
+    failed_version: str | None = None  # the last version that could not be loaded
+    failure: str | None = None
+
+
+class ModelHolder:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.model: ModelArtifact | None = None
+        self.status = ModelStatus()
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> bool:
+        """Loads the published version if it is not the one serving (and did not fail before);
+        True when a new version was swapped in."""
+        async with self._lock:
+            wanted = await asyncio.to_thread(current_version, self.root)
+            if wanted == self.status.serving:  # (back) on the serving version: nothing failed
+                self.status.failed_version = self.status.failure = None
+                return False
+            if wanted is None or wanted == self.status.failed_version:  # versions are immutable
+                return False
+            try:
+                model = await asyncio.to_thread(read_version, self.root, wanted)
+            except ArtifactError as e:
+                self.status.failed_version, self.status.failure = wanted, str(e)
+                log.error("model version failed to load; the previous one keeps serving",
+                          extra={"fields": {"version": wanted, "serving": self.status.serving, "error": str(e)}})
+                return False
+            self.model = model
+            self.status = ModelStatus(serving=wanted, loaded_at=time.time())
+            log.info("model version loaded", extra={"fields": {"version": wanted,
+                                                                "users": len(model.manifest.user_ids),
+                                                                "items": len(model.manifest.item_ids)}})
+            return True
+
+    async def follow(self, stop: asyncio.Event, every_s: float) -> None:
+        while not stop.is_set():
+            try:
+                await self.refresh()
+            except Exception:  # the file system hiccuped: keep serving, try again later
+                log.exception("model refresh failed")
+            try:
+                await asyncio.wait_for(stop.wait(), every_s)
+            except asyncio.TimeoutError:
+                pass
+
+    def readiness(self) -> str:
+        s = self.status
+        if s.failure:
+            return f"degraded: version {s.failed_version} failed to load ({s.failure}); serving {s.serving or 'no model (popularity fallback)'}"
+        return "ok"

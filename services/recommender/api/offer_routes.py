@@ -1,0 +1,45 @@
+"""The offers a customer should see, and which model ranks them."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Path, Query
+from starlette.responses import Response
+
+from services.kernel.contracts.interactions import Channel
+from services.kernel.ids import CLIENT_ID_PATTERN
+
+from .deps import CallerDep, ContainerDep, CustomerAccessDep
+
+router = APIRouter(prefix="/v1")
+CustomerId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN)]
+
+
+@router.get("/customers/{customer_id}/offers", tags=["offers"],
+            summary="the top-k offers for a customer, at a store or on a channel, with price and reason")
+async def customer_offers(customer_id: CustomerId, _: CustomerAccessDep, c: ContainerDep,
+                          store_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN,
+                                                                description="rank the offers valid at this store")] = None,
+                          k: Annotated[int, Query(ge=1, le=100)] = 10,
+                          channel: Channel = "app") -> Response:
+    """An unknown customer is ranked from features (cold start), not refused; an unknown store is
+    a 404. The order is the same on every channel: the channel only decides which offers are
+    eligible."""
+    ranking = await c.ranker.rank(customer_id, store_id=store_id, channel=channel, k=k)
+    return Response(orjson.dumps(ranking.to_public()), media_type="application/json")
+
+
+@router.get("/model", tags=["offers"], summary="which model version serves, its data window and metrics")
+async def model_info(_: CallerDep, c: ContainerDep) -> Response:
+    holder = c.models
+    m = holder.model
+    status = holder.status
+    body = {"serving": status.serving, "loaded_at": status.loaded_at, "failed_version": status.failed_version,
+            "failure": status.failure, "model_dir": holder.root}
+    if m is not None:
+        man = m.manifest
+        body.update(created_at=man.created_at, data_window=man.data_window, metrics=man.metrics,
+                    settings=man.settings, users=len(man.user_ids), items=len(man.item_ids),
+                    user_features=len(man.user_features), item_features=len(man.item_features))
+    return Response(orjson.dumps(body), media_type="application/json")

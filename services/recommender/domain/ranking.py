@@ -1,0 +1,108 @@
+"""Ranking of eligible offers for one customer: pure, given the loaded model (or none), what the
+customer bought and when, and their personalisation consent.
+
+An offer is scored by its best item: known items from their learned representation, items the
+model never saw from the mean of their features' embeddings (category, price band, brand), then
+blended with the customer's own purchases of those items (`model_artifact.blend`). The channel
+plays no part in the score, so a customer gets the same order on every channel (the channel only
+decides which offers are eligible). Reasons:
+
+- `model`: a customer the model knows, scored by the model.
+- `cold_start_features`: a customer it does not know (scored from their features), or an offer
+  none of whose items it knows (scored from the offer's features).
+- `popular_fallback`: no personalisation consent, or no model loaded: by the items' popularity
+  in the model's training window (then by the catalogue's priority and price).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.kernel.contracts.model_artifact import ModelArtifact, blend, model_scores, repeat_signal
+
+from .offers import Offer, ranking_key
+
+DAY_S = 86_400.0
+_BAND = re.compile(r"^price:(?P<lo>[0-9.]+)-(?P<hi>[0-9.]+|inf)$")
+
+
+@dataclass(frozen=True, slots=True)
+class RankedOffer:
+    offer: Offer
+    score: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerView:
+    """What ranking knows of the customer: their id (canonical), personalisation consent, the
+    features they would have in training (for cold start), and purchase times per item."""
+    customer_id: str
+    personalisation: bool
+    features: tuple[str, ...]
+    purchases: dict[str, list[float]]  # item id -> epoch seconds of each purchase
+
+
+def offer_features(offer: Offer, model: ModelArtifact) -> list[str]:
+    """The features an unseen offer has in the model's vocabulary: its category, its price band
+    (bands read from the model's own feature names, so they always match training), its brands."""
+    index = model.item_feature_index
+    out = [f for f in (f"cat:{offer.category}", f"cat:{offer.category.upper()}") if f in index][:1]
+    price = offer.canonical_price
+    for name in model.manifest.item_features:
+        m = _BAND.match(name)
+        if m and float(m["lo"]) <= price < (math.inf if m["hi"] == "inf" else float(m["hi"])):
+            out.append(name)
+            break
+    out += [f"brand:{b}" for b in (offer.brands or ()) if f"brand:{b}" in index]
+    return out
+
+
+def rank(offers: list[Offer], customer: CustomerView, model: ModelArtifact | None, now: float,
+         k: int) -> list[RankedOffer]:
+    if not offers:
+        return []
+    if model is None or not customer.personalisation:
+        return _popular(offers, model, k)
+    # every item of every offer, scored in one matrix product
+    flat_items: list[str] = []
+    flat_features: list[list[str]] = []
+    owner: list[int] = []
+    for n, offer in enumerate(offers):
+        feats = None
+        for item in offer.item_ids:
+            flat_items.append(item)
+            if item not in model.item_index:
+                feats = feats if feats is not None else offer_features(offer, model)
+            flat_features.append(feats or [])
+            owner.append(n)
+    u_repr, u_bias, user_known = model.user(customer.customer_id, list(customer.features))
+    i_repr, i_bias, item_known = model.items(flat_items, flat_features)
+    raw = model_scores(u_repr, u_bias, i_repr, i_bias)
+    b = model.manifest.blend
+    ages = [[(now - t) / DAY_S for t in customer.purchases.get(item, ())] for item in flat_items]
+    scores = blend(raw, repeat_signal(ages, b.half_life_days), b)
+    best = np.full(len(offers), -np.inf)
+    known_any = np.zeros(len(offers), bool)
+    owner_arr = np.asarray(owner)
+    np.maximum.at(best, owner_arr, scores)
+    np.logical_or.at(known_any, owner_arr, item_known)
+    order = sorted(range(len(offers)), key=lambda n: (-best[n], ranking_key(offers[n])))[:k]
+    return [RankedOffer(offers[n], float(best[n]),
+                        "model" if user_known and known_any[n] else "cold_start_features") for n in order]
+
+
+def _popular(offers: list[Offer], model: ModelArtifact | None, k: int) -> list[RankedOffer]:
+    popular = model.manifest.popular_items if model is not None else []
+    position = {item: p for p, item in enumerate(popular)}
+    worst = len(popular)
+
+    def best_position(o: Offer) -> int:
+        return min((position.get(i, worst) for i in o.item_ids), default=worst)
+
+    ordered = sorted(offers, key=lambda o: (best_position(o), ranking_key(o)))[:k]
+    # a score that falls with popularity rank, so clients can compare offers within one answer
+    return [RankedOffer(o, 1.0 / (1 + best_position(o)), "popular_fallback") for o in ordered]

@@ -1,0 +1,77 @@
+"""The offers for one customer, here and now: eligibility (the store's checks plus the
+customer's own: offers already redeemed), then the pure ranking over the loaded model."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.kernel.clock import Clock
+
+from ..adapters.customer_repository import CustomerRepository
+from ..adapters.model_store import ModelHolder
+from ..adapters.published_state import PublishedCustomerState
+from ..domain.eligibility import STORE_CHECKS, Situation, first_failure
+from ..domain.offers import Offer
+from ..domain.ranking import CustomerView, RankedOffer, rank
+from .catalog import Catalog
+from .identity import IdentityService
+
+
+def not_redeemed(redeemed: frozenset[str]):
+    def _check(offer: Offer, _s: Situation) -> str | None:
+        return "redeemed" if offer.offer_id in redeemed else None
+    return _check
+
+
+@dataclass(frozen=True)
+class Ranking:
+    customer_id: str
+    store_id: str | None
+    channel: str
+    offers: list[RankedOffer]
+    model_version: str | None
+    generated_at: float
+
+    def to_public(self) -> dict:
+        return {"customer_id": self.customer_id, "store_id": self.store_id, "channel": self.channel,
+                "model_version": self.model_version, "generated_at": self.generated_at,
+                "offers": [{"rank": n + 1, "offer_id": r.offer.offer_id, "title": r.offer.title,
+                            "body": r.offer.body, "item_ids": list(r.offer.item_ids),
+                            "price": r.offer.canonical_price, "regular_price": r.offer.price,
+                            "currency": r.offer.currency, "fulfilment": r.offer.fulfilment,
+                            "valid_to": r.offer.valid_to, "score": round(r.score, 6), "reason": r.reason}
+                           for n, r in enumerate(self.offers)]}
+
+
+class OfferRanker:
+    def __init__(self, catalog: Catalog, customers: CustomerRepository, published: PublishedCustomerState,
+                 identity: IdentityService, models: ModelHolder, clock: Clock) -> None:
+        self.catalog = catalog
+        self.customers = customers
+        self.published = published
+        self.identity = identity
+        self.models = models
+        self.clock = clock
+
+    async def rank(self, customer_id: str, *, store_id: str | None, channel: str, k: int,
+                   now: float | None = None) -> Ranking:
+        now = self.clock.now() if now is None else now
+        customer = await self.identity.canonical(customer_id)
+        offers = await self.catalog.offers()
+        situation, _ = await self.catalog.situation(store_id, channel, now, offers)
+        checks = STORE_CHECKS + (not_redeemed(frozenset(await self.customers.redeemed(customer))),)
+        eligible = [o for o in offers if first_failure(o, situation, checks) is None]
+        view = await self._view(customer)
+        model = self.models.model
+        return Ranking(customer, store_id, channel, rank(eligible, view, model, now, k),
+                       model.version if model is not None else None, now)
+
+    async def _view(self, customer: str) -> CustomerView:
+        consent = await self.published.consent(customer)
+        purchases: dict[str, list[float]] = {}
+        country = None
+        for h in await self.customers.hot_history(customer):
+            if h["type"] == "purchase" and h.get("item_id"):
+                purchases.setdefault(h["item_id"], []).append(h["ts"])
+            country = country or h.get("country")
+        features = (f"country:{country}",) if country else ()
+        return CustomerView(customer, consent["personalisation"], features, purchases)
