@@ -48,3 +48,39 @@ class RecommenderSettings(BaseSettings):
         if len(v) < 16 or v.lower() in _WEAK:
             raise ValueError(f"VICINO_{info.field_name.upper()} must be at least 16 characters and not a default")
         return v
+
+    # --- offer decisions on store visits (workers/decisions.py) ---
+    decide_on: str = Field("dwell", description="which geofence events get a decision: enter, dwell or "
+                           "enter,dwell (the first decided event of a visit is its one decision)")
+    cap_per_day: int = Field(3, ge=0, le=100, description="pushes per customer per local day (the device's time "
+                             "zone); holdout would-be pushes count too")
+    store_cooldown_s: float = Field(21_600.0, ge=0, description="no second push for the same store within this "
+                                    "many seconds")
+    quiet_hours: str = Field("21:00-09:00", description="HH:MM-HH:MM in the customer's local time when no push is "
+                             "sent (may span midnight); empty for none")
+    holdout_percent: float = Field(10.0, ge=0, le=100, description="share of customers (stable hash of the id) who "
+                                   "never get a push; their decisions are logged for the KPIs")
+    push_ttl_s: float = Field(900.0, gt=0, le=86_400, description="a push job expires this long after its "
+                              "decision; events older than this get no push either (the moment has passed)")
+    decision_ttl_s: float = Field(7 * 86_400.0, ge=86_400, description="how long a visit's decision (and its exit) "
+                                  "is remembered against redelivered events")
+
+    @field_validator("decide_on")
+    @classmethod
+    def _decide_on(cls, v: str) -> str:
+        types = {t.strip() for t in v.split(",") if t.strip()}
+        if not types or not types <= {"enter", "dwell"}:
+            raise ValueError("VICINO_DECIDE_ON must be enter, dwell or enter,dwell")
+        return ",".join(t for t in ("enter", "dwell") if t in types)
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, v: str) -> str:
+        from .domain.decision_policy import QuietHours
+
+        try:
+            QuietHours.parse(v)
+        except ValueError as e:
+            raise ValueError(f"VICINO_QUIET_HOURS: {e}") from None
+        return v.strip()
+    # --- end offer decisions ---

@@ -10,6 +10,7 @@ from services.kernel.auth import TokenSigner
 from services.kernel.clock import Clock
 
 from .adapters.customer_repository import CustomerRepository
+from .adapters.decision_repository import DecisionRepository
 from .adapters.geo_client import GeoClient
 from .adapters.model_store import ModelHolder
 from .adapters.published_state import PublishedCustomerState
@@ -48,7 +49,8 @@ def build(settings: RecommenderSettings, redis, clock: Clock, registry: Collecto
     published = PublishedCustomerState(redis, settings.event_shards)
     customers = CustomerRepository(redis, settings)
     geo = GeoClient(geo_http, settings.admin_token)
-    identity = IdentityService(customers, published, geo, clock)
+    decisions = _decision_repository(settings, redis)
+    identity = IdentityService(customers, published, geo, clock, decisions)
     catalog = Catalog(CatalogRepository(redis), clock)
     models = ModelHolder(settings.model_dir)
     return RecommenderContainer(
@@ -56,7 +58,7 @@ def build(settings: RecommenderSettings, redis, clock: Clock, registry: Collecto
         devices=published, identity=identity,
         ingest=InteractionIngest(customers, identity, clock, settings),
         profiles=ProfileReader(customers, published, identity),
-        erasure=Erasure(customers, published, identity, geo, clock, settings.event_shards),
+        erasure=Erasure(customers, published, identity, geo, clock, settings.event_shards, decisions),
         catalog=catalog, models=models,
         ranker=OfferRanker(catalog, customers, published, identity, models, clock),
     )
@@ -72,9 +74,27 @@ def build_visit_consumer(settings: RecommenderSettings, redis, consumer: str):
     return visit_consumer(redis, VisitRecorder(customers, identity), settings.event_shards, consumer)
 
 
-def build_worker_loops(settings: RecommenderSettings, redis, consumer: str) -> dict:
-    """name -> `run_forever(stop)` of each background loop of the worker process."""
+def _decision_repository(settings: RecommenderSettings, redis) -> DecisionRepository:
+    return DecisionRepository(redis, settings.customer_shards, settings.decision_ttl_s, settings.store_cooldown_s)
+
+
+def build_worker_loops(settings: RecommenderSettings, redis, consumer: str, clock: Clock | None = None) -> dict:
+    """name -> `run_forever(stop)` of each background loop of the worker process: visits from the
+    geo events, decisions on visits (ranking with the published model, followed like the API
+    does), and the Parquet exporter."""
+    from services.kernel.clock import SystemClock
+
+    from .workers.decisions import build_decision_consumer
     from .workers.exporter import Exporter
 
+    clock = clock or SystemClock()
+    customers = CustomerRepository(redis, settings)
+    published = PublishedCustomerState(redis, settings.event_shards)
+    identity = IdentityService(customers, published, None, None)
+    catalog = Catalog(CatalogRepository(redis), clock)
+    models = ModelHolder(settings.model_dir)
+    ranker = OfferRanker(catalog, customers, published, identity, models, clock)
     return {"visits": build_visit_consumer(settings, redis, consumer).run_forever,
+            "model": lambda stop: models.follow(stop, settings.model_poll_s),
+            "decisions": build_decision_consumer(settings, redis, consumer, ranker, clock=clock).run_forever,
             "exporter": Exporter(redis, settings).run_forever}

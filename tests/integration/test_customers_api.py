@@ -299,11 +299,19 @@ def test_erasure_leaves_no_trace_in_redis(rec_client, geo_http, redis_sync):
     redis_sync.xadd(interactions_stream_key(shard).replace(":v1", ":dead"),
                     {"kind": "interaction", "data": '{"customer_id":"zz-erase-me","x":1}', "dead_reason": "test"})
     redis_sync.xadd(events_stream_key(3) + ":dead", {"event": '{"customer_id":"zz-erase-me"}', "dead_reason": "t"})
+    # what the decision worker keeps of them: caps, decided visits, decisions and push jobs
+    from services.recommender.adapters.decision_repository import DecisionKeys
+
+    dk = DecisionKeys("zz-erase-me", 16)
+    redis_sync.zadd(dk.decided_visits, {"vis-1": time.time()})
+    redis_sync.zadd(dk.store_pushes, {"shop-1": time.time()})
+    redis_sync.xadd(dk.decisions, {"v": "1", "data": '{"customer_id":"zz-erase-me","visit_id":"vis-1"}'})
+    redis_sync.xadd(dk.push_jobs, {"v": "1", "data": '{"customer_id":"zz-alias-me","push_token":"zz-token"}'})
     r = rec_client.delete("/v1/customers/zz-alias-me", headers=ADMIN)  # any id of the person
     assert r.status_code == 200, r.text
     assert r.json()["erased_customers"] == 2 and r.json()["devices_removed"] == 1
     dump = repr(redis_dump(redis_sync))
-    for needle in ("zz-erase-me", "zz-alias-me", "zz-phone-erase", "zz-card-1", "zz-1", "zz-2",
+    for needle in ("zz-erase-me", "zz-alias-me", "zz-phone-erase", "zz-card-1", "zz-1", "zz-2", "zz-token",
                    hashlib.sha256(b"zz.person@example.org").hexdigest()):
         assert needle not in dump, f"{needle} survived the erasure"
     assert "someone-else" in dump  # others untouched

@@ -10,10 +10,14 @@ from __future__ import annotations
 import logging
 
 from services.kernel.clock import Clock
+from services.kernel.contracts.decisions import decisions_stream_key
 from services.kernel.contracts.geofence_events import events_stream_key
+from services.kernel.contracts.interactions import customer_shard
+from services.kernel.contracts.push_jobs import push_jobs_stream_key
 from services.kernel.problems import NotFound
 
 from ..adapters.customer_repository import CustomerRepository
+from ..adapters.decision_repository import DecisionRepository
 from ..adapters.geo_client import GeoClient
 from ..adapters.published_state import PublishedCustomerState
 from ..adapters.redis_keys import ERASURES, erasure_digest, geo_events_dead_letter
@@ -24,13 +28,15 @@ log = logging.getLogger("vicino.recommender.erasure")
 
 class Erasure:
     def __init__(self, customers: CustomerRepository, published: PublishedCustomerState,
-                 identity: IdentityService, geo: GeoClient, clock: Clock, event_shards: int) -> None:
+                 identity: IdentityService, geo: GeoClient, clock: Clock, event_shards: int,
+                 decisions: DecisionRepository) -> None:
         self.customers = customers
         self.published = published
         self.identity = identity
         self.geo = geo
         self.clock = clock
         self.event_shards = event_shards
+        self.decisions = decisions
 
     async def erase(self, customer_id: str) -> dict:
         members = await self.identity.members(customer_id)
@@ -49,9 +55,13 @@ class Erasure:
             for identifier in await self.customers.identifiers(m):
                 await self.customers.forget_identifier(identifier, m)
             await self.customers.delete_data(m, keep_pointer=False)
-        # the dead letters this service wrote beside the geo event streams may hold their visits
-        geo_dead = [geo_events_dead_letter(events_stream_key(i)) for i in range(self.event_shards)]
-        dropped = await self.customers.drop_from_streams(set(members), geo_dead)
+            await self.decisions.delete(m)
+        # the decisions and push jobs of their shards, and the dead letters this service wrote
+        # beside the geo event streams, may hold them too
+        shards = sorted({customer_shard(m, self.customers.shards) for m in members})
+        extra = [decisions_stream_key(s) for s in shards] + [push_jobs_stream_key(s) for s in shards]
+        extra += [geo_events_dead_letter(events_stream_key(i)) for i in range(self.event_shards)]
+        dropped = await self.customers.drop_from_streams(set(members), extra)
         log.info("customer erased", extra={"fields": {"customers": len(members)}})  # no ids in logs
         return {"erased_customers": len(members), "interactions_dropped_from_stream": dropped, **location}
 

@@ -19,6 +19,7 @@ from services.kernel.contracts.interactions import InteractionV1
 from services.kernel.problems import Conflict
 
 from ..adapters.customer_repository import CustomerRepository
+from ..adapters.decision_repository import DecisionRepository
 from ..adapters.geo_client import GeoClient
 from ..adapters.published_state import PublishedCustomerState
 from ..adapters.redis_keys import MERGE_LOCK
@@ -38,12 +39,15 @@ class LinkResult:
 
 
 class IdentityService:
-    def __init__(self, customers: CustomerRepository, published: PublishedCustomerState, geo: GeoClient,
-                 clock: Clock) -> None:
+    def __init__(self, customers: CustomerRepository, published: PublishedCustomerState, geo: GeoClient | None,
+                 clock: Clock | None, decisions: DecisionRepository | None = None) -> None:
+        """`geo`, `clock` and `decisions` are needed only to merge; a reader of pointers (the
+        workers) passes None."""
         self.customers = customers
         self.published = published
         self.geo = geo
         self.clock = clock
+        self.decisions = decisions
 
     async def canonical(self, customer_id: str) -> str:
         """Follows merge pointers to the surviving customer."""
@@ -130,6 +134,8 @@ class IdentityService:
             await c.record_visit(keep, v["visit_id"], v["entered_at"], v)
         for identifier in await c.identifiers(gone):
             await c.move_identifier(identifier, keep)
+        if self.decisions is not None:  # caps and decided visits follow the person
+            await self.decisions.absorb(gone, keep)
         old_aliases = await c.aliases(gone)
         await c.add_aliases(keep, [gone, *old_aliases])
         for alias in old_aliases:  # shorten the chains: every alias points at the survivor
