@@ -63,10 +63,9 @@ def describe_bands() -> dict:
 # ------------------------------------------------------------------------------------------------
 # Customers
 
-def user_features(events: Events, users: np.ndarray, end: float, bought: int = 0) -> list[list[str]]:
+def user_features(events: Events, users: np.ndarray, end: float) -> list[list[str]]:
     """The feature names of each customer in `users` (global codes), from their interactions
-    in `events` (the training window), recency counted back from `end`; with `bought` > 0, also
-    `bought:<item>` for the customer's `bought` most recently bought distinct items."""
+    in `events` (the training window), recency counted back from `end`."""
     pos = {int(u): n for n, u in enumerate(users)}
     mask = np.isin(events.user, users)
     u = np.array([pos[int(x)] for x in events.user[mask]], dtype=np.int64) if mask.any() else np.zeros(0, np.int64)
@@ -100,15 +99,6 @@ def user_features(events: Events, users: np.ndarray, end: float, bought: int = 0
         if np.isfinite(last[r]):
             feats.append(f"recency:{band(max(end - last[r], 0.0) / DAY_S, RECENCY_EDGES_DAYS)}")
         out.append(feats)
-    if bought > 0:
-        bu, bi, bt = u[bought_rows], events.item[mask][bought_rows], events.ts[mask][bought_rows]
-        order = np.lexsort((-bt, bu))
-        recent: list[dict] = [dict() for _ in range(n)]
-        for r, i in zip(bu[order].tolist(), bi[order].tolist()):
-            if len(recent[r]) < bought and i >= 0:
-                recent[r].setdefault(i, None)
-        for r in range(n):
-            out[r].extend(f"bought:{events.item_ids[i]}" for i in recent[r])
     return out
 
 

@@ -41,21 +41,20 @@ class TrainSettings:
     # the interaction matrix
     type_weights: dict = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
     channel_weights: dict = field(default_factory=lambda: dict(DEFAULT_CHANNEL_WEIGHTS))
-    half_life_days: float = 90.0          # time decay of interaction weights, back from the window's end
-    aggregate: str = "log1p"              # sum | log1p of each pair's net weight
+    half_life_days: float = 30.0          # time decay of interaction weights, back from the window's end
+    aggregate: str = "sum"                # sum | log1p of each pair's net weight
     user_identity: bool = True            # per-customer embeddings besides the features
     item_identity: bool = True
-    user_feature_share: float | None = None   # weight of the features beside the identity (None: equal)
-    item_feature_share: float | None = None
+    user_feature_share: float | None = 0.2    # weight of the features beside the identity (None: equal)
+    item_feature_share: float | None = 0.2
     item_activity: bool = True            # item features from recent sales: rank30:<band>, age:<band>
-    user_bought: int = 0                  # bought:<item> features for the N most recent items of each customer
     # LightFM
     no_components: int = 64
     loss: str = "warp"
     learning_rate: float = 0.05
     item_alpha: float = 0.0
     user_alpha: float = 0.0
-    max_sampled: int = 10
+    max_sampled: int = 30
     epochs: int = 20
     num_threads: int = 2
     random_state: int = 42
@@ -66,8 +65,8 @@ class TrainSettings:
     evaluate_test: bool = True            # False skips the test run (a faster scheduled retrain)
     k: int = 10
     popularity_days: float = 30.0         # "popular" = distinct buyers over this many days
-    blend_weights: tuple = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-    blend_half_lives: tuple = (14.0, 30.0, 90.0, 365.0)
+    blend_weights: tuple = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 32.0)
+    blend_half_lives: tuple = (14.0, 30.0, 90.0, 365.0, 3650.0)
     # publication
     gate_margin: float = 0.0              # blended p@k must exceed popularity p@k × (1 + margin)
     min_validation_users: int = 20
@@ -78,7 +77,7 @@ class TrainSettings:
     def matrix(self) -> MatrixParams:
         return MatrixParams(self.type_weights, self.channel_weights, self.half_life_days, self.aggregate,
                             self.user_identity, self.item_identity, self.user_feature_share,
-                            self.item_feature_share, self.item_activity, self.user_bought)
+                            self.item_feature_share, self.item_activity)
 
     def model(self) -> ModelParams:
         return ModelParams(self.no_components, self.loss, self.learning_rate, self.item_alpha, self.user_alpha,

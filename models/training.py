@@ -43,7 +43,6 @@ class MatrixParams:
     user_feature_share: float | None = None
     item_feature_share: float | None = None
     item_activity: bool = True
-    user_bought: int = 0
 
 
 @dataclass
@@ -82,7 +81,7 @@ def prepare(events: Events, end: float, info: dict[str, ItemInfo], p: MatrixPara
         raise DataError("no positive interaction in the training window (purchases net of returns)")
     user_ids = [events.user_ids[u] for u in inter.users]
     item_ids = [events.item_ids[i] for i in inter.items]
-    ufl = user_features(events, inter.users, end, p.user_bought)
+    ufl = user_features(events, inter.users, end)
     ifl = [item_feature_names(info.get(i)) for i in item_ids]
     if p.item_activity:
         ifl = [a + b for a, b in zip(ifl, item_activity_features(events, inter.items, end))]

@@ -35,6 +35,27 @@ class RankedOffer:
     score: float
     reason: str
 
+    # what a decision needs of the offer (use_cases.decide.OfferRanker's view of a ranked offer)
+    @property
+    def offer_id(self) -> str:
+        return self.offer.offer_id
+
+    @property
+    def price(self) -> float:
+        return self.offer.canonical_price
+
+    @property
+    def currency(self) -> str:
+        return self.offer.currency
+
+    @property
+    def title(self) -> str:
+        return self.offer.title
+
+    @property
+    def body(self) -> str:
+        return self.offer.body
+
 
 @dataclass(frozen=True, slots=True)
 class CustomerView:
