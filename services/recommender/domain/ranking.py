@@ -27,6 +27,8 @@ from .offers import Offer, ranking_key
 
 DAY_S = 86_400.0
 _BAND = re.compile(r"^price:(?P<lo>[0-9.]+)-(?P<hi>[0-9.]+|inf)$")
+_BAND_ANY = re.compile(r"^(?P<prefix>[a-z]+):(?P<lo>[0-9.]+)-(?P<hi>[0-9.]+|inf)$")
+_SHARES = ("0-25", "25-50", "50-75", "75-100")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,45 @@ class CustomerView:
     personalisation: bool
     features: tuple[str, ...]
     purchases: dict[str, list[float]]  # item id -> epoch seconds of each purchase
+
+
+def _band_of(prefix: str, x: float, names: list[str]) -> str | None:
+    """The model's own band feature (`prefix:lo-hi`, `prefix:lo-inf`) that holds `x`; bands below
+    the first edge count as the first, as training does."""
+    bands = []
+    for name in names:
+        m = _BAND_ANY.match(name)
+        if m and m["prefix"] == prefix:
+            bands.append((float(m["lo"]), math.inf if m["hi"] == "inf" else float(m["hi"]), name))
+    bands.sort()
+    for lo, hi, name in bands:
+        if x < hi:
+            return name
+    return bands[-1][2] if bands else None
+
+
+def customer_features(history: list[dict], now: float, model: ModelArtifact) -> list[str]:
+    """A customer the model never saw, described in its vocabulary from their hot history: most
+    frequent country, channel shares (quartiles), purchase frequency (distinct days) and recency
+    (days since the last purchase), as training names them (models/features.py)."""
+    names = model.manifest.user_features
+    out: list[str] = []
+    countries = [h["country"] for h in history if h.get("country")]
+    if countries:
+        out.append(f"country:{max(set(countries), key=countries.count)}")
+    channels = [h["channel"] for h in history]
+    for ch in sorted(set(channels)):
+        share = channels.count(ch) / len(channels)
+        out.append(f"channel:{ch}:{_SHARES[min(int(share * 4), 3)]}")
+    bought = [h["ts"] for h in history if h["type"] in ("purchase", "click_and_collect")]
+    freq = _band_of("freq", len({int(t // DAY_S) for t in bought}), names)
+    if freq:
+        out.append(freq)
+    if bought:
+        recency = _band_of("recency", max(now - max(bought), 0.0) / DAY_S, names)
+        if recency:
+            out.append(recency)
+    return out
 
 
 def offer_features(offer: Offer, model: ModelArtifact) -> list[str]:

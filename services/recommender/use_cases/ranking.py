@@ -11,7 +11,7 @@ from ..adapters.model_store import ModelHolder
 from ..adapters.published_state import PublishedCustomerState
 from ..domain.eligibility import STORE_CHECKS, Situation, first_failure
 from ..domain.offers import Offer
-from ..domain.ranking import CustomerView, RankedOffer, rank
+from ..domain.ranking import CustomerView, RankedOffer, customer_features, rank
 from .catalog import Catalog
 from .identity import IdentityService
 
@@ -60,18 +60,18 @@ class OfferRanker:
         situation, _ = await self.catalog.situation(store_id, channel, now, offers)
         checks = STORE_CHECKS + (not_redeemed(frozenset(await self.customers.redeemed(customer))),)
         eligible = [o for o in offers if first_failure(o, situation, checks) is None]
-        view = await self._view(customer)
         model = self.models.model
+        view = await self._view(customer, model, now)
         return Ranking(customer, store_id, channel, rank(eligible, view, model, now, k),
                        model.version if model is not None else None, now)
 
-    async def _view(self, customer: str) -> CustomerView:
+    async def _view(self, customer: str, model, now: float) -> CustomerView:
         consent = await self.published.consent(customer)
+        history = await self.customers.hot_history(customer)
         purchases: dict[str, list[float]] = {}
-        country = None
-        for h in await self.customers.hot_history(customer):
+        for h in history:
             if h["type"] == "purchase" and h.get("item_id"):
                 purchases.setdefault(h["item_id"], []).append(h["ts"])
-            country = country or h.get("country")
-        features = (f"country:{country}",) if country else ()
+        known = model is not None and customer in model.user_index
+        features = tuple(customer_features(history, now, model)) if model is not None and not known else ()
         return CustomerView(customer, consent["personalisation"], features, purchases)

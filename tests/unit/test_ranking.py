@@ -1,0 +1,48 @@
+"""Pure ranking helpers: the customer and offer features built in the model's vocabulary."""
+from __future__ import annotations
+
+import numpy as np
+
+from services.kernel.contracts.model_artifact import ARRAYS, Manifest, ModelArtifact
+from services.recommender.domain.offers import Offer
+from services.recommender.domain.ranking import DAY_S, _band_of, customer_features, offer_features
+
+USER_FEATURES = ["country:Italy", "country:France", "channel:web:75-100", "channel:web:25-50", "channel:app:50-75",
+                 "freq:0-1", "freq:1-2", "freq:2-5", "freq:5-inf", "recency:0-7", "recency:7-30", "recency:30-inf"]
+ITEM_FEATURES = ["cat:MUG", "price:0-1", "price:1-2", "price:2-5", "price:5-inf", "brand:Acme"]
+
+
+def model() -> ModelArtifact:
+    k = 2
+    shapes = {"user_repr": (0, k), "user_bias": (0,), "item_repr": (0, k), "item_bias": (0,),
+              "user_feature_emb": (len(USER_FEATURES), k), "user_feature_bias": (len(USER_FEATURES),),
+              "item_feature_emb": (len(ITEM_FEATURES), k), "item_feature_bias": (len(ITEM_FEATURES),)}
+    arrays = {name: np.zeros(shapes[name], np.float32) for name in ARRAYS}
+    m = Manifest(version="t", created_at=0, data_window={}, settings={}, metrics={}, user_ids=[], item_ids=[],
+                 user_features=USER_FEATURES, item_features=ITEM_FEATURES)
+    return ModelArtifact(m, arrays)
+
+
+def test_bands_are_found_by_their_bounds():
+    assert _band_of("freq", 0, USER_FEATURES) == "freq:0-1"
+    assert _band_of("freq", 4, USER_FEATURES) == "freq:2-5"
+    assert _band_of("freq", 5, USER_FEATURES) == "freq:5-inf"
+    assert _band_of("freq", 10_000, USER_FEATURES) == "freq:5-inf"
+    assert _band_of("recency", 7.0, USER_FEATURES) == "recency:7-30"
+    assert _band_of("nothing", 1, USER_FEATURES) is None
+
+
+def test_a_new_customer_is_described_in_the_models_words():
+    now = 100 * DAY_S
+    history = [{"channel": "web", "type": "purchase", "ts": now - 10 * DAY_S, "country": "Italy"},
+               {"channel": "web", "type": "purchase", "ts": now - 10 * DAY_S + 60, "country": "Italy"},
+               {"channel": "web", "type": "purchase", "ts": now - 40 * DAY_S, "country": "France"},
+               {"channel": "app", "type": "view", "ts": now - DAY_S}]
+    feats = customer_features(history, now, model())
+    assert feats == ["country:Italy", "channel:app:25-50", "channel:web:75-100", "freq:2-5", "recency:7-30"]
+
+
+def test_a_new_offer_is_described_by_category_price_band_and_brand():
+    offer = Offer(offer_id="o", title="t", item_ids=["x"], category="MUG", price=4.0, promo_price=1.5,
+                  currency="GBP", valid_from=0, valid_to=10, brands=["Acme", "Other"])
+    assert offer_features(offer, model()) == ["cat:MUG", "price:1-2", "brand:Acme"]
