@@ -36,6 +36,7 @@ bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.geo
 	$(BIN)/python -m bench.data_layer
 	$(BIN)/python -m bench.history
+	$(BIN)/python -m bench.recommender
 
 clean: ## remove .venv and var/
 	rm -rf $(VENV) var

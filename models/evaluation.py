@@ -7,8 +7,10 @@ Scorers produce a (customers × candidate items) score matrix:
     blended     kernel `blend` of the standardised model score and `repeat_signal`
     popularity  distinct customers who bought the item in the `popularity_days` before the
                 window (ties: over the whole training window)
-    repeat      "what the customer buys again": the customer's own purchases of the item in
-                training, then popularity (so the tail is the popularity baseline)
+    repeat      "popular among what the customer bought before": the items the customer
+                bought in training, by popularity, then every other item by popularity
+    repeat_count  a stronger peer: the customer's own purchase count of the item in training
+                first, popularity breaking ties and ordering the rest
 
 Metrics at k, averaged over customers (each customer counts once): precision (hits / k),
 recall (hits / items bought in the window), NDCG (binary gains, log2 discount, normalised by
@@ -28,7 +30,7 @@ from services.kernel.contracts.model_artifact import Blend, ModelArtifact, blend
 from .data import DAY_S, PURCHASE_TYPES, Events
 from .split import EvalSet
 
-SCORERS = ("lightfm", "blended", "popularity", "repeat")
+SCORERS = ("lightfm", "blended", "popularity", "repeat", "repeat_count")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -136,13 +138,14 @@ def popularity(train: Events, item_codes: np.ndarray, at: float, days: float) ->
     return (recent + ever / (ever.max() + 1.0))[item_codes]
 
 
-def repeat_baseline(ev: EvalSet, pop: np.ndarray) -> np.ndarray:
-    """The customer's own purchases of each item (count), ties and the rest by popularity."""
+def repeat_baseline(ev: EvalSet, pop: np.ndarray, *, by_count: bool = False) -> np.ndarray:
+    """Items the customer bought before first (by popularity; with `by_count`, by how many
+    times they bought each, popularity breaking ties), then the rest by popularity."""
     tie = (pop / (pop.max() + 1.0)).astype(np.float64)
     out = np.tile(tie, (ev.n_users, 1))
     for r, ages in enumerate(ev.purchase_ages):
         for c, a in ages.items():
-            out[r, c] += len(a)
+            out[r, c] += len(a) if by_count else 1.0
     return out
 
 
@@ -176,7 +179,8 @@ def evaluate(art: ModelArtifact, ev: EvalSet, train: Events, b: Blend, *, k: int
     codes = np.array([index[i] for i in ev.item_ids], np.int64)
     pop = popularity(train, codes, ev.at, popularity_days)
     scores = {"lightfm": model, "blended": blended_matrix(model, repeat_matrix(ev, b.half_life_days), b),
-              "popularity": np.tile(pop, (ev.n_users, 1)), "repeat": repeat_baseline(ev, pop)}
+              "popularity": np.tile(pop, (ev.n_users, 1)), "repeat": repeat_baseline(ev, pop),
+              "repeat_count": repeat_baseline(ev, pop, by_count=True)}
     out: dict = {"users": ev.n_users, "k": k, "all": {}, "new": {}}
     for name in SCORERS:
         out["all"][name] = ranking_metrics(scores[name], ev.truth, k)

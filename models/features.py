@@ -6,17 +6,21 @@ Names are stable strings, the same in the artifact's manifest and in serving:
     customers   country:<country>            most frequent country of their interactions
                 channel:<channel>:<share %>  share of their interactions on that channel, in
                                              quarters: channel:web:75-100, channel:store:0-25
-                freq:<band>                  purchase days in the window: freq:0-1 ... freq:50+
-                recency:<band>               days since the last purchase: recency:0-7 ... recency:365+
+                freq:<band>                  purchase days in the window: freq:0-1 ... freq:50-inf
+                recency:<band>               days since the last purchase: recency:0-7 ... recency:365-inf
     items       cat:<CATEGORY>               the catalogue's category, else the product noun of
                                              the description (the demo catalogue's rules)
-                price:<band>                 median unit price: price:0-1, price:2-5, price:20+
+                price:<band>                 median unit price: price:0-1, price:2-5, price:20-inf
                 brand:<brand>                when the catalogue gives one
+                rank30:<band>                rank by distinct buyers over the window's last 30
+                                             days (rank30:0-20 = the 20 best sellers); unsold: none
+                age:<band>                   days since the item's first sale: age:0-30 ... age:365-inf
 
-A band "lo-hi" holds lo <= x < hi; "lo+" everything from lo. A brand-new customer has no
-freq/recency row to speak of: serving passes `freq:0-1` and whatever else it knows (country,
-channel). Feature matrices follow LightFM's layout: the identity features first (one per
-customer or item, when enabled), then these, each row normalised to sum 1.
+A band "lo-hi" holds lo <= x < hi; "lo-inf" everything from lo (serving parses price bands
+with that pattern). A customer never seen is scored from what serving knows of them (their
+country; `freq:0-1` is what a customer without purchases had in training). Feature matrices
+follow LightFM's layout: the identity features first (one per customer or item, when
+enabled), then these; each row sums to 1, the identity weighing 1 − `feature_share`.
 """
 from __future__ import annotations
 
@@ -41,13 +45,11 @@ SHARE_LABELS = ("0-25", "25-50", "50-75", "75-100")
 
 
 def band(x: float, edges: tuple[float, ...]) -> str:
-    """The band of `x`: "lo-hi" (lo <= x < hi) or "lo+" past the last edge; below the first
+    """The band of `x`: "lo-hi" (lo <= x < hi), "lo-inf" past the last edge; below the first
     edge counts as the first band."""
-    n = int(np.searchsorted(edges, x, side="right")) - 1
-    n = max(n, 0)
-    if n >= len(edges) - 1:
-        return f"{edges[-1]:g}+"
-    return f"{edges[n]:g}-{edges[n + 1]:g}"
+    n = max(int(np.searchsorted(edges, x, side="right")) - 1, 0)
+    hi = f"{edges[n + 1]:g}" if n + 1 < len(edges) else "inf"
+    return f"{edges[n]:g}-{hi}"
 
 
 def share_label(share: float) -> str:
@@ -57,7 +59,7 @@ def share_label(share: float) -> str:
 def describe_bands() -> dict:
     """The band edges, for the manifest: serving builds the same names for new items."""
     return {"price": list(PRICE_EDGES), "freq": list(FREQ_EDGES), "recency_days": list(RECENCY_EDGES_DAYS),
-            "channel_share": list(SHARE_LABELS)}
+            "channel_share": list(SHARE_LABELS), "rank30": list(RANK_EDGES), "age_days": list(AGE_EDGES_DAYS)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,13 +150,13 @@ def _median_unit_prices(events: Events) -> dict[str, float]:
     item, unit = item[order], unit[order]
     starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]]) if len(item) else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], len(item)]
-    return {events.item_ids[item[s]]: float(np.median(unit[s:e])) for s, e in zip(starts, ends)}
+    return {events.item_ids[item[s]]: round(float(np.median(unit[s:e])), 6) for s, e in zip(starts, ends)}
 
 
 def item_activity_features(events: Events, items: np.ndarray, end: float, days: float = 30.0) -> list[list[str]]:
     """Per item (global codes): its rank by distinct buyers over the `days` before `end`
-    (`rank30:0-20` ... `rank30:1000+`, none when unsold then) and the days since its first
-    sale (`age:0-30` ... `age:365+`): what the season and the launches are doing."""
+    (`rank30:0-20` ... `rank30:1000-inf`, none when unsold then) and the days since its first
+    sale (`age:0-30` ... `age:365-inf`): what the season and the launches are doing."""
     m = events.is_type(*PURCHASE_TYPES) & (events.item >= 0)
     recent = m & (events.ts >= end - days * DAY_S)
     pairs = np.unique(np.stack([events.item[recent].astype(np.int64), events.user[recent].astype(np.int64)]),

@@ -24,11 +24,12 @@ from typing import Callable
 import numpy as np
 
 from services.kernel.contracts.model_artifact import Blend, ModelArtifact, current_version, publish as publish_version
+from services.recommender.use_cases.history_import import NON_PRODUCT_CODES, NON_PRODUCT_PREFIXES
 
 from . import artifact, evaluation
 from .data import DEFAULT_CHANNEL_WEIGHTS, DEFAULT_TYPE_WEIGHTS, DataError, Events, events_of, load_history
 from .features import ItemInfo, describe_bands, item_feature_names, item_info, read_catalog
-from .split import EvalSet, Windows, eval_set, windows
+from .split import EvalSet, eval_set, windows
 from .training import MatrixParams, ModelParams, TrainingData, fit, prepare
 
 Progress = Callable[[str, int, int], None]   # (stage, done, total)
@@ -54,7 +55,7 @@ class TrainSettings:
     learning_rate: float = 0.05
     item_alpha: float = 0.0
     user_alpha: float = 0.0
-    max_sampled: int = 30
+    max_sampled: int = 20
     epochs: int = 20
     num_threads: int = 2
     random_state: int = 42
@@ -111,15 +112,19 @@ class TrainReport:
                f"{self.data_window.get('items', 0):,} items; windows {self.windows}",
                f"blend: repeat_weight {self.blend['repeat_weight']:g}, half-life {self.blend['half_life_days']:g} d"]
         for split in ("validation", "test"):
-            m = self.metrics.get(split) or {}
-            if not m.get("users"):
-                out.append(f"{split}: no customer to evaluate")
+            m = self.metrics.get(split)
+            if m is None:
+                out.append(f"{split}: not run")
                 continue
-            out.append(f"{split} ({m['users']:,} customers, k={m['k']}):   p@k     r@k    ndcg     auc     cov")
+            if not m.get("users"):
+                out.append(f"{split}: no customer to evaluate" + (f" ({m['note']})" if m.get("note") else ""))
+                continue
+            out.append(f"{split} ({m['users']:,} customers, k={m['k']}):")
+            out.append(" " * 18 + "".join(f"{h:>8}" for h in ("p@k", "r@k", "ndcg", "auc", "cov")))
             for scope in ("all", "new"):
                 for name, r in m[scope].items():
                     if r.get("users"):
-                        out.append(f"  {scope:<3} {name:<11} " + " ".join(
+                        out.append(f"  {scope:<3} {name:<12} " + " ".join(
                             f"{r[x]:7.4f}" if r[x] is not None else "      -"
                             for x in ("precision", "recall", "ndcg", "auc", "coverage")))
         out.append(self.reason)
@@ -130,6 +135,7 @@ class TrainReport:
 @dataclass
 class _Run:
     data: TrainingData
+    model: object             # the LightFM model (benchmarks and notebooks compare against it)
     art: ModelArtifact
     arrays: dict
     fit_s: float
@@ -148,7 +154,12 @@ def _fit_run(events: Events, end: float, info: dict[str, ItemInfo], s: TrainSett
     art = artifact.in_memory(manifest, arrays)
     mean, std = artifact.score_stats(art)
     art.manifest = dataclasses.replace(manifest, blend=Blend(mean, std))
-    return _Run(data, art, arrays, fit_s)
+    return _Run(data, model, art, arrays, fit_s)
+
+
+def _non_product(item: str) -> bool:
+    """Postage, fees, adjustments: the codes the importer drops (a UCI file's descriptions name them)."""
+    return item in NON_PRODUCT_CODES or item.startswith(NON_PRODUCT_PREFIXES)
 
 
 def _blend_for(run: _Run, tuned: Blend) -> Blend:
@@ -241,8 +252,8 @@ def train_and_publish(data: str | Path, model_dir: str | Path, *, publish: bool,
         progress("write", 0, 1)
     final_blend = _blend_for(run, tuned)
     fmap = {i: f for i, f in zip(run.data.item_ids, run.data.item_feature_lists)}
-    for item, inf in sorted(info.items()):
-        if item not in fmap and (f := item_feature_names(inf)):
+    for item, inf in sorted(info.items()):   # items of the catalogue or of anonymous sales: for the cold start
+        if item not in fmap and not _non_product(item) and (f := item_feature_names(inf)):
             fmap[item] = f
     pop = evaluation.popularity(events, np.arange(len(events.item_ids)), win.end + 1.0, s.popularity_days)
     order = np.lexsort((np.arange(len(pop)), -pop))
