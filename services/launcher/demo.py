@@ -61,11 +61,15 @@ def load_demo_recommender(url: str, admin_token: str, env: dict, log_path: Path)
         with open(log_path, "ab") as log:
             subprocess.run([sys.executable, "-m", "services.cli", "history", "import", str(history_file)],
                            env=env, stdout=log, stderr=log, check=True, timeout=300)
+            # the first model, trained on the same real history; the services pick it up on their own
+            trained = subprocess.run([sys.executable, "-m", "services.cli", "train", "--data", str(history_file),
+                                      "--publish", "--skip-test"], env=env, stdout=log, stderr=log, timeout=600)
         stocked = _stock_near_duomo(rec, env["VICINO_GEO_URL"], headers)
         link = rec.post(f"/v1/customers/{DEMO_SHOPPER}/identifiers",
                         json={"kind": "device", "value": DEMO_DEVICE["device_id"]})
         link.raise_for_status()
-    return {"offers": offers, "stocked_stores": stocked, "customer": link.json()["customer_id"]}
+    return {"offers": offers, "stocked_stores": stocked, "customer": link.json()["customer_id"],
+            "model_published": trained.returncode == 0}
 
 
 def _stock_near_duomo(rec: httpx.Client, geo_url: str, headers: dict) -> int:

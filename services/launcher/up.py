@@ -93,7 +93,8 @@ class Stack:
         self.env = {**os.environ, "VICINO_REDIS_URL": redis_url, "VICINO_ADMIN_TOKEN": admin,
                     "VICINO_TOKEN_SECRET": secret, "VICINO_DATA_DIR": str(self.data_dir),
                     "VICINO_GEO_URL": self.url_of("geo"),
-                    "VICINO_HISTORY_DIR": os.environ.get("VICINO_HISTORY_DIR", str(self.data_dir / "history"))}
+                    "VICINO_HISTORY_DIR": os.environ.get("VICINO_HISTORY_DIR", str(self.data_dir / "history")),
+                    "VICINO_MODEL_DIR": os.environ.get("VICINO_MODEL_DIR", str(self.data_dir / "models"))}
         for service, _offset in SERVICES:
             self.children[service] = self._spawn(service)
             _wait_ready(self.url_of(service), self.children[service], 120)
@@ -152,9 +153,13 @@ def banner(stack: Stack, info: dict) -> str:
             f"  demo shopper {DEMO_DEVICE['customer_id']} merged with UCI Online Retail customer "
             f"{demo['recommender']['customer']} (history imported); {demo['recommender']['offers']['created'] + demo['recommender']['offers']['updated']} offers, "
             f"stock at {demo['recommender']['stocked_stores']} stores near Duomo",
+            "  demo model   " + ("LightFM trained on that history and published (GET /v1/model)"
+                                 if demo["recommender"]["model_published"]
+                                 else f"not published, see {stack.data_dir / 'logs' / 'demo.log'}; offers use popularity"),
             "",
-            "The customer as a shop assistant sees them:",
+            "The customer as a shop assistant sees them, and their offers at the Duomo store:",
             f"  curl -s {stack.url_of('recommender')}/v1/customers/{DEMO_DEVICE['customer_id']} -H 'Authorization: Bearer {token}'",
+            f"  curl -s '{stack.url_of('recommender')}/v1/customers/{DEMO_DEVICE['customer_id']}/offers?k=5' -H 'Authorization: Bearer {token}'",
             "",
             "Try a fix at Milano Duomo:",
             f"  curl -s -X POST {base}/v1/locations -H 'Authorization: Bearer {token}' \\",

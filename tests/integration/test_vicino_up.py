@@ -197,6 +197,12 @@ def test_vicino_up_with_demo_then_ctrl_c(up_factory):
         prices = {rec.get(f"/v1/offers/{offers[0]['offer_id']}", headers=device, params={"channel": ch}
                           ).json()["canonical_price"] for ch in ("web", "app", "store")}
         assert len(prices) == 1
+        # the demo model, trained on the real history at start, serves the demo customer's offers
+        assert "LightFM trained on that history and published" in banner
+        wait_until(lambda: rec.get("/v1/model", headers=admin).json()["serving"], 20, what="the demo model serving")
+        mine = rec.get("/v1/customers/demo-customer-1/offers", headers=device, params={"k": 5}).json()
+        assert len(mine["offers"]) == 5 and mine["customer_id"] == "14527" and mine["model_version"]
+        assert {o["reason"] for o in mine["offers"]} <= {"model", "cold_start_features"}
 
     _assert_stopped(up)
 
