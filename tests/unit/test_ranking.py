@@ -46,3 +46,40 @@ def test_a_new_offer_is_described_by_category_price_band_and_brand():
     offer = Offer(offer_id="o", title="t", item_ids=["x"], category="MUG", price=4.0, promo_price=1.5,
                   currency="GBP", valid_from=0, valid_to=10, brands=["Acme", "Other"])
     assert offer_features(offer, model()) == ["cat:MUG", "price:1-2", "brand:Acme"]
+
+
+def test_a_prepared_catalogue_ranks_any_subset_as_a_fresh_one_would():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from services.recommender.domain.ranking import CustomerView, PreparedOffers, rank
+
+    rng = np.random.default_rng(3)
+    k = 4
+    items = [f"i{n}" for n in range(30)]
+    arrays = {"user_repr": rng.normal(size=(2, k)), "user_bias": rng.normal(size=2),
+              "item_repr": rng.normal(size=(30, k)), "item_bias": rng.normal(size=30),
+              "user_feature_emb": rng.normal(size=(len(USER_FEATURES), k)),
+              "user_feature_bias": rng.normal(size=len(USER_FEATURES)),
+              "item_feature_emb": rng.normal(size=(len(ITEM_FEATURES), k)),
+              "item_feature_bias": rng.normal(size=len(ITEM_FEATURES))}
+    m = Manifest(version="r", created_at=0, data_window={}, settings={}, metrics={}, user_ids=["a", "b"],
+                 item_ids=items, user_features=USER_FEATURES, item_features=ITEM_FEATURES)
+    model = ModelArtifact(m, {n: np.asarray(v, np.float32) for n, v in arrays.items()})
+    catalogue = [Offer(offer_id=f"o{n}", title="t", item_ids=[items[n], f"new{n}"] if n % 3 else [items[n]],
+                       category="MUG", price=1 + n, currency="GBP", valid_from=0, valid_to=10) for n in range(30)]
+    prepared = PreparedOffers(catalogue, model)
+    view = CustomerView("a", True, (), {"i4": [5 * DAY_S]})
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.sets(st.integers(0, 29), min_size=1), st.integers(1, 12))
+    def check(subset, top):
+        offers = [catalogue[n] for n in sorted(subset)]
+        fresh = rank(offers, view, model, 10 * DAY_S, top)
+        shared = rank(offers, view, model, 10 * DAY_S, top, prepared)
+        assert [(r.offer.offer_id, round(r.score, 5), r.reason) for r in fresh] == \
+               [(r.offer.offer_id, round(r.score, 5), r.reason) for r in shared]
+        assert len(fresh) == min(top, len(offers))
+        assert [r.score for r in fresh] == sorted((r.score for r in fresh), reverse=True)
+
+    check()

@@ -138,12 +138,20 @@ class ModelArtifact:
             reprs[hit] = self.item_repr[idx]
             bias[hit] = self.item_bias[idx]
             known[hit] = True
+        # the unseen ones: the mean of their known features' rows, gathered in one pass
+        pos: list[int] = []
+        feat: list[int] = []
+        weight: list[float] = []
         for p, r in enumerate(rows):
             if r is None:
                 fr = [self.item_feature_index[f] for f in features[p] if f in self.item_feature_index]
-                if fr:
-                    reprs[p] = self.item_feature_emb[fr].mean(axis=0)
-                    bias[p] = self.item_feature_bias[fr].mean()
+                pos += [p] * len(fr)
+                feat += fr
+                weight += [1.0 / len(fr)] * len(fr)
+        if pos:
+            w = np.asarray(weight, np.float32)
+            np.add.at(reprs, np.asarray(pos), self.item_feature_emb[feat] * w[:, None])
+            np.add.at(bias, np.asarray(pos), self.item_feature_bias[feat] * w)
         return reprs, bias, known
 
 

@@ -114,46 +114,95 @@ def offer_features(offer: Offer, model: ModelArtifact) -> list[str]:
     index = model.item_feature_index
     out = [f for f in (f"cat:{offer.category}", f"cat:{offer.category.upper()}") if f in index][:1]
     price = offer.canonical_price
-    for name in model.manifest.item_features:
-        m = _BAND.match(name)
-        if m and float(m["lo"]) <= price < (math.inf if m["hi"] == "inf" else float(m["hi"])):
+    for lo, hi, name in _price_bands(model):
+        if lo <= price < hi:
             out.append(name)
             break
     out += [f"brand:{b}" for b in (offer.brands or ()) if f"brand:{b}" in index]
     return out
 
 
-def rank(offers: list[Offer], customer: CustomerView, model: ModelArtifact | None, now: float,
-         k: int) -> list[RankedOffer]:
+_BANDS_OF: dict[int, list[tuple[float, float, str]]] = {}
+
+
+def _price_bands(model: ModelArtifact) -> list[tuple[float, float, str]]:
+    """The model's price bands, parsed once per loaded model (not once per offer)."""
+    key = id(model)
+    if key not in _BANDS_OF:
+        if len(_BANDS_OF) > 8:  # older versions, long swapped out
+            _BANDS_OF.clear()
+        bands = []
+        for name in model.manifest.item_features:
+            m = _BAND.match(name)
+            if m:
+                bands.append((float(m["lo"]), math.inf if m["hi"] == "inf" else float(m["hi"]), name))
+        _BANDS_OF[key] = bands
+    return _BANDS_OF[key]
+
+
+class PreparedOffers:
+    """The offer side of the scoring, which depends on the catalogue and the model but not on
+    the customer: every item of every offer with its representation. Built once per catalogue
+    snapshot and model version, and shared by every request until either changes."""
+
+    def __init__(self, offers: list[Offer], model: ModelArtifact) -> None:
+        self.offers = offers
+        self.model = model
+        self.position = {o.offer_id: n for n, o in enumerate(offers)}
+        items: list[str] = []
+        features: list[list[str]] = []
+        owner: list[int] = []
+        for n, offer in enumerate(offers):
+            feats = None
+            for item in offer.item_ids:
+                items.append(item)
+                if item not in model.item_index:
+                    feats = feats if feats is not None else offer_features(offer, model)
+                features.append(feats or [])
+                owner.append(n)
+        self.items = items
+        self.owner = np.asarray(owner, np.int64)
+        self.repr, self.bias, self.known = model.items(items, features)
+        self.rows_of_item: dict[str, list[int]] = {}
+        for row, item in enumerate(items):
+            self.rows_of_item.setdefault(item, []).append(row)
+
+
+def rank(offers: list[Offer], customer: CustomerView, model: ModelArtifact | None, now: float, k: int,
+         prepared: PreparedOffers | None = None) -> list[RankedOffer]:
+    """The top k of `offers` (the eligible ones). `prepared` may cover a larger catalogue that
+    holds them (what a request reuses); without it, it is built for `offers`."""
     if not offers:
         return []
     if model is None or not customer.personalisation:
         return _popular(offers, model, k)
-    # every item of every offer, scored in one matrix product
-    flat_items: list[str] = []
-    flat_features: list[list[str]] = []
-    owner: list[int] = []
-    for n, offer in enumerate(offers):
-        feats = None
-        for item in offer.item_ids:
-            flat_items.append(item)
-            if item not in model.item_index:
-                feats = feats if feats is not None else offer_features(offer, model)
-            flat_features.append(feats or [])
-            owner.append(n)
+    if prepared is None or prepared.model is not model:
+        prepared = PreparedOffers(offers, model)
+    wanted = np.zeros(len(prepared.offers), bool)
+    wanted[[prepared.position[o.offer_id] for o in offers]] = True
+    rows = np.flatnonzero(wanted[prepared.owner])
     u_repr, u_bias, user_known = model.user(customer.customer_id, list(customer.features))
-    i_repr, i_bias, item_known = model.items(flat_items, flat_features)
-    raw = model_scores(u_repr, u_bias, i_repr, i_bias)
+    raw = model_scores(u_repr, u_bias, prepared.repr[rows], prepared.bias[rows])
     b = model.manifest.blend
-    ages = [[(now - t) / DAY_S for t in customer.purchases.get(item, ())] for item in flat_items]
-    scores = blend(raw, repeat_signal(ages, b.half_life_days), b)
-    best = np.full(len(offers), -np.inf)
-    known_any = np.zeros(len(offers), bool)
-    owner_arr = np.asarray(owner)
-    np.maximum.at(best, owner_arr, scores)
-    np.logical_or.at(known_any, owner_arr, item_known)
-    order = sorted(range(len(offers)), key=lambda n: (-best[n], ranking_key(offers[n])))[:k]
-    return [RankedOffer(offers[n], float(best[n]),
+    # the repeat signal is zero but for the items the customer bought: add it only there
+    repeat_full = np.zeros(len(prepared.items), np.float32)
+    for item, times in customer.purchases.items():
+        hit = prepared.rows_of_item.get(item)
+        if hit:
+            repeat_full[hit] = repeat_signal([[(now - t) / DAY_S for t in times]], b.half_life_days)[0]
+    scores = blend(raw, repeat_full[rows], b)
+    owner = prepared.owner[rows]
+    n_all = len(prepared.offers)
+    best = np.full(n_all, -np.inf)
+    known_any = np.zeros(n_all, bool)
+    np.maximum.at(best, owner, scores)
+    np.logical_or.at(known_any, owner, prepared.known[rows])
+    # the best few by score, then a stable order among them (ties: the catalogue's own order)
+    candidates = np.flatnonzero(wanted)
+    if len(candidates) > k + 32:
+        candidates = candidates[np.argpartition(-best[candidates], k + 32)[:k + 32]]
+    order = sorted(candidates.tolist(), key=lambda n: (-best[n], ranking_key(prepared.offers[n])))[:k]
+    return [RankedOffer(prepared.offers[n], float(best[n]),
                         "model" if user_known and known_any[n] else "cold_start_features") for n in order]
 
 

@@ -43,6 +43,7 @@ class _Snapshot:
     seq: int
     offers: dict[str, Offer]
     ids: list[str]  # sorted: the listing's order and cursor
+    listing: list[Offer]  # in `ids` order; the same list object until the catalogue changes
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Catalog:
     def __init__(self, repo: CatalogRepository, clock: Clock) -> None:
         self.repo = repo
         self.clock = clock
-        self._snapshot = _Snapshot(-1, {}, [])
+        self._snapshot = _Snapshot(-1, {}, [], [])
 
     # offers ----------------------------------------------------------------------------------------
 
@@ -142,12 +143,19 @@ class Catalog:
         if seq != snap.seq:
             raw = await self.repo.all_offers()
             offers = {o.offer_id: o for o in map(Offer.model_validate_json, raw)}
-            snap = self._snapshot = _Snapshot(seq, offers, sorted(offers))
+            ids = sorted(offers)
+            snap = self._snapshot = _Snapshot(seq, offers, ids, [offers[i] for i in ids])
         return snap
 
     async def offers(self) -> list[Offer]:
         """The whole catalogue (the recommender's candidates)."""
-        return list((await self._current()).offers.values())
+        return list((await self._current()).listing)
+
+    async def versioned_offers(self) -> tuple[int, list[Offer]]:
+        """The catalogue and its sequence number: the list is shared (do not mutate it) and stays
+        the same object while the sequence does, so callers can cache what they derive from it."""
+        snap = await self._current()
+        return snap.seq, snap.listing
 
     async def get_offer(self, offer_id: str) -> Offer:
         offer = (await self._current()).offers.get(offer_id)

@@ -11,7 +11,7 @@ from ..adapters.model_store import ModelHolder
 from ..adapters.published_state import PublishedCustomerState
 from ..domain.eligibility import STORE_CHECKS, Situation, first_failure
 from ..domain.offers import Offer
-from ..domain.ranking import CustomerView, RankedOffer, customer_features, rank
+from ..domain.ranking import CustomerView, PreparedOffers, RankedOffer, customer_features, rank
 from .catalog import Catalog
 from .identity import IdentityService
 
@@ -51,19 +51,28 @@ class OfferRanker:
         self.identity = identity
         self.models = models
         self.clock = clock
+        self._prepared: tuple[tuple, PreparedOffers] | None = None
 
     async def rank(self, customer_id: str, *, store_id: str | None, channel: str, k: int,
                    now: float | None = None) -> Ranking:
         now = self.clock.now() if now is None else now
         customer = await self.identity.canonical(customer_id)
-        offers = await self.catalog.offers()
+        seq, offers = await self.catalog.versioned_offers()
         situation, _ = await self.catalog.situation(store_id, channel, now, offers)
         checks = STORE_CHECKS + (not_redeemed(frozenset(await self.customers.redeemed(customer))),)
         eligible = [o for o in offers if first_failure(o, situation, checks) is None]
         model = self.models.model
         view = await self._view(customer, model, now)
-        return Ranking(customer, store_id, channel, rank(eligible, view, model, now, k),
+        prepared = self._prepare(seq, offers, model) if model is not None and view.personalisation else None
+        return Ranking(customer, store_id, channel, rank(eligible, view, model, now, k, prepared),
                        model.version if model is not None else None, now)
+
+    def _prepare(self, seq: int, offers: list[Offer], model) -> PreparedOffers:
+        """The offer side of the scores, rebuilt only when the catalogue or the model changes."""
+        key = (seq, id(offers), model.version)
+        if self._prepared is None or self._prepared[0] != key:
+            self._prepared = (key, PreparedOffers(offers, model))
+        return self._prepared[1]
 
     async def _view(self, customer: str, model, now: float) -> CustomerView:
         consent = await self.published.consent(customer)
