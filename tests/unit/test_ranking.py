@@ -83,3 +83,28 @@ def test_a_prepared_catalogue_ranks_any_subset_as_a_fresh_one_would():
         assert [r.score for r in fresh] == sorted((r.score for r in fresh), reverse=True)
 
     check()
+
+
+def test_unseen_items_and_customers_count_only_their_features_share():
+    from services.recommender.domain.ranking import CustomerView, cold_share, rank
+
+    k = 2
+    arrays = {"user_repr": np.array([[1.0, 0.0]]), "user_bias": np.zeros(1),
+              "item_repr": np.array([[1.0, 0.0]]), "item_bias": np.zeros(1),
+              "user_feature_emb": np.zeros((len(USER_FEATURES), k)), "user_feature_bias": np.zeros(len(USER_FEATURES)),
+              "item_feature_emb": np.array([[3.0, 0.0]] + [[0.0, 0.0]] * (len(ITEM_FEATURES) - 1)),
+              "item_feature_bias": np.zeros(len(ITEM_FEATURES))}
+    m = Manifest(version="c", created_at=0, data_window={}, metrics={}, user_ids=["a"], item_ids=["known"],
+                 settings={"item_identity": True, "item_feature_share": 0.2, "user_identity": True,
+                           "user_feature_share": 0.2},
+                 user_features=USER_FEATURES, item_features=ITEM_FEATURES)
+    model = ModelArtifact(m, {n: np.asarray(v, np.float32) for n, v in arrays.items()})
+    assert cold_share(model, "item") == 0.2
+    offers = [Offer(offer_id="o-known", title="t", item_ids=["known"], category="CANDLE", price=9, currency="GBP",
+                    valid_from=0, valid_to=10),
+              Offer(offer_id="o-new", title="t", item_ids=["new"], category="MUG", price=9, currency="GBP",
+                    valid_from=0, valid_to=10)]
+    out = rank(offers, CustomerView("a", True, (), {}), model, 0.0, 2)
+    # unscaled, the new offer's feature mean (cat:MUG and price:5-inf: (1.5, 0)) would beat 1.0
+    assert [(r.offer.offer_id, round(r.score, 4), r.reason) for r in out] == [
+        ("o-known", 1.0, "model"), ("o-new", 0.3, "cold_start_features")]

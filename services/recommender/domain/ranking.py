@@ -140,6 +140,21 @@ def _price_bands(model: ModelArtifact) -> list[tuple[float, float, str]]:
     return _BANDS_OF[key]
 
 
+def cold_share(model: ModelArtifact, side: str) -> float:
+    """How much of a learned representation its features make up. A known row is
+    `identity_share × own embedding + feature_share × mean of its features' embeddings`; for an
+    item or customer never seen, the own embedding is unknown (zero in expectation), so its
+    representation is the features' part alone: the mean of their embeddings scaled by the
+    feature share. Unscaled, the mean would be several times the size of a learned row, and
+    every unseen offer would outrank the known ones (measured on the validation window: 82% of
+    the top-10 slots, precision@10 down from 0.19 to 0.09)."""
+    settings = model.manifest.settings
+    if not settings.get(f"{side}_identity", True):
+        return 1.0
+    share = settings.get(f"{side}_feature_share")
+    return float(share) if isinstance(share, (int, float)) and 0 < share <= 1 else 1.0
+
+
 class PreparedOffers:
     """The offer side of the scoring, which depends on the catalogue and the model but not on
     the customer: every item of every offer with its representation. Built once per catalogue
@@ -163,6 +178,10 @@ class PreparedOffers:
         self.items = items
         self.owner = np.asarray(owner, np.int64)
         self.repr, self.bias, self.known = model.items(items, features)
+        cold = ~self.known
+        share = cold_share(model, "item")
+        self.repr[cold] *= share
+        self.bias[cold] *= share
         self.rows_of_item: dict[str, list[int]] = {}
         for row, item in enumerate(items):
             self.rows_of_item.setdefault(item, []).append(row)
@@ -182,6 +201,8 @@ def rank(offers: list[Offer], customer: CustomerView, model: ModelArtifact | Non
     wanted[[prepared.position[o.offer_id] for o in offers]] = True
     rows = np.flatnonzero(wanted[prepared.owner])
     u_repr, u_bias, user_known = model.user(customer.customer_id, list(customer.features))
+    if not user_known:
+        u_repr, u_bias = u_repr * cold_share(model, "user"), u_bias * cold_share(model, "user")
     raw = model_scores(u_repr, u_bias, prepared.repr[rows], prepared.bias[rows])
     b = model.manifest.blend
     # the repeat signal is zero but for the items the customer bought: add it only there
