@@ -131,7 +131,8 @@ class IdentityService:
         await c.add_seen(keep, await c.seen(gone))
         await c.add_redeemed(keep, await c.redeemed(gone))
         for v in await c.visits(gone):
-            await c.record_visit(keep, v["visit_id"], v["entered_at"], v)
+            # a visit known only from its exit has no entry time: order it by its exit
+            await c.record_visit(keep, v["visit_id"], v.get("entered_at") or v.get("left_at") or 0.0, v)
         for identifier in await c.identifiers(gone):
             await c.move_identifier(identifier, keep)
         if self.decisions is not None:  # caps and decided visits follow the person
