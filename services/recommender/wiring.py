@@ -78,6 +78,16 @@ def _decision_repository(settings: RecommenderSettings, redis) -> DecisionReposi
     return DecisionRepository(redis, settings.customer_shards, settings.decision_ttl_s, settings.store_cooldown_s)
 
 
+def build_ranker(settings: RecommenderSettings, redis, clock: Clock) -> OfferRanker:
+    """The ranking as a worker uses it: its own catalogue copy and model holder (whose
+    `follow` the caller runs), reading merge pointers but never merging."""
+    customers = CustomerRepository(redis, settings)
+    published = PublishedCustomerState(redis, settings.event_shards)
+    identity = IdentityService(customers, published, None, None)
+    return OfferRanker(Catalog(CatalogRepository(redis), clock), customers, published, identity,
+                       ModelHolder(settings.model_dir), clock)
+
+
 def build_worker_loops(settings: RecommenderSettings, redis, consumer: str, clock: Clock | None = None) -> dict:
     """name -> `run_forever(stop)` of each background loop of the worker process: visits from the
     geo events, decisions on visits (ranking with the published model, followed like the API
@@ -88,13 +98,8 @@ def build_worker_loops(settings: RecommenderSettings, redis, consumer: str, cloc
     from .workers.exporter import Exporter
 
     clock = clock or SystemClock()
-    customers = CustomerRepository(redis, settings)
-    published = PublishedCustomerState(redis, settings.event_shards)
-    identity = IdentityService(customers, published, None, None)
-    catalog = Catalog(CatalogRepository(redis), clock)
-    models = ModelHolder(settings.model_dir)
-    ranker = OfferRanker(catalog, customers, published, identity, models, clock)
+    ranker = build_ranker(settings, redis, clock)
     return {"visits": build_visit_consumer(settings, redis, consumer).run_forever,
-            "model": lambda stop: models.follow(stop, settings.model_poll_s),
+            "model": lambda stop: ranker.models.follow(stop, settings.model_poll_s),
             "decisions": build_decision_consumer(settings, redis, consumer, ranker, clock=clock).run_forever,
             "exporter": Exporter(redis, settings).run_forever}

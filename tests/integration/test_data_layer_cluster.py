@@ -11,7 +11,9 @@ from fastapi.testclient import TestClient
 
 from services.launcher.embedded_redis import EmbeddedRedisCluster
 from services.recommender.app import create_app
-from services.recommender.wiring import build_visit_consumer
+from services.recommender.workers.decisions import build_decision_consumer
+from services.kernel.clock import SystemClock
+from services.recommender.wiring import build_ranker, build_visit_consumer
 from tests.conftest import ADMIN_TOKEN, make_rec_settings
 from tests.integration._support import served_geo
 
@@ -36,7 +38,9 @@ def test_the_data_layer_runs_on_redis_cluster(cluster, tmp_path):
         import httpx
 
         geo = httpx.Client(base_url=geo_url, headers=ADMIN, timeout=30)
-        settings = make_rec_settings(cluster.url, geo_url=geo_url, history_dir=str(tmp_path / "history"))
+        settings = make_rec_settings(cluster.url, geo_url=geo_url, history_dir=str(tmp_path / "history"),
+                                     model_dir=str(tmp_path / "models"), decide_on="enter", quiet_hours="",
+                                     holdout_percent=0)
         with TestClient(create_app(settings), raise_server_exceptions=False) as rec:
             assert rec.get("/readyz").status_code == 200
             now = time.time()
@@ -87,13 +91,22 @@ def test_the_data_layer_runs_on_redis_cluster(cluster, tmp_path):
                 redis = open_async(cluster.url)
                 try:
                     handled = await build_visit_consumer(settings, redis, "k").run_once()
+                    decided = await build_decision_consumer(settings, redis, "k", build_ranker(settings, redis, SystemClock())).run_once()
                     exported = await Exporter(redis, settings).run_once()
-                    return handled, exported
+                    return handled, decided, exported
                 finally:
                     await redis.aclose()
 
-            handled, exported = asyncio.run(work())
-            assert handled >= 1
+            handled, decided, exported = asyncio.run(work())
+            assert handled >= 1 and decided >= 1
+            from services.kernel.contracts.interactions import customer_shard
+            from services.kernel.contracts.push_jobs import PushJobV1, push_jobs_stream_key
+
+            rc = RedisCluster.from_url(cluster.url)
+            jobs = [PushJobV1.from_stream_fields(f)
+                    for _id, f in rc.xrange(push_jobs_stream_key(customer_shard("kc-3", settings.customer_shards)))]
+            rc.close()
+            assert [(j.data.offer_id, j.data.store_id, j.device_id) for j in jobs] == [("k-offer", "kshop", "kphone")]
             visits = rec.get("/v1/customers/kc-3", headers=ADMIN).json()["last_visits"]
             assert [v["store_id"] for v in visits] == ["kshop"]
             table = read_interactions(settings.history_dir)
@@ -114,3 +127,4 @@ def test_the_data_layer_runs_on_redis_cluster(cluster, tmp_path):
         assert not leftovers, leftovers
     finally:
         rc.close()
+
