@@ -2,7 +2,8 @@
 
 Acknowledges an entry only after its handler returned; reclaims entries that a dead consumer
 left pending for longer than `claim_idle_ms`; moves an entry that can never be handled (its
-handler raised `PoisonEntry`, or failed `max_attempts` times) to a dead-letter stream in the
+handler raised `PoisonEntry`, or failed `max_attempts` times, with a growing pause between
+attempts) to a dead-letter stream in the
 same hash tag, then acknowledges it, so one bad entry never stops a worker. Streams are read
 one at a time: on a Redis Cluster they live in different slots.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Awaitable, Callable
 
 from redis.exceptions import ResponseError
@@ -30,7 +32,7 @@ def _s(v) -> str:
 class StreamConsumer:
     def __init__(self, redis, streams: list[str], group: str, consumer: str, handler: Handler, *,
                  dead_letter: Callable[[str], str], batch: int = 200, claim_idle_ms: int = 30_000,
-                 max_attempts: int = 5, idle_sleep_s: float = 0.05) -> None:
+                 max_attempts: int = 5, idle_sleep_s: float = 0.05, retry_base_s: float = 0.5) -> None:
         self._r = redis
         self.streams = streams
         self.group = group
@@ -41,7 +43,9 @@ class StreamConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.max_attempts = max_attempts
         self.idle_sleep_s = idle_sleep_s
+        self.retry_base_s = retry_base_s
         self._attempts: dict[tuple[str, str], int] = {}
+        self._retry_at: dict[tuple[str, str], float] = {}
         self._ready = False
         self.handled = 0
         self.dead = 0
@@ -99,6 +103,8 @@ class StreamConsumer:
             await self._r.xack(stream, self.group, entry_id)
             return 1
         key = (stream, entry_id)
+        if self._retry_at.get(key, 0.0) > time.monotonic():
+            return 0  # failed a moment ago: its backoff has not elapsed
         try:
             await self.handler(stream, entry_id, fields)
         except PoisonEntry as e:
@@ -107,11 +113,15 @@ class StreamConsumer:
             n = self._attempts.get(key, 0) + 1
             self._attempts[key] = n
             if n < self.max_attempts:
+                # back off (0.5 s, 1 s, 2 s, ...): a dependency that is briefly away must not turn
+                # good entries into dead letters within a second
+                self._retry_at[key] = time.monotonic() + min(self.retry_base_s * 2 ** (n - 1), 60.0)
                 log.warning("entry failed; will retry", extra={"fields": {"stream": stream, "id": entry_id,
                                                                           "attempt": n, "error": repr(e)}})
                 return 0
             await self._bury(stream, entry_id, fields, f"failed {n} times: {e!r}")
         self._attempts.pop(key, None)
+        self._retry_at.pop(key, None)
         await self._r.xack(stream, self.group, entry_id)
         self.handled += 1
         return 1
