@@ -179,7 +179,8 @@ def section_quality(path: Path, settings: TrainSettings) -> dict:
 def quality_rows(m: dict) -> list[list]:
     rows = []
     for scope in ("all", "new"):
-        for name in ("lightfm", "blended", "popularity", "repeat", "repeat_count"):
+        for name in ("lightfm", "blended", "popularity", "popularity_recent", "repeat", "repeat_recent",
+                     "repeat_count"):
             r = m[scope][name]
             rows.append([f"{scope} / {name}", *(f"{r[x]:.4f}" for x in ("precision", "recall", "ndcg", "auc")),
                          f"{100 * r['coverage']:.1f}%", f"{r['users']:,}"])
@@ -257,6 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         targets["lightfm_vs_popularity_p10_new"] = {
             "value": round(n["blended"]["precision"] / n["popularity"]["precision"], 2), "target": ">= 2x",
             "pass": n["blended"]["precision"] >= 2 * n["popularity"]["precision"]}
+        # the stronger peers (recent popularity), reported beside the definitions
+        targets["peer_blended_vs_repeat_count_p10_all"] = {
+            "value": [a["blended"]["precision"], a["repeat_count"]["precision"]], "target": "blended > repeat_count",
+            "pass": a["blended"]["precision"] > a["repeat_count"]["precision"]}
+        targets["peer_lightfm_vs_recent_popularity_p10_new"] = {
+            "value": round(n["blended"]["precision"] / n["popularity_recent"]["precision"], 2), "target": ">= 2x",
+            "pass": n["blended"]["precision"] >= 2 * n["popularity_recent"]["precision"]}
     results["targets"] = targets
     if errors:
         results["errors"] = errors

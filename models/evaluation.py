@@ -5,12 +5,15 @@ Scorers produce a (customers × candidate items) score matrix:
 
     lightfm     the artifact's `model_scores` (kernel), i.e. exactly LightFM.predict
     blended     kernel `blend` of the standardised model score and `repeat_signal`
-    popularity  distinct customers who bought the item in the `popularity_days` before the
-                window (ties: over the whole training window)
+    popularity  global popularity, the issue's baseline: distinct customers who bought the item
+                over the whole training window
+    popularity_recent  a stronger peer: distinct buyers in the `popularity_days` before the
+                window (ties: the global count); what serving's popularity fallback uses
     repeat      "popular among what the customer bought before": the items the customer
-                bought in training, by popularity, then every other item by popularity
-    repeat_count  a stronger peer: the customer's own purchase count of the item in training
-                first, popularity breaking ties and ordering the rest
+                bought in training, by global popularity, then every other item by it
+    repeat_recent  the same with recent popularity
+    repeat_count  the strongest peer: the customer's own purchase count of the item in training
+                first, recent popularity breaking ties and ordering the rest
 
 Metrics at k, averaged over customers (each customer counts once): precision (hits / k),
 recall (hits / items bought in the window), NDCG (binary gains, log2 discount, normalised by
@@ -30,7 +33,9 @@ from services.kernel.contracts.model_artifact import Blend, ModelArtifact, blend
 from .data import DAY_S, PURCHASE_TYPES, Events
 from .split import EvalSet
 
-SCORERS = ("lightfm", "blended", "popularity", "repeat", "repeat_count")
+SCORERS = ("lightfm", "blended", "popularity", "popularity_recent", "repeat", "repeat_recent", "repeat_count")
+# No window is long enough to reach back before the data: "every purchase in training".
+GLOBAL_DAYS = 1e9
 
 
 # ------------------------------------------------------------------------------------------------
@@ -177,10 +182,12 @@ def evaluate(art: ModelArtifact, ev: EvalSet, train: Events, b: Blend, *, k: int
     model = model_matrix(art, ev) if model is None else model
     index = {item: n for n, item in enumerate(train.item_ids)}
     codes = np.array([index[i] for i in ev.item_ids], np.int64)
-    pop = popularity(train, codes, ev.at, popularity_days)
+    pop = popularity(train, codes, ev.at, GLOBAL_DAYS)
+    recent = popularity(train, codes, ev.at, popularity_days)
     scores = {"lightfm": model, "blended": blended_matrix(model, repeat_matrix(ev, b.half_life_days), b),
-              "popularity": np.tile(pop, (ev.n_users, 1)), "repeat": repeat_baseline(ev, pop),
-              "repeat_count": repeat_baseline(ev, pop, by_count=True)}
+              "popularity": np.tile(pop, (ev.n_users, 1)), "popularity_recent": np.tile(recent, (ev.n_users, 1)),
+              "repeat": repeat_baseline(ev, pop), "repeat_recent": repeat_baseline(ev, recent),
+              "repeat_count": repeat_baseline(ev, recent, by_count=True)}
     out: dict = {"users": ev.n_users, "k": k, "all": {}, "new": {}}
     for name in SCORERS:
         out["all"][name] = ranking_metrics(scores[name], ev.truth, k)

@@ -61,7 +61,8 @@ def test_recent_history_passes_the_gate_and_is_published(recent_run):
     test = report.metrics["test"]
     assert test["users"] > 500
     for scope in ("all", "new"):
-        for name in ("lightfm", "blended", "popularity", "repeat", "repeat_count"):
+        for name in ("lightfm", "blended", "popularity", "popularity_recent", "repeat", "repeat_recent",
+                     "repeat_count"):
             r = test[scope][name]
             assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0.5 < r["auc"] <= 1, (scope, name, r)
     # a learned model and the repeat signal both beat popularity on all items

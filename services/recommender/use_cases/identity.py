@@ -82,12 +82,14 @@ class IdentityService:
                 if holder == target:
                     return LinkResult(target, identifier, created=True)
             other = await self.canonical(holder)
+            recorded = False
             if await self.customers.identifier_owner(identifier) is None:
                 # a device known only from its registration: record the link explicitly
                 await self.customers.move_identifier(identifier, other)
+                recorded = True
             if other == target:
                 await self._finish_pending(target)
-                return LinkResult(target, identifier, created=False)
+                return LinkResult(target, identifier, created=recorded)
             keep = survivor(target, other)
             gone = other if keep == target else target
             await self._merge(gone, keep)
