@@ -56,7 +56,7 @@ class TrainSettings:
     item_alpha: float = 0.0
     user_alpha: float = 0.0
     max_sampled: int = 20
-    epochs: int = 20
+    epochs: int = 15
     num_threads: int = 2
     random_state: int = 42
     # split and evaluation
