@@ -40,7 +40,10 @@ def free_port(below: int = 65536) -> int:
     """A free loopback port. Cluster nodes need one below 55536 (bus port = port + 10000)."""
     for _ in range(200):
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0 if below == 65536 else random.randrange(20000, below - 10000)))
+            try:
+                s.bind(("127.0.0.1", 0 if below == 65536 else random.randrange(20000, below - 10000)))
+            except OSError:  # a random pick already in use: pick again
+                continue
             port = s.getsockname()[1]
         if port < below and (below == 65536 or _bindable(port + 10000)):
             return port
