@@ -38,7 +38,10 @@ def create_app(settings: RecommenderSettings | None = None, *, redis=None, clock
         own_http = geo_http is None
         http = geo_http or httpx.AsyncClient(base_url=settings.geo_url, timeout=10.0)
         container = app.state.container = build(settings, r, clock, registry, http)
-        await container.models.refresh()
+        try:
+            await container.models.refresh()
+        except OSError as e:  # an unreadable model dir must not stop the service: popularity serves
+            log.error("model directory unreadable at start", extra={"fields": {"error": repr(e)}})
         stop = asyncio.Event()
         follower = asyncio.create_task(container.models.follow(stop, settings.model_poll_s), name="model-follow")
         log.info("recommender service ready", extra={"fields": {"model": container.models.status.serving}})
