@@ -11,8 +11,11 @@ import redis as redis_lib
 from services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
 from services.kernel.contracts.interactions import customer_shard
 from services.kernel.contracts.push_jobs import PushJobV1, push_jobs_stream_key
+from services.kernel.contracts.stores import STORES_FEATURES
 from services.kernel.redis_client import open_async
-from services.recommender.wiring import build_worker_loops
+from services.kernel.clock import SystemClock
+from services.recommender.wiring import build_ranker, build_worker_loops
+from services.recommender.workers.decisions import build_decision_consumer
 from tests.conftest import ADMIN_TOKEN
 from tests.integration.test_offers_api import make_version, offer
 
@@ -75,4 +78,42 @@ def test_a_fix_at_a_store_becomes_one_push_job_with_the_best_offer(rec_settings,
     assert job.idempotency_key == f"u1:shop-j:{visit}" and job.expires_at > job.created_at
     decisions = [DecisionV1.model_validate_json(f[b"data"]) for _id, f in sync.xrange(decisions_stream_key(shard))]
     assert [(d.outcome, d.offer_id, d.model_version) for d in decisions] == [("send", "o1", "v1")]
+    sync.close()
+
+
+def test_a_store_removed_before_the_decision_gets_no_offer_and_no_dead_letter(rec_settings, tmp_path, geo_http):
+    settings = rec_settings.model_copy(update={"model_dir": str(tmp_path / "models"), "decide_on": "enter",
+                                               "quiet_hours": "", "holdout_percent": 0})
+    geo_http.put("/v1/stores/shop-gone", json={"type": "Feature", "id": "shop-gone", "properties": {"radius_m": 80},
+                                                "geometry": {"type": "Point", "coordinates": [12.49, 41.89]}})
+    reg = geo_http.post("/v1/devices", json={"device_id": "phone-g", "customer_id": "cg", "platform": "android",
+                                             "push_token": "fcm-g"})
+    geo_http.put("/v1/customers/cg/consent", json={"location": True, "marketing": True, "personalisation": True})
+    token = {"Authorization": "Bearer " + reg.json()["token"]}
+    deadline = time.time() + 10
+    while True:
+        r = geo_http.post("/v1/locations", headers=token, json={"device_id": "phone-g", "fixes": [
+            {"lat": 41.89, "lon": 12.49, "accuracy_m": 5, "ts": time.time()}]})
+        if any(e["store_id"] == "shop-gone" for e in r.json()["events"]) or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    # the direct delete leaves the enter event in the stream (the geo replica's own exit comes later)
+    sync = redis_lib.Redis.from_url(settings.redis_url)
+    sync.hdel(STORES_FEATURES, "shop-gone")
+
+    async def work():
+        redis = open_async(settings.redis_url)
+        try:
+            c = build_decision_consumer(settings, redis, "w", build_ranker(settings, redis, SystemClock()))
+            await c.run_once()
+            return c.dead
+        finally:
+            await redis.aclose()
+
+    dead = asyncio.run(work())
+    shard = customer_shard("cg", settings.customer_shards)
+    decisions = [DecisionV1.model_validate_json(f[b"data"]) for _id, f in sync.xrange(decisions_stream_key(shard))]
+    assert dead == 0
+    assert [(d.store_id, d.outcome, d.reason) for d in decisions if d.store_id == "shop-gone"] == [
+        ("shop-gone", "suppress", "no_eligible_offer")]
     sync.close()

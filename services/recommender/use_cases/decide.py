@@ -26,6 +26,7 @@ from services.kernel.contracts.decisions import DecisionV1
 from services.kernel.contracts.geofence_events import GeofenceEventV1
 from services.kernel.contracts.push_jobs import PushDataV1, PushJobV1, idempotency_key
 from services.kernel.ids import new_id
+from services.kernel.problems import NotFound
 
 from ..adapters.decision_repository import DecisionRepository
 from ..adapters.published_state import PublishedCustomerState
@@ -120,9 +121,12 @@ class VisitDecisions:
             if s.visit_decided:
                 return Outcome("duplicate")
             if gate(s, self.rules) is None and ranked_for != customer:
-                ranking = await self.ranker.rank(customer, store_id=e.store_id, channel=CHANNEL, k=1, now=now)
-                offer = _choice(ranking.offers[0]) if ranking.offers else None
-                model_version = ranking.model_version
+                try:
+                    ranking = await self.ranker.rank(customer, store_id=e.store_id, channel=CHANNEL, k=1, now=now)
+                    offer = _choice(ranking.offers[0]) if ranking.offers else None
+                    model_version = ranking.model_version
+                except NotFound:  # the store was removed since the event: nothing to offer there
+                    offer, model_version = None, None
                 ranked_for = customer
             d = decide(s, self.rules, offer)
             record, job = self._records(e, customer, d, reg, model_version if d.offer else None, now)
