@@ -25,6 +25,37 @@ def _settings_or_exit(cls):
         raise typer.Exit(2)
 
 
+def admin_token_or_exit(token: str | None) -> str:
+    """The given token, else the one `vicino up` keeps in VICINO_DATA_DIR, else a clear exit."""
+    if token is not None:
+        return token
+    import orjson
+
+    from services.launcher.settings import LauncherSettings
+
+    kept = LauncherSettings().data_dir / "secrets.json"
+    if kept.exists():
+        return orjson.loads(kept.read_bytes())["admin_token"]
+    typer.echo("vicino: no admin token: set VICINO_ADMIN_TOKEN or pass --token", err=True)
+    raise typer.Exit(2)
+
+
+def call_api_or_exit(url: str, token: str, action):
+    """`action(client)` with an admin client of `url`; an HTTP refusal or an unreachable service
+    is one line on stderr and exit code 1."""
+    import httpx
+
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=300) as client:
+        try:
+            return action(client)
+        except httpx.HTTPStatusError as e:
+            typer.echo(f"vicino: {e.response.status_code} {e.response.text}", err=True)
+            raise typer.Exit(1)
+        except httpx.HTTPError as e:
+            typer.echo(f"vicino: cannot reach {url}: {e}", err=True)
+            raise typer.Exit(1)
+
+
 @app.command()
 def up() -> None:
     """Start the whole stack on one machine (what `make run` runs): embedded Redis unless
@@ -92,34 +123,16 @@ def stores_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, 
                   radius_m: float = typer.Option(80.0, help="fence radius for CSV rows without radius_m"),
                   batch: int = typer.Option(5000, min=1, max=100_000, help="features per request")) -> None:
     """Upsert stores from a GeoJSON FeatureCollection or a CSV with lat/lon columns."""
-    import httpx
-    import orjson
-
     from services.launcher.demo import post_features
-    from services.launcher.settings import LauncherSettings
     from services.launcher.store_files import StoreFileError, read_features
 
-    if token is None:
-        kept = LauncherSettings().data_dir / "secrets.json"
-        if kept.exists():
-            token = orjson.loads(kept.read_bytes())["admin_token"]
-        else:
-            typer.echo("vicino: no admin token: set VICINO_ADMIN_TOKEN or pass --token", err=True)
-            raise typer.Exit(2)
+    token = admin_token_or_exit(token)
     try:
         features = read_features(file, default_radius_m=radius_m)
     except StoreFileError as e:
         typer.echo(f"vicino: {e}", err=True)
         raise typer.Exit(2)
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=300) as client:
-        try:
-            totals = post_features(client, features, batch)
-        except httpx.HTTPStatusError as e:
-            typer.echo(f"vicino: {e.response.status_code} {e.response.text}", err=True)
-            raise typer.Exit(1)
-        except httpx.HTTPError as e:
-            typer.echo(f"vicino: cannot reach {url}: {e}", err=True)
-            raise typer.Exit(1)
+    totals = call_api_or_exit(url, token, lambda client: post_features(client, features, batch))
     typer.echo(f"{len(features)} features: {totals['created']} created, {totals['updated']} updated, "
                f"{len(totals['rejected'])} rejected")
     for r in totals["rejected"][:50]:

@@ -170,14 +170,14 @@ def apply_erasures_cmd() -> None:
     """Rewrite the Parquet log files that still hold rows of erased customers (the erasure
     register in Redis), dropping those rows."""
     from services.recommender.adapters.parquet_log import apply_erasures
-    from services.recommender.adapters.redis_keys import ERASURES
+    from services.recommender.adapters.erasure_register import ErasureRegister
 
     settings = _settings()
 
     async def erased() -> dict:
         redis = await _open_redis(settings)
         try:
-            return {k: v async for k, v in redis.hscan_iter(ERASURES, count=10_000)}
+            return await ErasureRegister(redis).all_digests()
         finally:
             await redis.aclose()
 

@@ -145,18 +145,6 @@ def read_offers(path: Path) -> ReadOffers:
     return out
 
 
-def _admin_token(token: str | None) -> str:
-    if token is not None:
-        return token
-    from services.launcher.settings import LauncherSettings
-
-    kept = LauncherSettings().data_dir / "secrets.json"
-    if kept.exists():
-        return orjson.loads(kept.read_bytes())["admin_token"]
-    typer.echo("vicino: no admin token: set VICINO_ADMIN_TOKEN or pass --token", err=True)
-    raise typer.Exit(2)
-
-
 @offers_app.command("import")
 def offers_import(file: Path = typer.Argument(..., exists=True, dir_okay=False,
                                               help=".json (array), .ndjson/.jsonl or .csv, optionally .gz"),
@@ -167,25 +155,17 @@ def offers_import(file: Path = typer.Argument(..., exists=True, dir_okay=False,
                                                            "VICINO_DATA_DIR)"),
                   batch: int = typer.Option(1000, min=1, max=10_000, help="offers per request")) -> None:
     """Upsert offers from a file; bad rows are reported with their line and skipped."""
-    import httpx
-
     from services.launcher.demo_offers import post_offers
 
-    admin = _admin_token(token)
+    from services.cli import admin_token_or_exit, call_api_or_exit
+
+    admin = admin_token_or_exit(token)
     try:
         read = read_offers(file)
     except OfferFileError as e:
         typer.echo(f"vicino: {e}", err=True)
         raise typer.Exit(2)
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=300) as client:
-        try:
-            totals = post_offers(client, read.offers, batch)
-        except httpx.HTTPStatusError as e:
-            typer.echo(f"vicino: {e.response.status_code} {e.response.text}", err=True)
-            raise typer.Exit(1)
-        except httpx.HTTPError as e:
-            typer.echo(f"vicino: cannot reach {url}: {e}", err=True)
-            raise typer.Exit(1)
+    totals = call_api_or_exit(url, admin, lambda client: post_offers(client, read.offers, batch))
     problems = [(where, f"skipped: {why}") for where, why in read.skipped]
     problems += [(read.where[r["index"]], f"rejected {r['offer_id'] or 'an offer'}: {r['reason']}")
                  for r in totals["rejected"]]

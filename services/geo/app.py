@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.kernel.clock import Clock, SystemClock
-from services.kernel.http_edge import install_edge, publish_body_schemas
+from services.kernel.http_edge import install_edge, publish_body_schemas, redis_check
 from services.kernel.redis_client import open_async, open_hot_path, wait_for_redis
 
 from .api.routes import HOT_PATH_ROUTES, router
@@ -58,15 +58,9 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
                               "Authenticate with `Authorization: Bearer <admin or device token>`.")
 
     async def ready() -> dict[str, str]:
-        checks = {}
         container = getattr(app.state, "container", None)
-        try:
-            await asyncio.wait_for(container.redis.ping(), 2.0)
-            checks["redis"] = "ok"
-        except Exception as e:  # report, don't raise: this is the readiness answer
-            checks["redis"] = f"unreachable ({type(e).__name__})"
-        checks["store_index"] = "ok" if container and container.sync.loaded else "not loaded yet"
-        return checks
+        return {"redis": await redis_check(container and container.redis),
+                "store_index": "ok" if container and container.sync.loaded else "not loaded yet"}
 
     app.include_router(router)  # before the health routes: the hot path is matched first
     app.router.routes[:0] = HOT_PATH_ROUTES

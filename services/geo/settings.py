@@ -1,21 +1,13 @@
 """Geo service settings, from `VICINO_*` environment variables. Unsafe values refuse to start."""
 from __future__ import annotations
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
 
-_WEAK = {"changeme", "admin", "secret", "password", "token", "test"}
+from services.kernel.service_settings import ServiceSettings
 
 
-class GeoSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VICINO_", extra="ignore")
-
-    redis_url: str = Field(..., description="redis:// URL of a standalone Redis or any node of a Redis Cluster")
-    admin_token: str = Field(..., description="bearer token of the operator (admin endpoints)")
-    token_secret: str = Field(..., description="key that signs device tokens; same on every replica")
-    redis_wait_s: float = Field(30.0, ge=0, description="at start, how long to wait for Redis to answer before giving up")
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr")
-
+class GeoSettings(ServiceSettings):
+    # redis_url, admin_token, token_secret, redis_wait_s, log_level: see ServiceSettings
     dwell_s: float = Field(300.0, gt=0, description="default dwell threshold when a store sets none")
     exit_buffer_m: float = Field(30.0, ge=0, description="a visit ends only this far outside the fence")
     exit_timeout_s: float = Field(900.0, gt=0, description="a visit ends after this long without an inside fix")
@@ -30,10 +22,3 @@ class GeoSettings(BaseSettings):
     events_maxlen: int = Field(1_000_000, ge=1000, description="approximate length cap per event stream")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body limit")
     max_bulk_body_bytes: int = Field(256 << 20, ge=1024, description="body limit of POST /v1/stores")
-
-    @field_validator("admin_token", "token_secret")
-    @classmethod
-    def _strong(cls, v: str, info) -> str:
-        if len(v) < 16 or v.lower() in _WEAK:
-            raise ValueError(f"VICINO_{info.field_name.upper()} must be at least 16 characters and not a default")
-        return v

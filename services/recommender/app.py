@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.kernel.clock import Clock, SystemClock
-from services.kernel.http_edge import install_edge, publish_body_schemas
+from services.kernel.http_edge import install_edge, publish_body_schemas, redis_check
 from services.kernel.redis_client import open_async, wait_for_redis
 
 from .api import catalog_routes, customer_routes, offer_routes
@@ -62,15 +62,9 @@ def create_app(settings: RecommenderSettings | None = None, *, redis=None, clock
                               "or device token>`.")
 
     async def ready() -> dict[str, str]:
-        checks = {}
         container = getattr(app.state, "container", None)
-        try:
-            await asyncio.wait_for(container.redis.ping(), 2.0)
-            checks["redis"] = "ok"
-        except Exception as e:  # report, don't raise: this is the readiness answer
-            checks["redis"] = f"unreachable ({type(e).__name__})"
-        checks["model"] = container.models.readiness() if container else "not started"
-        return checks
+        return {"redis": await redis_check(container and container.redis),
+                "model": container.models.readiness() if container else "not started"}
 
     app.include_router(customer_routes.router)
     app.include_router(catalog_routes.router)

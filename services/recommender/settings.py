@@ -2,19 +2,12 @@
 from __future__ import annotations
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_WEAK = {"changeme", "admin", "secret", "password", "token", "test"}
+from services.kernel.service_settings import ServiceSettings
 
 
-class RecommenderSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VICINO_", extra="ignore")
-
-    redis_url: str = Field(..., description="redis:// URL of a standalone Redis or any node of a Redis Cluster")
-    admin_token: str = Field(..., description="bearer token of the operator (admin endpoints)")
-    token_secret: str = Field(..., description="key that signs device tokens; same on every replica")
-    redis_wait_s: float = Field(30.0, ge=0, description="at start, how long to wait for Redis to answer before giving up")
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr")
+class RecommenderSettings(ServiceSettings):
+    # redis_url, admin_token, token_secret, redis_wait_s, log_level: see ServiceSettings
     geo_url: str = Field("http://127.0.0.1:8000", description="base URL of the geo service (consent changes on "
                          "merge, location data on erasure)")
 
@@ -41,13 +34,6 @@ class RecommenderSettings(BaseSettings):
                                      "exporter trims what it has written, this only bounds a stalled exporter")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body limit")
     max_bulk_body_bytes: int = Field(256 << 20, ge=1024, description="body limit of POST /v1/offers")
-
-    @field_validator("admin_token", "token_secret")
-    @classmethod
-    def _strong(cls, v: str, info) -> str:
-        if len(v) < 16 or v.lower() in _WEAK:
-            raise ValueError(f"VICINO_{info.field_name.upper()} must be at least 16 characters and not a default")
-        return v
 
     # --- offer decisions on store visits (workers/decisions.py) ---
     decide_on: str = Field("dwell", description="which geofence events get a decision: enter, dwell or "

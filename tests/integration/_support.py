@@ -84,17 +84,18 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.05, what: str 
 
 
 @contextlib.contextmanager
-def served_geo(redis_url: str, log_dir: Path, *, workers: int = 1, env: dict | None = None):
-    """`vicino serve geo` as its own process tree on a free port, as a container runs it; yields
-    the base URL once /readyz answers, and stops it (SIGTERM, then SIGKILL) afterwards."""
+def served_service(service: str, redis_url: str, log_dir: Path, *, workers: int = 1, env: dict | None = None):
+    """`vicino serve <service>` as its own process tree on a free port, as a container runs it;
+    yields the base URL once /readyz answers, and stops it (SIGTERM, then SIGKILL) afterwards.
+    Its log is `<log_dir>/<service>.log`."""
     from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 
     port = free_port()
     full_env = {**os.environ, "VICINO_REDIS_URL": redis_url, "VICINO_ADMIN_TOKEN": ADMIN_TOKEN,
                 "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_LOG_LEVEL": "WARNING", **(env or {})}
-    log_path = log_dir / "geo.log"
+    log_path = log_dir / f"{service}.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "geo", "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", service, "--host", "127.0.0.1",
                              "--port", str(port), "--workers", str(workers)], cwd=ROOT, env=full_env,
                             stdout=log, stderr=log, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -107,7 +108,7 @@ def served_geo(redis_url: str, log_dir: Path, *, workers: int = 1, env: dict | N
             return False
 
     try:
-        wait_until(ready, 60, 0.1, "geo service ready")
+        wait_until(ready, 60, 0.1, f"{service} service ready")
         yield url
     finally:
         proc.terminate()
@@ -117,3 +118,25 @@ def served_geo(redis_url: str, log_dir: Path, *, workers: int = 1, env: dict | N
             proc.kill()
             proc.wait()
         log.close()
+
+
+def served_geo(redis_url: str, log_dir: Path, *, workers: int = 1, env: dict | None = None):
+    return served_service("geo", redis_url, log_dir, workers=workers, env=env)
+
+
+def fix_until_enter(geo: httpx.Client, headers: dict, device_id: str, lat: float, lon: float, store_id: str,
+                    timeout_s: float = 10.0) -> list[dict]:
+    """Reports a fix at (lat, lon) every 0.2 s until the geo service answers with an enter at
+    `store_id` (a replica learns of a new store from its change log, a moment after the write);
+    returns the events of every answer, in order."""
+    events: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = geo.post("/v1/locations", headers=headers, json={"device_id": device_id, "fixes": [
+            {"lat": lat, "lon": lon, "accuracy_m": 5, "ts": time.time()}]})
+        assert r.status_code == 200, r.text
+        events += r.json()["events"]
+        if any(e["type"] == "enter" and e["store_id"] == store_id for e in events):
+            return events
+        assert time.monotonic() < deadline, f"no enter at {store_id} within {timeout_s} s: {events}"
+        time.sleep(0.2)

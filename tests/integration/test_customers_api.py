@@ -10,7 +10,7 @@ import pytest
 
 from services.kernel.contracts.interactions import interactions_stream_key, parse_stream_entry
 from tests.conftest import ADMIN_TOKEN
-from tests.integration._support import assert_problem, redis_dump
+from tests.integration._support import assert_problem, fix_until_enter, redis_dump
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -275,15 +275,7 @@ def test_erasure_leaves_no_trace_in_redis(rec_client, geo_http, redis_sync):
     phone = register_device(geo_http, "zz-phone-erase", "zz-erase-me")
     set_consent(geo_http, "zz-erase-me")
     # a fix inside the store: visit state and an enter event in the geo streams
-    deadline = time.time() + 10
-    while True:
-        r = geo_http.post("/v1/locations", headers=phone, json={"device_id": "zz-phone-erase", "fixes": [
-            {"lat": 45.4642, "lon": 9.19, "accuracy_m": 5, "ts": time.time()}]})
-        assert r.status_code == 200, r.text
-        if r.json()["events"] or time.time() > deadline:
-            break
-        time.sleep(0.2)  # the geo replica learns of the new store from the change log
-    assert r.json()["events"], "no visit event"
+    fix_until_enter(geo_http, phone, "zz-phone-erase", 45.4642, 9.19, "shop-1")
     post(rec_client, [ev("zz-1", customer_id="zz-erase-me", type="purchase", quantity=1),
                       ev("zz-2", customer_id="zz-alias-me", channel="email", type="offer_redeem", item_id=None,
                          offer_id="o-1")])
@@ -337,16 +329,9 @@ def test_visits_from_geo_events_reach_the_profile(rec_client, rec_settings, geo_
                                              "geometry": {"type": "Point", "coordinates": [9.19, 45.4642]}})
     phone = register_device(geo_http, "phone-v", "cust-v")
     set_consent(geo_http, "cust-v")
-    deadline = time.time() + 10
-    while True:
-        r = geo_http.post("/v1/locations", headers=phone, json={"device_id": "phone-v", "fixes": [
-            {"lat": 45.4642, "lon": 9.19, "accuracy_m": 5, "ts": time.time()}]})
-        if r.json()["events"] or time.time() > deadline:
-            break
-        time.sleep(0.2)
     # (the session's geo replica may still know stores of earlier tests at this spot)
-    entered = {e["store_id"] for e in r.json()["events"] if e["type"] == "enter"}
-    assert "shop-v" in entered
+    entered = {e["store_id"] for e in fix_until_enter(geo_http, phone, "phone-v", 45.4642, 9.19, "shop-v")
+               if e["type"] == "enter"}
     redis_sync.xadd("vicino:{geo:000}:events:geofence:v1", {"v": "1", "event": "garbage"})
 
     async def drain():

@@ -15,7 +15,7 @@ from services.recommender.workers.decisions import build_decision_consumer
 from services.kernel.clock import SystemClock
 from services.recommender.wiring import build_ranker, build_visit_consumer
 from tests.conftest import ADMIN_TOKEN, make_rec_settings
-from tests.integration._support import served_geo
+from tests.integration._support import fix_until_enter, served_geo
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -78,14 +78,7 @@ def test_the_data_layer_runs_on_redis_cluster(cluster, tmp_path):
 
             # visits: a fix inside the store, consumed by the worker
             token = {"Authorization": "Bearer " + phone.json()["token"]}
-            deadline = time.time() + 10
-            while True:
-                r = geo.post("/v1/locations", headers=token, json={"device_id": "kphone", "fixes": [
-                    {"lat": 45.46, "lon": 9.19, "accuracy_m": 5, "ts": time.time()}]})
-                if r.json()["events"] or time.time() > deadline:
-                    break
-                time.sleep(0.2)
-            assert r.json()["events"], r.text
+            fix_until_enter(geo, token, "kphone", 45.46, 9.19, "kshop")
 
             async def work():
                 redis = open_async(cluster.url)

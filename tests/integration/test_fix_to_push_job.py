@@ -4,7 +4,6 @@ one push job for the visit, with the offer the ranking put first."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import redis as redis_lib
 
@@ -17,6 +16,7 @@ from services.kernel.clock import SystemClock
 from services.recommender.wiring import build_ranker, build_worker_loops
 from services.recommender.workers.decisions import build_decision_consumer
 from tests.conftest import ADMIN_TOKEN
+from tests.integration._support import fix_until_enter
 from tests.integration.test_offers_api import make_version, offer
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -40,14 +40,8 @@ def test_a_fix_at_a_store_becomes_one_push_job_with_the_best_offer(rec_settings,
                                              "push_token": "apns-token-u1", "timezone": "Europe/Rome"})
     geo_http.put("/v1/customers/u1/consent", json={"location": True, "marketing": True, "personalisation": True})
     token = {"Authorization": "Bearer " + reg.json()["token"]}
-    deadline = time.time() + 10
-    while True:
-        r = geo_http.post("/v1/locations", headers=token, json={"device_id": "phone-u1", "fixes": [
-            {"lat": 45.07, "lon": 7.68, "accuracy_m": 5, "ts": time.time()}]})
-        if any(e["store_id"] == "shop-j" for e in r.json()["events"]) or time.time() > deadline:
-            break
-        time.sleep(0.2)
-    visit = next(e["visit_id"] for e in r.json()["events"] if e["store_id"] == "shop-j")
+    events = fix_until_enter(geo_http, token, "phone-u1", 45.07, 7.68, "shop-j")
+    visit = next(e["visit_id"] for e in events if e["store_id"] == "shop-j")
 
     async def work():
         redis = open_async(settings.redis_url)
@@ -90,13 +84,7 @@ def test_a_store_removed_before_the_decision_gets_no_offer_and_no_dead_letter(re
                                              "push_token": "fcm-g"})
     geo_http.put("/v1/customers/cg/consent", json={"location": True, "marketing": True, "personalisation": True})
     token = {"Authorization": "Bearer " + reg.json()["token"]}
-    deadline = time.time() + 10
-    while True:
-        r = geo_http.post("/v1/locations", headers=token, json={"device_id": "phone-g", "fixes": [
-            {"lat": 41.89, "lon": 12.49, "accuracy_m": 5, "ts": time.time()}]})
-        if any(e["store_id"] == "shop-gone" for e in r.json()["events"]) or time.time() > deadline:
-            break
-        time.sleep(0.2)
+    fix_until_enter(geo_http, token, "phone-g", 41.89, 12.49, "shop-gone")
     # the direct delete leaves the enter event in the stream (the geo replica's own exit comes later)
     sync = redis_lib.Redis.from_url(settings.redis_url)
     sync.hdel(STORES_FEATURES, "shop-gone")

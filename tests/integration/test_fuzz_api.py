@@ -1,5 +1,6 @@
 """Schemathesis drives every documented operation with generated (valid and invalid) input
-against a real `vicino serve geo` on a real Redis: no answer may be a server error."""
+against a real `vicino serve geo` and `vicino serve recommender` on a real Redis: no answer may
+be a server error."""
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, circle_store, register
-from tests.integration._support import served_geo
+from tests.integration._support import served_geo, served_service
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
@@ -38,3 +39,24 @@ def test_no_generated_request_gets_a_server_error(served, who, tmp_path):
     out = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert "passed" in out.stdout
+
+
+def test_no_generated_request_to_the_recommender_gets_a_server_error(redis_url, tmp_path):
+    with served_geo(redis_url, tmp_path) as geo_url, \
+            served_service("recommender", redis_url, tmp_path, env={"VICINO_GEO_URL": geo_url,
+                                                            "VICINO_HISTORY_DIR": str(tmp_path / "history"),
+                                                            "VICINO_MODEL_DIR": str(tmp_path / "models")}) as url:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            assert http.post("/v1/interactions", headers=admin, json=[{
+                "event_id": "seed-1", "customer_id": "fuzz-customer", "channel": "web", "type": "view",
+                "item_id": "sku-1", "ts": 1_790_000_000}]).json()["accepted"] == 1
+        out = subprocess.run([str(SCHEMATHESIS), "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
+                              "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "20261126",
+                              "--report-dir", str(tmp_path / "report")],
+                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+    assert "passed" in out.stdout
+    for log in ("geo.log", "recommender.log"):
+        text = (tmp_path / log).read_text(errors="replace")
+        assert '"level":"error"' not in text, text[-3000:]

@@ -1,7 +1,7 @@
 """Stores in Redis: a hash of normalised features and a change log that replicas follow.
 
-Each write (a chunk of a bulk upsert, or a delete) is one Lua script: write the features, bump
-the sequence, append a change entry. A replica that sees a gap in the sequence (entries trimmed
+Each write (a chunk of a bulk upsert, or a delete) is one script of the kernel's
+ChangeLoggedHash: write the features, bump the sequence, append a change entry. A replica that sees a gap in the sequence (entries trimmed
 while it was away) reloads everything instead of guessing.
 """
 from __future__ import annotations
@@ -10,29 +10,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from services.kernel.change_logged_hash import ChangeLoggedHash
 from .redis_keys import STORES_CHANGES, STORES_FEATURES, STORES_SEQ
-
-_WRITE = """
-local out = {0}
-local changed = 0
-if ARGV[2] == 'upsert' then
-  for i = 4, #ARGV, 2 do
-    out[#out + 1] = redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  end
-  changed = 1
-else
-  for i = 4, #ARGV do
-    local n = redis.call('HDEL', KEYS[1], ARGV[i])
-    out[#out + 1] = n
-    changed = changed + n
-  end
-end
-if changed == 0 then return out end  -- deleting what does not exist: no change, no log entry
-local seq = redis.call('INCR', KEYS[2])
-out[1] = seq
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, 'op', ARGV[2], 'ids', ARGV[3])
-return out
-"""
 
 CHUNK = 2000
 
@@ -48,27 +27,15 @@ class Change:
 class StoreRepository:
     def __init__(self, redis, changes_maxlen: int = 10_000) -> None:
         self._r = redis
-        self._maxlen = changes_maxlen
-        self._write = redis.register_script(_WRITE)
+        self._features = ChangeLoggedHash(redis, STORES_FEATURES, STORES_SEQ, STORES_CHANGES,
+                                          changes_maxlen=changes_maxlen, chunk=CHUNK)
 
     async def upsert(self, features: list[tuple[str, dict]]) -> tuple[list[bool], list[int]]:
         """Writes (store_id, feature) pairs; returns a created flag per pair and the change seqs."""
-        created: list[bool] = []
-        seqs: list[int] = []
-        for start in range(0, len(features), CHUNK):
-            chunk = features[start:start + CHUNK]
-            args: list = [self._maxlen, "upsert", orjson.dumps([sid for sid, _ in chunk])]
-            for sid, feature in chunk:
-                args += [sid, orjson.dumps(feature)]
-            out = await self._write(keys=[STORES_FEATURES, STORES_SEQ, STORES_CHANGES], args=args)
-            seqs.append(int(out[0]))
-            created += [bool(int(x)) for x in out[1:]]
-        return created, seqs
+        return await self._features.upsert([(sid, orjson.dumps(feature)) for sid, feature in features])
 
     async def delete(self, store_id: str) -> tuple[bool, int]:
-        out = await self._write(keys=[STORES_FEATURES, STORES_SEQ, STORES_CHANGES],
-                                args=[self._maxlen, "delete", orjson.dumps([store_id]), store_id])
-        return bool(int(out[1])), int(out[0])
+        return await self._features.delete(store_id)
 
     async def get(self, store_id: str) -> dict | None:
         raw = await self._r.hget(STORES_FEATURES, store_id)

@@ -10,11 +10,12 @@ from starlette.routing import Route as StarletteRoute
 from pydantic import ValidationError
 
 from services.kernel.problems import Forbidden, InvalidInput, NotFound, Unauthorized, require_json_content_type
+from services.kernel.http_edge import JsonBody
 from services.kernel.ids import CLIENT_ID_PATTERN
 
 from ..domain.transitions import Fix
 from ..wiring import GeoContainer
-from .deps import AdminDep, CallerDep, ContainerDep, CustomerAccessDep, JsonBody, authenticate
+from .deps import AdminDep, CallerDep, ContainerDep, CustomerAccessDep, authenticate
 from .schemas import (FEATURE_SCHEMA, BulkStoresOut, ConsentIn, ConsentOut, DeviceIn, DeviceOut,
                       LocationBatchIn, LocationResultOut, NearbyStoreOut)
 

@@ -5,7 +5,8 @@ Keys (hash tags keep each multi-key script in one Cluster slot):
 - `vicino:{offers}:seq`      counter: bumped by every write of the catalogue.
 - `vicino:{offers}:changes`  stream: {seq, op: upsert|delete, ids: JSON list}, trimmed to ~10,000.
   A replica keeps the whole catalogue in memory with the seq it was loaded at, and reloads
-  when the seq moves (or follows the stream); a write and its seq bump are one script.
+  when the seq moves; a write, its seq bump and its change entry are one script
+  (services.kernel.change_logged_hash, as for geo's stores).
 - `vicino:{inv:<store_id>}:stock`  hash: item_id -> units held (a non-negative integer).
 - `vicino:{rules}:campaign`  hash: revision (integer, 0 = never written), rules (JSON of
   domain.campaign_rules.CampaignRules), updated_at (epoch seconds).
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from services.kernel.change_logged_hash import ChangeLoggedHash
 from services.kernel.contracts.stores import STORES_FEATURES
 
 OFFERS = "vicino:{offers}:catalog"
@@ -30,28 +32,6 @@ CHUNK = 2000
 def stock_key(store_id: str) -> str:
     return f"vicino:{{inv:{store_id}}}:stock"
 
-
-_WRITE_OFFERS = """
-local out = {0}
-local changed = 0
-if ARGV[2] == 'upsert' then
-  for i = 4, #ARGV, 2 do
-    out[#out + 1] = redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  end
-  changed = 1
-else
-  for i = 4, #ARGV do
-    local n = redis.call('HDEL', KEYS[1], ARGV[i])
-    out[#out + 1] = n
-    changed = changed + n
-  end
-end
-if changed == 0 then return out end  -- deleting what does not exist: no change, no log entry
-local seq = redis.call('INCR', KEYS[2])
-out[1] = seq
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, 'op', ARGV[2], 'ids', ARGV[3])
-return out
-"""
 
 # Full replace: the old stock and the new never mix, whatever reads in between.
 _REPLACE_STOCK = """
@@ -115,8 +95,8 @@ def _text(value) -> str:
 class CatalogRepository:
     def __init__(self, redis, changes_maxlen: int = 10_000) -> None:
         self._r = redis
-        self._maxlen = changes_maxlen
-        self._write_offers = redis.register_script(_WRITE_OFFERS)
+        self._offers = ChangeLoggedHash(redis, OFFERS, OFFERS_SEQ, OFFERS_CHANGES, changes_maxlen=changes_maxlen,
+                                        chunk=CHUNK)
         self._replace_stock = redis.register_script(_REPLACE_STOCK)
         self._patch_stock = redis.register_script(_PATCH_STOCK)
         self._put_rules = redis.register_script(_PUT_RULES)
@@ -125,20 +105,12 @@ class CatalogRepository:
 
     async def upsert_offers(self, records: list[tuple[str, bytes]]) -> list[bool]:
         """Writes (offer_id, JSON) pairs, each chunk in one script; returns a created flag per pair."""
-        created: list[bool] = []
-        for start in range(0, len(records), CHUNK):
-            chunk = records[start:start + CHUNK]
-            args: list = [self._maxlen, "upsert", orjson.dumps([oid for oid, _ in chunk])]
-            for oid, raw in chunk:
-                args += [oid, raw]
-            out = await self._write_offers(keys=[OFFERS, OFFERS_SEQ, OFFERS_CHANGES], args=args)
-            created += [bool(int(x)) for x in out[1:]]
+        created, _seqs = await self._offers.upsert(records)
         return created
 
     async def delete_offer(self, offer_id: str) -> bool:
-        out = await self._write_offers(keys=[OFFERS, OFFERS_SEQ, OFFERS_CHANGES],
-                                       args=[self._maxlen, "delete", orjson.dumps([offer_id]), offer_id])
-        return bool(int(out[1]))
+        existed, _seq = await self._offers.delete(offer_id)
+        return existed
 
     async def offers_seq(self) -> int:
         raw = await self._r.get(OFFERS_SEQ)

@@ -23,7 +23,8 @@ from services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
 from services.kernel.contracts.interactions import customer_shard, customer_tag
 from services.kernel.contracts.push_jobs import PushJobV1, ended_visits_key, push_jobs_stream_key
 
-from .redis_keys import ERASURES, CustomerKeys, erasure_digest
+from .erasure_register import ErasureRegister
+from .redis_keys import CustomerKeys
 
 PUSH_WINDOW_S = 2 * 86_400        # covers any local day, whatever the time zone
 DECISIONS_MAXLEN = 1_000_000      # safety caps per shard stream; consumers trim what they have read
@@ -125,8 +126,7 @@ class DecisionRepository:
         return DecisionKeys(customer_id, self._shards)
 
     async def erased_at(self, customer_id: str) -> float | None:
-        raw = await self._r.hget(ERASURES, erasure_digest(customer_id))
-        return float(raw) if raw is not None else None
+        return await ErasureRegister(self._r).erased_at(customer_id)
 
     async def counters(self, customer_id: str, visit_id: str, store_id: str, day_start: float, now: float) -> Counters:
         k = self.keys(customer_id)

@@ -60,6 +60,3 @@ def geo_events_dead_letter(stream: str) -> str:
     (same hash tag as the stream; owned by the recommender)."""
     return stream + ":dead"
 
-
-def shard_streams(shards: int) -> list[str]:
-    return [interactions_stream_key(i) for i in range(shards)]

@@ -16,13 +16,14 @@ from pydantic import BaseModel, Field, StrictInt, StringConstraints, TypeAdapter
 from starlette.responses import Response
 
 from services.kernel.contracts.interactions import Channel
+from services.kernel.http_edge import JsonBody
 from services.kernel.ids import CLIENT_ID_PATTERN
 from services.kernel.problems import InvalidInput
 
 from ..domain.campaign_rules import CampaignRules
 from ..domain.offers import Offer, to_epoch
 from ..use_cases.catalog import MAX_BULK_OFFERS, PreconditionFailed, RulesDocument
-from .deps import AdminDep, CallerDep, ContainerDep, JsonBody
+from .deps import AdminDep, CallerDep, ContainerDep
 
 router = APIRouter(prefix="/v1")
 OfferId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN, description="client-chosen offer id")]

@@ -9,12 +9,13 @@ from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
 from services.kernel.contracts.interactions import Channel, InteractionType
+from services.kernel.http_edge import JsonBody
 from services.kernel.ids import CLIENT_ID_PATTERN
 from services.kernel.problems import InvalidInput, NotFound
 
 from ..domain.identity import IdentifierError, normalise_identifier
 from ..domain.interactions import InteractionIn
-from .deps import AdminDep, CallerDep, ContainerDep, CustomerAccessDep, JsonBody
+from .deps import AdminDep, CallerDep, ContainerDep, CustomerAccessDep
 
 router = APIRouter(prefix="/v1")
 CustomerId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN)]

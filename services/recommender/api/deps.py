@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
 from fastapi import Depends, Header, Request
 
 from services.kernel.auth import ADMIN, Principal, is_admin_token, parse_bearer
-from services.kernel.problems import Forbidden, InvalidInput, Unauthorized, require_json_content_type
+from services.kernel.problems import Forbidden, Unauthorized
 
 from ..wiring import RecommenderContainer
 
@@ -60,16 +59,3 @@ async def customer_access(customer_id: str, p: CallerDep, c: ContainerDep) -> Pr
 
 CustomerAccessDep = Annotated[Principal, Depends(customer_access)]
 
-
-async def json_body(request: Request):
-    require_json_content_type(request.headers.get("content-type"))
-    raw = await request.body()
-    if not raw:
-        raise InvalidInput("request body is empty; expected JSON")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"body is not valid JSON: {e}") from None
-
-
-JsonBody = Annotated[object, Depends(json_body)]

@@ -190,16 +190,27 @@ class PreparedOffers:
 def rank(offers: list[Offer], customer: CustomerView, model: ModelArtifact | None, now: float, k: int,
          prepared: PreparedOffers | None = None) -> list[RankedOffer]:
     """The top k of `offers` (the eligible ones). `prepared` may cover a larger catalogue that
-    holds them (what a request reuses); without it, it is built for `offers`."""
+    holds them; without it, it is built for `offers`. (A caller that judged the prepared
+    catalogue itself passes its verdicts to `rank_prepared` and skips the look-ups here.)"""
     if not offers:
         return []
     if model is None or not customer.personalisation:
         return _popular(offers, model, k)
     if prepared is None or prepared.model is not model:
         prepared = PreparedOffers(offers, model)
-    wanted = np.zeros(len(prepared.offers), bool)
-    wanted[[prepared.position[o.offer_id] for o in offers]] = True
-    rows = np.flatnonzero(wanted[prepared.owner])
+    eligible = np.zeros(len(prepared.offers), bool)
+    eligible[[prepared.position[o.offer_id] for o in offers]] = True
+    return rank_prepared(prepared, eligible, customer, now, k)
+
+
+def rank_prepared(prepared: PreparedOffers, eligible: np.ndarray, customer: CustomerView, now: float,
+                  k: int) -> list[RankedOffer]:
+    """The top k of the prepared catalogue's offers where `eligible` (a mask over them) is true,
+    by the model (the caller has checked there is one and that personalisation is consented)."""
+    model = prepared.model
+    rows = np.flatnonzero(eligible[prepared.owner])  # an offer's rows are contiguous, in offer order
+    if len(rows) == 0:
+        return []
     u_repr, u_bias, user_known = model.user(customer.customer_id, list(customer.features))
     if not user_known:
         u_repr, u_bias = u_repr * cold_share(model, "user"), u_bias * cold_share(model, "user")
@@ -212,19 +223,19 @@ def rank(offers: list[Offer], customer: CustomerView, model: ModelArtifact | Non
         if hit:
             repeat_full[hit] = repeat_signal([[(now - t) / DAY_S for t in times]], b.half_life_days)[0]
     scores = blend(raw, repeat_full[rows], b)
+    # per offer, its best item: one reduction over each offer's run of rows
     owner = prepared.owner[rows]
-    n_all = len(prepared.offers)
-    best = np.full(n_all, -np.inf)
-    known_any = np.zeros(n_all, bool)
-    np.maximum.at(best, owner, scores)
-    np.logical_or.at(known_any, owner, prepared.known[rows])
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    candidates = owner[starts]
+    best = np.maximum.reduceat(scores, starts)
+    known_any = np.logical_or.reduceat(prepared.known[rows], starts)
     # the best few by score, then a stable order among them (ties: the catalogue's own order)
-    candidates = np.flatnonzero(wanted)
-    if len(candidates) > k + 32:
-        candidates = candidates[np.argpartition(-best[candidates], k + 32)[:k + 32]]
-    order = sorted(candidates.tolist(), key=lambda n: (-best[n], ranking_key(prepared.offers[n])))[:k]
-    return [RankedOffer(prepared.offers[n], float(best[n]),
-                        "model" if user_known and known_any[n] else "cold_start_features") for n in order]
+    head = np.arange(len(candidates))
+    if len(head) > k + 32:
+        head = np.argpartition(-best, k + 32)[:k + 32]
+    order = sorted(head.tolist(), key=lambda h: (-best[h], ranking_key(prepared.offers[candidates[h]])))[:k]
+    return [RankedOffer(prepared.offers[candidates[h]], float(best[h]),
+                        "model" if user_known and known_any[h] else "cold_start_features") for h in order]
 
 
 def _popular(offers: list[Offer], model: ModelArtifact | None, k: int) -> list[RankedOffer]:

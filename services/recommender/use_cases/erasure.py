@@ -20,7 +20,8 @@ from ..adapters.customer_repository import CustomerRepository
 from ..adapters.decision_repository import DecisionRepository
 from ..adapters.geo_client import GeoClient
 from ..adapters.published_state import PublishedCustomerState
-from ..adapters.redis_keys import ERASURES, erasure_digest, geo_events_dead_letter
+from ..adapters.erasure_register import ErasureRegister
+from ..adapters.redis_keys import geo_events_dead_letter
 from .identity import IdentityService
 
 log = logging.getLogger("vicino.recommender.erasure")
@@ -50,7 +51,7 @@ class Erasure:
             for k in location:
                 location[k] += int(out.get(k, 0))
         now = self.clock.now()
-        await self.customers.redis.hset(ERASURES, mapping={erasure_digest(m): repr(now) for m in members})
+        await ErasureRegister(self.customers.redis).record(members, now)
         for m in members:
             for identifier in await self.customers.identifiers(m):
                 await self.customers.forget_identifier(identifier, m)
@@ -72,6 +73,3 @@ class Erasure:
                 return True
         return False
 
-    async def erased_digests(self) -> dict[str, float]:
-        raw = await self.customers.redis.hgetall(ERASURES)
-        return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}

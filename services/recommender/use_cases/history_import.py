@@ -79,7 +79,7 @@ from pydantic import TypeAdapter
 from services.kernel.contracts.interactions import CHANNELS, TYPES, InteractionV1
 
 from ..adapters.parquet_log import INTERACTION_SCHEMA, INTERACTIONS, ParquetLog
-from ..adapters.redis_keys import ERASURES, erasure_digest
+from ..adapters.erasure_register import ErasureRegister
 
 FORMATS = ("auto", "vicino", "online-retail")
 NON_PRODUCT_CODES = frozenset({"POST", "DOT", "C2", "M", "D", "S", "B", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS"})
@@ -460,11 +460,8 @@ class HistoryImport:
 
     async def _without_erased(self, table: pa.Table, report: ImportReport) -> pa.Table:
         customers = pc.unique(table.column("customer_id")).to_pylist()
-        erased: dict[str, int] = {}
-        for i in range(0, len(customers), 5000):
-            chunk = customers[i:i + 5000]
-            values = await self._r.hmget(ERASURES, [erasure_digest(c) for c in chunk])
-            erased.update({c: round(float(v) * 1_000_000) for c, v in zip(chunk, values) if v is not None})
+        erased_at = await ErasureRegister(self._r).erased_among(customers)
+        erased = {c: round(at * 1_000_000) for c, at in erased_at.items()}  # µs, as the ts column
         report.dropped["erased"] = 0
         if not erased:
             return table

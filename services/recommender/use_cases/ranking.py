@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from services.kernel.clock import Clock
 
 from ..adapters.customer_repository import CustomerRepository
@@ -11,7 +13,7 @@ from ..adapters.model_store import ModelHolder
 from ..adapters.published_state import PublishedCustomerState
 from ..domain.eligibility import STORE_CHECKS, Situation, first_failure
 from ..domain.offers import Offer
-from ..domain.ranking import CustomerView, PreparedOffers, RankedOffer, customer_features, rank
+from ..domain.ranking import CustomerView, PreparedOffers, RankedOffer, customer_features, rank, rank_prepared
 from .catalog import Catalog
 from .identity import IdentityService
 
@@ -60,12 +62,14 @@ class OfferRanker:
         seq, offers = await self.catalog.versioned_offers()
         situation, _ = await self.catalog.situation(store_id, channel, now, offers)
         checks = STORE_CHECKS + (not_redeemed(frozenset(await self.customers.redeemed(customer))),)
-        eligible = [o for o in offers if first_failure(o, situation, checks) is None]
+        verdicts = np.fromiter((first_failure(o, situation, checks) is None for o in offers), bool, len(offers))
         model = self.models.model
         view = await self._view(customer, model, now)
-        prepared = self._prepare(seq, offers, model) if model is not None and view.personalisation else None
-        return Ranking(customer, store_id, channel, rank(eligible, view, model, now, k, prepared),
-                       model.version if model is not None else None, now)
+        if model is not None and view.personalisation:
+            ranked = rank_prepared(self._prepare(seq, offers, model), verdicts, view, now, k)
+        else:
+            ranked = rank([o for o, ok in zip(offers, verdicts) if ok], view, model, now, k)
+        return Ranking(customer, store_id, channel, ranked, model.version if model is not None else None, now)
 
     def _prepare(self, seq: int, offers: list[Offer], model) -> PreparedOffers:
         """The offer side of the scores, rebuilt only when the catalogue or the model changes."""

@@ -53,7 +53,7 @@ from services.kernel.contracts.interactions import (CustomerMergedV1, Interactio
                                                     interactions_stream_key, parse_stream_entry)
 
 from ..adapters.parquet_log import INTERACTIONS, MERGES, ParquetLog, interactions_table, merges_table
-from ..adapters.redis_keys import ERASURES, erasure_digest
+from ..adapters.erasure_register import ErasureRegister
 from ..settings import RecommenderSettings
 
 log = logging.getLogger("vicino.recommender.exporter")
@@ -402,11 +402,7 @@ class Exporter:
         ids = sorted({i.customer_id for i in interactions} | {m.merged for m in merges} | {m.into for m in merges})
         if not ids:
             return interactions, merges
-        erased: dict[str, float] = {}
-        for i in range(0, len(ids), 5000):
-            chunk = ids[i:i + 5000]
-            values = await self._r.hmget(ERASURES, [erasure_digest(c) for c in chunk])
-            erased.update({c: float(v) for c, v in zip(chunk, values) if v is not None})
+        erased = await ErasureRegister(self._r).erased_among(ids)
         if not erased:
             return interactions, merges
         kept_i = [i for i in interactions if not (i.customer_id in erased and i.received_at <= erased[i.customer_id])]

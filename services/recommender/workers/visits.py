@@ -8,7 +8,8 @@ from services.kernel.contracts.geofence_events import GeofenceEventV1, events_st
 from services.kernel.stream_consumer import PoisonEntry, StreamConsumer
 
 from ..adapters.customer_repository import CustomerRepository
-from ..adapters.redis_keys import ERASURES, erasure_digest, geo_events_dead_letter
+from ..adapters.erasure_register import ErasureRegister
+from ..adapters.redis_keys import geo_events_dead_letter
 from ..use_cases.identity import IdentityService
 
 GROUP = "recommender-visits"
@@ -24,8 +25,8 @@ class VisitRecorder:
             e = GeofenceEventV1.from_stream_fields(fields)
         except (ValidationError, TypeError, ValueError) as exc:
             raise PoisonEntry(f"not a geofence event v1: {exc}") from None
-        erased_at = await self.customers.redis.hget(ERASURES, erasure_digest(e.customer_id))
-        if erased_at is not None and float(erased_at) >= e.emitted_at:
+        erased_at = await ErasureRegister(self.customers.redis).erased_at(e.customer_id)
+        if erased_at is not None and erased_at >= e.emitted_at:
             return  # emitted before the customer was erased: keep no trace
         customer = await self.identity.canonical(e.customer_id)
         for _ in range(4):

@@ -1,0 +1,25 @@
+"""What every service's settings start with: Redis, the two secrets (refused when weak), the
+wait for Redis at start and the log level, from `VICINO_*` environment variables."""
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_WEAK = {"changeme", "admin", "secret", "password", "token", "test"}
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VICINO_", extra="ignore")
+
+    redis_url: str = Field(..., description="redis:// URL of a standalone Redis or any node of a Redis Cluster")
+    admin_token: str = Field(..., description="bearer token of the operator (admin endpoints)")
+    token_secret: str = Field(..., description="key that signs device tokens; same on every replica")
+    redis_wait_s: float = Field(30.0, ge=0, description="at start, how long to wait for Redis to answer before giving up")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr")
+
+    @field_validator("admin_token", "token_secret")
+    @classmethod
+    def _strong(cls, v: str, info) -> str:
+        if len(v) < 16 or v.lower() in _WEAK:
+            raise ValueError(f"VICINO_{info.field_name.upper()} must be at least 16 characters and not a default")
+        return v
