@@ -116,6 +116,34 @@ def serve_recommender_worker() -> None:
     asyncio.run(run_worker(settings))
 
 
+@serve_app.command("push")
+def serve_push(host: str = typer.Option("127.0.0.1", envvar="VICINO_HOST", help="bind address"),
+               port: int = typer.Option(8002, envvar="VICINO_PUSH_PORT", help="port of the receipts API"),
+               worker: bool = typer.Option(True, "--worker/--no-worker",
+                                           help="consume push jobs (--no-worker: the receipts API alone)")) -> None:
+    """The push gateway: consumes the recommender's push jobs and delivers them through FCM,
+    APNs, a signed webhook or the log; serves the delivery receipts. One process per replica
+    (the consumer shares its event loop with the API). Refuses to start on an incomplete provider."""
+    import uvicorn
+
+    from services.kernel.observability import configure_logging
+    from services.push_gateway.adapters.providers.base import ProviderConfigError
+    from services.push_gateway.app import create_app
+    from services.push_gateway.settings import PushSettings
+    from services.push_gateway.wiring import check_providers
+
+    settings = _settings_or_exit(PushSettings)
+    configure_logging(settings.log_level)
+    try:
+        routes = check_providers(settings)
+    except ProviderConfigError as e:
+        typer.echo(f"vicino: refusing to start the push gateway: {e}", err=True)
+        raise typer.Exit(2)
+    typer.echo("push gateway providers: " + "; ".join(routes), err=True)
+    uvicorn.run(create_app(settings, run_worker=worker), host=host, port=port, log_config=None, access_log=False,
+                lifespan="on", timeout_graceful_shutdown=10)
+
+
 @stores_app.command("import")
 def stores_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, help=".geojson/.json or .csv (optionally .gz)"),
                   url: str = typer.Option("http://127.0.0.1:8000", envvar="VICINO_URL", help="base URL of the stack"),

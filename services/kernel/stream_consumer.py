@@ -4,8 +4,11 @@ Acknowledges an entry only after its handler returned; reclaims entries that a d
 left pending for longer than `claim_idle_ms`; moves an entry that can never be handled (its
 handler raised `PoisonEntry`, or failed `max_attempts` times, with a growing pause between
 attempts) to a dead-letter stream in the
-same hash tag, then acknowledges it, so one bad entry never stops a worker. Streams are read
-one at a time: on a Redis Cluster they live in different slots.
+same hash tag, then acknowledges it, so one bad entry never stops a worker. A handler that
+raises `NotYet` keeps its entry pending, without counting an attempt, until the pause it names
+has passed (a push waiting for its retry time). Streams are read one at a time: on a Redis
+Cluster they live in different slots. With `concurrency` > 1 the entries of one read are handled
+at once (their handlers must not depend on each other's order) and acknowledged in one XACK.
 """
 from __future__ import annotations
 
@@ -25,6 +28,14 @@ class PoisonEntry(Exception):
     """The entry is malformed or can never be handled: dead-letter it."""
 
 
+class NotYet(Exception):
+    """Leave the entry pending and offer it again after `delay_s` (not a failure)."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(f"not before {delay_s:.3f} s")
+        self.delay_s = delay_s
+
+
 def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
@@ -32,7 +43,8 @@ def _s(v) -> str:
 class StreamConsumer:
     def __init__(self, redis, streams: list[str], group: str, consumer: str, handler: Handler, *,
                  dead_letter: Callable[[str], str], batch: int = 200, claim_idle_ms: int = 30_000,
-                 max_attempts: int = 5, idle_sleep_s: float = 0.05, retry_base_s: float = 0.5) -> None:
+                 max_attempts: int = 5, idle_sleep_s: float = 0.05, retry_base_s: float = 0.5,
+                 concurrency: int = 1) -> None:
         self._r = redis
         self.streams = streams
         self.group = group
@@ -46,6 +58,8 @@ class StreamConsumer:
         self.retry_base_s = retry_base_s
         self._attempts: dict[tuple[str, str], int] = {}
         self._retry_at: dict[tuple[str, str], float] = {}
+        self.concurrency = concurrency
+        self._pending_cursor: dict[str, str] = {}
         self._ready = False
         self.handled = 0
         self.dead = 0
@@ -67,8 +81,19 @@ class StreamConsumer:
         done = 0
         for stream in self.streams:
             for entries in (await self._own_pending(stream), await self._reclaim(stream), await self._new(stream)):
-                for entry_id, fields in entries:
-                    done += await self._handle(stream, _s(entry_id), fields)
+                if self.concurrency == 1:
+                    for entry_id, fields in entries:
+                        if await self._handle(stream, _s(entry_id), fields):
+                            await self._r.xack(stream, self.group, _s(entry_id))
+                            done += 1
+                    continue
+                for i in range(0, len(entries), self.concurrency):
+                    chunk = entries[i:i + self.concurrency]
+                    acked = await asyncio.gather(*(self._handle(stream, _s(eid), f) for eid, f in chunk))
+                    ids = [_s(eid) for (eid, _), ok in zip(chunk, acked) if ok]
+                    if ids:
+                        await self._r.xack(stream, self.group, *ids)
+                        done += len(ids)
         return done
 
     async def run_forever(self, stop: asyncio.Event) -> None:
@@ -85,9 +110,13 @@ class StreamConsumer:
                     pass
 
     async def _own_pending(self, stream: str) -> list:
-        # entries this consumer read before a crash or a failed attempt
-        reply = await self._r.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.batch)
-        return reply[0][1] if reply else []
+        # entries this consumer read before a crash or a failed attempt, a page per round (a
+        # cursor walks the list, so that entries waiting for their time never hide the others)
+        cursor = self._pending_cursor.get(stream, "0")
+        reply = await self._r.xreadgroup(self.group, self.consumer, {stream: cursor}, count=self.batch)
+        entries = reply[0][1] if reply else []
+        self._pending_cursor[stream] = _s(entries[-1][0]) if len(entries) == self.batch else "0"
+        return entries
 
     async def _reclaim(self, stream: str) -> list:
         reply = await self._r.xautoclaim(stream, self.group, self.consumer, self.claim_idle_ms, "0-0",
@@ -98,15 +127,18 @@ class StreamConsumer:
         reply = await self._r.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self.batch)
         return reply[0][1] if reply else []
 
-    async def _handle(self, stream: str, entry_id: str, fields: dict | None) -> int:
+    async def _handle(self, stream: str, entry_id: str, fields: dict | None) -> bool:
+        """True when the entry is done with (handled or dead-lettered) and may be acknowledged."""
         if not fields:  # deleted after delivery (an erasure): nothing to do
-            await self._r.xack(stream, self.group, entry_id)
-            return 1
+            return True
         key = (stream, entry_id)
         if self._retry_at.get(key, 0.0) > time.monotonic():
-            return 0  # failed a moment ago: its backoff has not elapsed
+            return False  # failed a moment ago: its backoff has not elapsed
         try:
             await self.handler(stream, entry_id, fields)
+        except NotYet as e:
+            self._retry_at[key] = time.monotonic() + max(0.0, e.delay_s)
+            return False
         except PoisonEntry as e:
             await self._bury(stream, entry_id, fields, str(e))
         except Exception as e:
@@ -118,13 +150,12 @@ class StreamConsumer:
                 self._retry_at[key] = time.monotonic() + min(self.retry_base_s * 2 ** (n - 1), 60.0)
                 log.warning("entry failed; will retry", extra={"fields": {"stream": stream, "id": entry_id,
                                                                           "attempt": n, "error": repr(e)}})
-                return 0
+                return False
             await self._bury(stream, entry_id, fields, f"failed {n} times: {e!r}")
         self._attempts.pop(key, None)
         self._retry_at.pop(key, None)
-        await self._r.xack(stream, self.group, entry_id)
         self.handled += 1
-        return 1
+        return True
 
     async def _bury(self, stream: str, entry_id: str, fields: dict, reason: str) -> None:
         self.dead += 1

@@ -18,7 +18,7 @@ from .embedded_redis import EmbeddedRedis
 from .settings import LauncherSettings
 
 # One process per service: (name, port offset from VICINO_PORT, or None for a worker without HTTP).
-SERVICES = (("geo", 0), ("recommender", 1), ("recommender-worker", None))
+SERVICES = (("geo", 0), ("recommender", 1), ("recommender-worker", None), ("push", 2))
 MAX_RESTARTS = 5
 
 
@@ -92,7 +92,7 @@ class Stack:
         admin, secret = _secrets(self.data_dir, s)
         self.env = {**os.environ, "VICINO_REDIS_URL": redis_url, "VICINO_ADMIN_TOKEN": admin,
                     "VICINO_TOKEN_SECRET": secret, "VICINO_DATA_DIR": str(self.data_dir),
-                    "VICINO_GEO_URL": self.url_of("geo"),
+                    "VICINO_GEO_URL": self.url_of("geo"), "VICINO_RECOMMENDER_URL": self.url_of("recommender"),
                     "VICINO_HISTORY_DIR": os.environ.get("VICINO_HISTORY_DIR", str(self.data_dir / "history")),
                     "VICINO_MODEL_DIR": os.environ.get("VICINO_MODEL_DIR", str(self.data_dir / "models"))}
         for service, _offset in SERVICES:
@@ -131,6 +131,13 @@ class Stack:
             self.redis.stop()
 
 
+def _providers_note(stack: Stack) -> str:
+    env = stack.env
+    if env.get("VICINO_FCM_CREDENTIALS") or env.get("VICINO_APNS_KEY_FILE") or env.get("VICINO_WEBHOOK_URL"):
+        return "providers as configured"
+    return f"no provider configured: pushes are written to {stack.data_dir / 'logs' / 'push.log'}"
+
+
 def banner(stack: Stack, info: dict) -> str:
     base = stack.base_url
     lines = [
@@ -138,6 +145,7 @@ def banner(stack: Stack, info: dict) -> str:
         "Vicino is up.",
         f"  geo          {base}/docs   (stores, devices, consent, locations)",
         f"  recommender  {stack.url_of('recommender')}/docs   (customers, interactions, offers, stock, rules)",
+        f"  push         {stack.url_of('push')}/docs   (deliveries; {_providers_note(stack)})",
         f"  health       {base}/healthz   ready: {base}/readyz   metrics: {base}/metrics",
         f"  redis        {info['redis_url']}" + ("  (embedded, data in " + str(stack.data_dir / 'redis') + ")" if stack.redis else ""),
         f"  admin token  {info['admin_token']}",

@@ -95,8 +95,9 @@ def served_service(service: str, redis_url: str, log_dir: Path, *, workers: int 
                 "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_LOG_LEVEL": "WARNING", **(env or {})}
     log_path = log_dir / f"{service}.log"
     log = open(log_path, "wb")
+    extra = ["--workers", str(workers)] if workers != 1 else []
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", service, "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", str(workers)], cwd=ROOT, env=full_env,
+                             "--port", str(port), *extra], cwd=ROOT, env=full_env,
                             stdout=log, stderr=log, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 

@@ -46,6 +46,16 @@ end
 return 0
 """
 
+# Removes a push token only if it is still the registration's (a re-registration may have put a
+# new one there since the provider refused the old).
+_CLEAR_PUSH_TOKEN = """
+if redis.call('HGET', KEYS[1], 'push_token') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'push_token', '', 'push_token_revoked_at', ARGV[2], 'push_token_revoked_reason', ARGV[3])
+  return 1
+end
+return 0
+"""
+
 CONSENT_FIELDS = ("location", "marketing", "personalisation")
 
 
@@ -100,6 +110,7 @@ class DeviceRepository:
         self._read = hot.register_script(_READ)
         self._save = hot.register_script(_SAVE)
         self._set_copy = redis.register_script(_SET_COPY)
+        self._clear_push_token = redis.register_script(_CLEAR_PUSH_TOKEN)
 
     def keys(self, device_id: str) -> DeviceKeys:
         return DeviceKeys(device_id, self._shards)
@@ -143,6 +154,11 @@ class DeviceRepository:
     async def set_location_copy(self, device_id: str, location: bool) -> None:
         # only on a registration that still exists: never resurrect a removed device as a stub
         await self._set_copy(keys=[self.keys(device_id).registration], args=["1" if location else "0"])
+
+    async def clear_push_token(self, device_id: str, push_token: str, now: float, reason: str) -> bool:
+        out = await self._clear_push_token(keys=[self.keys(device_id).registration],
+                                           args=[push_token, repr(now), reason])
+        return bool(int(out))
 
     async def unregister(self, reg: Registration) -> None:
         """Removes the registration (its tokens stop working) and the device from its customer."""

@@ -17,7 +17,8 @@ from ..domain.transitions import Fix
 from ..wiring import GeoContainer
 from .deps import AdminDep, CallerDep, ContainerDep, CustomerAccessDep, authenticate
 from .schemas import (FEATURE_SCHEMA, BulkStoresOut, ConsentIn, ConsentOut, DeviceIn, DeviceOut,
-                      LocationBatchIn, LocationResultOut, NearbyStoreOut)
+                      LocationBatchIn, LocationResultOut, NearbyStoreOut, PushTokenRevocationIn,
+                      PushTokenRevocationOut)
 
 router = APIRouter(prefix="/v1")
 StoreId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN, description="client-chosen store id")]
@@ -154,6 +155,16 @@ async def get_device(device_id: DeviceId, p: CallerDep, c: ContainerDep) -> Resp
 async def delete_device(device_id: DeviceId, _: AdminDep, c: ContainerDep) -> Response:
     await c.directory.unregister(device_id)
     return Response(status_code=204)
+
+
+@router.post("/devices/{device_id}/push-token/revocations", tags=["devices"], response_model=PushTokenRevocationOut,
+             summary="remove the device's push token if it is the one named (a provider declared it dead)")
+async def revoke_push_token(device_id: DeviceId, body: PushTokenRevocationIn, _: AdminDep,
+                            c: ContainerDep) -> Response:
+    """Called by the push gateway. `revoked` is false when the device's token is already another
+    one (the app registered a fresh token since) or gone."""
+    revoked = await c.directory.revoke_push_token(device_id, body.push_token_sha256, body.reason)
+    return _json({"device_id": device_id, "revoked": revoked})
 
 
 @router.put("/customers/{customer_id}/consent", tags=["consent"], response_model=ConsentOut,

@@ -77,6 +77,18 @@ class LocationResultOut(BaseModel):
     detail: str | None = None
 
 
+class PushTokenRevocationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    push_token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 (hex) of the refused token")
+    reason: str = Field("", max_length=200, description="the provider's word, e.g. UNREGISTERED")
+
+
+class PushTokenRevocationOut(BaseModel):
+    device_id: str
+    revoked: bool
+
+
 class DeviceIn(BaseModel):
     device_id: ClientId
     customer_id: ClientId

@@ -1,6 +1,7 @@
 """Device registration (token issue and rotation) and consent, with its effect on visits."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from services.kernel.auth import DeviceClaims, TokenSigner
@@ -60,6 +61,17 @@ class DeviceDirectory:
         await self._close_visits(device_id, snap.registration.customer_id, snap.state, self.clock.now(),
                                  "device_removed")
         await self.repo.unregister(snap.registration)
+
+    async def revoke_push_token(self, device_id: str, push_token_sha256: str, reason: str) -> bool:
+        """A push provider declared the device's token dead: the device keeps its registration
+        (and its visits) but gets no push until the app registers a fresh token. Only the token
+        that was refused goes (named by its SHA-256: the gateway keeps no tokens); a newer one stays."""
+        reg = await self.repo.get(device_id)
+        if reg is None:
+            raise NotFound(f"device {device_id!r} is not registered")
+        if not reg.push_token or hashlib.sha256(reg.push_token.encode()).hexdigest() != push_token_sha256:
+            return False
+        return await self.repo.clear_push_token(device_id, reg.push_token, self.clock.now(), reason)
 
     async def erase_customer(self, customer_id: str) -> dict:
         """Erasure: the customer's devices, visit state, consent and its audit trail, and their

@@ -10,18 +10,12 @@
 """
 from __future__ import annotations
 
-import hashlib
 import zlib
 
+from services.kernel.contracts.erasures import ERASURES, erasure_digest  # noqa: F401  (re-exported)
 from services.kernel.contracts.interactions import customer_shard, customer_tag, interactions_stream_key
 
-ERASURES = "vicino:{erasures}:customers"     # hash: sha256(customer id) -> erased_at
 MERGE_LOCK = "vicino:{identity}:merge-lock"  # string with a token, short TTL
-
-
-def erasure_digest(customer_id: str) -> str:
-    """Erased ids are remembered only as digests: enough to drop them from exports."""
-    return hashlib.sha256(customer_id.encode()).hexdigest()
 
 
 class CustomerKeys:

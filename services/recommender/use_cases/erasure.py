@@ -11,6 +11,7 @@ import logging
 
 from services.kernel.clock import Clock
 from services.kernel.contracts.decisions import decisions_stream_key
+from services.kernel.contracts.deliveries import dead_jobs_stream_key, receipts_stream_key
 from services.kernel.contracts.geofence_events import events_stream_key
 from services.kernel.contracts.interactions import customer_shard
 from services.kernel.contracts.push_jobs import push_jobs_stream_key
@@ -19,6 +20,7 @@ from services.kernel.problems import NotFound
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.decision_repository import DecisionRepository
 from ..adapters.geo_client import GeoClient
+from ..adapters.push_deliveries import PushDeliveryRecords
 from ..adapters.published_state import PublishedCustomerState
 from ..adapters.erasure_register import ErasureRegister
 from ..adapters.redis_keys import geo_events_dead_letter
@@ -38,6 +40,7 @@ class Erasure:
         self.clock = clock
         self.event_shards = event_shards
         self.decisions = decisions
+        self.deliveries = PushDeliveryRecords(customers.redis, customers.shards)
 
     async def erase(self, customer_id: str) -> dict:
         members = await self.identity.members(customer_id)
@@ -57,10 +60,12 @@ class Erasure:
                 await self.customers.forget_identifier(identifier, m)
             await self.customers.delete_data(m, keep_pointer=False)
             await self.decisions.delete(m)
-        # the decisions and push jobs of their shards, and the dead letters this service wrote
-        # beside the geo event streams, may hold them too
+            await self.deliveries.erase(m)
+        # the decisions, push jobs, delivery receipts and dead push jobs of their shards, and the
+        # dead letters this service wrote beside the geo event streams, may hold them too
         shards = sorted({customer_shard(m, self.customers.shards) for m in members})
-        extra = [decisions_stream_key(s) for s in shards] + [push_jobs_stream_key(s) for s in shards]
+        extra = [key(s) for s in shards for key in (decisions_stream_key, push_jobs_stream_key,
+                                                    receipts_stream_key, dead_jobs_stream_key)]
         extra += [geo_events_dead_letter(events_stream_key(i)) for i in range(self.event_shards)]
         dropped = await self.customers.drop_from_streams(set(members), extra)
         log.info("customer erased", extra={"fields": {"customers": len(members)}})  # no ids in logs
@@ -69,7 +74,8 @@ class Erasure:
     async def _any_trace(self, members: list[str]) -> bool:
         for m in members:
             if (await self.customers.has_data(m) or await self.customers.merged_into(m)
-                    or await self.published.has_consent_record(m) or await self.published.devices(m)):
+                    or await self.published.has_consent_record(m) or await self.published.devices(m)
+                    or await self.deliveries.has_any(m)):
                 return True
         return False
 

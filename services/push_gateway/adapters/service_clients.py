@@ -1,0 +1,53 @@
+"""The other services' HTTP APIs, as the gateway uses them: the geo service owns device
+registrations (so it removes a push token a provider declared dead), the recommender owns the
+interaction history (so an opened push is recorded there)."""
+from __future__ import annotations
+
+import httpx
+
+from services.kernel.problems import Unavailable
+
+
+class _Client:
+    def __init__(self, http: httpx.AsyncClient, admin_token: str, service: str) -> None:
+        self._http = http
+        self._headers = {"Authorization": f"Bearer {admin_token}"}
+        self._service = service
+
+    async def _call(self, method: str, path: str, **kw) -> httpx.Response:
+        try:
+            r = await self._http.request(method, path, headers=self._headers, **kw)
+        except httpx.HTTPError as e:
+            raise Unavailable(f"the {self._service} service is unreachable ({type(e).__name__}); retry") from e
+        if r.status_code >= 500 or r.status_code in (401, 403):
+            raise Unavailable(f"the {self._service} service answered {r.status_code} to {method} {path}; retry")
+        return r
+
+
+class GeoDevices(_Client):
+    def __init__(self, http: httpx.AsyncClient, admin_token: str) -> None:
+        super().__init__(http, admin_token, "geo")
+
+    async def revoke_push_token(self, device_id: str, push_token_sha256: str, reason: str) -> bool:
+        """Removes the token from the device if it is still the device's token (a newer one, from
+        a re-registration, stays). True if removed; False if already gone or replaced."""
+        r = await self._call("POST", f"/v1/devices/{device_id}/push-token/revocations",
+                             json={"push_token_sha256": push_token_sha256, "reason": reason[:200]})
+        if r.status_code == 404:
+            return False  # the device is gone: so is its token
+        if r.status_code != 200:
+            raise Unavailable(f"geo refused the token revocation: {r.status_code} {r.text[:200]}")
+        return bool(r.json().get("revoked"))
+
+
+class RecommenderInteractions(_Client):
+    def __init__(self, http: httpx.AsyncClient, admin_token: str) -> None:
+        super().__init__(http, admin_token, "recommender")
+
+    async def record(self, interaction: dict) -> None:
+        r = await self._call("POST", "/v1/interactions", json={"interactions": [interaction]})
+        if r.status_code != 200:
+            raise Unavailable(f"the recommender refused the interaction: {r.status_code} {r.text[:200]}")
+        rejected = r.json().get("rejected")
+        if rejected:  # our own message is wrong: a bug to see, not a retry to hide
+            raise RuntimeError(f"the recommender rejected the open interaction: {rejected[0]}")

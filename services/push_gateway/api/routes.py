@@ -1,0 +1,88 @@
+"""Delivery receipts: what became of each push, and the app's report that it was opened."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from services.kernel.ids import CLIENT_ID_PATTERN
+from services.kernel.problems import InvalidInput, NotFound
+
+from .deps import AdminDep, ContainerDep, DeliveryDep, RecipientDep, RecipientOrAdminDep
+
+router = APIRouter(prefix="/v1")
+
+
+class StatusChangeOut(BaseModel):
+    status: str
+    at: float
+    reason: str | None = None
+    attempt: int | None = None
+
+
+class DeliveryOut(BaseModel):
+    delivery_id: str
+    job_id: str
+    customer_id: str
+    device_id: str
+    platform: str
+    store_id: str
+    offer_id: str
+    visit_id: str
+    decision_id: str
+    created_at: float
+    expires_at: float
+    status: str
+    reason: str | None
+    provider: str | None
+    attempts: int
+    next_attempt_at: float
+    confirmed: bool
+    opened_at: float | None
+    history: list[StatusChangeOut]
+
+
+class DeliveriesOut(BaseModel):
+    customer_id: str
+    deliveries: list[DeliveryOut]
+
+
+def _json(body, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+@router.get("/deliveries", tags=["deliveries"], response_model=DeliveriesOut,
+            summary="a customer's or a device's deliveries, newest first")
+async def list_deliveries(_: AdminDep, c: ContainerDep,
+                          customer_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN)] = None,
+                          device_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN)] = None,
+                          limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
+    if (customer_id is None) == (device_id is None):
+        raise InvalidInput("name exactly one of customer_id or device_id")
+    if device_id is not None:
+        reg = await c.repo.registration(device_id)
+        if reg is None:
+            raise NotFound(f"device {device_id!r} is not registered; ask by customer_id")
+        customer_id = reg["customer_id"]
+    records = await c.repo.for_customer(customer_id, 500 if device_id else limit)
+    if device_id is not None:
+        records = [r for r in records if r.device_id == device_id][:limit]
+    return _json({"customer_id": customer_id, "deliveries": [r.public() for r in records]})
+
+
+@router.get("/deliveries/{delivery_id}", tags=["deliveries"], response_model=DeliveryOut,
+            summary="one delivery and its status history (admin, or the device it was sent to)")
+async def get_delivery(rec: DeliveryDep, _: RecipientOrAdminDep) -> Response:
+    return _json(rec.public())
+
+
+@router.post("/deliveries/{delivery_id}/opened", tags=["deliveries"], response_model=DeliveryOut,
+             summary="the app reports the push opened (recipient's device token); idempotent")
+async def delivery_opened(rec: DeliveryDep, _: RecipientDep, c: ContainerDep) -> Response:
+    """Records the open once and adds an `offer_open` interaction (channel `push`) to the
+    customer's history. 409 if the push was not sent; 503 if the recommender is away (the open is
+    kept: retry, it is not counted twice)."""
+    return _json((await c.opens.open(rec)).public())

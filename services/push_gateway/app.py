@@ -1,0 +1,81 @@
+"""`create_app`: the push gateway as an ASGI app (receipts API) with, unless told otherwise, its
+job consumer running beside it in the same event loop. Nothing connects until the app starts."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from services.kernel.clock import Clock, SystemClock
+from services.kernel.http_edge import install_edge, redis_check
+from services.kernel.redis_client import open_async, wait_for_redis
+
+from .api import routes
+from .settings import PushSettings
+from .wiring import ProviderClients, build, build_consumer, check_providers
+
+log = logging.getLogger("vicino.push")
+
+
+def create_app(settings: PushSettings | None = None, *, redis=None, clock: Clock | None = None,
+               clients: ProviderClients | None = None, geo_http: httpx.AsyncClient | None = None,
+               recommender_http: httpx.AsyncClient | None = None, run_worker: bool = True,
+               consumer_name: str | None = None) -> FastAPI:
+    """`clients`, `geo_http`, `recommender_http`: tests hand their own (pointed at local servers).
+    `run_worker=False` serves only the receipts API (the worker runs elsewhere)."""
+    settings = settings or PushSettings()
+    clock = clock or SystemClock()
+    registry = CollectorRegistry()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        own_redis = redis is None
+        if own_redis:
+            await wait_for_redis(settings.redis_url, settings.redis_wait_s, log)
+        r = open_async(settings.redis_url) if own_redis else redis
+        provider_clients = clients or ProviderClients.open(settings)
+        geo = geo_http or httpx.AsyncClient(base_url=settings.geo_url, timeout=10.0)
+        rec = recommender_http or httpx.AsyncClient(base_url=settings.recommender_url, timeout=10.0)
+        container = app.state.container = build(settings, r, clock, registry, provider_clients, geo, rec)
+        stop = asyncio.Event()
+        tasks = []
+        if run_worker:
+            name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+            consumer = app.state.consumer = build_consumer(settings, r, name, container.delivery)
+            tasks.append(asyncio.create_task(consumer.run_forever(stop), name="push-consumer"))
+        log.info("push gateway ready", extra={"fields": {"routes": check_providers(settings),
+                                                         "worker": run_worker}})
+        try:
+            yield
+        finally:
+            stop.set()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(t, 30)
+            if clients is None:
+                await provider_clients.aclose()
+            if geo_http is None:
+                await geo.aclose()
+            if recommender_http is None:
+                await rec.aclose()
+            if own_redis:
+                await r.aclose()
+
+    app = FastAPI(title="Vicino push gateway", version="1", lifespan=lifespan,
+                  description="Delivers offers as push notifications (FCM HTTP v1, APNs, a signed webhook or the "
+                              "log), once per visit, and keeps a receipt of each delivery. Authenticate with "
+                              "`Authorization: Bearer <admin or device token>`.")
+
+    async def ready() -> dict[str, str]:
+        container = getattr(app.state, "container", None)
+        return {"redis": await redis_check(container and container.redis)}
+
+    app.include_router(routes.router)
+    install_edge(app, service="push", registry=registry, ready=ready, max_body_bytes=settings.max_body_bytes)
+    return app

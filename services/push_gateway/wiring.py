@@ -1,0 +1,150 @@
+"""The push gateway's composition root: providers from the settings, the delivery use case, the
+job consumer. Tests wire their own HTTP clients (pointed at local provider stand-ins)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.kernel.auth import TokenSigner
+from services.kernel.clock import Clock
+from services.kernel.contracts.push_jobs import push_jobs_stream_key
+from services.kernel.stream_consumer import StreamConsumer
+
+from .adapters.delivery_repository import DeliveryRepository
+from .adapters.providers.apns import ApnsKey, ApnsProvider
+from .adapters.providers.base import ProviderConfigError, PushProvider
+from .adapters.providers.fcm import FcmProvider, ServiceAccount
+from .adapters.providers.log import LogProvider
+from .adapters.providers.webhook import WebhookProvider
+from .adapters.service_clients import GeoDevices, RecommenderInteractions
+from .domain.retry_policy import RetryPolicy
+from .domain.routing import routing_table
+from .settings import PushSettings
+from .use_cases.deliver import DeliveryMetrics, PushDelivery
+from .use_cases.opens import DeliveryOpens
+from .worker import PushJobHandler
+
+log = logging.getLogger("vicino.push")
+
+GROUP = "push-gateway"
+
+
+@dataclass
+class ProviderClients:
+    """One HTTP client per provider (pooled connections; HTTP/2 for APNs). Tests hand their own."""
+
+    fcm: httpx.AsyncClient | None = None
+    apns: httpx.AsyncClient | None = None
+    webhook: httpx.AsyncClient | None = None
+    owned: list[httpx.AsyncClient] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, settings: PushSettings) -> "ProviderClients":
+        limits = httpx.Limits(max_connections=settings.provider_concurrency,
+                              max_keepalive_connections=settings.provider_concurrency)
+        timeout = httpx.Timeout(settings.provider_timeout_s)
+        c = cls(fcm=httpx.AsyncClient(limits=limits, timeout=timeout),
+                # one multiplexed connection carries the concurrent streams
+                apns=httpx.AsyncClient(http2=True, limits=limits, timeout=timeout),
+                webhook=httpx.AsyncClient(limits=limits, timeout=timeout))
+        c.owned = [c.fcm, c.apns, c.webhook]
+        return c
+
+    async def aclose(self) -> None:
+        for client in self.owned:
+            await client.aclose()
+
+
+def check_providers(settings: PushSettings) -> list[str]:
+    """Loads every configured key file: raises ProviderConfigError with one clear message if one
+    cannot work. Returns the lines that say which provider serves which platform."""
+    configured = _configured(settings)
+    if settings.fcm_credentials:
+        ServiceAccount.load(settings.fcm_credentials)
+    if settings.apns_key_file:
+        ApnsKey.load(settings.apns_key_file, settings.apns_key_id or "", settings.apns_team_id or "")
+    lines = []
+    for platform, provider in routing_table(configured).items():
+        native = {"android": "FCM", "ios": "APNs"}.get(platform)
+        note = "" if provider in ("fcm", "apns") or native is None else f" ({native} not configured)"
+        lines.append(f"{platform} → {provider}{note}")
+    return lines
+
+
+def _configured(settings: PushSettings) -> frozenset[str]:
+    names = {"log"}
+    if settings.fcm_credentials:
+        names.add("fcm")
+    if settings.apns_key_file:
+        names.add("apns")
+    if settings.webhook_url:
+        names.add("webhook")
+    return frozenset(names)
+
+
+def build_providers(settings: PushSettings, clients: ProviderClients) -> dict[str, PushProvider]:
+    providers: dict[str, PushProvider] = {"log": LogProvider()}
+    kw = {"concurrency": settings.provider_concurrency, "timeout_s": settings.provider_timeout_s}
+    if settings.fcm_credentials:
+        providers["fcm"] = FcmProvider(ServiceAccount.load(settings.fcm_credentials), clients.fcm,
+                                       endpoint=settings.fcm_endpoint, **kw)
+    if settings.apns_key_file:
+        key = ApnsKey.load(settings.apns_key_file, settings.apns_key_id or "", settings.apns_team_id or "")
+        providers["apns"] = ApnsProvider(key, settings.apns_topic or "", clients.apns, endpoint=settings.apns_endpoint,
+                                         refresh_s=settings.apns_token_refresh_s, **kw)
+    if settings.webhook_url:
+        providers["webhook"] = WebhookProvider(settings.webhook_url, settings.webhook_secret or "", clients.webhook,
+                                               **kw)
+    return providers
+
+
+class PushMetrics(DeliveryMetrics):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        statuses = Counter("vicino_push_deliveries_total", "delivery status changes", ["provider", "status"],
+                           registry=registry)
+        latency = Histogram("vicino_push_provider_seconds", "provider request time", ["provider"],
+                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=registry)
+        alerts = Counter("vicino_push_provider_auth_failures_total", "a provider refused our credentials",
+                         ["provider"], registry=registry)
+        super().__init__(on_status=lambda p, s: statuses.labels(p, s).inc(),
+                         on_send=lambda p, sec: latency.labels(p).observe(sec),
+                         on_alert=lambda p, reason: alerts.labels(p).inc())
+
+
+@dataclass
+class PushContainer:
+    settings: PushSettings
+    clock: Clock
+    redis: object
+    signer: TokenSigner
+    registry: CollectorRegistry
+    repo: DeliveryRepository
+    delivery: PushDelivery
+    opens: DeliveryOpens
+    routes: dict[str, str]
+
+
+def build(settings: PushSettings, redis, clock: Clock, registry: CollectorRegistry, clients: ProviderClients,
+          geo_http: httpx.AsyncClient, recommender_http: httpx.AsyncClient, *, draw=None) -> PushContainer:
+    repo = DeliveryRepository(redis, settings.customer_shards, settings.event_shards, settings.delivery_retention_s)
+    providers = build_providers(settings, clients)
+    routes = routing_table(frozenset(providers))
+    policy = RetryPolicy(max_attempts=settings.max_attempts, base_s=settings.retry_base_s, max_s=settings.retry_max_s)
+    kw = {"draw": draw} if draw else {}
+    delivery = PushDelivery(repo, providers, routes, GeoDevices(geo_http, settings.admin_token), clock, policy,
+                            # a send in flight longer than its timeout (plus slack) has died
+                            lease_s=settings.provider_timeout_s * 2 + 5, metrics=PushMetrics(registry), **kw)
+    opens = DeliveryOpens(repo, RecommenderInteractions(recommender_http, settings.admin_token), clock)
+    return PushContainer(settings=settings, clock=clock, redis=redis, signer=TokenSigner(settings.token_secret),
+                         registry=registry, repo=repo, delivery=delivery, opens=opens, routes=routes)
+
+
+def build_consumer(settings: PushSettings, redis, consumer: str, delivery: PushDelivery) -> StreamConsumer:
+    streams = [push_jobs_stream_key(i) for i in range(settings.customer_shards)]
+    return StreamConsumer(redis, streams, GROUP, consumer, PushJobHandler(delivery).handle,
+                          dead_letter=lambda stream: stream + ":dead",  # = deliveries.dead_jobs_stream_key batch=settings.concurrency,
+                          concurrency=settings.concurrency, claim_idle_ms=settings.claim_idle_ms)
+

@@ -1,0 +1,25 @@
+"""The push gateway's delivery records of a customer, as the erasure deletes them: the key names
+are the gateway's published contract (`services.kernel.contracts.deliveries`); nothing else of
+the recommender reads or writes them."""
+from __future__ import annotations
+
+from services.kernel.contracts.deliveries import (customer_deliveries_index_key, customer_deliveries_key,
+                                                  delivery_owners_key)
+from services.kernel.contracts.interactions import customer_shard
+
+
+class PushDeliveryRecords:
+    def __init__(self, redis, customer_shards: int) -> None:
+        self._r = redis
+        self._shards = customer_shards
+
+    async def has_any(self, customer_id: str) -> bool:
+        return bool(await self._r.exists(customer_deliveries_key(customer_id, self._shards)))
+
+    async def erase(self, customer_id: str) -> int:
+        records = customer_deliveries_key(customer_id, self._shards)
+        ids = await self._r.hkeys(records)
+        if ids:
+            await self._r.hdel(delivery_owners_key(customer_shard(customer_id, self._shards)), *ids)
+        await self._r.delete(records, customer_deliveries_index_key(customer_id, self._shards))
+        return len(ids)
