@@ -1,5 +1,5 @@
 """Schemathesis drives every documented operation with generated (valid and invalid) input
-against a real `vicino serve geo` and `vicino serve recommender` on a real Redis: no answer may
+against a real `vicino serve geo`, `vicino serve recommender` and `vicino serve push` on a real Redis: no answer may
 be a server error."""
 import subprocess
 import sys
@@ -60,3 +60,16 @@ def test_no_generated_request_to_the_recommender_gets_a_server_error(redis_url, 
     for log in ("geo.log", "recommender.log"):
         text = (tmp_path / log).read_text(errors="replace")
         assert '"level":"error"' not in text, text[-3000:]
+
+
+def test_no_generated_request_to_the_push_gateway_gets_a_server_error(redis_url, tmp_path):
+    with served_geo(redis_url, tmp_path) as geo_url, \
+            served_service("push", redis_url, tmp_path, env={"VICINO_GEO_URL": geo_url}) as url:
+        out = subprocess.run([str(SCHEMATHESIS), "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
+                              "--checks", "not_a_server_error", "--max-examples", "40", "--seed", "20261126",
+                              "--report-dir", str(tmp_path / "report")],
+                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+    assert "passed" in out.stdout
+    text = (tmp_path / "push.log").read_text(errors="replace")
+    assert '"level":"error"' not in text, text[-3000:]

@@ -40,13 +40,14 @@ def _cmdlines() -> dict[int, str]:
 class Up:
     """One `vicino up` process, its stdout collected by a reader thread."""
 
-    def __init__(self, tmp_path: Path, demo: bool) -> None:
+    def __init__(self, tmp_path: Path, demo: bool, env_extra: dict | None = None) -> None:
         self.port = free_port()
         self.data_dir = tmp_path / "vicino-data"
         self.cwd = tmp_path / "cwd"
         self.cwd.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("VICINO_")}
-        env.update(VICINO_PORT=str(self.port), VICINO_DATA_DIR=str(self.data_dir), VICINO_DEMO="1" if demo else "0")
+        env.update(VICINO_PORT=str(self.port), VICINO_DATA_DIR=str(self.data_dir), VICINO_DEMO="1" if demo else "0",
+                   **(env_extra or {}))
         self.env = env
         cmd = [str(VICINO), "up"] if VICINO.exists() else [sys.executable, "-m", "services.cli", "up"]
         self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -126,8 +127,8 @@ class Up:
 def up_factory(tmp_path):
     started: list[Up] = []
 
-    def start(demo: bool) -> Up:
-        u = Up(tmp_path, demo)
+    def start(demo: bool, **env_extra) -> Up:
+        u = Up(tmp_path, demo, env_extra)
         started.append(u)
         return u
 
@@ -141,13 +142,15 @@ def _assert_stopped(up: Up) -> None:
     assert "vicino: stopped." in "".join(up.err)
     assert not port_open(up.port), "the geo service still listens"
     assert not port_open(up.port + 1), "the recommender still listens"
+    assert not port_open(up.port + 2), "the push gateway still listens"
     assert not port_open(up.redis_port), "redis still listens"
     wait_until(lambda: not up.leftovers(), 5, what="no process of the stack left")
     assert up.child_pids, "the stack's processes were never seen"
 
 
 def test_vicino_up_with_demo_then_ctrl_c(up_factory):
-    up = up_factory(demo=True)
+    # decide on enter, at any hour: the fix below then ends as a push in the log provider's output
+    up = up_factory(demo=True, VICINO_DECIDE_ON="enter", VICINO_QUIET_HOURS="")
     banner = up.wait_for_banner()
     assert "Vicino is up." in banner and f"{up.base}/docs" in banner
     admin = {"Authorization": "Bearer " + up.field(r"admin token\s+(\S+)")}
@@ -203,6 +206,18 @@ def test_vicino_up_with_demo_then_ctrl_c(up_factory):
         mine = rec.get("/v1/customers/demo-customer-1/offers", headers=device, params={"k": 5}).json()
         assert len(mine["offers"]) == 5 and mine["customer_id"] == "14527" and mine["model_version"]
         assert {o["reason"] for o in mine["offers"]} <= {"model", "cold_start_features"}
+
+    # the push gateway: the visit's decision went out through the log provider (no provider configured)
+    push_url = up.field(r"push\s+(http://127\.0\.0\.1:\d+)/docs")
+    assert push_url == f"http://127.0.0.1:{up.port + 2}" and "pushes are written to" in banner
+    with httpx.Client(base_url=push_url, timeout=30) as push:
+        assert push.get("/readyz").status_code == 200
+        sent = wait_until(lambda: [d for d in push.get("/v1/deliveries", headers=admin,
+                                                        params={"customer_id": "14527"}).json()["deliveries"]
+                                   if d["status"] == "sent"], 30, what="the demo push delivered")
+        assert sent[0]["provider"] == "log" and sent[0]["device_id"] == "demo-phone-1"
+        log = (up.data_dir / "logs" / "push.log").read_text()
+        assert sent[0]["delivery_id"] in log and "demo-fcm-token" not in log
 
     _assert_stopped(up)
 
