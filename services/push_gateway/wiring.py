@@ -87,7 +87,7 @@ def _configured(settings: PushSettings) -> frozenset[str]:
 
 def build_providers(settings: PushSettings, clients: ProviderClients) -> dict[str, PushProvider]:
     providers: dict[str, PushProvider] = {"log": LogProvider()}
-    kw = {"concurrency": settings.provider_concurrency, "timeout_s": settings.provider_timeout_s}
+    kw = {"timeout_s": settings.provider_timeout_s}
     if settings.fcm_credentials:
         providers["fcm"] = FcmProvider(ServiceAccount.load(settings.fcm_credentials), clients.fcm,
                                        endpoint=settings.fcm_endpoint, **kw)
@@ -135,8 +135,10 @@ def build(settings: PushSettings, redis, clock: Clock, registry: CollectorRegist
     policy = RetryPolicy(max_attempts=settings.max_attempts, base_s=settings.retry_base_s, max_s=settings.retry_max_s)
     kw = {"draw": draw} if draw else {}
     delivery = PushDelivery(repo, providers, routes, GeoDevices(geo_http, settings.admin_token), clock, policy,
-                            # a send in flight longer than its timeout (plus slack) has died
-                            lease_s=settings.provider_timeout_s * 2 + 5, metrics=PushMetrics(registry), **kw)
+                            # a send takes at most: an OAuth exchange, the request, a refresh and the
+                            # request again, each within the timeout; longer than that, its worker died
+                            lease_s=settings.provider_timeout_s * 4 + 5,
+                            provider_concurrency=settings.provider_concurrency, metrics=PushMetrics(registry), **kw)
     opens = DeliveryOpens(repo, RecommenderInteractions(recommender_http, settings.admin_token), clock)
     return PushContainer(settings=settings, clock=clock, redis=redis, signer=TokenSigner(settings.token_secret),
                          registry=registry, repo=repo, delivery=delivery, opens=opens, routes=routes)

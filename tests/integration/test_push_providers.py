@@ -359,3 +359,49 @@ def test_a_fix_at_a_store_ends_as_one_notification_at_apns(rec_settings, tmp_pat
     assert r.headers["apns-collapse-id"] == visit
     [d] = listed["deliveries"]
     assert (d["status"], d["offer_id"], d["store_id"], d["visit_id"]) == ("sent", "o1", "shop-e2e", visit)
+
+
+def test_provider_tokens_are_renewed_on_time(material):
+    """FCM: the OAuth token is reused until 5 minutes before Google's expiry; APNs: the JWT is
+    reused for `refresh_s` (Apple: between 20 and 60 minutes old), then signed anew."""
+    import asyncio
+
+    from services.push_gateway.adapters.providers.apns import ApnsKey, ApnsProviderTokens
+    from services.push_gateway.adapters.providers.fcm import FcmAccessTokens, ServiceAccount
+
+    short = fcm_like.start_in_thread(project_id="vicino-test", access_token_ttl_s=301.5)  # 1.5 s past the margin
+    try:
+        short.add_service_account(sa := make_service_account(material["dir"] / "short", short.token_url))
+
+        async def fcm_tokens():
+            async with httpx.AsyncClient() as http:
+                tokens = FcmAccessTokens(ServiceAccount.load(str(sa.path)), http)
+                a, b = await tokens.get(), await tokens.get()
+                await asyncio.sleep(1.7)
+                return a, b, await tokens.get(), tokens.grants
+
+        a, b, c, grants = asyncio.run(fcm_tokens())
+    finally:
+        short.stop()
+    assert a == b != c and grants == 2
+    key = material["apns_key"]
+    t = [1_800_000_000.0]
+    jwts = ApnsProviderTokens(ApnsKey.load(str(key.path), key.key_id, key.team_id), refresh_s=2400,
+                              clock=lambda: t[0])
+    first = jwts.get()
+    t[0] += 2399
+    assert jwts.get() == first
+    t[0] += 1
+    assert jwts.get() != first and jwts.issued == 2
+
+
+def test_the_gateway_says_which_provider_serves_each_platform(material, fcm):
+    from services.push_gateway.wiring import check_providers
+
+    key = material["apns_key"]
+    only_fcm = push_settings("redis://127.0.0.1:9", fcm_credentials=str(fcm.sa.path))
+    assert check_providers(only_fcm) == ["android → fcm", "ios → log (APNs not configured)", "web → log"]
+    full = push_settings("redis://127.0.0.1:9", apns_key_file=str(key.path), apns_key_id=key.key_id,
+                         apns_team_id=key.team_id, apns_topic=TOPIC, webhook_url="http://127.0.0.1:9/h",
+                         webhook_secret="s" * 16)
+    assert check_providers(full) == ["android → webhook (FCM not configured)", "ios → apns", "web → webhook"]

@@ -4,6 +4,7 @@ any point: every change of the record is a compare-and-set, and the `sending` ma
 before the provider call means a push is never sent twice."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import random
@@ -46,7 +47,7 @@ class DeliveryMetrics:
 
 class PushDelivery:
     def __init__(self, repo: DeliveryRepository, providers: dict[str, PushProvider], routes: dict[str, str],
-                 geo: GeoDevices, clock: Clock, policy: RetryPolicy, lease_s: float,
+                 geo: GeoDevices, clock: Clock, policy: RetryPolicy, lease_s: float, provider_concurrency: int = 256,
                  draw: Callable[[], float] = random.random, metrics: DeliveryMetrics | None = None) -> None:
         self.repo = repo
         self.providers = providers
@@ -57,6 +58,9 @@ class PushDelivery:
         self.lease_s = lease_s
         self.draw = draw
         self.metrics = metrics or DeliveryMetrics()
+        # requests in flight per provider; a job waits for its slot *before* it is marked
+        # `sending`, so the lease measures the send alone
+        self._slots = {name: asyncio.Semaphore(provider_concurrency) for name in providers}
 
     async def handle(self, job: PushJobV1) -> DeliveryRecord | None:
         """Moves the job's delivery as far as it can go now. Raises `NotYet` when it must wait (a
@@ -110,6 +114,11 @@ class PushDelivery:
 
     async def _send(self, job: PushJobV1, rec: DeliveryRecord, token: str) -> DeliveryRecord | None:
         provider = self.providers[self.routes[job.platform]]
+        async with self._slots[provider.name]:
+            return await self._send_now(job, rec, token, provider)
+
+    async def _send_now(self, job: PushJobV1, rec: DeliveryRecord, token: str,
+                        provider: PushProvider) -> DeliveryRecord | None:
         now = self.clock.now()
         marked = sending(rec, provider.name, now, self.lease_s)
         if await self.repo.save(rec, marked, now, receipt=None) != "ok":

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from ...domain.messages import MAX_PAYLOAD_BYTES, Notification, apns_headers, apns_payload
 from ...domain.outcomes import Delivered, GiveUp, ProviderOutcome, RetryLater, TokenInvalid
 from ...domain.retry_policy import parse_retry_after
-from .base import Bounded, ProviderConfigError, transport_failure
+from .base import ProviderConfigError, transport_failure
 
 DEFAULT_ENDPOINT = "https://api.push.apple.com"
 TOKEN_REASONS = {"BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic"}
@@ -92,13 +92,12 @@ class ApnsProvider:
     name = "apns"
 
     def __init__(self, key: ApnsKey, topic: str, http: httpx.AsyncClient, *, endpoint: str = DEFAULT_ENDPOINT,
-                 concurrency: int = 500, timeout_s: float = 10.0, refresh_s: float = 40 * 60,
+                 timeout_s: float = 10.0, refresh_s: float = 40 * 60,
                  clock=time.time) -> None:
         self.tokens = ApnsProviderTokens(key, refresh_s, clock)
         self.topic = topic
         self._http = http
         self._endpoint = endpoint.rstrip("/")
-        self._bounded = Bounded(concurrency)
         self._timeout = timeout_s
         self._clock = clock
 
@@ -108,21 +107,20 @@ class ApnsProvider:
             return GiveUp(f"payload_too_large: {len(payload)} bytes > APNs's {MAX_PAYLOAD_BYTES}")
         headers = apns_headers(n, self.topic, attempt)
         url = f"{self._endpoint}/3/device/{n.token}"
-        async with self._bounded:
-            for renewed in (False, True):
-                token = self.tokens.get()
-                try:
-                    r = await self._http.post(url, content=payload, timeout=self._timeout,
-                                              headers={**headers, "authorization": f"bearer {token}"})
-                except httpx.HTTPError as e:
-                    return transport_failure(e)
-                if r.status_code == 403 and any(reason.encode() in r.content for reason in AUTH_REASONS):
-                    if not renewed:
-                        self.tokens.invalidate(token)
-                        continue
-                    return RetryLater(f"auth: APNs refused a new provider token ({r.text[:120]}); "
-                                      "check VICINO_APNS_KEY_ID, VICINO_APNS_TEAM_ID and the key file")
-                return apns_outcome(r.status_code, r.content, r.headers, self._clock())
+        for renewed in (False, True):
+            token = self.tokens.get()
+            try:
+                r = await self._http.post(url, content=payload, timeout=self._timeout,
+                                          headers={**headers, "authorization": f"bearer {token}"})
+            except httpx.HTTPError as e:
+                return transport_failure(e)
+            if r.status_code == 403 and any(reason.encode() in r.content for reason in AUTH_REASONS):
+                if not renewed:
+                    self.tokens.invalidate(token)
+                    continue
+                return RetryLater(f"auth: APNs refused a new provider token ({r.text[:120]}); "
+                                  "check VICINO_APNS_KEY_ID, VICINO_APNS_TEAM_ID and the key file")
+            return apns_outcome(r.status_code, r.content, r.headers, self._clock())
         raise AssertionError("unreachable")
 
 

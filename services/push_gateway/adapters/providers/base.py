@@ -1,10 +1,9 @@
 """The provider port: `send` one notification, get back one outcome of the closed set in
 `domain.outcomes`. Every adapter takes an injected `httpx.AsyncClient` (tests hand one pointed at
-a real local server) and bounds its own concurrency. httpx's exception tree (`httpx._exceptions`)
-maps to outcomes here: a timeout or a refused connection is "retry later", never a crash."""
+a real local server); the delivery use case bounds the requests in flight per provider. httpx's
+exception tree (`httpx._exceptions`) maps to outcomes here: a timeout or a refused connection is "retry later", never a crash."""
 from __future__ import annotations
 
-import asyncio
 from typing import Protocol
 
 import httpx
@@ -27,16 +26,3 @@ def transport_failure(e: httpx.HTTPError) -> RetryLater:
     if isinstance(e, httpx.TimeoutException):
         return RetryLater(f"timeout ({type(e).__name__})")
     return RetryLater(f"unreachable ({type(e).__name__}: {str(e)[:120]})")
-
-
-class Bounded:
-    """At most `limit` requests in flight to one provider (its quota, our sockets)."""
-
-    def __init__(self, limit: int) -> None:
-        self._sem = asyncio.Semaphore(limit)
-
-    async def __aenter__(self):
-        await self._sem.acquire()
-
-    async def __aexit__(self, *exc):
-        self._sem.release()

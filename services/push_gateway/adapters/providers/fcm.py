@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from ...domain.messages import MAX_PAYLOAD_BYTES, Notification, fcm_message, fcm_payload_size
 from ...domain.outcomes import Delivered, GiveUp, ProviderOutcome, RetryLater, TokenInvalid
 from ...domain.retry_policy import parse_retry_after
-from .base import Bounded, ProviderConfigError, transport_failure
+from .base import ProviderConfigError, transport_failure
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 DEFAULT_ENDPOINT = "https://fcm.googleapis.com"
@@ -137,11 +137,10 @@ class FcmProvider:
     name = "fcm"
 
     def __init__(self, account: ServiceAccount, http: httpx.AsyncClient, *, endpoint: str = DEFAULT_ENDPOINT,
-                 concurrency: int = 256, timeout_s: float = 10.0, clock=time.time) -> None:
+                 timeout_s: float = 10.0, clock=time.time) -> None:
         self.tokens = FcmAccessTokens(account, http, clock)
         self._http = http
         self._url = f"{endpoint.rstrip('/')}/v1/projects/{account.project_id}/messages:send"
-        self._bounded = Bounded(concurrency)
         self._timeout = timeout_s
         self._clock = clock
 
@@ -151,22 +150,21 @@ class FcmProvider:
         if size > MAX_PAYLOAD_BYTES:
             return GiveUp(f"payload_too_large: {size} bytes > FCM's {MAX_PAYLOAD_BYTES}")
         content = orjson.dumps(message)
-        async with self._bounded:
-            for refreshed in (False, True):
-                try:
-                    token = await self.tokens.get()
-                except TokenEndpointError as e:
-                    return RetryLater(f"auth: {e}")
-                try:
-                    r = await self._http.post(self._url, content=content, timeout=self._timeout, headers={
-                        "Authorization": f"Bearer {token}", "Content-Type": "application/json; UTF-8"})
-                except httpx.HTTPError as e:
-                    return transport_failure(e)
-                if r.status_code in (401, 403) and b"SENDER_ID_MISMATCH" not in r.content:
-                    if not refreshed:
-                        self.tokens.invalidate(token)  # expired or revoked early: one fresh token
-                        continue
-                    return RetryLater(f"auth: FCM refused a fresh access token ({r.status_code}: "
-                                      f"{r.text[:160]}); check the service account's permissions")
-                return fcm_outcome(r.status_code, r.content, r.headers.get("retry-after"), self._clock())
+        for refreshed in (False, True):
+            try:
+                token = await self.tokens.get()
+            except TokenEndpointError as e:
+                return RetryLater(f"auth: {e}")
+            try:
+                r = await self._http.post(self._url, content=content, timeout=self._timeout, headers={
+                    "Authorization": f"Bearer {token}", "Content-Type": "application/json; UTF-8"})
+            except httpx.HTTPError as e:
+                return transport_failure(e)
+            if r.status_code in (401, 403) and b"SENDER_ID_MISMATCH" not in r.content:
+                if not refreshed:
+                    self.tokens.invalidate(token)  # expired or revoked early: one fresh token
+                    continue
+                return RetryLater(f"auth: FCM refused a fresh access token ({r.status_code}: "
+                                  f"{r.text[:160]}); check the service account's permissions")
+            return fcm_outcome(r.status_code, r.content, r.headers.get("retry-after"), self._clock())
         raise AssertionError("unreachable")

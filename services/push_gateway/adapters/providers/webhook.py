@@ -11,18 +11,16 @@ import httpx
 from ...domain.messages import SIGNATURE_HEADER, TIMESTAMP_HEADER, Notification, webhook_body, webhook_signature
 from ...domain.outcomes import Delivered, GiveUp, ProviderOutcome, RetryLater, TokenInvalid
 from ...domain.retry_policy import parse_retry_after
-from .base import Bounded, transport_failure
+from .base import transport_failure
 
 
 class WebhookProvider:
     name = "webhook"
 
-    def __init__(self, url: str, secret: str, http: httpx.AsyncClient, *, concurrency: int = 64,
-                 timeout_s: float = 10.0, clock=time.time) -> None:
+    def __init__(self, url: str, secret: str, http: httpx.AsyncClient, *, timeout_s: float = 10.0, clock=time.time) -> None:
         self.url = url
         self._secret = secret
         self._http = http
-        self._bounded = Bounded(concurrency)
         self._timeout = timeout_s
         self._clock = clock
 
@@ -33,11 +31,10 @@ class WebhookProvider:
         headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: str(ts),
                    SIGNATURE_HEADER: webhook_signature(self._secret, ts, body),
                    "Vicino-Delivery-Id": n.delivery_id, "Vicino-Attempt": str(attempt)}
-        async with self._bounded:
-            try:
-                r = await self._http.post(self.url, content=body, headers=headers, timeout=self._timeout)
-            except httpx.HTTPError as e:
-                return transport_failure(e)
+        try:
+            r = await self._http.post(self.url, content=body, headers=headers, timeout=self._timeout)
+        except httpx.HTTPError as e:
+            return transport_failure(e)
         if 200 <= r.status_code < 300:
             return Delivered(r.headers.get("x-message-id"))
         what = f"webhook: {r.status_code} {r.text[:120]}"
