@@ -155,6 +155,9 @@ class PipelinedRedis:
         conn.send(_pack(args), fut)
         return await fut
 
+    # redis-py's name, so that callers run on either client (no reply parsing: raw RESP values)
+    execute_command = execute
+
     def register_script(self, source: str) -> "PipelinedScript":
         return PipelinedScript(self, source)
 

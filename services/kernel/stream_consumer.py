@@ -7,14 +7,16 @@ attempts) to a dead-letter stream in the
 same hash tag, then acknowledges it, so one bad entry never stops a worker. A handler that
 raises `NotYet` keeps its entry pending, without counting an attempt, until the pause it names
 has passed (a push waiting for its retry time). Streams are read one at a time: on a Redis
-Cluster they live in different slots. With `concurrency` > 1 the entries of one read are handled
-at once (their handlers must not depend on each other's order) and acknowledged in one XACK.
+Cluster they live in different slots. With `concurrency` > 1, `run_forever` keeps up to that many
+handlers running at once (their entries must not depend on each other's order), reads more as
+they finish and acknowledges in batches: one slow entry holds one slot, never the others.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from typing import Awaitable, Callable
 
 from redis.exceptions import ResponseError
@@ -97,6 +99,9 @@ class StreamConsumer:
         return done
 
     async def run_forever(self, stop: asyncio.Event) -> None:
+        if self.concurrency > 1:
+            await self._run_pool(stop)
+            return
         while not stop.is_set():
             try:
                 n = await self.run_once()
@@ -108,6 +113,62 @@ class StreamConsumer:
                     await asyncio.wait_for(stop.wait(), self.idle_sleep_s)
                 except asyncio.TimeoutError:
                     pass
+
+    async def _run_pool(self, stop: asyncio.Event) -> None:
+        """Up to `concurrency` handlers in flight across every stream; each entry is acknowledged
+        (in batches) as soon as its own handler is done."""
+        inflight: dict[tuple[str, str], asyncio.Task] = {}
+        acks: dict[str, list[str]] = defaultdict(list)
+
+        async def one(stream: str, entry_id: str, fields) -> None:
+            try:
+                if await self._handle(stream, entry_id, fields):
+                    acks[stream].append(entry_id)
+            finally:
+                inflight.pop((stream, entry_id), None)
+
+        while not stop.is_set():
+            started = 0
+            try:
+                if not self._ready:
+                    await self.ensure_groups()
+                await self._flush_acks(acks)
+                now = time.monotonic()
+                for stream in self.streams:
+                    for read in (self._own_pending, self._reclaim, self._new):
+                        if len(inflight) >= self.concurrency:
+                            break
+                        for entry_id, fields in await read(stream):
+                            key = (stream, _s(entry_id))
+                            if key in inflight or self._retry_at.get(key, 0.0) > now:
+                                continue  # running, or waiting for its time
+                            inflight[key] = asyncio.create_task(one(stream, key[1], fields))
+                            started += 1
+            except Exception:  # Redis restarting, a failover: keep the worker alive
+                log.exception("stream consumer round failed", extra={"fields": {"group": self.group}})
+            if started == 0 or len(inflight) >= self.concurrency:
+                # wait for a slot (or a moment, when there is nothing to read)
+                waiting = list(inflight.values())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait(waiting + [stopper], timeout=self.idle_sleep_s if started == 0 else None,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+        if inflight:  # let the running handlers finish (they record their outcome), then ack
+            await asyncio.wait(list(inflight.values()), timeout=30)
+        try:
+            await self._flush_acks(acks)
+        except Exception:  # unacknowledged entries are redelivered: handlers are idempotent
+            log.exception("final acknowledgement failed", extra={"fields": {"group": self.group}})
+
+    async def _flush_acks(self, acks: dict[str, list[str]]) -> None:
+        for stream in list(acks):
+            ids = acks.pop(stream)
+            if ids:
+                try:
+                    await self._r.xack(stream, self.group, *ids)
+                except Exception:
+                    acks[stream].extend(ids)  # keep them for the next round
+                    raise
 
     async def _own_pending(self, stream: str) -> list:
         # entries this consumer read before a crash or a failed attempt, a page per round (a

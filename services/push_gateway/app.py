@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from services.kernel.clock import Clock, SystemClock
 from services.kernel.http_edge import install_edge, redis_check
-from services.kernel.redis_client import open_async, wait_for_redis
+from services.kernel.redis_client import open_async, open_hot_path, wait_for_redis
 
 from .api import routes
 from .settings import PushSettings
@@ -42,7 +42,9 @@ def create_app(settings: PushSettings | None = None, *, redis=None, clock: Clock
         provider_clients = clients or ProviderClients.open(settings)
         geo = geo_http or httpx.AsyncClient(base_url=settings.geo_url, timeout=10.0)
         rec = recommender_http or httpx.AsyncClient(base_url=settings.recommender_url, timeout=10.0)
-        container = app.state.container = build(settings, r, clock, registry, provider_clients, geo, rec)
+        hot = open_hot_path(settings.redis_url, r)
+        container = app.state.container = build(settings, r, clock, registry, provider_clients, geo, rec,
+                                                hot_path=hot)
         stop = asyncio.Event()
         tasks = []
         if run_worker:
@@ -64,6 +66,8 @@ def create_app(settings: PushSettings | None = None, *, redis=None, clock: Clock
                 await geo.aclose()
             if recommender_http is None:
                 await rec.aclose()
+            if hot is not r:
+                await hot.aclose()
             if own_redis:
                 await r.aclose()
 

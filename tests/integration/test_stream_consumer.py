@@ -97,3 +97,44 @@ def test_entries_of_a_dead_consumer_are_reclaimed(redis_url, redis_sync):
     first = run(redis_url, go)
     assert first == [] and len(seen) == 1  # not while the other may still be working; after the idle time
     assert redis_sync.xpending(STREAM, "g")["pending"] == 0
+
+
+def test_with_concurrency_one_slow_entry_holds_one_slot_not_the_others(redis_url, redis_sync):
+    from services.kernel.stream_consumer import NotYet
+
+    streams = [STREAM, "vicino:{t:001}:s"]
+    for i in range(40):
+        redis_sync.xadd(streams[i % 2], {"n": str(i)})
+    done: dict[str, float] = {}
+    waited: list[str] = []
+    t0 = time.monotonic()
+
+    async def handler(stream, entry_id, fields):
+        n = fields[b"n"].decode()
+        if n == "0":
+            await asyncio.sleep(3.0)  # a provider that hangs
+        if n == "1":
+            raise PoisonEntry("never")
+        if n == "2" and not waited:
+            waited.append(n)
+            raise NotYet(0.5)  # comes back after its pause, without counting as a failure
+        done[n] = time.monotonic() - t0
+
+    async def go(r):
+        c = StreamConsumer(r, streams, "g", "c1", handler, dead_letter=dead, concurrency=8, batch=8)
+        stop = asyncio.Event()
+        task = asyncio.create_task(c.run_forever(stop))
+        while len(done) < 38 and time.monotonic() - t0 < 10:
+            await asyncio.sleep(0.02)
+        others_at = time.monotonic() - t0
+        stop.set()
+        await task
+        return c, others_at
+
+    c, others_at = run(redis_url, go)
+    assert set(done) == {str(i) for i in range(40)} - {"1"}
+    assert max(t for n, t in done.items() if n != "0") < 2.0 <= done["0"]  # the rest did not wait for it
+    assert done["2"] >= 0.5 and c.dead == 1
+    for s in streams:
+        assert redis_sync.xpending(s, "g")["pending"] == 0
+    assert len(redis_sync.xrange(dead(streams[1]))) == 1  # entry 1 went to the second stream

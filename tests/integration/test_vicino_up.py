@@ -216,6 +216,9 @@ def test_vicino_up_with_demo_then_ctrl_c(up_factory):
                                                         params={"customer_id": "14527"}).json()["deliveries"]
                                    if d["status"] == "sent"], 30, what="the demo push delivered")
         assert sent[0]["provider"] == "log" and sent[0]["device_id"] == "demo-phone-1"
+        # the phone was registered under demo-customer-1, since merged into 14527: found all the same
+        by_device = push.get("/v1/deliveries", headers=admin, params={"device_id": "demo-phone-1"}).json()
+        assert by_device["customer_id"] == "14527" and by_device["deliveries"][0]["delivery_id"] == sent[0]["delivery_id"]
         log = (up.data_dir / "logs" / "push.log").read_text()
         assert sent[0]["delivery_id"] in log and "demo-fcm-token" not in log
 

@@ -35,6 +35,12 @@ def customer_tag(shard: int) -> str:
     return f"{{cs:{shard:03d}}}"
 
 
+def merged_into_key(customer_id: str, shards: int) -> str:
+    """string: the customer this one was merged into (written by the recommender's identity
+    merges; published: other services follow it to the surviving customer, never write it)."""
+    return f"vicino:{customer_tag(customer_shard(customer_id, shards))}:customer:{customer_id}:merged_into"
+
+
 def interactions_stream_key(shard: int) -> str:
     return f"vicino:{customer_tag(shard)}:interactions:v{SCHEMA_VERSION}"
 

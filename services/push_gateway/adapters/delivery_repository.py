@@ -7,6 +7,7 @@ atomic, and a status change, its receipt and a dead-lettered job land together o
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from services.kernel.contracts import customer_state as published
@@ -14,7 +15,7 @@ from services.kernel.contracts.deliveries import (
     DeliveryReceiptV1, customer_deliveries_index_key, customer_deliveries_key, dead_jobs_stream_key,
     delivery_owners_key, receipts_stream_key, shard_of_delivery)
 from services.kernel.contracts.erasures import ERASURES, erasure_digest
-from services.kernel.contracts.interactions import customer_shard
+from services.kernel.contracts.interactions import customer_shard, merged_into_key
 from services.kernel.contracts.push_jobs import PushJobV1, ended_visits_key
 
 from ..domain.delivery import DeliveryRecord
@@ -85,25 +86,35 @@ def receipt_of(rec: DeliveryRecord, now: float, status: str | None = None) -> De
                              provider=rec.provider, attempts=rec.attempts, ts=now)
 
 
+def _pairs(reply) -> dict[str, str]:
+    """HGETALL as a dict, from redis-py (a dict) or the pipelined client (a flat list)."""
+    if isinstance(reply, dict):
+        return {_s(k): _s(v) for k, v in reply.items()}
+    return {_s(reply[i]): _s(reply[i + 1]) for i in range(0, len(reply or ()), 2)}
+
+
 class DeliveryRepository:
-    def __init__(self, redis, customer_shards: int, event_shards: int, retention_s: float) -> None:
+    def __init__(self, redis, customer_shards: int, event_shards: int, retention_s: float, hot_path=None) -> None:
+        """`hot_path`: the client for the per-job commands (`kernel.redis_client.open_hot_path`:
+        pipelined on a standalone Redis, where redis-py's per-command cost would dominate)."""
         self._r = redis
+        self._hot = hot_path or redis
         self.customer_shards = customer_shards
         self.event_shards = event_shards
         self.retention_s = retention_s
-        self._begin = redis.register_script(_BEGIN)
-        self._save = redis.register_script(_SAVE)
+        self._begin = self._hot.register_script(_BEGIN)
+        self._save = self._hot.register_script(_SAVE)
 
     def shard(self, customer_id: str) -> int:
         return customer_shard(customer_id, self.customer_shards)
 
     async def recipient(self, customer_id: str, device_id: str) -> Recipient:
-        pipe = self._r.pipeline(transaction=False)  # three slots; one round trip on a standalone Redis
-        pipe.hgetall(published.device_registration_key(device_id, self.event_shards))
-        pipe.hget(published.consent_key(customer_id), "marketing")
-        pipe.hget(ERASURES, erasure_digest(customer_id))
-        reg, marketing, erased = await pipe.execute()
-        reg = {_s(k): _s(v) for k, v in reg.items()} if reg else None
+        # three slots: sent together (one write on the pipelined client)
+        reg, marketing, erased = await asyncio.gather(
+            self._hot.execute_command("HGETALL", published.device_registration_key(device_id, self.event_shards)),
+            self._hot.execute_command("HGET", published.consent_key(customer_id), "marketing"),
+            self._hot.execute_command("HGET", ERASURES, erasure_digest(customer_id)))
+        reg = _pairs(reg)
         return Recipient(reg if reg and "customer_id" in reg else None, _s(marketing) == "1",
                          float(erased) if erased is not None else None)
 
@@ -156,6 +167,17 @@ class DeliveryRepository:
             return []
         raws = await self._r.hmget(customer_deliveries_key(customer_id, self.customer_shards), ids)
         return [DeliveryRecord.from_json(r) for r in raws if r]
+
+    async def canonical(self, customer_id: str, max_hops: int = 16) -> str:
+        """The surviving customer of `customer_id` (merge pointers the recommender publishes): a
+        device registered under an id since merged away has its deliveries under the survivor."""
+        current = customer_id
+        for _ in range(max_hops):
+            nxt = await self._r.get(merged_into_key(current, self.customer_shards))
+            if nxt is None or _s(nxt) == current:
+                return current
+            current = _s(nxt)
+        return current
 
     async def registration(self, device_id: str) -> dict | None:
         reg = await self._r.hgetall(published.device_registration_key(device_id, self.event_shards))

@@ -66,7 +66,7 @@ async def list_deliveries(_: AdminDep, c: ContainerDep,
         reg = await c.repo.registration(device_id)
         if reg is None:
             raise NotFound(f"device {device_id!r} is not registered; ask by customer_id")
-        customer_id = reg["customer_id"]
+        customer_id = await c.repo.canonical(reg["customer_id"])
     records = await c.repo.for_customer(customer_id, 500 if device_id else limit)
     if device_id is not None:
         records = [r for r in records if r.device_id == device_id][:limit]

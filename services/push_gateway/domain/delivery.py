@@ -58,7 +58,7 @@ class DeliveryRecord:
                    history=({"status": "queued", "at": now},))
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)  # orjson serialises dataclasses natively (50× asdict + dumps)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "DeliveryRecord":

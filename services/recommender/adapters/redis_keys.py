@@ -13,7 +13,8 @@ from __future__ import annotations
 import zlib
 
 from services.kernel.contracts.erasures import ERASURES, erasure_digest  # noqa: F401  (re-exported)
-from services.kernel.contracts.interactions import customer_shard, customer_tag, interactions_stream_key
+from services.kernel.contracts.interactions import (customer_shard, customer_tag, interactions_stream_key,
+                                                   merged_into_key)
 
 MERGE_LOCK = "vicino:{identity}:merge-lock"  # string with a token, short TTL
 
@@ -30,7 +31,7 @@ class CustomerKeys:
         self.events = base + ":events"            # hash: event_id -> compact JSON of the interaction
         self.seen = base + ":seen"                # zset: event_id -> accepted_at; the dedup window
         self.identifiers = base + ":identifiers"  # set: "kind:value"
-        self.merged_into = base + ":merged_into"  # string: the customer this one was merged into
+        self.merged_into = merged_into_key(customer_id, shards)  # published: the customer this one was merged into
         self.aliases = base + ":aliases"          # set: customers merged into this one
         self.visits = base + ":visits"            # zset: visit_id -> entered at; the most recent N store visits
         self.visit_info = base + ":visit_info"    # hash: visit_id -> JSON {store_id, entered_at, left_at, ...}
