@@ -37,6 +37,7 @@ bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.data_layer
 	$(BIN)/python -m bench.history
 	$(BIN)/python -m bench.recommender
+	$(BIN)/python -m bench.push
 
 clean: ## remove .venv and var/
 	rm -rf $(VENV) var

@@ -821,8 +821,8 @@ def print_tables(res: dict) -> None:
                     ["run", "gateway", "stand-in", "redis", "client/driver"], cpu_rows))
     print("\nNotes: latencies run from the job's created_at (the floor: the burst's start) to the stand-in's "
           "received_at,\nso with every push queued at once they are mostly time spent waiting in the queue. The floor "
-          "keeps all\n--concurrency requests in flight; a gateway worker has at most one StreamConsumer read "
-          "(200 entries) in flight.")
+          "keeps all\n--concurrency requests in flight; so does a gateway worker (VICINO_CONCURRENCY handlers, at most "
+          "100 streams on its APNs connection).")
     g = res.get("gateway", {})
     det = [[k, v["sent"], v["failures"], v["duplicates"], v["retries_scheduled"], v["dead_lettered"],
             v["pending_after"], v["enqueue_s"], v["seconds"],

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from .problems import Unauthorized
+from .problems import Forbidden, Unauthorized
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +98,23 @@ def parse_bearer(header: str | None) -> str:
 
 def is_admin_token(token: str, admin_token: str) -> bool:
     return hmac.compare_digest(token.encode(), admin_token.encode())
+
+
+def bearer_principal(authorization: str | None, admin_token: str, signer: TokenSigner, now: float) -> Principal:
+    """Admin token, or a device token whose signature and expiry check out. Whether a device
+    token is still its device's current one is for the caller to check against the registration."""
+    token = parse_bearer(authorization)
+    if is_admin_token(token, admin_token):
+        return ADMIN
+    if not token.startswith("v1."):
+        raise Unauthorized("unknown bearer token")
+    return Principal(admin=False, device=signer.verify(token, now))
+
+
+def require_admin(p: Principal) -> Principal:
+    if not p.admin:
+        raise Forbidden("this endpoint needs the admin token")
+    return p
+
+
+REPLACED_TOKEN = "this device token was replaced by a newer registration or the device was removed"

@@ -23,6 +23,8 @@ from redis.exceptions import ResponseError
 
 log = logging.getLogger("vicino.stream_consumer")
 
+PENDING_SCAN_S = 0.5  # with concurrency: how often own pending and reclaimable entries are looked for
+
 Handler = Callable[[str, str, dict], Awaitable[None]]  # (stream, entry id, fields)
 
 
@@ -127,6 +129,7 @@ class StreamConsumer:
             finally:
                 inflight.pop((stream, entry_id), None)
 
+        next_scan = 0.0
         while not stop.is_set():
             started = 0
             try:
@@ -134,11 +137,17 @@ class StreamConsumer:
                     await self.ensure_groups()
                 await self._flush_acks(acks)
                 now = time.monotonic()
+                # entries waiting for their time and a dead consumer's are looked for now and then;
+                # new ones every round (a read per stream costs as much CPU as a handler)
+                scan = now >= next_scan
+                if scan:
+                    next_scan = now + PENDING_SCAN_S
                 for stream in self.streams:
-                    for read in (self._own_pending, self._reclaim, self._new):
-                        if len(inflight) >= self.concurrency:
+                    for read in (self._own_pending, self._reclaim, self._new) if scan else (self._new,):
+                        free = self.concurrency - len(inflight)
+                        if free <= 0:
                             break
-                        for entry_id, fields in await read(stream):
+                        for entry_id, fields in await read(stream, min(free, self.batch)):
                             key = (stream, _s(entry_id))
                             if key in inflight or self._retry_at.get(key, 0.0) > now:
                                 continue  # running, or waiting for its time
@@ -146,13 +155,17 @@ class StreamConsumer:
                             started += 1
             except Exception:  # Redis restarting, a failover: keep the worker alive
                 log.exception("stream consumer round failed", extra={"fields": {"group": self.group}})
-            if started == 0 or len(inflight) >= self.concurrency:
-                # wait for a slot (or a moment, when there is nothing to read)
-                waiting = list(inflight.values())
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait(waiting + [stopper], timeout=self.idle_sleep_s if started == 0 else None,
+            stopper = asyncio.ensure_future(stop.wait())
+            if started == 0:  # nothing to read: a moment, or until a handler finishes
+                await asyncio.wait(list(inflight.values()) + [stopper], timeout=self.idle_sleep_s,
                                    return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
+            while len(inflight) > self.concurrency // 2 and not stop.is_set():
+                # read again when half the slots are free, not on every completion
+                await asyncio.wait(list(inflight.values()) + [stopper], timeout=PENDING_SCAN_S,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if time.monotonic() >= next_scan:
+                    break
+            stopper.cancel()
         if inflight:  # let the running handlers finish (they record their outcome), then ack
             await asyncio.wait(list(inflight.values()), timeout=30)
         try:
@@ -170,22 +183,23 @@ class StreamConsumer:
                     acks[stream].extend(ids)  # keep them for the next round
                     raise
 
-    async def _own_pending(self, stream: str) -> list:
+    async def _own_pending(self, stream: str, count: int | None = None) -> list:
         # entries this consumer read before a crash or a failed attempt, a page per round (a
         # cursor walks the list, so that entries waiting for their time never hide the others)
         cursor = self._pending_cursor.get(stream, "0")
-        reply = await self._r.xreadgroup(self.group, self.consumer, {stream: cursor}, count=self.batch)
+        count = count or self.batch
+        reply = await self._r.xreadgroup(self.group, self.consumer, {stream: cursor}, count=count)
         entries = reply[0][1] if reply else []
-        self._pending_cursor[stream] = _s(entries[-1][0]) if len(entries) == self.batch else "0"
+        self._pending_cursor[stream] = _s(entries[-1][0]) if len(entries) == count else "0"
         return entries
 
-    async def _reclaim(self, stream: str) -> list:
+    async def _reclaim(self, stream: str, count: int | None = None) -> list:
         reply = await self._r.xautoclaim(stream, self.group, self.consumer, self.claim_idle_ms, "0-0",
-                                         count=self.batch)
+                                         count=count or self.batch)
         return [e for e in reply[1] if e is not None] if reply else []
 
-    async def _new(self, stream: str) -> list:
-        reply = await self._r.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self.batch)
+    async def _new(self, stream: str, count: int | None = None) -> list:
+        reply = await self._r.xreadgroup(self.group, self.consumer, {stream: ">"}, count=count or self.batch)
         return reply[0][1] if reply else []
 
     async def _handle(self, stream: str, entry_id: str, fields: dict | None) -> bool:

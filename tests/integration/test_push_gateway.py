@@ -8,7 +8,6 @@ import time
 
 import httpx
 import orjson
-import pytest
 from fastapi.testclient import TestClient
 
 from services.kernel.contracts.deliveries import (DeliveryReceiptV1, dead_jobs_stream_key, delivery_id_for,

@@ -26,43 +26,13 @@ from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 from tests.integration._push_support import enqueue, make_job
 from tests.integration._support import ROOT, free_port, wait_until
 from tests.integration.test_push_gateway import (ADMIN, dead, delivery_of, push_settings, register, settled)
-from tests.push_servers import apns_like, fcm_like, make_apns_key, make_service_account, make_tls
+from tests.push_servers import apns_like, fcm_like, make_service_account
 
 TOPIC = "com.vicino.app"
 
 
-@pytest.fixture(scope="module")
-def material(tmp_path_factory):
-    d = tmp_path_factory.mktemp("push-keys")
-    return {"tls": make_tls(d), "apns_key": make_apns_key(d), "dir": d}
-
-
-@pytest.fixture(scope="module")
-def fcm_server(material):
-    server = fcm_like.start_in_thread(project_id="vicino-test", size_rule="payload")
-    server.sa = make_service_account(material["dir"], server.token_url)
-    server.add_service_account(server.sa)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fcm(fcm_server):
-    fcm_server.reset()
-    return fcm_server
-
-
-@pytest.fixture(scope="module")
-def apns_server(material):
-    server = apns_like.start_in_thread(tls=material["tls"], apns_key=material["apns_key"], topic=TOPIC)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def apns(apns_server):
-    apns_server.reset()
-    return apns_server
+# the stand-ins, per module
+from tests.push_servers.fixtures import apns, apns_server, fcm, fcm_server, material  # noqa: E402,F401
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from tests.push_servers import (Reply, apns_like, apns_provider_token, fcm_like, free_port, google_assertion,
-                                make_apns_key, make_service_account, make_tls)
+                                make_service_account)
 from tests.push_servers.keys import JWT_BEARER
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -22,39 +22,8 @@ FCM_TOKEN = fcm_like.registration_token(1)
 DEVICE = apns_like.device_token(1)
 
 
-@pytest.fixture(scope="module")
-def material(tmp_path_factory):
-    d = tmp_path_factory.mktemp("push-keys")
-    return {"tls": make_tls(d), "apns_key": make_apns_key(d), "dir": d}
-
-
-@pytest.fixture(scope="module")
-def fcm_server(material):
-    server = fcm_like.start_in_thread(project_id="vicino-test")
-    sa = make_service_account(material["dir"], server.token_url)
-    server.add_service_account(sa)
-    server.sa = sa
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fcm(fcm_server):
-    fcm_server.reset()
-    return fcm_server
-
-
-@pytest.fixture(scope="module")
-def apns_server(material):
-    server = apns_like.start_in_thread(tls=material["tls"], apns_key=material["apns_key"], topic=TOPIC)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def apns(apns_server):
-    apns_server.reset()
-    return apns_server
+# the stand-ins, per module
+from tests.push_servers.fixtures import apns, apns_server, fcm, fcm_server, material  # noqa: E402,F401
 
 
 def run(coro):

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from services.kernel.auth import ADMIN, Principal, is_admin_token, parse_bearer
+from services.kernel.auth import Principal, bearer_principal, require_admin
 from services.kernel.problems import Forbidden, Unauthorized
 
 from ..wiring import GeoContainer
@@ -20,14 +20,9 @@ ContainerDep = Annotated[GeoContainer, Depends(container)]
 
 
 def authenticate(c: GeoContainer, authorization: str | None) -> Principal:
-    """Admin token, or a device token whose signature and expiry check out. Whether a device
-    token is still the device's current one is checked where the device's record is read."""
-    token = parse_bearer(authorization)
-    if is_admin_token(token, c.settings.admin_token):
-        return ADMIN
-    if not token.startswith("v1."):
-        raise Unauthorized("unknown bearer token")
-    return Principal(admin=False, device=c.signer.verify(token, c.clock.now()))
+    """Whether a device token is still the device's current one is checked where the device's
+    record is read (the location script does it in the same round trip)."""
+    return bearer_principal(authorization, c.settings.admin_token, c.signer, c.clock.now())
 
 
 async def caller(c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -38,9 +33,7 @@ CallerDep = Annotated[Principal, Depends(caller)]
 
 
 async def admin(p: CallerDep) -> Principal:
-    if not p.admin:
-        raise Forbidden("this endpoint needs the admin token")
-    return p
+    return require_admin(p)
 
 
 AdminDep = Annotated[Principal, Depends(admin)]

@@ -6,25 +6,10 @@ from __future__ import annotations
 import httpx
 
 from services.kernel.problems import Unavailable
+from services.kernel.service_http import ServiceClient
 
 
-class _Client:
-    def __init__(self, http: httpx.AsyncClient, admin_token: str, service: str) -> None:
-        self._http = http
-        self._headers = {"Authorization": f"Bearer {admin_token}"}
-        self._service = service
-
-    async def _call(self, method: str, path: str, **kw) -> httpx.Response:
-        try:
-            r = await self._http.request(method, path, headers=self._headers, **kw)
-        except httpx.HTTPError as e:
-            raise Unavailable(f"the {self._service} service is unreachable ({type(e).__name__}); retry") from e
-        if r.status_code >= 500 or r.status_code in (401, 403):
-            raise Unavailable(f"the {self._service} service answered {r.status_code} to {method} {path}; retry")
-        return r
-
-
-class GeoDevices(_Client):
+class GeoDevices(ServiceClient):
     def __init__(self, http: httpx.AsyncClient, admin_token: str) -> None:
         super().__init__(http, admin_token, "geo")
 
@@ -40,7 +25,7 @@ class GeoDevices(_Client):
         return bool(r.json().get("revoked"))
 
 
-class RecommenderInteractions(_Client):
+class RecommenderInteractions(ServiceClient):
     def __init__(self, http: httpx.AsyncClient, admin_token: str) -> None:
         super().__init__(http, admin_token, "recommender")
 

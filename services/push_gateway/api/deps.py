@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 
-from services.kernel.auth import ADMIN, Principal, is_admin_token, parse_bearer
+from services.kernel.auth import REPLACED_TOKEN, Principal, bearer_principal, require_admin
 from services.kernel.problems import Forbidden, NotFound, Unauthorized
 
 from ..domain.delivery import DeliveryRecord
@@ -22,25 +22,19 @@ ContainerDep = Annotated[PushContainer, Depends(container)]
 async def caller(c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
     """Admin token, or a device token that is still its device's current one (the registration
     that the geo service publishes)."""
-    token = parse_bearer(authorization)
-    if is_admin_token(token, c.settings.admin_token):
-        return ADMIN
-    if not token.startswith("v1."):
-        raise Unauthorized("unknown bearer token")
-    claims = c.signer.verify(token, c.clock.now())
-    reg = await c.repo.registration(claims.device_id)
-    if reg is None or reg.get("token_id") != claims.token_id:
-        raise Unauthorized("this device token was replaced by a newer registration or the device was removed")
-    return Principal(admin=False, device=claims)
+    p = bearer_principal(authorization, c.settings.admin_token, c.signer, c.clock.now())
+    if p.device:
+        reg = await c.repo.registration(p.device.device_id)
+        if reg is None or reg.get("token_id") != p.device.token_id:
+            raise Unauthorized(REPLACED_TOKEN)
+    return p
 
 
 CallerDep = Annotated[Principal, Depends(caller)]
 
 
 async def admin(p: CallerDep) -> Principal:
-    if not p.admin:
-        raise Forbidden("this endpoint needs the admin token")
-    return p
+    return require_admin(p)
 
 
 AdminDep = Annotated[Principal, Depends(admin)]

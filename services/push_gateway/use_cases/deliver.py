@@ -60,7 +60,9 @@ class PushDelivery:
         self.metrics = metrics or DeliveryMetrics()
         # requests in flight per provider; a job waits for its slot *before* it is marked
         # `sending`, so the lease measures the send alone
-        self._slots = {name: asyncio.Semaphore(provider_concurrency) for name in providers}
+        self._slots = {name: asyncio.Semaphore(min(provider_concurrency,
+                                                   getattr(p, "max_in_flight", provider_concurrency)))
+                       for name, p in providers.items()}
 
     async def handle(self, job: PushJobV1) -> DeliveryRecord | None:
         """Moves the job's delivery as far as it can go now. Raises `NotYet` when it must wait (a

@@ -6,21 +6,12 @@ import httpx
 
 from services.kernel.contracts.customer_state import CONSENT_FIELDS
 from services.kernel.problems import Unavailable
+from services.kernel.service_http import ServiceClient
 
 
-class GeoClient:
+class GeoClient(ServiceClient):
     def __init__(self, http: httpx.AsyncClient, admin_token: str) -> None:
-        self._http = http
-        self._headers = {"Authorization": f"Bearer {admin_token}"}
-
-    async def _call(self, method: str, path: str, **kw) -> httpx.Response:
-        try:
-            r = await self._http.request(method, path, headers=self._headers, **kw)
-        except httpx.HTTPError as e:
-            raise Unavailable(f"the geo service is unreachable ({type(e).__name__}); nothing was lost, retry") from e
-        if r.status_code >= 500 or r.status_code in (401, 403):
-            raise Unavailable(f"the geo service answered {r.status_code} to {method} {path}; retry")
-        return r
+        super().__init__(http, admin_token, "geo")
 
     async def set_consent(self, customer_id: str, consent: dict) -> None:
         r = await self._call("PUT", f"/v1/customers/{customer_id}/consent",

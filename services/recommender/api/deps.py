@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from services.kernel.auth import ADMIN, Principal, is_admin_token, parse_bearer
+from services.kernel.auth import REPLACED_TOKEN, Principal, bearer_principal, require_admin
 from services.kernel.problems import Forbidden, Unauthorized
 
 from ..wiring import RecommenderContainer
@@ -22,24 +22,17 @@ ContainerDep = Annotated[RecommenderContainer, Depends(container)]
 async def caller(c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
     """Admin token, or a device token that is still its device's current one (checked against
     the registration the geo service publishes, so a replaced or removed phone is locked out)."""
-    token = parse_bearer(authorization)
-    if is_admin_token(token, c.settings.admin_token):
-        return ADMIN
-    if not token.startswith("v1."):
-        raise Unauthorized("unknown bearer token")
-    claims = c.signer.verify(token, c.clock.now())
-    if not await c.devices.is_current(claims.device_id, claims.customer_id, claims.token_id):
-        raise Unauthorized("this device token was replaced by a newer registration or the device was removed")
-    return Principal(admin=False, device=claims)
+    p = bearer_principal(authorization, c.settings.admin_token, c.signer, c.clock.now())
+    if p.device and not await c.devices.is_current(p.device.device_id, p.device.customer_id, p.device.token_id):
+        raise Unauthorized(REPLACED_TOKEN)
+    return p
 
 
 CallerDep = Annotated[Principal, Depends(caller)]
 
 
 async def admin(p: CallerDep) -> Principal:
-    if not p.admin:
-        raise Forbidden("this endpoint needs the admin token")
-    return p
+    return require_admin(p)
 
 
 AdminDep = Annotated[Principal, Depends(admin)]

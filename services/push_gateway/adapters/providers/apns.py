@@ -90,6 +90,9 @@ def apns_outcome(status: int, body: bytes, headers: httpx.Headers, now: float) -
 
 class ApnsProvider:
     name = "apns"
+    # httpcore carries at most 100 streams on its HTTP/2 connection and queues the rest in its
+    # pool, whose per-request cost grows with the queue: the gateway waits for a slot instead
+    max_in_flight = 100
 
     def __init__(self, key: ApnsKey, topic: str, http: httpx.AsyncClient, *, endpoint: str = DEFAULT_ENDPOINT,
                  timeout_s: float = 10.0, refresh_s: float = 40 * 60,

@@ -1,0 +1,24 @@
+"""Another service's HTTP API, called with the admin token: what cannot be told from a refusal
+(unreachable, 5xx, our token refused) is `Unavailable`, a 503 that the caller's client retries."""
+from __future__ import annotations
+
+import httpx
+
+from .problems import Unavailable
+
+
+class ServiceClient:
+    def __init__(self, http: httpx.AsyncClient, admin_token: str, service: str) -> None:
+        self._http = http
+        self._headers = {"Authorization": f"Bearer {admin_token}"}
+        self.service = service
+
+    async def _call(self, method: str, path: str, **kw) -> httpx.Response:
+        try:
+            r = await self._http.request(method, path, headers=self._headers, **kw)
+        except httpx.HTTPError as e:
+            raise Unavailable(f"the {self.service} service is unreachable ({type(e).__name__}); nothing was lost, "
+                              "retry") from e
+        if r.status_code >= 500 or r.status_code in (401, 403):
+            raise Unavailable(f"the {self.service} service answered {r.status_code} to {method} {path}; retry")
+        return r
