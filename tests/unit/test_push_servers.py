@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from tests.push_servers import (Reply, apns_like, apns_provider_token, fcm_like, free_port, google_assertion,
-                                make_service_account)
+                                make_apns_key, make_service_account)
 from tests.push_servers.keys import JWT_BEARER
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
