@@ -14,11 +14,11 @@ HTTP/1.1, APNs over HTTP/2 + TLS), each in its own process, with an embedded Red
 3. floor      the peer every gateway figure is divided by, measured in the same run: a bare
               `httpx.AsyncClient` in its own process sending the same number of equivalent
               requests (same bodies and headers, built in advance) to the same stand-in with the
-              gateway's concurrency (256 in flight; HTTP/2 for APNs), no Redis, no gateway. Its
+              gateway's concurrency (128 in flight; HTTP/2 for APNs), no Redis, no gateway. Its
               latency is counted from the start of the burst (every request "queued at once").
-              For FCM also a peer: the same client with its 256 connections split over 64 small
+              For FCM also a peer: the same client with its 128 connections split over 32 small
               pools used in turn (httpcore's pool costs per request grow with its connections and
-              the requests queued on it, so one pool of 256 is a slow floor over HTTP/1.1).
+              the requests queued on it, so one pool of 128 is a slow floor over HTTP/1.1).
 4. x2         the FCM and APNs runs again with two gateway worker processes (--no-two-workers
               skips them).
 
@@ -73,7 +73,7 @@ SECRET = "bench-token-secret-0123456789abcdef"
 TOPIC = "com.vicino.app"
 SHARDS = 16                      # customer shards = event shards = the gateway's defaults
 GROUP = "push-gateway"
-CONCURRENCY = 256                # the gateway's default `concurrency` and `provider_concurrency`
+CONCURRENCY = 128                # the gateway's default `concurrency` and `provider_concurrency`
 TARGET_PER_S = 2000.0            # the issue's target, deliveries per second
 WARMUP = 300                     # jobs (or floor requests) before each measured burst
 HARD_LIMIT_S = 300               # the whole run, whatever happens
@@ -531,7 +531,6 @@ def run_floor(fake: Fake, kind: str, n: int, material: dict, max_s: float, concu
 # The gateway runs
 # --------------------------------------------------------------------------------------------
 
-@dataclass
 def enqueue_paced(r: redis.Redis, batch: Batch, rate: float, chunk: int = 10) -> dict:
     """The jobs at a steady `rate` per second, `chunk` at a time (as decisions arrive in
     production), each with the `created_at` of its own chunk: latency below capacity."""
@@ -552,6 +551,7 @@ def enqueue_paced(r: redis.Redis, batch: Batch, rate: float, chunk: int = 10) ->
     return {"t_first": t_first, "t_last": time.time(), "created": created}
 
 
+@dataclass
 class Bench:
     tmp: Path
     procs: Procs
@@ -872,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="INFO", help="the gateway's VICINO_LOG_LEVEL (default: its default, INFO)")
     ap.add_argument("--concurrency", type=int, default=CONCURRENCY,
                     help="requests in flight: the floor's, and the gateway's VICINO_CONCURRENCY and "
-                         "VICINO_PROVIDER_CONCURRENCY (default 256, the gateway's defaults)")
+                         "VICINO_PROVIDER_CONCURRENCY (default 128, the gateway's defaults)")
     ap.add_argument("--set", action="append", default=[], metavar="VICINO_X=VALUE",
                     help="another setting of the gateway workers (repeatable), for experiments")
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
