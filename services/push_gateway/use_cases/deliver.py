@@ -47,7 +47,7 @@ class DeliveryMetrics:
 
 class PushDelivery:
     def __init__(self, repo: DeliveryRepository, providers: dict[str, PushProvider], routes: dict[str, str],
-                 geo: GeoDevices, clock: Clock, policy: RetryPolicy, lease_s: float, provider_concurrency: int = 256,
+                 geo: GeoDevices, clock: Clock, policy: RetryPolicy, lease_s: float, provider_concurrency: int = 128,
                  draw: Callable[[], float] = random.random, metrics: DeliveryMetrics | None = None) -> None:
         self.repo = repo
         self.providers = providers
