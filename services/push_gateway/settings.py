@@ -44,7 +44,9 @@ class PushSettings(ServiceSettings):
     retry_max_s: float = Field(300.0, gt=0, le=86_400, description="longest pause between two sends")
     claim_idle_ms: int = Field(30_000, ge=100, description="a job left pending this long by a stopped worker "
                                "is taken over by another")
-    delivery_retention_s: float = Field(30 * 86_400.0, ge=3600, description="how long delivery records are kept")
+    delivery_retention_s: float = Field(30 * 86_400.0, ge=2 * 86_400, description="how long delivery records are "
+                                        "kept (at least twice a push job's longest life, so a redelivered job "
+                                        "always finds its record)")
     max_body_bytes: int = Field(64 << 10, ge=1024, description="request body limit")
 
     @model_validator(mode="after")

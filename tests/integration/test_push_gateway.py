@@ -231,6 +231,7 @@ def test_receipts_api_refuses_bad_input_and_strangers(redis_url, redis_sync, geo
         did = settled(client, job)["delivery_id"]
         assert client.get(f"/v1/deliveries/{did}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
         assert_problem(client.get(f"/v1/deliveries/{did}"), 401)
+        assert_problem(client.get("/v1/deliveries/dlv001" + "0" * 24), 401)  # existence is not told
         assert_problem(client.get(f"/v1/deliveries/{did}", headers={"Authorization": f"Bearer {other}"}), 403)
         assert_problem(client.get("/v1/deliveries/not-an-id", headers=ADMIN), 422)
         assert_problem(client.get("/v1/deliveries/dlv001" + "0" * 24, headers=ADMIN), 404, "no delivery")

@@ -53,7 +53,9 @@ async def delivery(delivery_id: DeliveryIdPath, c: ContainerDep) -> DeliveryReco
 DeliveryDep = Annotated[DeliveryRecord, Depends(delivery)]
 
 
-async def recipient_or_admin(rec: DeliveryDep, p: CallerDep) -> Principal:
+# the caller is checked before the delivery is looked up: no answer says whether an id exists
+# to someone without a valid token
+async def recipient_or_admin(p: CallerDep, rec: DeliveryDep) -> Principal:
     if p.admin or p.device.device_id == rec.device_id:
         return p
     raise Forbidden("a device token may only read the deliveries sent to that device")
@@ -62,7 +64,7 @@ async def recipient_or_admin(rec: DeliveryDep, p: CallerDep) -> Principal:
 RecipientOrAdminDep = Annotated[Principal, Depends(recipient_or_admin)]
 
 
-async def recipient(rec: DeliveryDep, p: CallerDep) -> Principal:
+async def recipient(p: CallerDep, rec: DeliveryDep) -> Principal:
     if p.admin:
         raise Forbidden("an open is reported by the recipient's device token, not the admin token")
     if p.device.device_id != rec.device_id:

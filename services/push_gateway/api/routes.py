@@ -75,13 +75,13 @@ async def list_deliveries(_: AdminDep, c: ContainerDep,
 
 @router.get("/deliveries/{delivery_id}", tags=["deliveries"], response_model=DeliveryOut,
             summary="one delivery and its status history (admin, or the device it was sent to)")
-async def get_delivery(rec: DeliveryDep, _: RecipientOrAdminDep) -> Response:
+async def get_delivery(_: RecipientOrAdminDep, rec: DeliveryDep) -> Response:
     return _json(rec.public())
 
 
 @router.post("/deliveries/{delivery_id}/opened", tags=["deliveries"], response_model=DeliveryOut,
              summary="the app reports the push opened (recipient's device token); idempotent")
-async def delivery_opened(rec: DeliveryDep, _: RecipientDep, c: ContainerDep) -> Response:
+async def delivery_opened(_: RecipientDep, rec: DeliveryDep, c: ContainerDep) -> Response:
     """Records the open once and adds an `offer_open` interaction (channel `push`) to the
     customer's history. 409 if the push was not sent; 503 if the recommender is away (the open is
     kept: retry, it is not counted twice)."""
