@@ -12,6 +12,9 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import ClusterDownError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -135,6 +138,17 @@ def install_problem_handlers(app: FastAPI) -> None:
             detail = f"no route {request.method} {request.url.path}"
         return problem_response(exc.status_code, titles.get(exc.status_code, "Error"), detail,
                                 instance=request.url.path, headers=getattr(exc, "headers", None))
+
+    async def _redis_away(request: Request, exc: Exception) -> Response:
+        # Redis restarting, a failover, a network cut: nothing was half-written (every write is
+        # one script), so the client is told to retry rather than shown a server error
+        log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return problem_response(503, "Service unavailable", f"Redis is unavailable ({type(exc).__name__}); "
+                                "nothing was lost, retry shortly", instance=request.url.path,
+                                headers={"Retry-After": "1"})
+
+    for redis_error in (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError):
+        app.add_exception_handler(redis_error, _redis_away)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

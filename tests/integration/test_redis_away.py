@@ -1,0 +1,62 @@
+"""Redis goes away under a running service: every service answers 503 problem+json with
+Retry-After at once (never a 500, never a hang), and serves again when Redis is back."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.launcher.embedded_redis import EmbeddedRedis
+from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
+from tests.integration._support import assert_problem
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def _geo(url, tmp_path):
+    from services.geo.app import create_app
+    from services.geo.settings import GeoSettings
+
+    return create_app(GeoSettings(redis_url=url, admin_token=ADMIN_TOKEN, token_secret=TOKEN_SECRET)), \
+        ("GET", "/v1/devices/some-phone")
+
+
+def _recommender(url, tmp_path):
+    from services.recommender.app import create_app
+    from tests.conftest import make_rec_settings
+
+    return create_app(make_rec_settings(url, history_dir=str(tmp_path / "h"), model_dir=str(tmp_path / "m"))), \
+        ("GET", "/v1/customers/someone")
+
+
+def _push(url, tmp_path):
+    from services.push_gateway.app import create_app
+    from services.push_gateway.settings import PushSettings
+
+    return create_app(PushSettings(redis_url=url, admin_token=ADMIN_TOKEN, token_secret=TOKEN_SECRET)), \
+        ("GET", "/v1/deliveries?customer_id=someone")
+
+
+@pytest.mark.parametrize("make", [_geo, _recommender, _push], ids=["geo", "recommender", "push"])
+def test_redis_away_is_a_quick_503_and_the_service_recovers(make, tmp_path):
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    try:
+        app, (method, path) = make(server.url, tmp_path)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert client.request(method, path, headers=ADMIN).status_code in (200, 404)
+            server.proc.kill()
+            server.proc.wait()
+            t0 = time.monotonic()
+            r = client.request(method, path, headers=ADMIN)
+            assert time.monotonic() - t0 < 5
+            assert_problem(r, 503, "Redis is unavailable")
+            assert r.headers["retry-after"] == "1"
+            assert client.get("/readyz").status_code == 503
+            server = EmbeddedRedis(tmp_path / "redis", port=server.port, persist=False).start()
+            deadline = time.monotonic() + 15
+            while client.request(method, path, headers=ADMIN).status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert client.request(method, path, headers=ADMIN).status_code in (200, 404)
+    finally:
+        server.stop()
