@@ -48,11 +48,18 @@ async def wait_for_redis(url: str, wait_s: float, log) -> None:
             await probe.aclose()
 
 
+# A Redis that stops answering (paused, a network cut without a reset) must not hang requests:
+# a command gets this long, then the request is a 503 (no command the services send takes long)
+SOCKET_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5.0
+
+
 def open_async(url: str) -> aioredis.Redis | AsyncRedisCluster:
     """`decode_responses` stays off: payloads are bytes decoded by the contracts."""
+    timeouts = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S}
     if _is_cluster(url):
-        return AsyncRedisCluster.from_url(url)
-    return aioredis.Redis.from_url(url, health_check_interval=30)
+        return AsyncRedisCluster.from_url(url, **timeouts)
+    return aioredis.Redis.from_url(url, health_check_interval=30, **timeouts)
 
 
 def open_sync(url: str) -> redis.Redis | RedisCluster:

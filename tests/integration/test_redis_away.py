@@ -60,3 +60,30 @@ def test_redis_away_is_a_quick_503_and_the_service_recovers(make, tmp_path):
             assert client.request(method, path, headers=ADMIN).status_code in (200, 404)
     finally:
         server.stop()
+
+
+def test_a_paused_redis_is_a_503_within_the_socket_timeout_not_a_hang(tmp_path):
+    import signal
+
+    from services.kernel.redis_client import SOCKET_TIMEOUT_S
+
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    try:
+        app, (method, path) = _push(server.url, tmp_path)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert client.request(method, path, headers=ADMIN).status_code == 200
+            server.proc.send_signal(signal.SIGSTOP)  # alive, silent
+            try:
+                t0 = time.monotonic()
+                r = client.request(method, path, headers=ADMIN)
+                waited = time.monotonic() - t0
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            assert_problem(r, 503, "Redis is unavailable")
+            assert waited < SOCKET_TIMEOUT_S + 5
+            deadline = time.monotonic() + 15
+            while client.request(method, path, headers=ADMIN).status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert client.request(method, path, headers=ADMIN).status_code == 200
+    finally:
+        server.stop()
