@@ -34,12 +34,13 @@ GROUP = "push-gateway"
 
 @dataclass
 class ProviderClients:
-    """One HTTP client per provider (pooled connections; HTTP/2 for APNs). Tests hand their own."""
+    """One HTTP client per provider (pooled connections; HTTP/2 for APNs). Tests hand their own
+    `httpx.AsyncClient`s; anything with httpx's `post` will do (`ShardedClient`)."""
 
-    fcm: httpx.AsyncClient | None = None
-    apns: httpx.AsyncClient | None = None
-    webhook: httpx.AsyncClient | None = None
-    owned: list[httpx.AsyncClient] = field(default_factory=list)
+    fcm: "httpx.AsyncClient | ShardedClient | None" = None
+    apns: "httpx.AsyncClient | ShardedClient | None" = None
+    webhook: "httpx.AsyncClient | ShardedClient | None" = None
+    owned: list = field(default_factory=list)
 
     @classmethod
     def open(cls, settings: PushSettings) -> "ProviderClients":
