@@ -290,14 +290,19 @@ def enqueue(r: redis.Redis, batch: Batch, chunk: int = 500) -> dict:
     created: dict[str, float] = {}
     t_first = time.time()
     for k in range(0, len(batch.jobs), chunk):
-        now = time.time()
-        pipe = r.pipeline(transaction=False)
-        for stream, d in batch.jobs[k:k + chunk]:
-            d["created_at"], d["expires_at"] = now, now + 900
-            created[d["data"]["visit_id"]] = now
-            pipe.xadd(stream, {"v": "1", "data": orjson.dumps(d)})
-        pipe.execute()
+        _write_chunk(r, batch.jobs[k:k + chunk], created)
     return {"t_first": t_first, "t_last": time.time(), "created": created}
+
+
+def _write_chunk(r: redis.Redis, jobs: list[tuple[str, dict]], created: dict[str, float]) -> None:
+    """One pipelined XADD per job, all created now (and expiring 900 s later)."""
+    now = time.time()
+    pipe = r.pipeline(transaction=False)
+    for stream, d in jobs:
+        d["created_at"], d["expires_at"] = now, now + 900
+        created[d["data"]["visit_id"]] = now
+        pipe.xadd(stream, {"v": "1", "data": orjson.dumps(d)})
+    pipe.execute()
 
 
 def receipts_len(r: redis.Redis) -> int:
@@ -541,13 +546,7 @@ def enqueue_paced(r: redis.Redis, batch: Batch, rate: float, chunk: int = 10) ->
         delay = due - time.time()
         if delay > 0:
             time.sleep(delay)
-        now = time.time()
-        pipe = r.pipeline(transaction=False)
-        for stream, d in batch.jobs[k:k + chunk]:
-            d["created_at"], d["expires_at"] = now, now + 900
-            created[d["data"]["visit_id"]] = now
-            pipe.xadd(stream, {"v": "1", "data": orjson.dumps(d)})
-        pipe.execute()
+        _write_chunk(r, batch.jobs[k:k + chunk], created)
     return {"t_first": t_first, "t_last": time.time(), "created": created}
 
 
