@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from services.kernel.clock import Clock, SystemClock
 from services.kernel.http_edge import install_edge, publish_body_schemas, redis_check
-from services.kernel.redis_client import open_async, open_hot_path, wait_for_redis
+from services.kernel.redis_client import service_redis
 
 from .api.routes import HOT_PATH_ROUTES, router
 from .api.schemas import LocationBatchIn
@@ -29,29 +29,21 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        own_redis = redis is None
-        if own_redis:
-            await wait_for_redis(settings.redis_url, settings.redis_wait_s, log)
-        r = open_async(settings.redis_url) if own_redis else redis
-        hot = open_hot_path(settings.redis_url, r)
-        container = build(settings, r, clock, registry, metrics, hot)
-        app.state.container = container
-        running["sync"] = container.sync
-        stop = asyncio.Event()
-        await container.sync.load_all()
-        follower = asyncio.create_task(container.sync.follow(stop), name="store-index-follow")
-        log.info("geo service ready", extra={"fields": {"stores": len(container.sync.index)}})
-        try:
-            yield
-        finally:
-            stop.set()
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await follower
-            if hot is not r:
-                await hot.aclose()
-            if own_redis:
-                await r.aclose()
+        async with service_redis(settings.redis_url, settings.redis_wait_s, log, redis) as (r, hot):
+            container = build(settings, r, clock, registry, metrics, hot)
+            app.state.container = container
+            running["sync"] = container.sync
+            stop = asyncio.Event()
+            await container.sync.load_all()
+            follower = asyncio.create_task(container.sync.follow(stop), name="store-index-follow")
+            log.info("geo service ready", extra={"fields": {"stores": len(container.sync.index)}})
+            try:
+                yield
+            finally:
+                stop.set()
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await follower
 
     app = FastAPI(title="Vicino geo service", version="1", lifespan=lifespan,
                   description="Location fixes in, store visits (enter / dwell / exit) out. "

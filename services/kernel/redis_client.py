@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -76,3 +77,22 @@ def open_hot_path(url: str, redis_client):
     if isinstance(redis_client, AsyncRedisCluster):
         return redis_client
     return PipelinedRedis(url)
+
+
+@contextlib.asynccontextmanager
+async def service_redis(url: str, wait_s: float, log, given=None, *, hot_path: bool = True):
+    """A service's Redis for the life of its app: `(client, hot path client)` (the same client
+    when `hot_path` is off). The given client (tests) is used as is; otherwise Redis is waited
+    for, opened, and closed at the end."""
+    r = given
+    if r is None:
+        await wait_for_redis(url, wait_s, log)
+        r = open_async(url)
+    hot = open_hot_path(url, r) if hot_path else r
+    try:
+        yield r, hot
+    finally:
+        if hot is not r:
+            await hot.aclose()
+        if given is None:
+            await r.aclose()

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, TypeVar
 
 from redis.exceptions import ResponseError
 
@@ -38,6 +38,18 @@ class NotYet(Exception):
     def __init__(self, delay_s: float) -> None:
         super().__init__(f"not before {delay_s:.3f} s")
         self.delay_s = delay_s
+
+
+T = TypeVar("T")
+
+
+def decode_entry(parse: Callable[[dict], T], fields: dict, what: str) -> T:
+    """A stream entry as its contract model, or `PoisonEntry` naming what it is not (pydantic's
+    ValidationError is a ValueError)."""
+    try:
+        return parse(fields)
+    except (TypeError, ValueError) as e:
+        raise PoisonEntry(f"not a {what}: {str(e)[:300]}") from None
 
 
 def _s(v) -> str:

@@ -14,11 +14,11 @@ from prometheus_client import CollectorRegistry
 
 from services.kernel.clock import Clock, SystemClock
 from services.kernel.http_edge import install_edge, redis_check
-from services.kernel.redis_client import open_async, open_hot_path, wait_for_redis
+from services.kernel.redis_client import service_redis
 
 from .api import routes
 from .settings import PushSettings
-from .wiring import ProviderClients, build, build_consumer, check_providers
+from .wiring import ProviderClients, build, build_consumer
 
 log = logging.getLogger("vicino.push")
 
@@ -35,41 +35,30 @@ def create_app(settings: PushSettings | None = None, *, redis=None, clock: Clock
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        own_redis = redis is None
-        if own_redis:
-            await wait_for_redis(settings.redis_url, settings.redis_wait_s, log)
-        r = open_async(settings.redis_url) if own_redis else redis
-        provider_clients = clients or ProviderClients.open(settings)
-        geo = geo_http or httpx.AsyncClient(base_url=settings.geo_url, timeout=10.0)
-        rec = recommender_http or httpx.AsyncClient(base_url=settings.recommender_url, timeout=10.0)
-        hot = open_hot_path(settings.redis_url, r)
-        container = app.state.container = build(settings, r, clock, registry, provider_clients, geo, rec,
-                                                hot_path=hot)
-        stop = asyncio.Event()
-        tasks = []
-        if run_worker:
-            name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
-            consumer = app.state.consumer = build_consumer(settings, r, name, container.delivery)
-            tasks.append(asyncio.create_task(consumer.run_forever(stop), name="push-consumer"))
-        log.info("push gateway ready", extra={"fields": {"routes": check_providers(settings),
-                                                         "worker": run_worker}})
-        try:
-            yield
-        finally:
-            stop.set()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(t, 30)
-            if clients is None:
-                await provider_clients.aclose()
-            if geo_http is None:
-                await geo.aclose()
-            if recommender_http is None:
-                await rec.aclose()
-            if hot is not r:
-                await hot.aclose()
-            if own_redis:
-                await r.aclose()
+        async with service_redis(settings.redis_url, settings.redis_wait_s, log, redis) as (r, hot):
+            provider_clients = clients or ProviderClients.open(settings)
+            geo = geo_http or httpx.AsyncClient(base_url=settings.geo_url, timeout=10.0)
+            rec = recommender_http or httpx.AsyncClient(base_url=settings.recommender_url, timeout=10.0)
+            container = app.state.container = build(settings, r, clock, registry, provider_clients, geo, rec,
+                                                    hot_path=hot)
+            stop = asyncio.Event()
+            tasks = []
+            if run_worker:
+                name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+                consumer = app.state.consumer = build_consumer(settings, r, name, container.delivery)
+                tasks.append(asyncio.create_task(consumer.run_forever(stop), name="push-consumer"))
+            log.info("push gateway ready", extra={"fields": {"routes": container.routes, "worker": run_worker}})
+            try:
+                yield
+            finally:
+                stop.set()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await asyncio.wait_for(t, 30)
+                # only what this app opened is closed here (tests hand their own clients)
+                for mine, given in ((provider_clients, clients), (geo, geo_http), (rec, recommender_http)):
+                    if given is None:
+                        await mine.aclose()
 
     app = FastAPI(title="Vicino push gateway", version="1", lifespan=lifespan,
                   description="Delivers offers as push notifications (FCM HTTP v1, APNs, a signed webhook or the "

@@ -3,10 +3,8 @@ entry is dead-lettered with the reason (never a crashed worker); an erased custo
 no trace."""
 from __future__ import annotations
 
-from pydantic import ValidationError
-
 from services.kernel.contracts.push_jobs import PushJobV1
-from services.kernel.stream_consumer import PoisonEntry
+from services.kernel.stream_consumer import decode_entry
 
 from .use_cases.deliver import PushDelivery
 
@@ -16,8 +14,5 @@ class PushJobHandler:
         self.delivery = delivery
 
     async def handle(self, stream: str, entry_id: str, fields: dict) -> None:
-        try:
-            job = PushJobV1.from_stream_fields(fields)
-        except (ValidationError, TypeError, ValueError) as e:
-            raise PoisonEntry(f"not a push job v1: {str(e)[:300]}") from None
+        job = decode_entry(PushJobV1.from_stream_fields, fields, "push job v1")
         await self.delivery.handle(job)

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from services.kernel.clock import Clock, SystemClock
 from services.kernel.http_edge import install_edge, publish_body_schemas, redis_check
-from services.kernel.redis_client import open_async, wait_for_redis
+from services.kernel.redis_client import service_redis
 
 from .api import catalog_routes, customer_routes, offer_routes
 from .api.customer_routes import InteractionBatchIn
@@ -31,30 +31,25 @@ def create_app(settings: RecommenderSettings | None = None, *, redis=None, clock
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        own_redis = redis is None
-        if own_redis:
-            await wait_for_redis(settings.redis_url, settings.redis_wait_s, log)
-        r = open_async(settings.redis_url) if own_redis else redis
-        own_http = geo_http is None
-        http = geo_http or httpx.AsyncClient(base_url=settings.geo_url, timeout=10.0)
-        container = app.state.container = build(settings, r, clock, registry, http)
-        try:
-            await container.models.refresh()
-        except OSError as e:  # an unreadable model dir must not stop the service: popularity serves
-            log.error("model directory unreadable at start", extra={"fields": {"error": repr(e)}})
-        stop = asyncio.Event()
-        follower = asyncio.create_task(container.models.follow(stop, settings.model_poll_s), name="model-follow")
-        log.info("recommender service ready", extra={"fields": {"model": container.models.status.serving}})
-        try:
-            yield
-        finally:
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await follower
-            if own_http:
-                await http.aclose()
-            if own_redis:
-                await r.aclose()
+        async with service_redis(settings.redis_url, settings.redis_wait_s, log, redis, hot_path=False) as (r, _):
+            own_http = geo_http is None
+            http = geo_http or httpx.AsyncClient(base_url=settings.geo_url, timeout=10.0)
+            container = app.state.container = build(settings, r, clock, registry, http)
+            try:
+                await container.models.refresh()
+            except OSError as e:  # an unreadable model dir must not stop the service: popularity serves
+                log.error("model directory unreadable at start", extra={"fields": {"error": repr(e)}})
+            stop = asyncio.Event()
+            follower = asyncio.create_task(container.models.follow(stop, settings.model_poll_s), name="model-follow")
+            log.info("recommender service ready", extra={"fields": {"model": container.models.status.serving}})
+            try:
+                yield
+            finally:
+                stop.set()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await follower
+                if own_http:
+                    await http.aclose()
 
     app = FastAPI(title="Vicino recommender service", version="1", lifespan=lifespan,
                   description="Customers across channels, their interactions and history, the offer catalogue, "

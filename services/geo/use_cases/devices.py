@@ -1,11 +1,11 @@
 """Device registration (token issue and rotation) and consent, with its effect on visits."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from services.kernel.auth import DeviceClaims, TokenSigner
 from services.kernel.clock import Clock
+from services.kernel.contracts.customer_state import push_token_digest
 from services.kernel.contracts.geofence_events import GeofenceEventV1
 from services.kernel.ids import new_id
 from services.kernel.problems import NotFound
@@ -69,7 +69,7 @@ class DeviceDirectory:
         reg = await self.repo.get(device_id)
         if reg is None:
             raise NotFound(f"device {device_id!r} is not registered")
-        if not reg.push_token or hashlib.sha256(reg.push_token.encode()).hexdigest() != push_token_sha256:
+        if not reg.push_token or push_token_digest(reg.push_token) != push_token_sha256:
             return False
         return await self.repo.clear_push_token(device_id, reg.push_token, self.clock.now(), reason)
 

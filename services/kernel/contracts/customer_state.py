@@ -7,6 +7,8 @@ against the registration's current token id; the profile lists devices).
 """
 from __future__ import annotations
 
+import hashlib
+
 from .geofence_events import device_shard, shard_tag
 
 CONSENT_FIELDS = ("location", "marketing", "personalisation")
@@ -42,3 +44,9 @@ def decode_consent(raw: dict) -> dict:
     out: dict = {f: g.get(f) == "1" for f in CONSENT_FIELDS}
     out["updated_at"] = float(g["updated_at"]) if "updated_at" in g else None
     return out
+
+
+def push_token_digest(push_token: str) -> str:
+    """How a push token is named outside the registration (the gateway's records, its request to
+    remove a dead token): SHA-256, hex."""
+    return hashlib.sha256(push_token.encode()).hexdigest()

@@ -5,13 +5,13 @@ before the provider call means a push is never sent twice."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 from dataclasses import dataclass, replace
 from typing import Callable
 
 from services.kernel.clock import Clock
+from services.kernel.contracts.customer_state import push_token_digest
 from services.kernel.contracts.deliveries import delivery_id_for
 from services.kernel.contracts.interactions import customer_shard
 from services.kernel.contracts.push_jobs import PushJobV1
@@ -29,11 +29,6 @@ from ..domain.retry_policy import RetryPolicy
 log = logging.getLogger("vicino.push.deliver")
 
 MAX_ROUNDS = 8  # compare-and-set retries when another worker changes the same delivery
-
-
-def token_digest(push_token: str) -> str:
-    """Records keep a digest of the token a provider refused, never the token."""
-    return hashlib.sha256(push_token.encode()).hexdigest()
 
 
 @dataclass
@@ -144,14 +139,15 @@ class PushDelivery:
                                                                              "reason": after.record.reason}})
         record = after.record
         if record.token_cleanup_pending:
-            record = replace(record, refused_token_sha256=token_digest(token))
+            # records keep the digest of the token a provider refused, never the token
+            record = replace(record, refused_token_sha256=push_token_digest(token))
         saved = await self._save(marked, record, now, provider=provider.name,
                                  dead_job=job if after.dead_letter else None, dead_reason=after.dead_letter or "")
         return saved if saved is not None else marked  # lost the record: the next round reads it again
 
     async def _revoke(self, job: PushJobV1, rec: DeliveryRecord) -> DeliveryRecord | None:
         # geo removes the token only if it is still the device's (not a newer registration's)
-        digest = rec.refused_token_sha256 or token_digest(job.push_token)
+        digest = rec.refused_token_sha256 or push_token_digest(job.push_token)
         await self.geo.revoke_push_token(job.device_id, digest, rec.reason or "token_invalid")
         return await self._save(rec, token_revoked(rec), self.clock.now(), provider=rec.provider or "-",
                                 receipt=None)

@@ -4,11 +4,9 @@ ended. An event is acknowledged only after its decision, push job and counters a
 (one script), so a crash means a redelivery, which finds the visit decided."""
 from __future__ import annotations
 
-from pydantic import ValidationError
-
 from services.kernel.clock import Clock, SystemClock
 from services.kernel.contracts.geofence_events import GeofenceEventV1, events_stream_key
-from services.kernel.stream_consumer import PoisonEntry, StreamConsumer
+from services.kernel.stream_consumer import StreamConsumer, decode_entry
 
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.decision_repository import DecisionRepository
@@ -27,10 +25,7 @@ class DecisionWorker:
         self.decisions = decisions
 
     async def handle(self, stream: str, entry_id: str, fields: dict) -> None:
-        try:
-            e = GeofenceEventV1.from_stream_fields(fields)
-        except (ValidationError, TypeError, ValueError) as exc:
-            raise PoisonEntry(f"not a geofence event v1: {exc}") from None
+        e = decode_entry(GeofenceEventV1.from_stream_fields, fields, "geofence event v1")
         await self.decisions.on_event(e)
 
 

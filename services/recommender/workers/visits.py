@@ -2,10 +2,8 @@
 events: enter opens a visit, dwell marks it, exit closes it."""
 from __future__ import annotations
 
-from pydantic import ValidationError
-
 from services.kernel.contracts.geofence_events import GeofenceEventV1, events_stream_key
-from services.kernel.stream_consumer import PoisonEntry, StreamConsumer
+from services.kernel.stream_consumer import StreamConsumer, decode_entry
 
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.erasure_register import ErasureRegister
@@ -21,10 +19,7 @@ class VisitRecorder:
         self.identity = identity
 
     async def handle(self, stream: str, entry_id: str, fields: dict) -> None:
-        try:
-            e = GeofenceEventV1.from_stream_fields(fields)
-        except (ValidationError, TypeError, ValueError) as exc:
-            raise PoisonEntry(f"not a geofence event v1: {exc}") from None
+        e = decode_entry(GeofenceEventV1.from_stream_fields, fields, "geofence event v1")
         erased_at = await ErasureRegister(self.customers.redis).erased_at(e.customer_id)
         if erased_at is not None and erased_at >= e.emitted_at:
             return  # emitted before the customer was erased: keep no trace
