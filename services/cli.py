@@ -172,12 +172,15 @@ def stores_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, 
 def _register_subcommands() -> None:
     # at the end: these modules import `_settings_or_exit` from this one
     from services.cli_history import history_app
+    from services.cli_jobs import jobs_app, serve_scheduler
     from services.cli_offers import offers_app
     from services.cli_train import train_command
 
     app.add_typer(offers_app, name="offers", help="Manage the offer catalogue.")
     app.add_typer(history_app, name="history", help="Customers' interaction history: import, export, erasure.")
     app.command("train")(train_command)
+    app.add_typer(jobs_app, name="jobs", help="The periodic jobs: list them, run one now.")
+    serve_app.command("scheduler")(serve_scheduler)
 
 
 _register_subcommands()

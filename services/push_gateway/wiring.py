@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from services.kernel.auth import TokenSigner
 from services.kernel.clock import Clock
 from services.kernel.contracts.push_jobs import push_jobs_stream_key
+from services.kernel.contracts.streams import PUSH_GATEWAY_GROUP, dead_letter_of
 from services.kernel.stream_consumer import StreamConsumer
 
 from .adapters.delivery_repository import DeliveryRepository
@@ -29,7 +30,7 @@ from .worker import PushJobHandler
 
 log = logging.getLogger("vicino.push")
 
-GROUP = "push-gateway"
+GROUP = PUSH_GATEWAY_GROUP
 
 
 @dataclass
@@ -185,5 +186,5 @@ def build_consumer(settings: PushSettings, redis, consumer: str, delivery: PushD
 
 
 def dead_jobs_stream_of(jobs_stream: str) -> str:
-    return jobs_stream + ":dead"  # = contracts.deliveries.dead_jobs_stream_key(shard)
+    return dead_letter_of(jobs_stream)  # = contracts.deliveries.dead_jobs_stream_key(shard)
 

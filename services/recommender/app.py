@@ -13,7 +13,7 @@ from services.kernel.clock import Clock, SystemClock
 from services.kernel.http_edge import install_edge, publish_body_schemas, redis_check
 from services.kernel.redis_client import service_redis
 
-from .api import catalog_routes, customer_routes, offer_routes
+from .api import catalog_routes, customer_routes, kpi_routes, offer_routes
 from .api.customer_routes import InteractionBatchIn
 from .settings import RecommenderSettings
 from .wiring import build
@@ -64,6 +64,7 @@ def create_app(settings: RecommenderSettings | None = None, *, redis=None, clock
     app.include_router(customer_routes.router)
     app.include_router(catalog_routes.router)
     app.include_router(offer_routes.router)
+    app.include_router(kpi_routes.router)
     install_edge(app, service="recommender", registry=registry, ready=ready,
                  max_body_bytes=settings.max_body_bytes,
                  body_limits={("POST", "/v1/offers"): settings.max_bulk_body_bytes})

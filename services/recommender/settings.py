@@ -70,3 +70,11 @@ class RecommenderSettings(ServiceSettings):
             raise ValueError(f"VICINO_QUIET_HOURS: {e}") from None
         return v.strip()
     # --- end offer decisions ---
+
+    # --- KPIs (GET /v1/kpis, the kpi_rollup job) ---
+    attribution_window_h: float = Field(72.0, gt=0, le=720, description="a purchase of an offered item or a "
+                                        "redemption counts as a conversion of a push this many hours after it "
+                                        "(GET /v1/kpis?window_h= overrides it per request)")
+    kpi_retention_days: float = Field(35.0, ge=1, description="decisions and delivery receipts are kept this long "
+                                      "(the scheduler's trim_streams job, same variable); older days are in the "
+                                      "daily roll-ups only")

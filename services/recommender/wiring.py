@@ -12,12 +12,14 @@ from services.kernel.clock import Clock
 from .adapters.customer_repository import CustomerRepository
 from .adapters.decision_repository import DecisionRepository
 from .adapters.geo_client import GeoClient
+from .adapters.kpi_sources import KpiSources
 from .adapters.model_store import ModelHolder
 from .adapters.published_state import PublishedCustomerState
 from .settings import RecommenderSettings
 from .use_cases.erasure import Erasure
 from .use_cases.identity import IdentityService
 from .use_cases.ingest import InteractionIngest
+from .use_cases.kpis import Kpis
 from .use_cases.profile import ProfileReader
 from .use_cases.ranking import OfferRanker
 
@@ -42,6 +44,7 @@ class RecommenderContainer:
     catalog: Catalog
     models: ModelHolder
     ranker: OfferRanker
+    kpis: Kpis
 
 
 def build(settings: RecommenderSettings, redis, clock: Clock, registry: CollectorRegistry,
@@ -61,7 +64,15 @@ def build(settings: RecommenderSettings, redis, clock: Clock, registry: Collecto
         erasure=Erasure(customers, published, identity, geo, clock, settings.event_shards, decisions),
         catalog=catalog, models=models,
         ranker=OfferRanker(catalog, customers, published, identity, models, clock),
+        kpis=build_kpis(settings, redis, clock),
     )
+
+
+def build_kpis(settings: RecommenderSettings, redis, clock: Clock) -> Kpis:
+    """The KPIs (the API's and the kpi_rollup job's)."""
+    sources = KpiSources(redis, settings.customer_shards, settings.history_dir, settings.max_future_s)
+    return Kpis(sources, CatalogRepository(redis), clock, window_s=settings.attribution_window_h * 3600,
+                push_ttl_s=settings.push_ttl_s, retention_days=settings.kpi_retention_days)
 
 
 def build_visit_consumer(settings: RecommenderSettings, redis, consumer: str):

@@ -61,7 +61,7 @@ def receipts_stream_key(shard: int) -> str:
 
 
 def dead_jobs_stream_key(shard: int) -> str:
-    return push_jobs_stream_key(shard) + ":dead"
+    return push_jobs_stream_key(shard) + ":dead"  # = streams.dead_letter_of
 
 
 class DeliveryReceiptV1(BaseModel):

@@ -7,16 +7,19 @@
 - `{erasures}`: the erasure register (SHA-256 of erased customer ids) that the exporter and the
   partition rewrite consult; `{identity}`: the lock that serialises merges.
 - `{offers}`, `{inv:<store_id>}`, `{rules}`: the offer catalogue, a store's stock, the campaign rules.
+- `{kpis}`: the daily KPI roll-ups (aggregates only: no customer ids).
 """
 from __future__ import annotations
 
 import zlib
 
 from services.kernel.contracts.erasures import ERASURES, erasure_digest  # noqa: F401  (re-exported)
+from services.kernel.contracts.streams import dead_letter_of
 from services.kernel.contracts.interactions import (customer_shard, customer_tag, interactions_stream_key,
                                                    merged_into_key)
 
 MERGE_LOCK = "vicino:{identity}:merge-lock"  # string with a token, short TTL
+KPI_DAILY = "vicino:{kpis}:daily"  # hash: YYYY-MM-DD -> JSON {date, report, rolled_at}: the KPI roll-ups
 
 
 class CustomerKeys:
@@ -53,5 +56,5 @@ def identifier_key(identifier: str, shards: int) -> str:
 def geo_events_dead_letter(stream: str) -> str:
     """Where this service's consumers of a geo event stream put entries they can never handle
     (same hash tag as the stream; owned by the recommender)."""
-    return stream + ":dead"
+    return dead_letter_of(stream)
 

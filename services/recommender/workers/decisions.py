@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from services.kernel.clock import Clock, SystemClock
 from services.kernel.contracts.geofence_events import GeofenceEventV1, events_stream_key
+from services.kernel.contracts.streams import RECOMMENDER_DECISIONS_GROUP
 from services.kernel.stream_consumer import StreamConsumer, decode_entry
 
 from ..adapters.customer_repository import CustomerRepository
@@ -17,7 +18,7 @@ from ..settings import RecommenderSettings
 from ..use_cases.decide import OfferRanker, VisitDecisions
 from ..use_cases.identity import IdentityService
 
-GROUP = "recommender-decisions"
+GROUP = RECOMMENDER_DECISIONS_GROUP
 
 
 class DecisionWorker:

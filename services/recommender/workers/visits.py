@@ -3,6 +3,7 @@ events: enter opens a visit, dwell marks it, exit closes it."""
 from __future__ import annotations
 
 from services.kernel.contracts.geofence_events import GeofenceEventV1, events_stream_key
+from services.kernel.contracts.streams import RECOMMENDER_VISITS_GROUP
 from services.kernel.stream_consumer import StreamConsumer, decode_entry
 
 from ..adapters.customer_repository import CustomerRepository
@@ -10,7 +11,7 @@ from ..adapters.erasure_register import ErasureRegister
 from ..adapters.redis_keys import geo_events_dead_letter
 from ..use_cases.identity import IdentityService
 
-GROUP = "recommender-visits"
+GROUP = RECOMMENDER_VISITS_GROUP
 
 
 class VisitRecorder:

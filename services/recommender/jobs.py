@@ -1,0 +1,81 @@
+"""The recommender's periodic jobs, offered to the scheduler (services/job_catalog.py hands them
+over; the scheduler never imports this service): retraining through the model gate, the export
+of the interaction streams to the Parquet log, erasures applied to the written log, and the KPI
+roll-ups. `vicino jobs run NAME` runs the same functions in the foreground."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+
+from services.kernel.jobs import JobContext, JobDefinition
+
+from .adapters.erasure_register import ErasureRegister
+from .adapters.parquet_log import apply_erasures
+from .settings import RecommenderSettings
+from .workers.exporter import Exporter
+
+
+async def export_history(ctx: JobContext, settings: RecommenderSettings) -> dict:
+    """What the interaction streams hold now, into the Parquet log (shards another exporter,
+    such as `recommender-worker`, is draining are skipped: it has them)."""
+    return asdict(await Exporter(ctx.redis, settings).run_once())
+
+
+async def apply_pending_erasures(ctx: JobContext, settings: RecommenderSettings) -> dict:
+    register = await ErasureRegister(ctx.redis).all_digests()
+    if not register:
+        return {"erased_customers": 0, "files_scanned": 0}
+    report = await asyncio.to_thread(apply_erasures, settings.history_dir, register)
+    return {"erased_customers": len(register), **asdict(report)}
+
+
+async def retrain(ctx: JobContext, settings: RecommenderSettings) -> dict:
+    """The CLI's `vicino train --data <history dir> --publish`: the same entry point, publishing
+    only when the gate passes (never forced)."""
+    from models.data import DataError
+    from models.pipeline import TrainSettings, train_and_publish  # LightFM: only when this job runs
+
+    def train():
+        return train_and_publish(settings.history_dir, settings.model_dir, publish=True, settings=TrainSettings(),
+                                 progress=ctx.progress)
+
+    try:
+        report = await asyncio.to_thread(train)
+    except DataError as e:
+        raise RuntimeError(f"no history to train on in {settings.history_dir}: {e}") from None
+    return {"version": report.version, "published": report.published, "gate_passed": report.gate_passed,
+            "reason": report.reason, "current": report.current, "rows": report.data_window.get("rows", 0)}
+
+
+async def kpi_rollup(ctx: JobContext, settings: RecommenderSettings) -> dict:
+    """The daily KPI reports of the days whose figures are final and not rolled up yet."""
+    from services.kernel.clock import SystemClock
+
+    from .wiring import build_kpis
+
+    return await build_kpis(settings, ctx.redis, SystemClock()).roll_up(ctx.progress)
+
+
+def recommender_jobs(settings: RecommenderSettings) -> list[JobDefinition]:
+    async def _export(ctx: JobContext) -> dict:
+        return await export_history(ctx, settings)
+
+    async def _erasures(ctx: JobContext) -> dict:
+        return await apply_pending_erasures(ctx, settings)
+
+    async def _retrain(ctx: JobContext) -> dict:
+        return await retrain(ctx, settings)
+
+    async def _kpis(ctx: JobContext) -> dict:
+        return await kpi_rollup(ctx, settings)
+
+    return [
+        JobDefinition("retrain", "train the model on the Parquet log and publish the version if it passes the gate",
+                      "daily 03:30", _retrain, long=True, lease_s=600.0),
+        JobDefinition("export_history", "move the interaction streams into the Parquet log (catch-up for "
+                      "deployments without a continuously running exporter)", "every 5m", _export, long=True),
+        JobDefinition("apply_erasures", "rewrite the Parquet files that still hold rows of erased customers",
+                      "every 1h", _erasures, long=True, lease_s=600.0),
+        JobDefinition("kpi_rollup", "store the KPI report of each day whose conversion window has closed",
+                      "daily 01:15", _kpis, long=True, lease_s=600.0),
+    ]

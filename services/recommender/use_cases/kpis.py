@@ -1,0 +1,133 @@
+"""The KPIs of a period (GET /v1/kpis) and the daily roll-ups (the `kpi_rollup` job, GET
+/v1/kpis/daily): read what was recorded, resolve merged customers, hand it to the pure
+computation (domain/kpis.py)."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+from services.kernel.clock import Clock
+from services.kernel.problems import NotFound
+
+from ..adapters.catalog_repository import CatalogRepository
+from ..adapters.kpi_sources import KpiSources
+from ..domain.kpis import compute_kpis
+from ..domain.offers import Offer
+
+DAY_S = 86_400
+MAX_ROLLUPS_PER_RUN = 62
+
+
+@dataclass(frozen=True)
+class KpiQuery:
+    start: float
+    end: float
+    window_s: float
+    store_id: str | None = None
+    offer_id: str | None = None
+
+
+def _day(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).date().isoformat()
+
+
+def _day_start(day: str) -> float:
+    return datetime.fromisoformat(day).replace(tzinfo=timezone.utc).timestamp()
+
+
+class Kpis:
+    def __init__(self, sources: KpiSources, catalog: CatalogRepository, clock: Clock, *, window_s: float,
+                 push_ttl_s: float, retention_days: float) -> None:
+        self.sources = sources
+        self.catalog = catalog
+        self.clock = clock
+        self.window_s = window_s
+        self.push_ttl_s = push_ttl_s
+        self.retention_days = retention_days
+
+    async def _offer_items(self) -> dict[str, frozenset[str]]:
+        out = {}
+        for raw in await self.catalog.all_offers():
+            offer = Offer.model_validate_json(raw)
+            out[offer.offer_id] = frozenset(offer.item_ids)
+        return out
+
+    async def report(self, q: KpiQuery, *, check_filters: bool = True) -> dict:
+        decisions = await self.sources.decisions(q.start, q.end)
+        offer_items = await self._offer_items()
+        if check_filters:
+            await self._check_filters(q, decisions, offer_items)
+        # receipts of a decision follow it by at most the push's lifetime; conversions by the
+        # window, and a repurchase by one more window after a conversion
+        receipts = await self.sources.receipts(q.start, q.end + self.push_ttl_s)
+        survivors = await self.sources.survivors(d.customer_id for d in decisions)
+        lo, hi = q.start, q.end + 2 * q.window_s
+        log_merges = await asyncio.to_thread(self.sources.logged_merges)
+        for merged, into in log_merges.items():
+            if into in survivors:
+                survivors.setdefault(merged, survivors[into])
+        wanted = set(survivors)
+        events = await asyncio.to_thread(self.sources.logged_events, lo, hi, wanted)
+        events += await self.sources.unexported_events(lo, hi, wanted)
+        decisions = [d.model_copy(update={"customer_id": survivors.get(d.customer_id, d.customer_id)})
+                     for d in decisions]
+        events = [e if survivors.get(e.customer_id, e.customer_id) == e.customer_id
+                  else replace(e, customer_id=survivors[e.customer_id]) for e in events]
+        report = await asyncio.to_thread(compute_kpis, decisions, receipts, events, offer_items=offer_items,
+                                         period=(q.start, q.end), window_s=q.window_s, store_id=q.store_id,
+                                         offer_id=q.offer_id)
+        report["notes"] = self._notes(q)
+        return report
+
+    def _notes(self, q: KpiQuery) -> list[str]:
+        notes = []
+        now = self.clock.now()
+        kept_from = now - self.retention_days * DAY_S
+        if q.start < kept_from:
+            notes.append(f"decisions and receipts before {_day(kept_from)} are past their retention "
+                         f"(VICINO_KPI_RETENTION_DAYS={self.retention_days:g}) and may be trimmed; "
+                         "GET /v1/kpis/daily keeps the daily roll-ups")
+        if q.end + q.window_s > now:
+            notes.append("the attribution window of the latest decisions has not closed yet: conversions "
+                         "may still grow")
+        return notes
+
+    async def _check_filters(self, q: KpiQuery, decisions, offer_items) -> None:
+        if q.store_id is not None and not any(d.store_id == q.store_id for d in decisions) \
+                and not await self.catalog.store_exists(q.store_id):
+            raise NotFound(f"no store {q.store_id!r}: not among the stores nor in any decision of the period")
+        if q.offer_id is not None and q.offer_id not in offer_items \
+                and not any(d.offer_id == q.offer_id for d in decisions):
+            raise NotFound(f"no offer {q.offer_id!r}: not in the catalogue nor in any decision of the period")
+
+    # daily roll-ups -----------------------------------------------------------------------------
+
+    def final_days(self, now: float) -> list[str]:
+        """The days whose figures can no longer change (every receipt and conversion window
+        closed) and whose decisions are still within retention, oldest first."""
+        last_final = now - self.window_s - self.push_ttl_s - DAY_S
+        first = now - self.retention_days * DAY_S + DAY_S
+        days, t = [], _day_start(_day(first))
+        while t <= last_final:
+            days.append(_day(t))
+            t += DAY_S
+        return days
+
+    async def roll_up(self, progress=None) -> dict:
+        now = self.clock.now()
+        done = await self.sources.rolled_days()
+        todo = [d for d in self.final_days(now) if d not in done][-MAX_ROLLUPS_PER_RUN:]
+        for i, day in enumerate(todo):
+            if progress:
+                progress("days", i, len(todo))
+            start = _day_start(day)
+            report = await self.report(KpiQuery(start, start + DAY_S, self.window_s), check_filters=False)
+            report.pop("notes", None)
+            await self.sources.save_day(day, {"date": day, "report": report, "rolled_at": now})
+        if progress:
+            progress("days", len(todo), len(todo))
+        return {"rolled_up": todo, "already": len(done)}
+
+    async def daily(self, first: str, last: str) -> list[dict]:
+        return await self.sources.days(first, last)

@@ -1,0 +1,90 @@
+"""GET /v1/jobs: every job with its schedule, next firing on this replica, the run in progress
+and the last one; GET /v1/jobs/{name}: its recent runs; POST /v1/jobs/{name}/runs: run it now."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from starlette.responses import Response
+
+from services.kernel.auth import Principal, bearer_principal, require_admin
+from services.kernel.problems import Conflict, NotFound
+
+from ..domain.runs import JobRun
+from ..use_cases.run_job import UnknownJob
+from ..wiring import SchedulerContainer
+
+router = APIRouter(prefix="/v1")
+JobName = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="a job's name (see GET /v1/jobs)")]
+
+
+async def container(request: Request) -> SchedulerContainer:
+    return request.app.state.container
+
+
+ContainerDep = Annotated[SchedulerContainer, Depends(container)]
+
+
+async def admin(c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return require_admin(bearer_principal(authorization, c.settings.admin_token, c.signer, time.time()))
+
+
+AdminDep = Annotated[Principal, Depends(admin)]
+
+
+def _json(body, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _run(run: JobRun | None) -> dict | None:
+    return run.to_dict() if run else None
+
+
+def _known(c: SchedulerContainer, name: str):
+    try:
+        return c.runner.job(name)
+    except UnknownJob as e:
+        raise NotFound(str(e)) from None
+
+
+@router.get("/jobs", tags=["jobs"], summary="every job: schedule, next run here, last run and outcome")
+async def list_jobs(_: AdminDep, c: ContainerDep, request: Request) -> Response:
+    names = sorted(c.runner.jobs)
+    last = await c.runner.store.last_runs(names)
+    scheduler = getattr(request.app.state, "scheduler", None)
+    out = []
+    for name in names:
+        job = c.runner.jobs[name]
+        run, ok = last[name]
+        holder = await c.runner.store.holder(name) if run and run.outcome == "running" else None
+        next_at = None
+        if scheduler is not None and (aps := scheduler.get_job(name)) is not None and aps.next_run_time:
+            next_at = aps.next_run_time.timestamp()
+        out.append({"name": name, "description": job.description, "schedule": str(c.schedules[name]),
+                    "next_run_at": next_at, "running": holder, "last_run": _run(run),
+                    "last_success_at": ok.ended_at if ok else None})
+    return _json({"jobs": out})
+
+
+@router.get("/jobs/{name}", tags=["jobs"], summary="one job and its recent runs, newest first")
+async def job_runs(name: JobName, _: AdminDep, c: ContainerDep,
+                   limit: Annotated[int, Query(ge=1, le=50)] = 20) -> Response:
+    job = _known(c, name)
+    (run, ok), = (await c.runner.store.last_runs([name])).values()
+    return _json({"name": name, "description": job.description, "schedule": str(c.schedules[name]),
+                  "last_run": _run(run), "last_success_at": ok.ended_at if ok else None,
+                  "runs": [r.to_dict() for r in await c.runner.store.history(name, limit)]})
+
+
+@router.post("/jobs/{name}/runs", tags=["jobs"], status_code=202,
+             summary="run a job now (in the background); 409 while a run of it is in progress")
+async def run_now(name: JobName, _: AdminDep, c: ContainerDep) -> Response:
+    _known(c, name)
+    holder = await c.runner.store.holder(name)
+    if holder is not None:
+        raise Conflict(f"{name} is running (run {holder['run_id']} on {holder['host']})")
+    asyncio.create_task(c.runner.run(name, "api"))  # the runner keeps it (runner.active)
+    return _json({"name": name, "accepted": True, "see": f"/v1/jobs/{name}"}, 202)

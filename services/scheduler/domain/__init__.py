@@ -1,0 +1,1 @@
+"""Pure scheduling rules: schedules and their occurrences, run records, stream housekeeping."""
