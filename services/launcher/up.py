@@ -18,7 +18,7 @@ from .embedded_redis import EmbeddedRedis
 from .settings import LauncherSettings
 
 # One process per service: (name, port offset from VICINO_PORT, or None for a worker without HTTP).
-SERVICES = (("geo", 0), ("recommender", 1), ("recommender-worker", None), ("push", 2))
+SERVICES = (("geo", 0), ("recommender", 1), ("recommender-worker", None), ("push", 2), ("scheduler", 3))
 MAX_RESTARTS = 5
 
 
@@ -146,6 +146,8 @@ def banner(stack: Stack, info: dict) -> str:
         f"  geo          {base}/docs   (stores, devices, consent, locations)",
         f"  recommender  {stack.url_of('recommender')}/docs   (customers, interactions, offers, stock, rules)",
         f"  push         {stack.url_of('push')}/docs   (deliveries; {_providers_note(stack)})",
+        f"  scheduler    {stack.url_of('scheduler')}/docs   (GET /v1/jobs; `vicino jobs list`, `vicino jobs run NAME`)",
+        f"  KPIs         {stack.url_of('recommender')}/v1/kpis   (admin token; notebooks/kpis.ipynb plots them)",
         f"  health       {base}/healthz   ready: {base}/readyz   metrics: {base}/metrics",
         f"  redis        {info['redis_url']}" + ("  (embedded, data in " + str(stack.data_dir / 'redis') + ")" if stack.redis else ""),
         f"  admin token  {info['admin_token']}",

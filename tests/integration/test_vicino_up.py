@@ -143,6 +143,7 @@ def _assert_stopped(up: Up) -> None:
     assert not port_open(up.port), "the geo service still listens"
     assert not port_open(up.port + 1), "the recommender still listens"
     assert not port_open(up.port + 2), "the push gateway still listens"
+    assert not port_open(up.port + 3), "the scheduler still listens"
     assert not port_open(up.redis_port), "redis still listens"
     wait_until(lambda: not up.leftovers(), 5, what="no process of the stack left")
     assert up.child_pids, "the stack's processes were never seen"
@@ -221,6 +222,19 @@ def test_vicino_up_with_demo_then_ctrl_c(up_factory):
         assert by_device["customer_id"] == "14527" and by_device["deliveries"][0]["delivery_id"] == sent[0]["delivery_id"]
         log = (up.data_dir / "logs" / "push.log").read_text()
         assert sent[0]["delivery_id"] in log and "demo-fcm-token" not in log
+
+    # the scheduler: every job listed with its schedule; one run now through the API
+    sched_url = up.field(r"scheduler\s+(http://127\.0\.0\.1:\d+)/docs")
+    assert sched_url == f"http://127.0.0.1:{up.port + 3}"
+    with httpx.Client(base_url=sched_url, timeout=30, headers=admin) as sched:
+        jobs = {j["name"]: j for j in sched.get("/v1/jobs").json()["jobs"]}
+        assert jobs["retrain"]["schedule"] == "daily 03:30" and jobs["trim_streams"]["next_run_at"]
+        assert sched.post("/v1/jobs/kpi_rollup/runs").status_code == 202
+        wait_until(lambda: (sched.get("/v1/jobs/kpi_rollup").json()["last_run"] or {}).get("outcome") == "ok", 30,
+                   what="the KPI roll-up run")
+    with httpx.Client(base_url=rec_url, timeout=30, headers=admin) as rec:
+        k = rec.get("/v1/kpis").json()
+        assert k["decisions"]["sent"] >= 1 and k["deliveries"]["sent"] >= 1
 
     _assert_stopped(up)
 

@@ -5,11 +5,13 @@ from services.geo.settings import GeoSettings
 from services.launcher.settings import LauncherSettings
 from services.push_gateway.settings import PushSettings
 from services.recommender.settings import RecommenderSettings
+from services.scheduler.settings import SchedulerSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def test_every_setting_is_in_the_readme_table():
-    missing = [f"VICINO_{name.upper()}" for cls in (GeoSettings, RecommenderSettings, LauncherSettings, PushSettings) for name in cls.model_fields
+    missing = [f"VICINO_{name.upper()}" for cls in (GeoSettings, RecommenderSettings, LauncherSettings, PushSettings,
+                                                                             SchedulerSettings) for name in cls.model_fields
                if f"`VICINO_{name.upper()}`" not in README]
     assert not missing, f"README settings table lacks {missing}"

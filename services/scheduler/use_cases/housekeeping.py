@@ -49,7 +49,7 @@ async def trim_streams(ctx: JobContext, settings: SchedulerSettings, now: float 
             if await admin.exists(dead):
                 trimmed[f"{family.name}:dead"] += await admin.trim(dead, trim_bound(None, dead_keep, now))
     ctx.progress("streams", len(work), len(work))
-    return {"trimmed": dict(trimmed), "streams": len(work), **({"kept": kept_for} if kept_for else {})}
+    return {"trimmed": {k: n for k, n in trimmed.items() if n}, "streams": len(work), **({"kept": kept_for} if kept_for else {})}
 
 
 async def reclaim_stuck(ctx: JobContext, settings: SchedulerSettings) -> dict:
