@@ -41,6 +41,9 @@ GLOBAL_DAYS = 1e9
 # ------------------------------------------------------------------------------------------------
 # Metrics
 
+CURVE_KS = (1, 2, 3, 5, 10, 15, 20)
+
+
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Per row, the columns of the k highest scores, best first (ties: lower column first)."""
     k = min(k, scores.shape[1])
@@ -192,4 +195,7 @@ def evaluate(art: ModelArtifact, ev: EvalSet, train: Events, b: Blend, *, k: int
     for name in SCORERS:
         out["all"][name] = ranking_metrics(scores[name], ev.truth, k)
         out["new"][name] = ranking_metrics(scores[name], ev.truth, k, exclude=ev.bought)
+    # precision at several cut-offs (all items), for the precision@k-per-k plot of the notebook
+    ks = [c for c in CURVE_KS if c <= len(ev.item_ids)]
+    out["precision_at"] = {name: {str(c): precision_at_k(scores[name], ev.truth, c) for c in ks} for name in SCORERS}
     return out

@@ -73,10 +73,9 @@ IN_LOG = [interaction("r1", "t2", "offer_redeem", "store", T + 2 * H, offer_id="
           interaction("p5", "t2", "purchase", "app", T + 3 * H, item_id="i1", value=7.0)]
 
 
-@pytest.fixture
-def kpi_client(rec_settings, redis_sync):
-    settings = rec_settings.model_copy(update={"attribution_window_h": 24.0})
-    shards = settings.customer_shards
+def seed_history(redis_sync, shards: int, history_dir: str, http) -> None:
+    """Writes the history above as the system records it; `http` is a client of the recommender
+    (a TestClient or an httpx.Client with its base URL)."""
     for d in D:
         redis_sync.xadd(decisions_stream_key(customer_shard(d.customer_id, shards)), d.to_stream_fields(),
                         id=f"{int(d.decided_at * 1000)}-{d.decision_id[1:]}")
@@ -84,12 +83,29 @@ def kpi_client(rec_settings, redis_sync):
         redis_sync.xadd(receipts_stream_key(customer_shard(r.customer_id, shards)), r.to_stream_fields(),
                         id=f"{int(r.ts * 1000)}-{i}")
     rows = [InteractionV1(**i, received_at=i["ts"]) for i in IN_LOG]
-    ParquetLog(settings.history_dir).write_partitioned(INTERACTIONS, interactions_table(rows), "kpi-test")
+    ParquetLog(history_dir).write_partitioned(INTERACTIONS, interactions_table(rows), "kpi-test")
+    for oid, items in (("o1", ["i1"]), ("o2", ["i2"])):
+        assert http.put(f"/v1/offers/{oid}", headers=ADMIN, json=offer(items)).status_code == 201
+    r = http.post("/v1/interactions", headers=ADMIN, json=VIA_API)
+    assert r.status_code == 200 and r.json()["accepted"] == len(VIA_API), r.text
+
+
+def roll_up(redis_url: str, settings) -> dict:
+    async def main():
+        client = open_async(redis_url)
+        try:
+            return await kpi_rollup(JobContext(client), settings)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def kpi_client(rec_settings, redis_sync):
+    settings = rec_settings.model_copy(update={"attribution_window_h": 24.0})
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-        for oid, items in (("o1", ["i1"]), ("o2", ["i2"])):
-            assert c.put(f"/v1/offers/{oid}", headers=ADMIN, json=offer(items)).status_code == 201
-        r = c.post("/v1/interactions", headers=ADMIN, json=VIA_API)
-        assert r.status_code == 200 and r.json()["accepted"] == len(VIA_API), r.text
+        seed_history(redis_sync, settings.customer_shards, settings.history_dir, c)
         yield c, settings
 
 
@@ -183,14 +199,7 @@ def test_daily_rollup_keeps_the_days_whose_window_closed(kpi_client, redis_url):
     c, settings = kpi_client
     assert c.get("/v1/kpis/daily", headers=ADMIN, params={"from": FROM, "to": TO}).json()["empty"] is True
 
-    async def roll():
-        client = open_async(redis_url)
-        try:
-            return await kpi_rollup(JobContext(client), settings)
-        finally:
-            await client.aclose()
-
-    summary = asyncio.run(roll())
+    summary = roll_up(redis_url, settings)
     assert FROM in summary["rolled_up"]
     today = datetime.now(timezone.utc).date()
     assert today.isoformat() not in summary["rolled_up"]  # its window is still open
@@ -199,4 +208,4 @@ def test_daily_rollup_keeps_the_days_whose_window_closed(kpi_client, redis_url):
     live = kpis(c)
     live.pop("notes")
     assert daily["days"][0]["report"] == live
-    assert asyncio.run(roll())["rolled_up"] == []  # done once
+    assert roll_up(redis_url, settings)["rolled_up"] == []  # done once

@@ -120,7 +120,7 @@ def test_retrain_publishes_through_the_gate_and_the_served_recommender_switches(
         switch = text(cell(nb, "switch"))
         assert f"{url} switched from no model to {version}" in switch, switch
         assert httpx.get(f"{url}/v1/model", headers=admin).json()["serving"] == version
-    assert {"eval-plot", "blend-plot"} <= set(images(nb))
+    assert {"eval-plot", "curve-plot", "blend-plot"} <= set(images(nb))
 
 
 def test_kpis_without_a_service_says_what_it_needs_and_completes(tmp_path):
@@ -130,3 +130,25 @@ def test_kpis_without_a_service_says_what_it_needs_and_completes(tmp_path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(text(c).strip() == "skipped: no VICINO_URL / VICINO_ADMIN_TOKEN" for c in code[1:])
     assert images(nb) == []
+
+
+def test_kpis_with_a_service_shows_the_known_history(redis_url, redis_sync, geo_url, tmp_path):
+    """The hand-built history of test_kpis_api, served by a real recommender process, rolled up,
+    then read and plotted by the notebook."""
+    from tests.conftest import make_rec_settings
+    from tests.integration._support import served_service
+    from tests.integration.test_kpis_api import FROM, TO, roll_up, seed_history
+
+    history = str(tmp_path / "history")
+    settings = make_rec_settings(redis_url, geo_url=geo_url, history_dir=history, attribution_window_h=24.0)
+    with served_service("recommender", redis_url, tmp_path, env={
+            "VICINO_GEO_URL": geo_url, "VICINO_HISTORY_DIR": history, "VICINO_ATTRIBUTION_WINDOW_H": "24"}) as url, \
+            httpx.Client(base_url=url, timeout=30) as http:
+        seed_history(redis_sync, settings.customer_shards, history, http)
+        assert FROM in roll_up(redis_url, settings)["rolled_up"]
+        nb = run_notebook("kpis.ipynb", {"VICINO_URL": url, "VICINO_ADMIN_TOKEN": ADMIN_TOKEN,
+                                         "VICINO_KPI_FROM": FROM, "VICINO_KPI_TO": TO}, tmp_path)
+    assert "6 decisions, 2 pushes sent" in text(cell(nb, "fetch"))
+    summary = text(cell(nb, "summary"))
+    assert "holdout" in summary and "66.67%" in summary   # treated conversion rate 2/3
+    assert {"uplift", "stores", "funnel", "daily"} <= set(images(nb))
