@@ -11,6 +11,7 @@ from services.kernel.jobs import JobContext, JobDefinition
 
 from .adapters.erasure_register import ErasureRegister
 from .adapters.parquet_log import apply_erasures
+from .adapters.redis_keys import ERASURES_APPLIED
 from .settings import RecommenderSettings
 from .workers.exporter import Exporter
 
@@ -22,11 +23,16 @@ async def export_history(ctx: JobContext, settings: RecommenderSettings) -> dict
 
 
 async def apply_pending_erasures(ctx: JobContext, settings: RecommenderSettings) -> dict:
+    """Rewrites the log's files still holding rows of erased customers, when the register has
+    changed since the last run that finished (a scan of every file otherwise costs for nothing)."""
     register = await ErasureRegister(ctx.redis).all_digests()
-    if not register:
-        return {"erased_customers": 0, "files_scanned": 0}
-    report = await asyncio.to_thread(apply_erasures, settings.history_dir, register)
-    return {"erased_customers": len(register), **asdict(report)}
+    seen = f"{len(register)}:{max(register.values(), default=0.0)!r}"
+    last = await ctx.redis.get(ERASURES_APPLIED)
+    if last is not None and (last.decode() if isinstance(last, bytes) else last) == seen:
+        return {"erased_customers": len(register), "new_since_last_run": False}
+    report = await asyncio.to_thread(apply_erasures, settings.history_dir, register, ctx.progress)
+    await ctx.redis.set(ERASURES_APPLIED, seen)
+    return {"erased_customers": len(register), "new_since_last_run": True, **asdict(report)}
 
 
 async def retrain(ctx: JobContext, settings: RecommenderSettings) -> dict:
@@ -73,7 +79,7 @@ def recommender_jobs(settings: RecommenderSettings) -> list[JobDefinition]:
         JobDefinition("retrain", "train the model on the Parquet log and publish the version if it passes the gate",
                       "daily 03:30", _retrain, long=True, lease_s=600.0),
         JobDefinition("export_history", "move the interaction streams into the Parquet log (catch-up for "
-                      "deployments without a continuously running exporter)", "every 5m", _export, long=True),
+                      "deployments without a continuously running exporter)", "every 5m", _export),
         JobDefinition("apply_erasures", "rewrite the Parquet files that still hold rows of erased customers",
                       "every 1h", _erasures, long=True, lease_s=600.0),
         JobDefinition("kpi_rollup", "store the KPI report of each day whose conversion window has closed",

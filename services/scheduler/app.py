@@ -60,7 +60,7 @@ def create_app(settings: SchedulerSettings, jobs: list[JobDefinition], *, redis=
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async with service_redis(settings.redis_url, settings.redis_wait_s, log, redis, hot_path=False) as (r, _):
-            container = app.state.container = build(settings, r, jobs, host=host)
+            container = app.state.container = build(settings, r, jobs, host=host, registry=registry)
             app.state.scheduler = start_scheduler(container) if run_schedule else None
             log.info("scheduler ready", extra={"fields": {
                 "jobs": {n: str(s) for n, s in sorted(container.schedules.items())}, "firing": run_schedule}})

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
 from services.kernel.auth import TokenSigner
 from services.kernel.jobs import JobDefinition
 
 from .adapters.run_store import RunStore
+from .domain.runs import JobRun
 from .domain.schedules import Schedule, ScheduleError
 from .settings import SchedulerSettings
 from .use_cases.run_job import JobRunner
@@ -34,8 +37,23 @@ class SchedulerContainer:
     signer: TokenSigner
 
 
-def build(settings: SchedulerSettings, redis, jobs: list[JobDefinition], host: str | None = None
-          ) -> SchedulerContainer:
+def job_metrics(registry: CollectorRegistry):
+    """`observe(run)` for the runner: runs by job and outcome, and their durations."""
+    runs = Counter("vicino_job_runs_total", "job runs ended on this replica", ["job", "outcome"], registry=registry)
+    seconds = Histogram("vicino_job_duration_seconds", "duration of ended job runs", ["job"], registry=registry,
+                        buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600))
+
+    def observe(run: JobRun) -> None:
+        runs.labels(run.job, run.outcome).inc()
+        if run.duration_s is not None:
+            seconds.labels(run.job).observe(run.duration_s)
+
+    return observe
+
+
+def build(settings: SchedulerSettings, redis, jobs: list[JobDefinition], host: str | None = None,
+          registry: CollectorRegistry | None = None) -> SchedulerContainer:
     schedules = resolve_schedules(jobs, settings)
-    runner = JobRunner(jobs, RunStore(redis), redis, schedules, settings.tz, host=host)
+    runner = JobRunner(jobs, RunStore(redis), redis, schedules, settings.tz, host=host,
+                       observe=job_metrics(registry) if registry is not None else None)
     return SchedulerContainer(settings, redis, runner, schedules, TokenSigner(settings.token_secret))

@@ -209,3 +209,11 @@ def test_daily_rollup_keeps_the_days_whose_window_closed(kpi_client, redis_url):
     live.pop("notes")
     assert daily["days"][0]["report"] == live
     assert roll_up(redis_url, settings)["rolled_up"] == []  # done once
+
+
+@pytest.mark.parametrize("params,needle", [({"to": "9999-12-31"}, "not a date"), ({"from": "0001-01-01"}, "400 days"),
+                                           ({"from": "1e12"}, "from"), ({"window_h": "nan"}, "window_h"),
+                                           ({"window_h": "721"}, "window_h"), ({"from": "2026-02-30"}, "not a date")])
+def test_odd_periods_are_422_not_500(kpi_client, params, needle):
+    c, _ = kpi_client
+    assert_problem(c.get("/v1/kpis", headers=ADMIN, params=params), 422, needle)

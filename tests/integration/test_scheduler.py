@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from services.cli import app as cli
 from services.kernel.auth import DeviceClaims, TokenSigner
-from services.kernel.jobs import JobDefinition
+from services.kernel.jobs import JobContext, JobDefinition
 from services.kernel.redis_client import open_async
 from services.scheduler.adapters.run_store import RunStore
 from services.scheduler.app import create_app
@@ -141,6 +141,9 @@ def test_jobs_api(redis_url):
         assert_problem(c.post("/v1/jobs/nope/runs", headers=ADMIN), 404, "no job 'nope'")
         assert_problem(c.get("/v1/jobs/Not-A-Name", headers=ADMIN), 422)
         assert_problem(c.get("/v1/jobs/boom?limit=0", headers=ADMIN), 422)
+        metrics = c.get("/metrics").text
+        assert 'vicino_job_runs_total{job="boom",outcome="failed"} 1.0' in metrics
+        assert 'vicino_job_runs_total{job="slow",outcome="ok"} 1.0' in metrics
 
 
 def test_a_run_whose_process_died_shows_as_lost(redis_url):
@@ -216,3 +219,35 @@ def test_vicino_serve_scheduler_fires_and_shows_its_jobs(redis_url, tmp_path):
             wait_until(lambda: (reclaim()["last_run"] or {}).get("outcome") == "ok", 15, 0.2, "a scheduled run")
             assert reclaim()["last_run"]["trigger"] == "schedule"
             assert httpx.get(url + "/v1/jobs").status_code == 401
+
+
+def test_apply_erasures_job_rewrites_the_log_only_when_the_register_changed(redis_url, tmp_path):
+    from services.kernel.contracts.interactions import InteractionV1
+    from services.recommender.adapters.erasure_register import ErasureRegister
+    from services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog, interactions_table
+    from services.recommender.jobs import apply_pending_erasures
+    from tests.conftest import make_rec_settings
+
+    settings = make_rec_settings(redis_url, history_dir=str(tmp_path / "history"))
+    now = time.time()
+    rows = [InteractionV1(event_id=f"e{i}", customer_id=c, channel="web", type="view", item_id="i1",
+                          ts=now - 3600, received_at=now - 3600) for i, c in enumerate(["gone", "kept", "later"])]
+    log = ParquetLog(settings.history_dir)
+    log.write_partitioned(INTERACTIONS, interactions_table(rows), "t")
+
+    async def erase_and_apply(customer: str | None):
+        client = open_async(redis_url)
+        try:
+            if customer:
+                await ErasureRegister(client).record([customer], time.time())
+            return await apply_pending_erasures(JobContext(client), settings)
+        finally:
+            await client.aclose()
+
+    first = asyncio.run(erase_and_apply("gone"))
+    assert first["new_since_last_run"] and first["rows_dropped"] == 1 and first["files_rewritten"] == 1
+    assert sorted(log.read_interactions()["customer_id"].to_pylist()) == ["kept", "later"]
+    assert asyncio.run(erase_and_apply(None)) == {"erased_customers": 1, "new_since_last_run": False}
+    third = asyncio.run(erase_and_apply("later"))
+    assert third["new_since_last_run"] and third["rows_dropped"] == 1
+    assert log.read_interactions()["customer_id"].to_pylist() == ["kept"]

@@ -133,3 +133,43 @@ def test_housekeeping_on_redis_cluster(cluster):
     # 16 shards: the streams spread over the three masters
     check_trim(r, cluster.url, 16)
     check_reclaim(r, cluster.url, 16)
+
+
+def test_job_runs_and_the_kpis_on_redis_cluster(cluster, tmp_path):
+    """The run lock and log scripts ({jobs}) and the KPI reads (every shard's streams, merges,
+    the {kpis} roll-ups) on a cluster: the same figures as on one Redis."""
+    from fastapi.testclient import TestClient
+
+    from services.recommender.app import create_app as create_recommender
+    from services.scheduler.wiring import build
+    from tests.conftest import make_rec_settings
+    from tests.integration.test_kpis_api import ADMIN, FROM, TO, roll_up, seed_history
+    from tests.integration.test_scheduler import test_jobs
+
+    r = RedisCluster.from_url(cluster.url)
+    for node in r.get_primaries():
+        r.flushall(target_nodes=[node])
+
+    async def two_runners():
+        client = open_async(cluster.url)
+        try:
+            s = settings_for(cluster.url, 16)
+            a, b = build(s, client, test_jobs(), host="a").runner, build(s, client, test_jobs(), host="b").runner
+            results = await asyncio.gather(a.run("slow"), b.run("slow"))
+            history = await a.store.history("slow", 10)
+            return sorted(x.status for x in results), history
+        finally:
+            await client.aclose()
+
+    statuses, history = asyncio.run(two_runners())
+    assert statuses == ["locked", "ran"] and [h.outcome for h in history] == ["ok"]
+
+    settings = make_rec_settings(cluster.url, history_dir=str(tmp_path / "history"), attribution_window_h=24.0)
+    with TestClient(create_recommender(settings), raise_server_exceptions=False) as c:
+        seed_history(r, settings.customer_shards, settings.history_dir, c)
+        k = c.get("/v1/kpis", headers=ADMIN, params={"from": FROM, "to": TO}).json()
+        assert (k["decisions"]["total"], k["deliveries"]["sent"], k["conversions"]["anywhere"]["conversions"],
+                k["uplift"]["treated"]["converted"], k["uplift"]["holdout"]["converted"]) == (6, 2, 2, 2, 1)
+        assert FROM in roll_up(cluster.url, settings)["rolled_up"]
+        assert [d["date"] for d in c.get("/v1/kpis/daily", headers=ADMIN, params={"from": FROM, "to": TO})
+                .json()["days"]] == [FROM]

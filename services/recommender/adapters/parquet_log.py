@@ -248,7 +248,7 @@ class ParquetLog:
 
     # erasure -------------------------------------------------------------------------------------
 
-    def apply_erasures(self, erased: Mapping[str, float | str | bytes]) -> ErasureReport:
+    def apply_erasures(self, erased: Mapping[str, float | str | bytes], progress=None) -> ErasureReport:
         """Rewrites the files that hold rows of erased customers: interactions whose customer's
         SHA-256 digest is in `erased` and whose `received_at` <= its erased_at, merges that name
         an erased customer with `ts` <= erased_at. Files without such rows are not touched.
@@ -261,24 +261,30 @@ class ParquetLog:
         report = ErasureReport()
         if not erased_us:
             return report
-        for kind, id_cols, time_col in ((INTERACTIONS, ("customer_id",), "received_at"),
-                                        (MERGES, ("merged", "into"), "ts")):
-            for path in self.files(kind):
-                report.files_scanned += 1
-                drop = self._erased_rows(path, SCHEMAS[kind], id_cols, time_col, erased_us)
-                if drop is None:
-                    continue
-                table = self._read_files([path], SCHEMAS[kind])
-                kept = table.filter(pc.invert(drop))
-                report.rows_dropped += table.num_rows - kept.num_rows
-                if not self.fs.exists(path):
-                    continue  # removed meanwhile (an interrupted export cleaned up): nothing to rewrite
-                if kept.num_rows:
-                    self._write_atomic(path, kept)
-                    report.files_rewritten += 1
-                else:
-                    self.fs.rm(path)
-                    report.files_removed += 1
+        work = [(kind, id_cols, time_col, path)
+                for kind, id_cols, time_col in ((INTERACTIONS, ("customer_id",), "received_at"),
+                                                (MERGES, ("merged", "into"), "ts"))
+                for path in self.files(kind)]
+        for n, (kind, id_cols, time_col, path) in enumerate(work):
+            if progress:
+                progress("files", n, len(work))
+            report.files_scanned += 1
+            drop = self._erased_rows(path, SCHEMAS[kind], id_cols, time_col, erased_us)
+            if drop is None:
+                continue
+            table = self._read_files([path], SCHEMAS[kind])
+            kept = table.filter(pc.invert(drop))
+            report.rows_dropped += table.num_rows - kept.num_rows
+            if not self.fs.exists(path):
+                continue  # removed meanwhile (an interrupted export cleaned up): nothing to rewrite
+            if kept.num_rows:
+                self._write_atomic(path, kept)
+                report.files_rewritten += 1
+            else:
+                self.fs.rm(path)
+                report.files_removed += 1
+        if progress:
+            progress("files", len(work), len(work))
         return report
 
     def _erased_rows(self, path: str, schema: pa.Schema, id_cols: tuple[str, ...], time_col: str,
@@ -311,5 +317,5 @@ def read_merges(root: str) -> pa.Table:
     return ParquetLog(root).read_merges()
 
 
-def apply_erasures(root: str, erased: Mapping[str, float | str | bytes]) -> ErasureReport:
-    return ParquetLog(root).apply_erasures(erased)
+def apply_erasures(root: str, erased: Mapping[str, float | str | bytes], progress=None) -> ErasureReport:
+    return ParquetLog(root).apply_erasures(erased, progress)

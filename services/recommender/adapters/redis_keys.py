@@ -19,6 +19,8 @@ from services.kernel.contracts.interactions import (customer_shard, customer_tag
                                                    merged_into_key)
 
 MERGE_LOCK = "vicino:{identity}:merge-lock"  # string with a token, short TTL
+# string "<register size>:<latest erased_at>" of the register the last finished apply_erasures run read
+ERASURES_APPLIED = "vicino:{erasures}:applied"
 KPI_DAILY = "vicino:{kpis}:daily"  # hash: YYYY-MM-DD -> JSON {date, report, rolled_at}: the KPI roll-ups
 
 

@@ -32,10 +32,10 @@ def _instant(name: str, value: str, end_of_day: bool) -> float:
     if len(v) == 10 and v[4] == "-" and v[7] == "-":
         try:
             day = datetime.fromisoformat(v).replace(tzinfo=timezone.utc)
-        except ValueError:
-            raise InvalidInput(f"{name}: {value!r} is not a date", errors=[{"loc": f"query.{name}",
-                                                                            "msg": "not a date"}]) from None
-        return (day + timedelta(days=1) if end_of_day else day).timestamp()
+            return (day + timedelta(days=1) if end_of_day else day).timestamp()
+        except (ValueError, OverflowError):  # 9999-12-31 as a `to` date has no next day
+            raise InvalidInput(f"{name}: {value!r} is not a date Vicino can use",
+                               errors=[{"loc": f"query.{name}", "msg": "not a date"}]) from None
     try:
         return to_epoch(v)
     except ValueError as e:

@@ -11,7 +11,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 from services.kernel.jobs import JobContext, JobDefinition, Progress, no_progress
 
@@ -38,7 +38,7 @@ class RunResult:
 
 class JobRunner:
     def __init__(self, jobs: list[JobDefinition], store: RunStore, redis, schedules: dict[str, Schedule],
-                 tz, host: str | None = None) -> None:
+                 tz, host: str | None = None, observe: Callable[[JobRun], None] | None = None) -> None:
         self.jobs = {j.name: j for j in jobs}
         self.store = store
         self.redis = redis
@@ -46,6 +46,7 @@ class JobRunner:
         self.tz = tz
         self.host = host or f"{socket.gethostname()}-{os.getpid()}"
         self.active: set[asyncio.Task] = set()  # runs in progress in this process
+        self.observe = observe  # metrics: told of every run that ended
 
     def job(self, name: str) -> JobDefinition:
         if name not in self.jobs:
@@ -86,6 +87,8 @@ class JobRunner:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
+            if self.observe:
+                self.observe(run)
             try:
                 await self.store.end(run)
             except Exception:  # Redis away: the lease runs out, and the run shows as lost
