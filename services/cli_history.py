@@ -39,22 +39,13 @@ async def _open_redis(settings):
     return open_async(settings.redis_url)
 
 
+IMPORT_STAGES = {"read": "reading the file", "write": "writing Parquet partitions", "hot": "loading hot history"}
+
+
 def _progress_bar():
-    """A rich progress display and the `progress(stage, done, total)` callback that feeds it."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+    from services.cli_progress import progress_bar
 
-    labels = {"read": "reading the file", "write": "writing Parquet partitions", "hot": "loading hot history"}
-    bar = Progress(TextColumn("{task.description:<28}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                   console=Console(stderr=True), transient=False)
-    tasks: dict[str, int] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(labels.get(stage, stage), total=total or 1)
-        bar.update(tasks[stage], completed=done, total=total or 1)
-
-    return bar, progress
+    return progress_bar(IMPORT_STAGES, width=28)
 
 
 def _print_import(report) -> None:

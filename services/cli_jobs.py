@@ -118,19 +118,10 @@ def run_job(name: str = typer.Argument(..., help="the job (see `vicino jobs list
 
 
 def _progress_bar():
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+    from services.cli_progress import progress_bar
+    from services.cli_train import LABELS  # the retrain job's stages are training's
 
-    bar = Progress(TextColumn("{task.description:<24}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                   console=Console(stderr=True), transient=False)
-    tasks: dict[str, int] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total or 1)
-        bar.update(tasks[stage], completed=done, total=total or 1)
-
-    return bar, progress
+    return progress_bar(LABELS)
 
 
 def serve_scheduler(host: str = typer.Option("127.0.0.1", envvar="VICINO_HOST", help="bind address"),

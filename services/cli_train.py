@@ -16,20 +16,9 @@ LABELS = {"load": "reading the history", "validation": "fit: validation run", "t
 
 
 def _progress_bar():
-    """A rich progress display and the `progress(stage, done, total)` callback that feeds it."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+    from services.cli_progress import progress_bar
 
-    bar = Progress(TextColumn("{task.description:<24}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                   console=Console(stderr=True), transient=False)
-    tasks: dict[str, int] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(LABELS.get(stage, stage), total=total or 1)
-        bar.update(tasks[stage], completed=done, total=total or 1)
-
-    return bar, progress
+    return progress_bar(LABELS)
 
 
 def train_command(

@@ -54,25 +54,21 @@ class KpiSources:
             ms, seq = _s(page[-1][0]).split("-")
             start = f"{ms}-{int(seq) + 1}"
 
-    async def decisions(self, lo: float, hi: float) -> list[DecisionV1]:
+    async def _records(self, stream_key, parse, lo: float, hi: float) -> list:
         out = []
         for shard in range(self.shards):
-            async for fields in self._range(decisions_stream_key(shard), lo - CLOCK_MARGIN_S, hi + CLOCK_MARGIN_S):
+            async for fields in self._range(stream_key(shard), lo - CLOCK_MARGIN_S, hi + CLOCK_MARGIN_S):
                 try:
-                    out.append(DecisionV1.from_stream_fields(fields))
+                    out.append(parse(fields))
                 except ValueError:  # a newer or broken entry is not this version's to count
                     continue
         return out
 
+    async def decisions(self, lo: float, hi: float) -> list[DecisionV1]:
+        return await self._records(decisions_stream_key, DecisionV1.from_stream_fields, lo, hi)
+
     async def receipts(self, lo: float, hi: float) -> list[DeliveryReceiptV1]:
-        out = []
-        for shard in range(self.shards):
-            async for fields in self._range(receipts_stream_key(shard), lo - CLOCK_MARGIN_S, hi + CLOCK_MARGIN_S):
-                try:
-                    out.append(DeliveryReceiptV1.from_stream_fields(fields))
-                except ValueError:
-                    continue
-        return out
+        return await self._records(receipts_stream_key, DeliveryReceiptV1.from_stream_fields, lo, hi)
 
     async def survivors(self, customer_ids: Iterable[str]) -> dict[str, str]:
         """customer -> the customer it is now (itself unless merged since), and every customer

@@ -77,10 +77,10 @@ class Kpis:
         report = await asyncio.to_thread(compute_kpis, decisions, receipts, events, offer_items=offer_items,
                                          period=(q.start, q.end), window_s=q.window_s, store_id=q.store_id,
                                          offer_id=q.offer_id)
-        report["notes"] = self._notes(q)
+        report["notes"] = self._notes(q, report["empty"])
         return report
 
-    def _notes(self, q: KpiQuery) -> list[str]:
+    def _notes(self, q: KpiQuery, empty: bool) -> list[str]:
         notes = []
         now = self.clock.now()
         kept_from = now - self.retention_days * DAY_S
@@ -88,7 +88,7 @@ class Kpis:
             notes.append(f"decisions and receipts before {_day(kept_from)} are past their retention "
                          f"(VICINO_KPI_RETENTION_DAYS={self.retention_days:g}) and may be trimmed; "
                          "GET /v1/kpis/daily keeps the daily roll-ups")
-        if q.end + q.window_s > now:
+        if q.end + q.window_s > now and not empty:
             notes.append("the attribution window of the latest decisions has not closed yet: conversions "
                          "may still grow")
         return notes
