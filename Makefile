@@ -38,6 +38,7 @@ bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.history
 	$(BIN)/python -m bench.recommender
 	$(BIN)/python -m bench.push
+	$(BIN)/python -m bench.kpis
 
 clean: ## remove .venv and var/
 	rm -rf $(VENV) var

@@ -217,3 +217,26 @@ def test_daily_rollup_keeps_the_days_whose_window_closed(kpi_client, redis_url):
 def test_odd_periods_are_422_not_500(kpi_client, params, needle):
     c, _ = kpi_client
     assert_problem(c.get("/v1/kpis", headers=ADMIN, params=params), 422, needle)
+
+
+def test_a_customer_merged_after_the_push_converts_under_the_survivor(kpi_client, redis_sync):
+    """The decision names the customer of the time; the till purchase, after a merge, names the
+    survivor (the merge pointer and aliases are the recommender's, written here as it writes them)."""
+    from services.kernel.contracts.interactions import merged_into_key
+    from services.recommender.adapters.redis_keys import CustomerKeys
+
+    c, settings = kpi_client
+    shards = settings.customer_shards
+    day = (DAY - timedelta(days=1)).isoformat()
+    at = T - 86_400
+    d = decision(90, "m-old", "s1", at, offer_id="o1")
+    redis_sync.xadd(decisions_stream_key(customer_shard("m-old", shards)), d.to_stream_fields(),
+                    id=f"{int(at * 1000)}-0")
+    redis_sync.set(merged_into_key("m-old", shards), "m-new")
+    redis_sync.sadd(CustomerKeys("m-new", shards).aliases, "m-old")
+    r = c.post("/v1/interactions", headers=ADMIN, json=[
+        interaction("m-p1", "m-new", "purchase", "store", at + H, item_id="i1", store_id="s1", value=8.0)])
+    assert r.json()["accepted"] == 1, r.text
+    k = kpis(c, **{"from": day, "to": day})
+    assert k["conversions"]["store"] == {"conversions": 1, "rate": 1.0, "revenue": 8.0}
+    assert k["uplift"]["treated"] == {"customers": 1, "converted": 1, "rate": 1.0}

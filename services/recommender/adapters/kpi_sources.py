@@ -73,17 +73,28 @@ class KpiSources:
     async def survivors(self, customer_ids: Iterable[str]) -> dict[str, str]:
         """customer -> the customer it is now (itself unless merged since), and every customer
         merged into one of those -> that one (their older interactions name them)."""
-        out: dict[str, str] = {}
-        for cid in set(customer_ids):
-            cur = cid
-            for _ in range(MAX_MERGE_HOPS):
-                nxt = await self._r.get(merged_into_key(cur, self.shards))
-                if not nxt:
-                    break
-                cur = _s(nxt)
-            out[cid] = cur
-        for final in set(out.values()):
-            for alias in await self._r.smembers(CustomerKeys(final, self.shards).aliases):
+        out = {cid: cid for cid in set(customer_ids)}
+        pending = list(out)
+        for _ in range(MAX_MERGE_HOPS):  # one pipelined round per hop of the merge chains
+            if not pending:
+                break
+            pipe = self._r.pipeline(transaction=False)
+            for cid in pending:
+                pipe.get(merged_into_key(out[cid], self.shards))
+            moved = []
+            for cid, nxt in zip(pending, await pipe.execute()):
+                if nxt:
+                    out[cid] = _s(nxt)
+                    moved.append(cid)
+            pending = moved
+        finals = sorted(set(out.values()))
+        for final in finals:
+            out.setdefault(final, final)  # the survivor's own interactions count too
+        pipe = self._r.pipeline(transaction=False)
+        for final in finals:
+            pipe.smembers(CustomerKeys(final, self.shards).aliases)
+        for final, aliases in zip(finals, await pipe.execute()):
+            for alias in aliases:
                 out.setdefault(_s(alias), final)
         return out
 

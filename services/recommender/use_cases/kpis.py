@@ -70,8 +70,8 @@ class Kpis:
         wanted = set(survivors)
         events = await asyncio.to_thread(self.sources.logged_events, lo, hi, wanted)
         events += await self.sources.unexported_events(lo, hi, wanted)
-        decisions = [d.model_copy(update={"customer_id": survivors.get(d.customer_id, d.customer_id)})
-                     for d in decisions]
+        decisions = [d if survivors.get(d.customer_id, d.customer_id) == d.customer_id
+                     else d.model_copy(update={"customer_id": survivors[d.customer_id]}) for d in decisions]
         events = [e if survivors.get(e.customer_id, e.customer_id) == e.customer_id
                   else replace(e, customer_id=survivors[e.customer_id]) for e in events]
         report = await asyncio.to_thread(compute_kpis, decisions, receipts, events, offer_items=offer_items,
