@@ -325,3 +325,19 @@ def test_a_consent_change_racing_an_unregistration_leaves_no_stub_registration(c
                    json={"location": False, "marketing": False, "personalisation": False})
     assert r.status_code == 200, r.text
     assert not redis_sync.exists(DeviceKeys("gone-phone", 16).registration)
+
+
+def test_consent_changes_recorded_before_the_list_are_still_shown_after_it(client, admin, redis_sync):
+    """Deployments from before the audit list kept the trail in a stream (~4.7 KB per customer
+    for one change): it is read after the list, never written again."""
+    from services.kernel.contracts.customer_state import consent_audit_key, consent_log_key
+
+    register(client, "phone-l", "cust-l", consent=False)
+    redis_sync.xadd(consent_audit_key("cust-l"), {"location": "1", "marketing": "0", "personalisation": "0",
+                                                  "at": repr(1_700_000_000.0), "by": "admin"})
+    client.put("/v1/customers/cust-l/consent", headers=admin,
+               json={"location": False, "marketing": False, "personalisation": False}).raise_for_status()
+    history = client.get("/v1/customers/cust-l/consent", headers=admin).json()["history"]
+    assert [(h["location"], h["at"] == 1_700_000_000.0) for h in history] == [(False, False), (True, True)]
+    assert redis_sync.type(consent_log_key("cust-l")) == b"list"
+    assert redis_sync.xlen(consent_audit_key("cust-l")) == 1  # not written to any more

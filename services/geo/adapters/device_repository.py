@@ -192,7 +192,7 @@ class DeviceRepository:
 
     async def forget_customer(self, customer_id: str) -> None:
         ck = CustomerKeys(customer_id)
-        await self._r.delete(ck.consent, ck.consent_audit, ck.devices)
+        await self._r.delete(ck.consent, ck.consent_log, ck.consent_audit, ck.devices)
 
     async def customer_devices(self, customer_id: str) -> list[str]:
         return sorted(m.decode() for m in await self._r.smembers(CustomerKeys(customer_id).devices))
@@ -213,7 +213,7 @@ class DeviceRepository:
         flat = {f: "1" if values[f] else "0" for f in CONSENT_FIELDS}
         pipe = self._r.pipeline(transaction=False)
         pipe.hset(ck.consent, mapping={**flat, "updated_at": repr(now)})
-        pipe.xadd(ck.consent_audit, {**flat, "at": repr(now), "by": actor})
+        pipe.lpush(ck.consent_log, orjson.dumps({**flat, "at": now, "by": actor}))
         pipe.smembers(ck.devices)
         *_, members = await pipe.execute()
         devices = sorted(m.decode() for m in members)
@@ -222,9 +222,14 @@ class DeviceRepository:
         return devices
 
     async def consent_audit(self, customer_id: str, count: int = 100) -> list[dict]:
-        entries = await self._r.xrevrange(CustomerKeys(customer_id).consent_audit, count=count)
+        """The most recent changes, newest first: the list, then (older) the legacy stream's."""
+        ck = CustomerKeys(customer_id)
         out = []
-        for _eid, fields in entries:
-            g = {k.decode(): v.decode() for k, v in fields.items()}
+        for raw in await self._r.lrange(ck.consent_log, 0, count - 1):
+            g = orjson.loads(raw)
             out.append({"at": float(g["at"]), "by": g["by"], **{f: g[f] == "1" for f in CONSENT_FIELDS}})
+        if len(out) < count:
+            for _eid, fields in await self._r.xrevrange(ck.consent_audit, count=count - len(out)):
+                g = {k.decode(): v.decode() for k, v in fields.items()}
+                out.append({"at": float(g["at"]), "by": g["by"], **{f: g[f] == "1" for f in CONSENT_FIELDS}})
         return out

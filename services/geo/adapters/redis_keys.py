@@ -31,11 +31,12 @@ def all_event_streams(shards: int) -> list[str]:
 
 
 class CustomerKeys:
-    __slots__ = ("consent", "consent_audit", "devices")
+    __slots__ = ("consent", "consent_log", "consent_audit", "devices")
 
     """Published for other services to read: services.kernel.contracts.customer_state."""
 
     def __init__(self, customer_id: str) -> None:
         self.consent = published.consent_key(customer_id)              # hash: location, marketing, personalisation, updated_at
-        self.consent_audit = published.consent_audit_key(customer_id)  # stream: every change, who and when
+        self.consent_log = published.consent_log_key(customer_id)      # list: every change, who and when, newest first
+        self.consent_audit = published.consent_audit_key(customer_id)  # stream: the changes before that list (legacy)
         self.devices = published.customer_devices_key(customer_id)     # set of device ids

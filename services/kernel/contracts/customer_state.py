@@ -23,8 +23,14 @@ def consent_key(customer_id: str) -> str:
     return f"vicino:{customer_tag(customer_id)}:consent"
 
 
+def consent_log_key(customer_id: str) -> str:
+    """list: every consent change, who and when (JSON), newest first"""
+    return f"vicino:{customer_tag(customer_id)}:consent:log"
+
+
 def consent_audit_key(customer_id: str) -> str:
-    """stream: every consent change, who and when"""
+    """stream: the consent changes recorded before the list above replaced it (a one-entry stream
+    costs Redis ~4.7 KB, a list entry ~100 B); still read and erased, never written"""
     return f"vicino:{customer_tag(customer_id)}:consent:audit"
 
 

@@ -1,0 +1,194 @@
+"""Capacity figures: `python -m bench.capacity`.
+
+Redis memory per store, per active device and per stream entry, and the geo replica's own memory
+per store (its in-memory H3 index), measured on the real services:
+
+1. stores    the demo stores (MIMIT fuel stations of Milano and Roma and the Milano NIL polygons:
+             real data, see services/launcher/demo_data/ATTRIBUTION.md) upserted through a
+             `vicino serve geo` process: Redis `used_memory` and the process's RSS, before and after
+2. devices   N devices registered (each its own customer), consent given, one fix inside a store
+             (an open visit and its enter event): Redis `used_memory` per device, and `MEMORY
+             USAGE` of each key kind
+3. entries   bytes per entry of the decision, receipt and push-job streams (realistic entries)
+
+The floor beside each figure is the raw JSON of what is stored (a record's payload), so the
+ratio says what Redis's structures cost on top. Tables to stdout, numbers to
+bench/results/capacity.json; the README turns them into sizes for 1M and 10M devices.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import redis
+
+from bench.geo import machine_info, table
+from services.kernel.contracts.customer_state import (consent_key, consent_log_key, customer_devices_key,
+                                                      device_registration_key)
+from services.kernel.contracts.decisions import DecisionV1
+from services.kernel.contracts.deliveries import DeliveryReceiptV1
+from services.kernel.contracts.geofence_events import device_shard, events_stream_key, shard_tag
+from services.kernel.contracts.push_jobs import PushDataV1, PushJobV1
+from services.launcher.demo import demo_files
+from services.launcher.embedded_redis import EmbeddedRedis
+from services.launcher.store_files import read_features
+from tests.integration._support import served_service
+
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "capacity.json"
+ADMIN = "bench-admin-token-0123456789"
+SECRET = "bench-token-secret-0123456789abcdef"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def used(r) -> int:
+    return int(r.info("memory")["used_memory"])
+
+
+def geo_pid(url: str) -> psutil.Process:
+    port = int(url.rsplit(":", 1)[1])
+    for c in psutil.net_connections("tcp"):
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+            return psutil.Process(c.pid)
+    raise RuntimeError("geo process not found")
+
+
+def section_stores(r, url: str) -> dict:
+    features = []
+    for path in demo_files():
+        features += read_features(path, default_radius_m=80)
+    proc = geo_pid(url)
+    before_redis, before_rss = used(r), proc.memory_info().rss
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120) as c:
+        for i in range(0, len(features), 1000):
+            c.post("/v1/stores", json={"type": "FeatureCollection", "features": features[i:i + 1000]}).raise_for_status()
+        time.sleep(2.0)  # the replica's index follows the change log
+    raw = sum(len(json.dumps(f, separators=(",", ":"))) for f in features)
+    n = len(features)
+    return {"stores": n, "redis_bytes_per_store": round((used(r) - before_redis) / n),
+            "geo_rss_bytes_per_store": round((proc.memory_info().rss - before_rss) / n),
+            "geojson_bytes_per_store": round(raw / n)}
+
+
+def section_devices(r, url: str, n: int) -> dict:
+    store = {"type": "Feature", "id": "cap-store", "properties": {"radius_m": 80},
+             "geometry": {"type": "Point", "coordinates": [9.19, 45.4642]}}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as c:
+        c.put("/v1/stores/cap-store", json=store).raise_for_status()
+        time.sleep(1.0)
+        before = used(r)
+        for i in range(n):
+            reg = c.post("/v1/devices", json={"device_id": f"cap-phone-{i}", "customer_id": f"cap-cust-{i}",
+                                              "platform": "android", "push_token": f"fcm-token-{i:06d}" * 8,
+                                              "timezone": "Europe/Rome"})
+            reg.raise_for_status()
+            c.put(f"/v1/customers/cap-cust-{i}/consent",
+                  json={"location": True, "marketing": True, "personalisation": True}).raise_for_status()
+            token = reg.json()["token"]
+            c.post("/v1/locations", headers={"Authorization": f"Bearer {token}"}, json={
+                "device_id": f"cap-phone-{i}", "fixes": [{"lat": 45.4642, "lon": 9.19, "accuracy_m": 10,
+                                                          "ts": time.time()}]}).raise_for_status()
+        total = used(r) - before
+    kinds = {"registration": 0, "visit_state": 0, "consent": 0, "consent_log": 0, "customer_devices": 0}
+    for i in range(n):
+        d, cust = f"cap-phone-{i}", f"cap-cust-{i}"
+        tag = shard_tag(device_shard(d, 16))
+        for kind, key in (("registration", device_registration_key(d, 16)),
+                          ("visit_state", f"vicino:{tag}:device:{d}:visits"), ("consent", consent_key(cust)),
+                          ("consent_log", consent_log_key(cust)), ("customer_devices", customer_devices_key(cust))):
+            kinds[kind] += r.memory_usage(key, samples=0) or 0
+    events = sum(r.memory_usage(events_stream_key(s), samples=0) or 0 for s in range(16))
+    return {"devices": n, "redis_bytes_per_device": round(total / n),
+            "by_key": {k: round(v / n) for k, v in kinds.items()}, "event_stream_bytes_per_device": round(events / n)}
+
+
+def section_entries(r, n: int) -> dict:
+    now = time.time()
+    samples = {
+        "decision": lambda i: DecisionV1(decision_id=f"dec_{i:026d}", customer_id=f"customer-{i}", device_id=f"phone-{i}",
+                                         store_id="mimit-12345", visit_id=f"vis_{i:026d}", event_id=f"evt_{i:026d}",
+                                         event_type="dwell", outcome="send", offer_id="uci-85123A", score=1.2345,
+                                         price=2.29, currency="GBP", rank_reason="model",
+                                         model_version="20261126T170059Z-1fb802", holdout=False, job_id=f"job_{i:026d}",
+                                         ts=now, decided_at=now).to_stream_fields(),
+        "receipt": lambda i: DeliveryReceiptV1(delivery_id=f"dlv005{i:024x}", customer_id=f"customer-{i}",
+                                               device_id=f"phone-{i}", store_id="mimit-12345", offer_id="uci-85123A",
+                                               visit_id=f"vis_{i:026d}", decision_id=f"dec_{i:026d}", status="sent",
+                                               provider="fcm", attempts=1, ts=now).to_stream_fields(),
+        "push_job": lambda i: PushJobV1(job_id=f"job_{i:026d}", idempotency_key=f"customer-{i}:mimit-12345:vis_{i:026d}",
+                                        customer_id=f"customer-{i}", device_id=f"phone-{i}", platform="android",
+                                        push_token="f" * 160, title="An offer near you",
+                                        body="White hanging heart T-light holder, now 2.29",
+                                        data=PushDataV1(offer_id="uci-85123A", store_id="mimit-12345",
+                                                        visit_id=f"vis_{i:026d}", decision_id=f"dec_{i:026d}"),
+                                        collapse_key=f"vis_{i:026d}", created_at=now,
+                                        expires_at=now + 900).to_stream_fields(),
+    }
+    out = {}
+    for name, make in samples.items():
+        key = f"cap:{name}"
+        pipe = r.pipeline(transaction=False)
+        raw = 0
+        for i in range(n):
+            fields = make(i)
+            raw += sum(len(k) + len(v) for k, v in fields.items())
+            pipe.xadd(key, fields)
+            if i % 5000 == 4999:
+                pipe.execute()
+        pipe.execute()
+        out[name] = {"bytes_per_entry": round((r.memory_usage(key, samples=0) or 0) / n),
+                     "payload_bytes_per_entry": round(raw / n)}
+        r.delete(key)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="500 devices, 5,000 entries")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    n_devices, n_entries = (500, 5_000) if args.quick else (2_000, 20_000)
+    info = machine_info()
+    print(f"Vicino capacity figures: {info['cpu_count']} CPUs, Python {info['python']}, {info['date']}")
+    with tempfile.TemporaryDirectory(prefix="vicino-bench-capacity-") as tmp, \
+            EmbeddedRedis(Path(tmp) / "redis", persist=False) as server:
+        r = redis.Redis.from_url(server.url)
+        import tests.conftest as conftest  # served_service takes the tests' tokens
+
+        conftest.ADMIN_TOKEN, conftest.TOKEN_SECRET = ADMIN, SECRET
+        with served_service("geo", server.url, Path(tmp)) as url:
+            log("stores")
+            stores = section_stores(r, url)
+            log(f"{n_devices:,} devices")
+            devices = section_devices(r, url, n_devices)
+        log("stream entries")
+        entries = section_entries(r, n_entries)
+    results = {"machine": info, "stores": stores, "devices": devices, "entries": entries}
+    data_layer = RESULTS.parent / "data_layer.json"
+    if data_layer.exists():
+        results["customer_hot_history"] = json.loads(data_layer.read_text()).get("memory")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print(table("Memory per unit", ["unit", "Redis bytes", "payload (floor)", "ratio", "notes"], [
+        ["store", f"{stores['redis_bytes_per_store']:,}", f"{stores['geojson_bytes_per_store']:,}",
+         f"{stores['redis_bytes_per_store'] / stores['geojson_bytes_per_store']:.1f}x",
+         f"geo replica RSS +{stores['geo_rss_bytes_per_store']:,} B per store (its index)"],
+        ["active device (+ its customer)", f"{devices['redis_bytes_per_device']:,}", "", "",
+         ", ".join(f"{k} {v}" for k, v in devices["by_key"].items()) + f"; events {devices['event_stream_bytes_per_device']}"],
+        *[[f"{name} stream entry", f"{e['bytes_per_entry']:,}", f"{e['payload_bytes_per_entry']:,}",
+           f"{e['bytes_per_entry'] / e['payload_bytes_per_entry']:.1f}x", ""] for name, e in entries.items()],
+    ]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
