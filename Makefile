@@ -39,6 +39,7 @@ bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.recommender
 	$(BIN)/python -m bench.push
 	$(BIN)/python -m bench.kpis
+	$(BIN)/python -m bench.capacity
 
 clean: ## remove .venv and var/
 	rm -rf $(VENV) var

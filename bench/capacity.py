@@ -10,6 +10,8 @@ per store (its in-memory H3 index), measured on the real services:
              (an open visit and its enter event): Redis `used_memory` per device, and `MEMORY
              USAGE` of each key kind
 3. entries   bytes per entry of the decision, receipt and push-job streams (realistic entries)
+4. history   a customer's hot history in Redis at 20, 50, 100 and 200 interactions
+             (`VICINO_HISTORY_HOT_PER_CUSTOMER`; the dedup window included)
 
 The floor beside each figure is the raw JSON of what is stored (a record's payload), so the
 ratio says what Redis's structures cost on top. Tables to stdout, numbers to
@@ -150,6 +152,39 @@ def section_entries(r, n: int) -> dict:
     return out
 
 
+def section_history(url: str, customers: int) -> dict:
+    import asyncio
+
+    from services.kernel.contracts.interactions import InteractionV1
+    from services.kernel.redis_client import open_async
+    from services.recommender.adapters.customer_repository import CustomerRepository
+    from services.recommender.settings import RecommenderSettings
+
+    channels, types = ("web", "app", "store", "email"), ("view", "add_to_cart", "purchase", "view", "view")
+
+    async def at(per: int) -> int:
+        s = RecommenderSettings(redis_url=url, admin_token=ADMIN, token_secret=SECRET, history_hot_per_customer=per)
+        r = open_async(url)
+        try:
+            repo, now, total = CustomerRepository(r, s), time.time(), 0
+            for c in range(customers):
+                await repo.append([InteractionV1(event_id=f"h{per}-{c}-{i}", customer_id=f"h{per}-{c}",
+                                                 channel=channels[i % 4], type=types[i % 5],
+                                                 item_id=f"sku-{(c * 7 + i) % 3000}", quantity=1, value=2.5,
+                                                 store_id="store-42" if i % 4 == 2 else None,
+                                                 ts=now - 86_400 + i * 60, received_at=now) for i in range(per)],
+                                  log=False, now=now)
+            for c in range(customers):
+                k = repo.keys(f"h{per}-{c}")
+                for key in (k.history, k.events, k.seen):
+                    total += await r.memory_usage(key, samples=0) or 0
+            return round(total / customers)
+        finally:
+            await r.aclose()
+
+    return {str(per): asyncio.run(at(per)) for per in (20, 50, 100, 200)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="500 devices, 5,000 entries")
@@ -171,10 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             devices = section_devices(r, url, n_devices)
         log("stream entries")
         entries = section_entries(r, n_entries)
-    results = {"machine": info, "stores": stores, "devices": devices, "entries": entries}
-    data_layer = RESULTS.parent / "data_layer.json"
-    if data_layer.exists():
-        results["customer_hot_history"] = json.loads(data_layer.read_text()).get("memory")
+        log("hot history")
+        history = section_history(server.url, 100 if args.quick else 300)
+    results = {"machine": info, "stores": stores, "devices": devices, "entries": entries,
+               "hot_history_bytes_per_customer": history}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print()
@@ -186,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
          ", ".join(f"{k} {v}" for k, v in devices["by_key"].items()) + f"; events {devices['event_stream_bytes_per_device']}"],
         *[[f"{name} stream entry", f"{e['bytes_per_entry']:,}", f"{e['payload_bytes_per_entry']:,}",
            f"{e['bytes_per_entry'] / e['payload_bytes_per_entry']:.1f}x", ""] for name, e in entries.items()],
+        *[[f"customer, {per} hot interactions", f"{b:,}", "", "", "history + events + dedup window"]
+          for per, b in history.items()],
     ]))
     return 0
 
