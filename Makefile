@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench venv clean lint
+.PHONY: help run test bench venv clean lint loadtest soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -40,6 +40,14 @@ bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.push
 	$(BIN)/python -m bench.kpis
 	$(BIN)/python -m bench.capacity
+
+DURATION ?= 60
+
+loadtest: $(TSTAMP) ## the stack under locust for DURATION s (default 60); report under loadtests/reports/
+	$(BIN)/python -m loadtests.run --duration $(DURATION)
+
+soak: $(TSTAMP) ## 10 minutes of load, memory sampled every 10 s: growth per process and Redis (not in CI)
+	$(BIN)/python -m loadtests.run --duration 600 --memory-every 10
 
 clean: ## remove .venv and var/
 	rm -rf $(VENV) var
