@@ -278,7 +278,8 @@ class World:
 
         return {"run_tag": RUN_TAG, "seed": SEED, "pace_s": PACE_S, "open_share": OPEN_SHARE, "decide_on": DECIDE_ON,
                 "started_at": self.started_at, "stopped_at": self.stopped_at, "stores": len(self.stores),
-                "tracks": len(self.tracks), "history_customers": len(self.customers), "counters": dict(self.c),
+                "tracks": len(self.tracks), "tracks_file": str(mobility.gotrack_points_path()),
+                "history_customers": len(self.customers), "counters": dict(self.c),
                 "phones_by_kind": dict(self.by_kind), "requests": self.requests,
                 "full_load": self.full_load_rates(),
                 "e2e": {"count": len(e2e), "p50": pct(50), "p95": pct(95), "p99": pct(99),

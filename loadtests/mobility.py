@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GOTRACK_DIR = Path(os.environ.get("VICINO_GOTRACK_DIR",
                                   ROOT.parent / "shared" / "datasets" / "gotrack-gps-trajectories"))
 GOTRACK_POINTS = "go_track_trackspoints.csv.gz"
+# The first 30 trips of at least 30 fixes, lines unchanged (tests/fixtures/ATTRIBUTION.md): what a
+# clone without the shared data sets (CI, a fresh machine) replays when VICINO_GOTRACK_DIR is unset.
+GOTRACK_SLICE = ROOT / "tests" / "fixtures" / "gotrack_trackspoints_slice.csv.gz"
 
 MOVING_FIX_S = 1.5             # while moving (positions between Go!Track's ~5 s points are interpolated)
 STILL_FIX_S = (20.0, 35.0)     # what a phone's fused location gives when still
@@ -88,13 +91,23 @@ class Store:
     dwell_s: float
 
 
-def load_tracks(directory: Path = GOTRACK_DIR, min_points: int = 30) -> list[Track]:
-    """The Go!Track trips with at least `min_points` fixes, in track id order. Repeated
-    timestamps are dropped and pauses longer than MAX_TRACK_GAP_S shortened to it."""
+def gotrack_points_path(directory: Path = GOTRACK_DIR) -> Path:
+    """The whole data set when it is there; the repository's slice when it is not and
+    VICINO_GOTRACK_DIR was not set (a directory named explicitly must hold the data)."""
     path = Path(directory) / GOTRACK_POINTS
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: the Go!Track data set (see loadtests/README.md); "
-                                "set VICINO_GOTRACK_DIR to where it lives")
+    if path.exists():
+        return path
+    if "VICINO_GOTRACK_DIR" not in os.environ and GOTRACK_SLICE.exists():
+        return GOTRACK_SLICE
+    raise FileNotFoundError(f"{path}: the Go!Track data set (see loadtests/README.md); "
+                            "set VICINO_GOTRACK_DIR to where it lives")
+
+
+def load_tracks(path: Path | None = None, min_points: int = 30) -> list[Track]:
+    """The Go!Track trips of the points file `path` (default: gotrack_points_path()) with at least
+    `min_points` fixes, in track id order. Repeated timestamps are dropped and pauses longer than
+    MAX_TRACK_GAP_S shortened to it."""
+    path = path or gotrack_points_path()
     raw: dict[str, list[tuple[float, float, float]]] = {}
     with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):

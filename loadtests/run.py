@@ -549,6 +549,7 @@ class Run:
             "e2e_from_request_start": extra.get("e2e_from_request_start"),
             "e2e_locust": e2e_row,
             "counters": counters, "phones_by_kind": extra.get("phones_by_kind"),
+            "tracks": extra.get("tracks"), "tracks_file": extra.get("tracks_file"),
             "processes": self.sampler.per_process() if self.sampler else {},
             "machine_cpu_percent_mean": (round(sum(self.sampler.machine_cpu) / len(self.sampler.machine_cpu), 1)
                                          if self.sampler and self.sampler.machine_cpu else None),
@@ -577,6 +578,8 @@ def print_summary(s: dict) -> None:
     c = s["config"]
     print(f"\nVicino load test: {c['shape']}, {s['elapsed_s']} s, {c['users']} users "
           f"(spawn {c['spawn_rate']}/s, phone pace {c['pace_s']} s), {c['cpus']} CPUs")
+    if s.get("tracks_file"):
+        print(f"  trajectories: {s['tracks']} Go!Track trips from {s['tracks_file']}")
     print(f"  fixes/s {_fmt(s['fixes_per_s'])}   requests/s {_fmt(s['requests_per_s'])}   "
           f"requests {s['requests']}   failures {s['failures']}")
     fl = s.get("full_load")
