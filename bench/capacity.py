@@ -185,6 +185,76 @@ def section_history(url: str, customers: int) -> dict:
     return {str(per): asyncio.run(at(per)) for per in (20, 50, 100, 200)}
 
 
+def section_pushes(url: str, n: int) -> dict:
+    """What one decided and delivered push leaves in Redis, written by the services' own
+    repositories and scripts: the recommender worker's decision (decided visit, push counters,
+    the decisions stream entry) and the push gateway's delivery (record, index, owner, the
+    `queued` and `sent` receipts). The push job itself is left out: its stream is trimmed once
+    the gateway has acknowledged it (its size is in the entries table)."""
+    import asyncio
+    import random
+
+    from services.kernel.contracts.interactions import customer_shard
+    from services.kernel.contracts.deliveries import delivery_id_for
+    from services.kernel.contracts.push_jobs import push_jobs_stream_key
+    from services.kernel.redis_client import open_async
+    from services.push_gateway.adapters.delivery_repository import DeliveryRepository
+    from services.push_gateway.domain import delivery as dl
+    from services.push_gateway.domain.outcomes import Delivered
+    from services.push_gateway.domain.retry_policy import RetryPolicy
+    from services.recommender.adapters.decision_repository import DecisionRepository
+
+    shards = 16
+
+    async def run() -> dict:
+        r = open_async(url)
+        try:
+            decisions = DecisionRepository(r, shards, decision_ttl_s=604_800, store_cooldown_s=21_600)
+            deliveries = DeliveryRepository(r, shards, shards, retention_s=2_592_000)
+            now = time.time()
+            day_start = now - now % 86_400
+
+            async def push(i: int, visit: int) -> None:
+                cust, vis = f"push-cust-{i}", f"vis_{visit}_{i:024d}"
+                dec, job_id, store = f"dec_{visit}_{i:024d}", f"job_{visit}_{i:024d}", f"mimit-{12345 + visit}"
+                job = PushJobV1(job_id=job_id, idempotency_key=f"{cust}:{store}:{vis}", customer_id=cust,
+                                device_id=f"phone-{i}", platform="android", push_token="f" * 160,
+                                title="An offer near you", body="White hanging heart T-light holder, now 2.29",
+                                data=PushDataV1(offer_id="uci-85123A", store_id=store, visit_id=vis, decision_id=dec),
+                                collapse_key=vis, created_at=now, expires_at=now + 900)
+                decision = DecisionV1(decision_id=dec, customer_id=cust, device_id=f"phone-{i}", store_id=store,
+                                      visit_id=vis, event_id=f"evt_{visit}_{i:024d}", event_type="dwell",
+                                      outcome="send", offer_id="uci-85123A", score=1.2345, price=2.29,
+                                      currency="GBP", rank_reason="model", model_version="20261126T170059Z-1fb802",
+                                      holdout=False, job_id=job_id, ts=now, decided_at=now)
+                read = await decisions.counters(cust, vis, store, day_start, now)
+                assert await decisions.record(cust, read, day_start, now, decision, job, True) == "ok"
+                delivery_id = delivery_id_for(job.idempotency_key, customer_shard(cust, shards))
+                rec, _, created = await deliveries.begin(job, dl.DeliveryRecord.from_job(job, delivery_id, now), now)
+                assert created
+                marked = dl.sending(rec, "fcm", now, 30.0)
+                assert await deliveries.save(rec, marked, now, receipt=None) == "ok"
+                sent = dl.after_send(marked, Delivered(), RetryPolicy(), now, random.random()).record
+                assert await deliveries.save(marked, sent, now, receipt="sent") == "ok"
+
+            async def used_without_jobs() -> int:
+                jobs = sum([await r.memory_usage(push_jobs_stream_key(s), samples=0) or 0 for s in range(shards)])
+                return int((await r.info("memory"))["used_memory"]) - jobs
+
+            # a customer's first push creates its keys; the next ones only add to them
+            marks = [await used_without_jobs()]
+            for visit in range(3):
+                for i in range(n):
+                    await push(i, visit)
+                marks.append(await used_without_jobs())
+            return {"pushes": 3 * n, "redis_bytes_first_push": round((marks[1] - marks[0]) / n),
+                    "redis_bytes_next_push": round((marks[3] - marks[1]) / (2 * n))}
+        finally:
+            await r.aclose()
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="500 devices, 5,000 entries")
@@ -206,9 +276,11 @@ def main(argv: list[str] | None = None) -> int:
             devices = section_devices(r, url, n_devices)
         log("stream entries")
         entries = section_entries(r, n_entries)
+        log("decided and delivered pushes")
+        pushes = section_pushes(server.url, 500 if args.quick else 2_000)
         log("hot history")
         history = section_history(server.url, 100 if args.quick else 300)
-    results = {"machine": info, "stores": stores, "devices": devices, "entries": entries,
+    results = {"machine": info, "stores": stores, "devices": devices, "entries": entries, "pushes": pushes,
                "hot_history_bytes_per_customer": history}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -221,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
          ", ".join(f"{k} {v}" for k, v in devices["by_key"].items()) + f"; events {devices['event_stream_bytes_per_device']}"],
         *[[f"{name} stream entry", f"{e['bytes_per_entry']:,}", f"{e['payload_bytes_per_entry']:,}",
            f"{e['bytes_per_entry'] / e['payload_bytes_per_entry']:.1f}x", ""] for name, e in entries.items()],
+        ["push decided and delivered, a customer's first", f"{pushes['redis_bytes_first_push']:,}", "", "",
+         "decision + its stream entry + delivery record, index, owner, 2 receipts; not the push job"],
+        ["push decided and delivered, the next ones", f"{pushes['redis_bytes_next_push']:,}", "", "",
+         "the same customer's 2nd and 3rd (the per-customer keys exist)"],
         *[[f"customer, {per} hot interactions", f"{b:,}", "", "", "history + events + dedup window"]
           for per, b in history.items()],
     ]))
