@@ -112,13 +112,18 @@ def served_service(service: str, redis_url: str, log_dir: Path, *, workers: int 
         wait_until(ready, 60, 0.1, f"{service} service ready")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `grace_s`."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def served_geo(redis_url: str, log_dir: Path, *, workers: int = 1, env: dict | None = None):

@@ -21,7 +21,7 @@ from services.kernel.contracts.decisions import decisions_stream_key
 from services.kernel.contracts.geofence_events import events_stream_key
 from services.launcher.embedded_redis import EmbeddedRedisCluster
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
-from tests.integration._support import ROOT, fix_until_enter, served_service, wait_until
+from tests.integration._support import ROOT, fix_until_enter, served_service, stop_process, wait_until
 from tests.push_servers.fixtures import fcm, fcm_server, material  # noqa: F401  (fixtures)
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -43,12 +43,7 @@ def worker_process(redis_url: str, log_dir: Path, name: str, env: dict):
         assert proc.poll() is None, (log_dir / f"{name}.log").read_text()[-3000:]
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 
