@@ -87,6 +87,14 @@ def admin_headers() -> dict:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+def refused(r, ok: tuple[int, ...] = (200,)) -> bool:
+    """Marks the request failed, with its status and the start of its body, unless its status is in `ok`."""
+    if r.status_code in ok:
+        return False
+    r.failure(f"{r.status_code}: {r.text[:200]}")
+    return True
+
+
 def history_customers() -> list[str]:
     """The customers of the demo history (real UCI Online Retail shoppers), shuffled by the seed:
     phones take them in turn so that their offers are personalised."""
@@ -375,15 +383,13 @@ class Phone(FastHttpUser):
                               json={"device_id": self.device_id, "customer_id": self.customer_id,
                                     "platform": "android", "push_token": self.push_token,
                                     "timezone": "Europe/Rome"}) as r:
-            if r.status_code not in (200, 201):
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+            if refused(r, (200, 201)):
                 return
             token = r.json()["token"]
         with self.client.put(f"/v1/customers/{self.customer_id}/consent", name="/v1/customers/{id}/consent",
                              headers=admin_headers(), catch_response=True,
                              json={"location": True, "marketing": True, "personalisation": True}) as r:
-            if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+            if refused(r):
                 return
         self.token = token
         WORLD.phones[self.push_token] = self
@@ -405,8 +411,7 @@ class Phone(FastHttpUser):
             with self.client.post(f"{PUSH_URL}/v1/deliveries/{delivery_id}/opened",
                                   name="/v1/deliveries/{id}/opened", catch_response=True,
                                   headers={"Authorization": f"Bearer {self.token}"}) as r:
-                if r.status_code != 200:
-                    r.failure(f"{r.status_code}: {r.text[:200]}")
+                refused(r)
 
     @task
     def report_fixes(self) -> None:
@@ -423,8 +428,7 @@ class Phone(FastHttpUser):
                               headers={"Authorization": f"Bearer {self.token}"},
                               json={"device_id": self.device_id, "fixes": fixes}) as r:
             wall = time.time()
-            if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+            if refused(r):
                 return
             try:
                 body = r.json()
@@ -479,9 +483,7 @@ class Shopper(FastHttpUser):
         channel = self.rng.choice(("web", "app"))
         with self.client.get(f"{REC_URL}/v1/customers/{cid}/offers?channel={channel}&k=10",
                              name="/v1/customers/{id}/offers", headers=admin_headers(), catch_response=True) as r:
-            if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
-            elif "offers" not in r.json():
+            if not refused(r) and "offers" not in r.json():
                 r.failure("no offers field")
 
 
@@ -501,8 +503,7 @@ class Operator(FastHttpUser):
         store_id = self.rng.choice(WORLD.stocked)
         with self.client.get(f"{REC_URL}/v1/stores/{store_id}/inventory", name="/v1/stores/{id}/inventory",
                              headers=admin_headers(), catch_response=True) as r:
-            if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+            if refused(r):
                 return
             stock = r.json()
         if not stock:
@@ -513,8 +514,8 @@ class Operator(FastHttpUser):
                                headers=admin_headers(), json=deltas, catch_response=True) as r:
             if r.status_code == 409:
                 r.success()  # a sale of what is no longer there: refused as a whole, expected
-            elif r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+            else:
+                refused(r)
 
 
 # --- load shapes ----------------------------------------------------------------------------------

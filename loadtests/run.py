@@ -35,6 +35,8 @@ import httpx
 import psutil
 import redis
 
+from services.launcher.embedded_redis import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 DEFAULT_USERS = 1000
@@ -91,12 +93,6 @@ def port_block(n: int = 4) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no block of free loopback ports")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, proc: subprocess.Popen | None, timeout_s: float, what: str) -> None:
