@@ -22,7 +22,7 @@ from fastapi.responses import ORJSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.geo.api.schemas import LocationBatchIn
+from vicino.services.geo.api.schemas import LocationBatchIn
 
 _READ = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('HMGET', KEYS[2], 'r', 's')}
@@ -90,7 +90,7 @@ def create_ingest_app() -> FastAPI:
     With VICINO_BENCH_VALIDATE=1, also judge every item as the service does (pure, no Redis)."""
     import time
 
-    from services.recommender.domain.interactions import judge
+    from vicino.services.recommender.domain.interactions import judge
 
     validate = os.environ.get("VICINO_BENCH_VALIDATE") == "1"
     app = FastAPI(title="bench bare interactions endpoint")

@@ -31,15 +31,15 @@ import psutil
 import redis
 
 from bench.geo import machine_info, table
-from services.kernel.contracts.customer_state import (consent_key, consent_log_key, customer_devices_key,
+from vicino.services.kernel.contracts.customer_state import (consent_key, consent_log_key, customer_devices_key,
                                                       device_registration_key)
-from services.kernel.contracts.decisions import DecisionV1
-from services.kernel.contracts.deliveries import DeliveryReceiptV1
-from services.kernel.contracts.geofence_events import device_shard, events_stream_key, shard_tag
-from services.kernel.contracts.push_jobs import PushDataV1, PushJobV1
-from services.launcher.demo import demo_files
-from services.launcher.embedded_redis import EmbeddedRedis
-from services.launcher.store_files import read_features
+from vicino.services.kernel.contracts.decisions import DecisionV1
+from vicino.services.kernel.contracts.deliveries import DeliveryReceiptV1
+from vicino.services.kernel.contracts.geofence_events import device_shard, events_stream_key, shard_tag
+from vicino.services.kernel.contracts.push_jobs import PushDataV1, PushJobV1
+from vicino.services.launcher.demo import demo_files
+from vicino.services.launcher.embedded_redis import EmbeddedRedis
+from vicino.services.launcher.store_files import read_features
 from tests.integration._support import served_service
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "capacity.json"
@@ -155,10 +155,10 @@ def section_entries(r, n: int) -> dict:
 def section_history(url: str, customers: int) -> dict:
     import asyncio
 
-    from services.kernel.contracts.interactions import InteractionV1
-    from services.kernel.redis_client import open_async
-    from services.recommender.adapters.customer_repository import CustomerRepository
-    from services.recommender.settings import RecommenderSettings
+    from vicino.services.kernel.contracts.interactions import InteractionV1
+    from vicino.services.runtime.redis_client import open_async
+    from vicino.services.recommender.adapters.customer_repository import CustomerRepository
+    from vicino.services.recommender.settings import RecommenderSettings
 
     channels, types = ("web", "app", "store", "email"), ("view", "add_to_cart", "purchase", "view", "view")
 
@@ -194,15 +194,15 @@ def section_pushes(url: str, n: int) -> dict:
     import asyncio
     import random
 
-    from services.kernel.contracts.interactions import customer_shard
-    from services.kernel.contracts.deliveries import delivery_id_for
-    from services.kernel.contracts.push_jobs import push_jobs_stream_key
-    from services.kernel.redis_client import open_async
-    from services.push_gateway.adapters.delivery_repository import DeliveryRepository
-    from services.push_gateway.domain import delivery as dl
-    from services.push_gateway.domain.outcomes import Delivered
-    from services.push_gateway.domain.retry_policy import RetryPolicy
-    from services.recommender.adapters.decision_repository import DecisionRepository
+    from vicino.services.kernel.contracts.interactions import customer_shard
+    from vicino.services.kernel.contracts.deliveries import delivery_id_for
+    from vicino.services.kernel.contracts.push_jobs import push_jobs_stream_key
+    from vicino.services.runtime.redis_client import open_async
+    from vicino.services.push_gateway.adapters.delivery_repository import DeliveryRepository
+    from vicino.services.push_gateway.domain import delivery as dl
+    from vicino.services.push_gateway.domain.outcomes import Delivered
+    from vicino.services.push_gateway.domain.retry_policy import RetryPolicy
+    from vicino.services.recommender.adapters.decision_repository import DecisionRepository
 
     shards = 16
 

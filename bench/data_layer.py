@@ -33,8 +33,8 @@ import httpx
 import orjson
 
 from bench.geo import log, machine_info, table
-from services.kernel.contracts.interactions import InteractionV1
-from services.launcher.embedded_redis import EmbeddedRedis, free_port
+from vicino.services.kernel.contracts.interactions import InteractionV1
+from vicino.services.launcher.embedded_redis import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "data_layer.json"
@@ -114,7 +114,7 @@ def section_api(redis_url: str, tmp: Path, cfg: dict) -> dict:
     for label, cmd, extra in (
             ("bare", bare, {}),
             ("bare_validate", bare, {"VICINO_BENCH_VALIDATE": "1"}),
-            ("service", [sys.executable, "-m", "services.cli", "serve", "recommender"], {})):
+            ("service", [sys.executable, "-m", "vicino.services.cli", "serve", "recommender"], {})):
         port = free_port()
         full = cmd + ["--host", "127.0.0.1", "--port", str(port)]
         proc = serve(full, {**env, **extra}, port, tmp / f"{label}.log")
@@ -130,9 +130,9 @@ def section_api(redis_url: str, tmp: Path, cfg: dict) -> dict:
 
 
 async def _store_section(redis_url: str, cfg: dict) -> dict:
-    from services.kernel.redis_client import open_async
-    from services.recommender.adapters.customer_repository import CustomerRepository
-    from services.recommender.settings import RecommenderSettings
+    from vicino.services.runtime.redis_client import open_async
+    from vicino.services.recommender.adapters.customer_repository import CustomerRepository
+    from vicino.services.recommender.settings import RecommenderSettings
 
     settings = RecommenderSettings(redis_url=redis_url, admin_token=ADMIN, token_secret=SECRET)
     r = open_async(redis_url)
@@ -162,9 +162,9 @@ async def _store_section(redis_url: str, cfg: dict) -> dict:
 
 
 async def _memory_section(redis_url: str, cfg: dict) -> dict:
-    from services.kernel.redis_client import open_async
-    from services.recommender.adapters.customer_repository import CustomerRepository, hot_entry
-    from services.recommender.settings import RecommenderSettings
+    from vicino.services.runtime.redis_client import open_async
+    from vicino.services.recommender.adapters.customer_repository import CustomerRepository, hot_entry
+    from vicino.services.recommender.settings import RecommenderSettings
 
     settings = RecommenderSettings(redis_url=redis_url, admin_token=ADMIN, token_secret=SECRET)
     r = open_async(redis_url)

@@ -43,15 +43,15 @@ import h3.api.basic_int as h3
 import numpy as np
 import orjson
 
-from services.geo.domain.fences import CircleFence
-from services.geo.domain.geodesy import M_PER_DEG
-from services.geo.domain.geojson_codec import store_from_feature
-from services.geo.domain.h3_cells import cover_many
-from services.geo.domain.store_index import StoreIndex
-from services.geo.domain.stores import Store
-from services.geo.domain.transitions import DeviceState, Fix, TransitionPolicy, evaluate
-from services.kernel.ids import new_id
-from services.launcher.embedded_redis import EmbeddedRedis, free_port
+from vicino.services.geo.domain.fences import CircleFence
+from vicino.services.geo.domain.geodesy import M_PER_DEG
+from vicino.services.geo.domain.geojson_codec import store_from_feature
+from vicino.services.geo.domain.h3_cells import cover_many
+from vicino.services.geo.domain.store_index import StoreIndex
+from vicino.services.geo.domain.stores import Store
+from vicino.services.geo.domain.transitions import DeviceState, Fix, TransitionPolicy, evaluate
+from vicino.services.kernel.ids import new_id
+from vicino.services.launcher.embedded_redis import EmbeddedRedis, free_port
 
 
 def _mint_visit_id() -> str:
@@ -490,7 +490,7 @@ def section_geosearch(cfg: Config, budget: Budget, res: dict, decision: dict, tm
     world: World = res["_world"]
     queries: dict = res["_queries"]
     server = EmbeddedRedis(tmp / "redis-geo", persist=False).start()
-    out: dict = {"server": "redis-server (services.launcher.embedded_redis, persist=False)", "sizes": {}}
+    out: dict = {"server": "redis-server (vicino.services.launcher.embedded_redis, persist=False)", "sizes": {}}
     rows = []
     try:
         r = redis_lib.Redis(port=server.port)
@@ -940,7 +940,7 @@ def section_http(cfg: Config, budget: Budget, res: dict, tmp: Path) -> tuple[dic
         os.sched_setaffinity(redis_server.proc.pid, {client_cpu})
     env = {**os.environ, "VICINO_REDIS_URL": redis_server.url, "VICINO_ADMIN_TOKEN": ADMIN_TOKEN,
            "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_LOG_LEVEL": "WARNING"}
-    service = Uvicorn("service", "services.geo.app:create_app", env, tmp, server_cpu)
+    service = Uvicorn("service", "vicino.services.geo.app:create_app", env, tmp, server_cpu)
     bare = Uvicorn("bare", "bench._bare_app:create_app", env, tmp, server_cpu)
     bare_redis = Uvicorn("bare_redis", "bench._bare_app:create_redis_app", env, tmp, server_cpu)
     out: dict = {"pinning": {"server_cpu": server_cpu, "client_and_redis_cpu": client_cpu} if pin else None,

@@ -35,19 +35,19 @@ import redis
 import redis.asyncio as aioredis
 
 from bench.geo import machine_info, table
-from services.kernel.clock import Clock
-from services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
-from services.kernel.contracts.deliveries import DeliveryReceiptV1, receipts_stream_key
-from services.kernel.contracts.interactions import customer_shard
-from services.launcher.embedded_redis import EmbeddedRedis
-from services.recommender.adapters.catalog_repository import CatalogRepository
-from services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog
-from services.recommender.domain.kpis import ConversionEvent, compute_kpis
-from services.recommender.domain.offers import Offer
-from services.recommender.settings import RecommenderSettings
-from services.recommender.use_cases.history_import import read_history
-from services.recommender.use_cases.kpis import KpiQuery
-from services.recommender.wiring import build_kpis
+from vicino.services.kernel.clock import Clock
+from vicino.services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
+from vicino.services.kernel.contracts.deliveries import DeliveryReceiptV1, receipts_stream_key
+from vicino.services.kernel.contracts.interactions import customer_shard
+from vicino.services.launcher.embedded_redis import EmbeddedRedis
+from vicino.services.recommender.adapters.catalog_repository import CatalogRepository
+from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog
+from vicino.services.recommender.domain.kpis import ConversionEvent, compute_kpis
+from vicino.services.recommender.domain.offers import Offer
+from vicino.services.recommender.settings import RecommenderSettings
+from vicino.services.recommender.use_cases.history_import import read_history
+from vicino.services.recommender.use_cases.kpis import KpiQuery
+from vicino.services.recommender.wiring import build_kpis
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path("/work/shared/datasets/online-retail/online_retail.csv.gz")

@@ -60,11 +60,11 @@ import orjson
 import redis
 
 from bench.geo import log, machine_info, table
-from services.kernel.contracts import customer_state
-from services.kernel.contracts.deliveries import dead_jobs_stream_key, receipts_stream_key
-from services.kernel.contracts.interactions import customer_shard
-from services.kernel.contracts.push_jobs import PushDataV1, PushJobV1, idempotency_key, push_jobs_stream_key
-from services.launcher.embedded_redis import EmbeddedRedis, free_port
+from vicino.services.kernel.contracts import customer_state
+from vicino.services.kernel.contracts.deliveries import dead_jobs_stream_key, receipts_stream_key
+from vicino.services.kernel.contracts.interactions import customer_shard
+from vicino.services.kernel.contracts.push_jobs import PushDataV1, PushJobV1, idempotency_key, push_jobs_stream_key
+from vicino.services.launcher.embedded_redis import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "push.json"
@@ -397,7 +397,7 @@ def _floor_child(cfg: dict, q) -> None:
 
 
 def _floor_requests(cfg: dict, n: int, tag: str, auth: str) -> list[tuple[str, bytes, dict]]:
-    from services.push_gateway.domain.messages import (Notification, apns_headers, apns_payload,
+    from vicino.services.push_gateway.domain.messages import (Notification, apns_headers, apns_payload,
                                                        fcm_message)
     out = []
     now = time.time()
@@ -578,7 +578,7 @@ class Bench:
     def start_gateway(self, profile_dir: Path | None = None) -> Child:
         k = len(self.gateways) + 1
         port = free_port()
-        cmd = [sys.executable, "-m", "services.cli", "serve", "push", "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [sys.executable, "-m", "vicino.services.cli", "serve", "push", "--host", "127.0.0.1", "--port", str(port)]
         if profile_dir is not None and not pyspy_binary():
             cmd = [sys.executable, "-m", "cProfile", "-o", str(profile_dir / f"gateway{k}.prof")] + cmd[1:]
         child = self.procs.start(f"gateway{k}", cmd, self.gateway_env(), self.tmp)

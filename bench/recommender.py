@@ -41,11 +41,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from bench.geo import machine_info, pf, table
-from models.data import events_of, load_history
-from models.features import feature_matrix, item_info
-from models.pipeline import TrainSettings, train_and_publish
-from models.training import fit, prepare
-from services.kernel.contracts.model_artifact import model_scores
+from vicino.models.data import events_of, load_history
+from vicino.models.features import feature_matrix, item_info
+from vicino.models.pipeline import TrainSettings, train_and_publish
+from vicino.models.training import fit, prepare
+from vicino.services.kernel.contracts.model_artifact import model_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path("/work/shared/datasets/online-retail/online_retail.csv.gz")
@@ -90,9 +90,9 @@ def serving_rank_times(user_repr, user_bias, item_repr, item_bias, customers) ->
     catalogue of one-item offers prepared once (as a replica does per catalogue and model
     version), all eligible, for a customer with a few purchases to blend in (blend, repeat
     signal, best item per offer, top k); seconds per request. Eligibility is not included."""
-    from services.kernel.contracts.model_artifact import ARRAYS, Manifest, ModelArtifact
-    from services.recommender.domain.offers import Offer
-    from services.recommender.domain.ranking import CustomerView, PreparedOffers, rank_prepared
+    from vicino.services.kernel.contracts.model_artifact import ARRAYS, Manifest, ModelArtifact
+    from vicino.services.recommender.domain.offers import Offer
+    from vicino.services.recommender.domain.ranking import CustomerView, PreparedOffers, rank_prepared
 
     n, k = item_repr.shape
     arrays = {"user_repr": user_repr, "user_bias": user_bias, "item_repr": item_repr, "item_bias": item_bias,

@@ -100,7 +100,7 @@ def history_customers() -> list[str]:
     phones take them in turn so that their offers are personalised."""
     ids: set[str] = set()
     try:  # the demo data ship with the package (also where it is installed, not checked out)
-        history = Path(str(resources.files("services.launcher") / "demo_data" / HISTORY_FILE))
+        history = Path(str(resources.files("vicino.services.launcher") / "demo_data" / HISTORY_FILE))
     except ModuleNotFoundError:
         history = Path(__file__).resolve().parents[1] / "services" / "launcher" / "demo_data" / HISTORY_FILE
     if history.exists():

@@ -2,7 +2,7 @@
 
 1. starts the FCM-like provider stand-in of the push tests (`tests/push_servers/fcm_like.py`) in
    its own process, with a freshly generated service-account key it trusts;
-2. starts the stack as `vicino up` does (`services.launcher.up.Stack`: embedded Redis, every
+2. starts the stack as `vicino up` does (`vicino.services.launcher.up.Stack`: embedded Redis, every
    service a process, demo stores, offers, history and a trained model) on free ports, with
    the push gateway sending to that sink, no quiet hours, everything under a temporary data dir;
 3. runs locust headless (`loadtests/locustfile.py`) for `--duration` seconds, while sampling the
@@ -35,7 +35,7 @@ import httpx
 import psutil
 import redis
 
-from services.launcher.embedded_redis import free_port
+from vicino.services.launcher.embedded_redis import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
@@ -315,8 +315,8 @@ class Run:
         raise RuntimeError(f"the FCM-like sink did not start; see {self.tmp / 'sink.log'}")
 
     def start_stack(self) -> None:
-        from services.launcher.settings import LauncherSettings
-        from services.launcher.up import Stack
+        from vicino.services.launcher.settings import LauncherSettings
+        from vicino.services.launcher.up import Stack
 
         for var in ("VICINO_REDIS_URL", "VICINO_HISTORY_DIR", "VICINO_MODEL_DIR", "VICINO_WEBHOOK_URL",
                     "VICINO_WEBHOOK_SECRET", "VICINO_APNS_KEY_FILE", "VICINO_APNS_KEY_ID", "VICINO_APNS_TEAM_ID",

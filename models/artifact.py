@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from lightfm import LightFM
 
-from services.kernel.contracts.model_artifact import (Blend, Manifest, ModelArtifact, publish, read_version,
+from vicino.services.kernel.contracts.model_artifact import (Blend, Manifest, ModelArtifact, publish, read_version,
                                                       write_version)
 
 from .training import TrainingData

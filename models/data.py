@@ -23,9 +23,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import scipy.sparse as sp
 
-from services.kernel.contracts.interactions import CHANNELS, TYPES
-from services.recommender.adapters.parquet_log import read_interactions, read_merges
-from services.recommender.use_cases.history_import import read_history
+from vicino.services.kernel.contracts.interactions import CHANNELS, TYPES
+from vicino.services.recommender.adapters.parquet_log import read_interactions, read_merges
+from vicino.services.recommender.use_cases.history_import import read_history
 
 DAY_S = 86_400.0
 # Purchase-like types: what the evaluation counts as "bought" and the repeat signal sums over.
@@ -130,7 +130,7 @@ def load_history(data: str | Path) -> History:
         return History(table, s, "parquet-log", changed)
     if not p.exists():
         raise DataError(f"{s} does not exist")
-    from services.recommender.use_cases.history_import import HistoryFileError
+    from vicino.services.recommender.use_cases.history_import import HistoryFileError
 
     try:
         table, report = read_history(p, "auto", received_at=time.time())

@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.stats import rankdata
 
-from services.kernel.contracts.model_artifact import Blend, ModelArtifact, blend, model_scores, repeat_signal
+from vicino.services.kernel.contracts.model_artifact import Blend, ModelArtifact, blend, model_scores, repeat_signal
 
 from .data import DAY_S, PURCHASE_TYPES, Events
 from .split import EvalSet

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from services.kernel.contracts.interactions import CHANNELS
-from services.launcher.build_demo_offers import category_of
+from vicino.services.kernel.contracts.interactions import CHANNELS
+from vicino.services.launcher.build_demo_offers import category_of
 
 from .data import DAY_S, PURCHASE_TYPES, Events
 

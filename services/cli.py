@@ -31,7 +31,7 @@ def admin_token_or_exit(token: str | None) -> str:
         return token
     import orjson
 
-    from services.launcher.settings import LauncherSettings
+    from vicino.services.launcher.settings import LauncherSettings
 
     kept = LauncherSettings().data_dir / "secrets.json"
     if kept.exists():
@@ -60,8 +60,8 @@ def call_api_or_exit(url: str, token: str, action):
 def up() -> None:
     """Start the whole stack on one machine (what `make run` runs): embedded Redis unless
     VICINO_REDIS_URL is set, every service, demo data unless VICINO_DEMO=0."""
-    from services.launcher.settings import LauncherSettings
-    from services.launcher.up import run_up
+    from vicino.services.launcher.settings import LauncherSettings
+    from vicino.services.launcher.up import run_up
 
     raise typer.Exit(run_up(_settings_or_exit(LauncherSettings)))
 
@@ -74,12 +74,12 @@ def serve_geo(host: str = typer.Option("127.0.0.1", envvar="VICINO_HOST", help="
     VICINO_ADMIN_TOKEN and VICINO_TOKEN_SECRET."""
     import uvicorn
 
-    from services.geo.settings import GeoSettings
-    from services.kernel.observability import configure_logging
+    from vicino.services.geo.settings import GeoSettings
+    from vicino.services.runtime.observability import configure_logging
 
     settings = _settings_or_exit(GeoSettings)
     configure_logging(settings.log_level)
-    uvicorn.run("services.geo.app:create_app", factory=True, host=host, port=port, workers=workers, log_config=None,
+    uvicorn.run("vicino.services.geo.app:create_app", factory=True, host=host, port=port, workers=workers, log_config=None,
                 access_log=False, lifespan="on", timeout_graceful_shutdown=10)
 
 
@@ -92,12 +92,12 @@ def serve_recommender(host: str = typer.Option("127.0.0.1", envvar="VICINO_HOST"
     VICINO_GEO_URL (where the geo service answers)."""
     import uvicorn
 
-    from services.kernel.observability import configure_logging
-    from services.recommender.settings import RecommenderSettings
+    from vicino.services.runtime.observability import configure_logging
+    from vicino.services.recommender.settings import RecommenderSettings
 
     settings = _settings_or_exit(RecommenderSettings)
     configure_logging(settings.log_level)
-    uvicorn.run("services.recommender.app:create_app", factory=True, host=host, port=port, workers=workers,
+    uvicorn.run("vicino.services.recommender.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=10)
 
 
@@ -107,9 +107,9 @@ def serve_recommender_worker() -> None:
     exporter of interactions to the Parquet log (VICINO_HISTORY_DIR)."""
     import asyncio
 
-    from services.kernel.observability import configure_logging
-    from services.recommender.settings import RecommenderSettings
-    from services.recommender.worker import run_worker
+    from vicino.services.runtime.observability import configure_logging
+    from vicino.services.recommender.settings import RecommenderSettings
+    from vicino.services.recommender.worker import run_worker
 
     settings = _settings_or_exit(RecommenderSettings)
     configure_logging(settings.log_level)
@@ -126,11 +126,11 @@ def serve_push(host: str = typer.Option("127.0.0.1", envvar="VICINO_HOST", help=
     (the consumer shares its event loop with the API). Refuses to start on an incomplete provider."""
     import uvicorn
 
-    from services.kernel.observability import configure_logging
-    from services.push_gateway.adapters.providers.base import ProviderConfigError
-    from services.push_gateway.app import create_app
-    from services.push_gateway.settings import PushSettings
-    from services.push_gateway.wiring import check_providers
+    from vicino.services.runtime.observability import configure_logging
+    from vicino.services.push_gateway.adapters.providers.base import ProviderConfigError
+    from vicino.services.push_gateway.app import create_app
+    from vicino.services.push_gateway.settings import PushSettings
+    from vicino.services.push_gateway.wiring import check_providers
 
     settings = _settings_or_exit(PushSettings)
     configure_logging(settings.log_level)
@@ -151,8 +151,8 @@ def stores_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, 
                   radius_m: float = typer.Option(80.0, help="fence radius for CSV rows without radius_m"),
                   batch: int = typer.Option(5000, min=1, max=100_000, help="features per request")) -> None:
     """Upsert stores from a GeoJSON FeatureCollection or a CSV with lat/lon columns."""
-    from services.launcher.demo import post_features
-    from services.launcher.store_files import StoreFileError, read_features
+    from vicino.services.launcher.demo import post_features
+    from vicino.services.launcher.store_files import StoreFileError, read_features
 
     token = admin_token_or_exit(token)
     try:
@@ -171,10 +171,10 @@ def stores_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, 
 
 def _register_subcommands() -> None:
     # at the end: these modules import `_settings_or_exit` from this one
-    from services.cli_history import history_app
-    from services.cli_jobs import jobs_app, serve_scheduler
-    from services.cli_offers import offers_app
-    from services.cli_train import train_command
+    from vicino.services.cli_history import history_app
+    from vicino.services.cli_jobs import jobs_app, serve_scheduler
+    from vicino.services.cli_offers import offers_app
+    from vicino.services.cli_train import train_command
 
     app.add_typer(offers_app, name="offers", help="Manage the offer catalogue.")
     app.add_typer(history_app, name="history", help="Customers' interaction history: import, export, erasure.")

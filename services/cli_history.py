@@ -20,8 +20,8 @@ class HistoryFormat(str, Enum):
 
 
 def _settings():
-    from services.cli import _settings_or_exit
-    from services.recommender.settings import RecommenderSettings
+    from vicino.services.cli import _settings_or_exit
+    from vicino.services.recommender.settings import RecommenderSettings
 
     return _settings_or_exit(RecommenderSettings)
 
@@ -29,7 +29,7 @@ def _settings():
 async def _open_redis(settings):
     import logging
 
-    from services.kernel.redis_client import open_async, wait_for_redis
+    from vicino.services.runtime.redis_client import open_async, wait_for_redis
 
     try:
         await wait_for_redis(settings.redis_url, settings.redis_wait_s, logging.getLogger("vicino.history"))
@@ -43,13 +43,13 @@ IMPORT_STAGES = {"read": "reading the file", "write": "writing Parquet partition
 
 
 def _progress_bar():
-    from services.cli_progress import progress_bar
+    from vicino.services.cli_progress import progress_bar
 
     return progress_bar(IMPORT_STAGES, width=28)
 
 
 def _print_import(report) -> None:
-    from services.recommender.use_cases.history_import import DROP_REASONS
+    from vicino.services.recommender.use_cases.history_import import DROP_REASONS
 
     verb = "would import" if report.dry_run else "imported"
     typer.echo(f"{report.source} ({report.format}, sha256 {report.content_sha256[:12]}): {report.rows_read:,} rows read, "
@@ -83,7 +83,7 @@ def import_history(
     most recent interactions into the hot history. Re-importing the same file replaces its rows."""
     import time
 
-    from services.recommender.use_cases.history_import import HistoryFileError, read_history
+    from vicino.services.recommender.use_cases.history_import import HistoryFileError, read_history
 
     bar, progress = _progress_bar()
     if dry_run:
@@ -99,9 +99,9 @@ def import_history(
     settings = _settings()
 
     async def main():
-        from services.kernel.clock import SystemClock
-        from services.recommender.adapters.customer_repository import CustomerRepository
-        from services.recommender.use_cases.history_import import HistoryImport
+        from vicino.services.kernel.clock import SystemClock
+        from vicino.services.recommender.adapters.customer_repository import CustomerRepository
+        from vicino.services.recommender.use_cases.history_import import HistoryImport
 
         redis = await _open_redis(settings)
         try:
@@ -125,8 +125,8 @@ def export(follow: bool = typer.Option(False, "--follow", help="keep exporting a
                                        "Ctrl-C")) -> None:
     """Move the interaction streams into the Parquet log (VICINO_HISTORY_DIR): what is there now,
     or continuously with --follow."""
-    from services.kernel.observability import configure_logging
-    from services.recommender.workers.exporter import Exporter
+    from vicino.services.runtime.observability import configure_logging
+    from vicino.services.recommender.workers.exporter import Exporter
 
     settings = _settings()
     configure_logging(settings.log_level)
@@ -160,8 +160,8 @@ def export(follow: bool = typer.Option(False, "--follow", help="keep exporting a
 def apply_erasures_cmd() -> None:
     """Rewrite the Parquet log files that still hold rows of erased customers (the erasure
     register in Redis), dropping those rows."""
-    from services.recommender.adapters.parquet_log import apply_erasures
-    from services.recommender.adapters.erasure_register import ErasureRegister
+    from vicino.services.recommender.adapters.parquet_log import apply_erasures
+    from vicino.services.recommender.adapters.erasure_register import ErasureRegister
 
     settings = _settings()
 

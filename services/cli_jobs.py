@@ -13,17 +13,17 @@ jobs_app = typer.Typer(help="The periodic jobs: list them, run one now.", no_arg
 
 
 def _settings():
-    from services.cli import _settings_or_exit
-    from services.recommender.settings import RecommenderSettings
-    from services.scheduler.settings import SchedulerSettings
+    from vicino.services.cli import _settings_or_exit
+    from vicino.services.recommender.settings import RecommenderSettings
+    from vicino.services.scheduler.settings import SchedulerSettings
 
     return _settings_or_exit(SchedulerSettings), _settings_or_exit(RecommenderSettings)
 
 
 def _catalog():
-    from services.job_catalog import all_jobs
-    from services.scheduler.domain.schedules import ScheduleError
-    from services.scheduler.wiring import resolve_schedules
+    from vicino.services.job_catalog import all_jobs
+    from vicino.services.scheduler.domain.schedules import ScheduleError
+    from vicino.services.scheduler.wiring import resolve_schedules
 
     scheduler, recommender = _settings()
     jobs = all_jobs(scheduler, recommender)
@@ -40,7 +40,7 @@ def _when(ts: float | None) -> str:
 
 
 async def _open(settings):
-    from services.kernel.redis_client import open_async, wait_for_redis
+    from vicino.services.runtime.redis_client import open_async, wait_for_redis
 
     try:
         await wait_for_redis(settings.redis_url, min(settings.redis_wait_s, 5.0), logging.getLogger("vicino.jobs"))
@@ -53,7 +53,7 @@ async def _open(settings):
 @jobs_app.command("list")
 def list_jobs() -> None:
     """Every job with its schedule and its last run (from Redis)."""
-    from services.scheduler.adapters.run_store import RunStore
+    from vicino.services.scheduler.adapters.run_store import RunStore
 
     settings, jobs, schedules = _catalog()
 
@@ -79,9 +79,9 @@ def list_jobs() -> None:
 def run_job(name: str = typer.Argument(..., help="the job (see `vicino jobs list`)")) -> None:
     """Run one job now, in the foreground, with a progress bar where it is long. Exits 1 if it
     fails or another run of it is in progress, 2 if there is no such job."""
-    from services.kernel.observability import configure_logging
-    from services.scheduler.adapters.run_store import RunStore
-    from services.scheduler.use_cases.run_job import JobRunner
+    from vicino.services.runtime.observability import configure_logging
+    from vicino.services.scheduler.adapters.run_store import RunStore
+    from vicino.services.scheduler.use_cases.run_job import JobRunner
 
     settings, jobs, schedules = _catalog()
     by_name = {j.name: j for j in jobs}
@@ -118,8 +118,8 @@ def run_job(name: str = typer.Argument(..., help="the job (see `vicino jobs list
 
 
 def _progress_bar():
-    from services.cli_progress import progress_bar
-    from services.cli_train import LABELS  # the retrain job's stages are training's
+    from vicino.services.cli_progress import progress_bar
+    from vicino.services.cli_train import LABELS  # the retrain job's stages are training's
 
     return progress_bar(LABELS)
 
@@ -131,8 +131,8 @@ def serve_scheduler(host: str = typer.Option("127.0.0.1", envvar="VICINO_HOST", 
     VICINO_ADMIN_TOKEN, VICINO_TOKEN_SECRET."""
     import uvicorn
 
-    from services.kernel.observability import configure_logging
-    from services.scheduler.app import create_app
+    from vicino.services.runtime.observability import configure_logging
+    from vicino.services.scheduler.app import create_app
 
     settings, jobs, schedules = _catalog()
     configure_logging(settings.log_level)

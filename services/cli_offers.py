@@ -155,9 +155,9 @@ def offers_import(file: Path = typer.Argument(..., exists=True, dir_okay=False,
                                                            "VICINO_DATA_DIR)"),
                   batch: int = typer.Option(1000, min=1, max=10_000, help="offers per request")) -> None:
     """Upsert offers from a file; bad rows are reported with their line and skipped."""
-    from services.launcher.demo_offers import post_offers
+    from vicino.services.launcher.demo_offers import post_offers
 
-    from services.cli import admin_token_or_exit, call_api_or_exit
+    from vicino.services.cli import admin_token_or_exit, call_api_or_exit
 
     admin = admin_token_or_exit(token)
     try:

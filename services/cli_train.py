@@ -1,6 +1,6 @@
 """`vicino train`: fit the recommender's model on the interaction history, write a version under
 the model directory and publish it when it passes the gate. One command, registered in
-services/cli.py as `app.command("train")(train_command)`; the work is models.pipeline's
+services/cli.py as `app.command("train")(train_command)`; the work is vicino.models.pipeline's
 `train_and_publish`, imported when the command runs (LightFM stays out of every other command)."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ LABELS = {"load": "reading the history", "validation": "fit: validation run", "t
 
 
 def _progress_bar():
-    from services.cli_progress import progress_bar
+    from vicino.services.cli_progress import progress_bar
 
     return progress_bar(LABELS)
 
@@ -39,8 +39,8 @@ def train_command(
 ) -> None:
     """Train the recommender's model (LightFM, hybrid) on the interaction history; evaluate it
     against popularity and repeat-purchase baselines on a time split; write a version."""
-    from models.data import DataError
-    from models.pipeline import TrainSettings, train_and_publish
+    from vicino.models.data import DataError
+    from vicino.models.pipeline import TrainSettings, train_and_publish
 
     root = model_dir or Path(os.environ.get("VICINO_MODEL_DIR") or "var/models")
     changes: dict = {"force_publish": force, "evaluate_test": not skip_test}

@@ -3,11 +3,11 @@ scheduler (`vicino serve scheduler`) and `vicino jobs`. Services never import ea
 module, like the CLI, sits above them."""
 from __future__ import annotations
 
-from services.kernel.jobs import JobDefinition
-from services.recommender.jobs import recommender_jobs
-from services.recommender.settings import RecommenderSettings
-from services.scheduler.settings import SchedulerSettings
-from services.scheduler.use_cases.housekeeping import housekeeping_jobs
+from vicino.services.kernel.jobs import JobDefinition
+from vicino.services.recommender.jobs import recommender_jobs
+from vicino.services.recommender.settings import RecommenderSettings
+from vicino.services.scheduler.settings import SchedulerSettings
+from vicino.services.scheduler.use_cases.housekeeping import housekeeping_jobs
 
 
 def all_jobs(scheduler: SchedulerSettings, recommender: RecommenderSettings) -> list[JobDefinition]:

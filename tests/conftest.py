@@ -9,9 +9,9 @@ import pytest
 import redis as redis_lib
 from fastapi.testclient import TestClient
 
-from services.geo.app import create_app
-from services.geo.settings import GeoSettings
-from services.launcher.embedded_redis import EmbeddedRedis
+from vicino.services.geo.app import create_app
+from vicino.services.geo.settings import GeoSettings
+from vicino.services.launcher.embedded_redis import EmbeddedRedis
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 TOKEN_SECRET = "test-token-secret-0123456789abcdef"
@@ -96,7 +96,7 @@ def geo_url(redis_server, tmp_path_factory):
 
 
 def make_rec_settings(redis_url: str, **overrides):
-    from services.recommender.settings import RecommenderSettings
+    from vicino.services.recommender.settings import RecommenderSettings
 
     return RecommenderSettings(redis_url=redis_url, admin_token=ADMIN_TOKEN, token_secret=TOKEN_SECRET, **overrides)
 
@@ -108,7 +108,7 @@ def rec_settings(redis_url, geo_url, tmp_path):
 
 @pytest.fixture
 def rec_client(rec_settings):
-    from services.recommender.app import create_app as create_recommender
+    from vicino.services.recommender.app import create_app as create_recommender
 
     with TestClient(create_recommender(rec_settings), raise_server_exceptions=False) as c:
         yield c

@@ -8,9 +8,9 @@ import logging
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from services.kernel.clock import Clock, SystemClock
-from services.kernel.http_edge import install_edge, publish_body_schemas, redis_check
-from services.kernel.redis_client import service_redis
+from vicino.services.kernel.clock import Clock, SystemClock
+from vicino.services.runtime.http_edge import install_edge, publish_body_schemas, redis_check
+from vicino.services.runtime.redis_client import service_redis
 
 from .api.routes import HOT_PATH_ROUTES, router
 from .api.schemas import LocationBatchIn

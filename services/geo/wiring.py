@@ -6,9 +6,9 @@ from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.kernel.auth import TokenSigner
-from services.kernel.clock import Clock
-from services.kernel.observability import LabelledChildren
+from vicino.services.kernel.auth import TokenSigner
+from vicino.services.kernel.clock import Clock
+from vicino.services.runtime.observability import LabelledChildren
 
 from .adapters.device_repository import DeviceRepository
 from .adapters.store_repository import StoreRepository

@@ -3,7 +3,7 @@
 
 The demo imports it with `vicino history import` so that customers, the profile and (issue #4)
 the recommender have real cross-channel history to work with; the full file stays in the
-shared data sets. Run: `python -m services.launcher.build_demo_history [SOURCE]`.
+shared data sets. Run: `python -m vicino.services.launcher.build_demo_history [SOURCE]`.
 
 Source: Chen, D. (2015). Online Retail. UCI Machine Learning Repository,
 https://doi.org/10.24432/C5BW33, CC BY 4.0.

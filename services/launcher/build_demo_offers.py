@@ -2,7 +2,7 @@
 UCI Online Retail transaction log (Chen, 2015; CC BY 4.0), a UK gift retailer's 2010-2011
 invoices. Run once by hand; the launcher only reads the file it writes:
 
-    python -m services.launcher.build_demo_offers [--source online_retail.csv.gz] [--count 300]
+    python -m vicino.services.launcher.build_demo_offers [--source online_retail.csv.gz] [--count 300]
 
 Rules, all deterministic (the same input gives the same file):
 - Sales only: invoices starting with "C" (cancellations), quantities or prices <= 0 and
@@ -18,7 +18,7 @@ Rules, all deterministic (the same input gives the same file):
   first phrase found as whole words (a trailing plural S allowed) names the category, so specific
   phrases ("HOT WATER BOTTLE") come before the generic ones ("BOTTLE"); no match gives "GIFT".
 - Validity: relative days (`valid_from_days`, `valid_to_days`), turned into instants when the
-  demo is loaded (services.launcher.demo_offers) so the catalogue is current whenever it runs;
+  demo is loaded (vicino.services.launcher.demo_offers) so the catalogue is current whenever it runs;
   every 30th offer starts in the future.
 - Variety for the demo: every 20th offer has a min_stock, every 15th is click_and_collect,
   every 40th a reservation, every 50th online only (web, app, email); the 30 best sellers get
@@ -181,7 +181,7 @@ def main() -> None:
     doc = {
         "source": "UCI Machine Learning Repository, Online Retail (id 352), Chen, D. (2015), "
                   "https://doi.org/10.24432/C5BW33, CC BY 4.0",
-        "generated_by": "python -m services.launcher.build_demo_offers",
+        "generated_by": "python -m vicino.services.launcher.build_demo_offers",
         "validity": "valid_from_days and valid_to_days count days from the moment the demo is loaded",
         "offers": offers,
     }

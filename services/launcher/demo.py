@@ -22,7 +22,7 @@ DEMO_DEVICE = {"device_id": "demo-phone-1", "customer_id": "demo-customer-1", "p
 
 
 def demo_files() -> list[Path]:
-    base = resources.files("services.launcher") / "demo_data"
+    base = resources.files("vicino.services.launcher") / "demo_data"
     return [Path(str(base / "fuel_stations_mi_rm.csv")), Path(str(base / "milano_nil.geojson"))]
 
 
@@ -57,12 +57,12 @@ def load_demo_recommender(url: str, admin_token: str, env: dict, log_path: Path)
     headers = {"Authorization": f"Bearer {admin_token}"}
     with httpx.Client(base_url=url, headers=headers, timeout=120) as rec:
         offers = load_demo_offers(rec)
-        history_file = Path(str(resources.files("services.launcher") / "demo_data" / DEMO_HISTORY))
+        history_file = Path(str(resources.files("vicino.services.launcher") / "demo_data" / DEMO_HISTORY))
         with open(log_path, "ab") as log:
-            subprocess.run([sys.executable, "-m", "services.cli", "history", "import", str(history_file)],
+            subprocess.run([sys.executable, "-m", "vicino.services.cli", "history", "import", str(history_file)],
                            env=env, stdout=log, stderr=log, check=True, timeout=300)
             # the first model, trained on the same real history; the services pick it up on their own
-            trained = subprocess.run([sys.executable, "-m", "services.cli", "train", "--data", str(history_file),
+            trained = subprocess.run([sys.executable, "-m", "vicino.services.cli", "train", "--data", str(history_file),
                                       "--publish", "--skip-test"], env=env, stdout=log, stderr=log, timeout=600)
         stocked = _stock_near_duomo(rec, env["VICINO_GEO_URL"], headers)
         link = rec.post(f"/v1/customers/{DEMO_SHOPPER}/identifiers",

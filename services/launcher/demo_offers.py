@@ -30,7 +30,7 @@ def post_offers(client: httpx.Client, offers: list, batch: int = 1000) -> dict:
 
 
 def demo_file() -> Path:
-    return Path(str(resources.files("services.launcher") / "demo_data" / DEMO_FILE))
+    return Path(str(resources.files("vicino.services.launcher") / "demo_data" / DEMO_FILE))
 
 
 def demo_offers(now: float) -> list[dict]:

@@ -75,7 +75,7 @@ class Stack:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = open(logs / f"{service}.log", "ab")
-        cmd = [sys.executable, "-m", "services.cli", "serve", service]
+        cmd = [sys.executable, "-m", "vicino.services.cli", "serve", service]
         offset = dict(SERVICES)[service]
         if offset is not None:
             cmd += ["--host", self.settings.host, "--port", str(self.settings.port + offset)]

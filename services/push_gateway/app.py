@@ -12,9 +12,9 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from services.kernel.clock import Clock, SystemClock
-from services.kernel.http_edge import install_edge, redis_check
-from services.kernel.redis_client import service_redis
+from vicino.services.kernel.clock import Clock, SystemClock
+from vicino.services.runtime.http_edge import install_edge, redis_check
+from vicino.services.runtime.redis_client import service_redis
 
 from .api import routes
 from .settings import PushSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from services.kernel.service_settings import ServiceSettings
+from vicino.services.runtime.service_settings import ServiceSettings
 
 
 class PushSettings(ServiceSettings):

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from services.kernel.auth import TokenSigner
-from services.kernel.clock import Clock
-from services.kernel.contracts.push_jobs import push_jobs_stream_key
-from services.kernel.contracts.streams import PUSH_GATEWAY_GROUP, dead_letter_of
-from services.kernel.stream_consumer import StreamConsumer
+from vicino.services.kernel.auth import TokenSigner
+from vicino.services.kernel.clock import Clock
+from vicino.services.kernel.contracts.push_jobs import push_jobs_stream_key
+from vicino.services.kernel.contracts.streams import PUSH_GATEWAY_GROUP, dead_letter_of
+from vicino.services.runtime.stream_consumer import StreamConsumer
 
 from .adapters.delivery_repository import DeliveryRepository
 from .adapters.providers.apns import ApnsKey, ApnsProvider

@@ -3,8 +3,8 @@ entry is dead-lettered with the reason (never a crashed worker); an erased custo
 no trace."""
 from __future__ import annotations
 
-from services.kernel.contracts.push_jobs import PushJobV1
-from services.kernel.stream_consumer import decode_entry
+from vicino.services.kernel.contracts.push_jobs import PushJobV1
+from vicino.services.runtime.stream_consumer import decode_entry
 
 from .use_cases.deliver import PushDelivery
 

@@ -9,9 +9,9 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from services.kernel.clock import Clock, SystemClock
-from services.kernel.http_edge import install_edge, publish_body_schemas, redis_check
-from services.kernel.redis_client import service_redis
+from vicino.services.kernel.clock import Clock, SystemClock
+from vicino.services.runtime.http_edge import install_edge, publish_body_schemas, redis_check
+from vicino.services.runtime.redis_client import service_redis
 
 from .api import catalog_routes, customer_routes, kpi_routes, offer_routes
 from .api.customer_routes import InteractionBatchIn

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict
 
-from services.kernel.jobs import JobContext, JobDefinition
+from vicino.services.kernel.jobs import JobContext, JobDefinition
 
 from .adapters.erasure_register import ErasureRegister
 from .adapters.parquet_log import apply_erasures
@@ -38,8 +38,8 @@ async def apply_pending_erasures(ctx: JobContext, settings: RecommenderSettings)
 async def retrain(ctx: JobContext, settings: RecommenderSettings) -> dict:
     """The CLI's `vicino train --data <history dir> --publish`: the same entry point, publishing
     only when the gate passes (never forced)."""
-    from models.data import DataError
-    from models.pipeline import TrainSettings, train_and_publish  # LightFM: only when this job runs
+    from vicino.models.data import DataError
+    from vicino.models.pipeline import TrainSettings, train_and_publish  # LightFM: only when this job runs
 
     def train():
         return train_and_publish(settings.history_dir, settings.model_dir, publish=True, settings=TrainSettings(),
@@ -55,7 +55,7 @@ async def retrain(ctx: JobContext, settings: RecommenderSettings) -> dict:
 
 async def kpi_rollup(ctx: JobContext, settings: RecommenderSettings) -> dict:
     """The daily KPI reports of the days whose figures are final and not rolled up yet."""
-    from services.kernel.clock import SystemClock
+    from vicino.services.kernel.clock import SystemClock
 
     from .wiring import build_kpis
 

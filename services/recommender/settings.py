@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from services.kernel.service_settings import ServiceSettings
+from vicino.services.runtime.service_settings import ServiceSettings
 
 
 class RecommenderSettings(ServiceSettings):

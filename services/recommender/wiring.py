@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client import CollectorRegistry
 
-from services.kernel.auth import TokenSigner
-from services.kernel.clock import Clock
+from vicino.services.kernel.auth import TokenSigner
+from vicino.services.kernel.clock import Clock
 
 from .adapters.customer_repository import CustomerRepository
 from .adapters.decision_repository import DecisionRepository
@@ -103,7 +103,7 @@ def build_worker_loops(settings: RecommenderSettings, redis, consumer: str, cloc
     """name -> `run_forever(stop)` of each background loop of the worker process: visits from the
     geo events, decisions on visits (ranking with the published model, followed like the API
     does), and the Parquet exporter."""
-    from services.kernel.clock import SystemClock
+    from vicino.services.kernel.clock import SystemClock
 
     from .workers.decisions import build_decision_consumer
     from .workers.exporter import Exporter

@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 
-from services.kernel.redis_client import open_async, wait_for_redis
+from vicino.services.runtime.redis_client import open_async, wait_for_redis
 
 from .settings import RecommenderSettings
 from .wiring import build_worker_loops

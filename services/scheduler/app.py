@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from services.kernel.http_edge import install_edge, redis_check
-from services.kernel.jobs import JobDefinition
-from services.kernel.redis_client import service_redis
+from vicino.services.runtime.http_edge import install_edge, redis_check
+from vicino.services.kernel.jobs import JobDefinition
+from vicino.services.runtime.redis_client import service_redis
 
 from .api import routes
 from .domain.schedules import Schedule

@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 from pydantic import Field, field_validator
 
-from services.kernel.service_settings import ServiceSettings
+from vicino.services.runtime.service_settings import ServiceSettings
 
 from .domain.schedules import Schedule, ScheduleError
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from services.kernel.auth import TokenSigner
-from services.kernel.jobs import JobDefinition
+from vicino.services.kernel.auth import TokenSigner
+from vicino.services.kernel.jobs import JobDefinition
 
 from .adapters.run_store import RunStore
 from .domain.runs import JobRun

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 
-from services.kernel.contracts.interactions import customer_shard
-from services.kernel.contracts.push_jobs import PushDataV1, PushJobV1, idempotency_key, push_jobs_stream_key
-from services.kernel.ids import new_id
+from vicino.services.kernel.contracts.interactions import customer_shard
+from vicino.services.kernel.contracts.push_jobs import PushDataV1, PushJobV1, idempotency_key, push_jobs_stream_key
+from vicino.services.kernel.ids import new_id
 
 
 @dataclass

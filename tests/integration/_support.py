@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from services.kernel.contracts.geofence_events import GeofenceEventV1, device_shard, events_stream_key
+from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1, device_shard, events_stream_key
 
 PROBLEM = "application/problem+json"
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,7 +96,7 @@ def served_service(service: str, redis_url: str, log_dir: Path, *, workers: int 
     log_path = log_dir / f"{service}.log"
     log = open(log_path, "wb")
     extra = ["--workers", str(workers)] if workers != 1 else []
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", service, "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "vicino.services.cli", "serve", service, "--host", "127.0.0.1",
                              "--port", str(port), *extra], cwd=ROOT, env=full_env,
                             stdout=log, stderr=log, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from services.geo.adapters.redis_keys import STORES_FEATURES, DeviceKeys
-from services.kernel.auth import DeviceClaims, TokenSigner
+from vicino.services.geo.adapters.redis_keys import STORES_FEATURES, DeviceKeys
+from vicino.services.kernel.auth import DeviceClaims, TokenSigner
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET, circle_store, fix, register
 
 from ._support import assert_problem, redis_dump

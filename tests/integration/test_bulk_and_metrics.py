@@ -8,11 +8,11 @@ import time
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.geo.adapters.redis_keys import STORES_FEATURES
-from services.geo.app import create_app
-from services.launcher.demo import demo_files
-from services.launcher.embedded_redis import EmbeddedRedis
-from services.launcher.store_files import read_features
+from vicino.services.geo.adapters.redis_keys import STORES_FEATURES
+from vicino.services.geo.app import create_app
+from vicino.services.launcher.demo import demo_files
+from vicino.services.launcher.embedded_redis import EmbeddedRedis
+from vicino.services.launcher.store_files import read_features
 from tests.conftest import circle_store, fix, make_settings, register
 
 from ._support import assert_problem

@@ -13,10 +13,10 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from services.kernel.contracts.interactions import CHANNELS
-from services.recommender.adapters.catalog_repository import OFFERS, OFFERS_CHANGES, OFFERS_SEQ, RULES, stock_key
-from services.recommender.app import create_app as create_recommender
-from services.recommender.use_cases.catalog import MAX_BULK_OFFERS
+from vicino.services.kernel.contracts.interactions import CHANNELS
+from vicino.services.recommender.adapters.catalog_repository import OFFERS, OFFERS_CHANGES, OFFERS_SEQ, RULES, stock_key
+from vicino.services.recommender.app import create_app as create_recommender
+from vicino.services.recommender.use_cases.catalog import MAX_BULK_OFFERS
 from tests.conftest import circle_store
 
 from ._support import assert_problem, redis_dump
@@ -430,7 +430,7 @@ def run_cli(*args: str):
     import typer
     from typer.testing import CliRunner
 
-    from services.cli_offers import offers_app
+    from vicino.services.cli_offers import offers_app
 
     app = typer.Typer()
     app.add_typer(offers_app, name="offers")  # as services/cli.py registers it
@@ -483,7 +483,7 @@ def test_cli_imports_ndjson_and_json(served_recommender, redis_sync, tmp_path):
 
 
 def test_demo_catalogue_loads_and_is_current(rec_client, admin, device, stores):
-    from services.launcher.demo_offers import demo_file, load_demo_offers
+    from vicino.services.launcher.demo_offers import demo_file, load_demo_offers
 
     assert demo_file().stat().st_size < 300_000
     rec_client.headers.update(admin)  # the launcher hands over a client with the admin token

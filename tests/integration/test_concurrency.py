@@ -11,8 +11,8 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from services.geo.adapters.redis_keys import DeviceKeys
-from services.geo.app import create_app
+from vicino.services.geo.adapters.redis_keys import DeviceKeys
+from vicino.services.geo.app import create_app
 from tests.conftest import ADMIN_TOKEN, circle_store, fix, make_settings, register
 
 from ._support import served_geo, stream_events, wait_until

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.kernel.contracts.interactions import interactions_stream_key, parse_stream_entry
+from vicino.services.kernel.contracts.interactions import interactions_stream_key, parse_stream_entry
 from tests.conftest import ADMIN_TOKEN
 from tests.integration._support import assert_problem, fix_until_enter, redis_dump
 
@@ -85,7 +85,7 @@ def test_the_same_event_twice_in_one_batch_counts_once(rec_client, redis_sync):
 def test_hot_history_is_bounded_and_keeps_the_most_recent(rec_settings, redis_sync):
     from fastapi.testclient import TestClient
 
-    from services.recommender.app import create_app
+    from vicino.services.recommender.app import create_app
 
     settings = rec_settings.model_copy(update={"history_hot_per_customer": 5})
     with TestClient(create_app(settings)) as client:
@@ -268,7 +268,7 @@ def test_unknown_customer_profile_is_404(rec_client):
 # --- erasure ------------------------------------------------------------------------------------
 
 def test_erasure_leaves_no_trace_in_redis(rec_client, geo_http, redis_sync):
-    from services.recommender.adapters.redis_keys import ERASURES, erasure_digest
+    from vicino.services.recommender.adapters.redis_keys import ERASURES, erasure_digest
 
     geo_http.put("/v1/stores/shop-1", json={"type": "Feature", "id": "shop-1", "properties": {"radius_m": 80},
                                              "geometry": {"type": "Point", "coordinates": [9.19, 45.4642]}})
@@ -284,15 +284,15 @@ def test_erasure_leaves_no_trace_in_redis(rec_client, geo_http, redis_sync):
     link(rec_client, "zz-erase-me", "loyalty_card", "zz-card-1")  # merges zz-alias-me into zz-erase-me
     post(rec_client, [ev("zz-keep", customer_id="someone-else")])
     # dead letters the recommender wrote may hold the person too
-    from services.kernel.contracts.geofence_events import events_stream_key
-    from services.kernel.contracts.interactions import customer_shard
+    from vicino.services.kernel.contracts.geofence_events import events_stream_key
+    from vicino.services.kernel.contracts.interactions import customer_shard
 
     shard = customer_shard("zz-erase-me", 16)
     redis_sync.xadd(interactions_stream_key(shard).replace(":v1", ":dead"),
                     {"kind": "interaction", "data": '{"customer_id":"zz-erase-me","x":1}', "dead_reason": "test"})
     redis_sync.xadd(events_stream_key(3) + ":dead", {"event": '{"customer_id":"zz-erase-me"}', "dead_reason": "t"})
     # what the decision worker keeps of them: caps, decided visits, decisions and push jobs
-    from services.recommender.adapters.decision_repository import DecisionKeys
+    from vicino.services.recommender.adapters.decision_repository import DecisionKeys
 
     dk = DecisionKeys("zz-erase-me", 16)
     redis_sync.zadd(dk.decided_visits, {"vis-1": time.time()})
@@ -322,8 +322,8 @@ def test_erasure_of_an_unknown_customer_is_404(rec_client):
 def test_visits_from_geo_events_reach_the_profile(rec_client, rec_settings, geo_http, redis_sync):
     import asyncio
 
-    from services.kernel.redis_client import open_async
-    from services.recommender.wiring import build_visit_consumer
+    from vicino.services.runtime.redis_client import open_async
+    from vicino.services.recommender.wiring import build_visit_consumer
 
     geo_http.put("/v1/stores/shop-v", json={"type": "Feature", "id": "shop-v", "properties": {"radius_m": 80},
                                              "geometry": {"type": "Point", "coordinates": [9.19, 45.4642]}})

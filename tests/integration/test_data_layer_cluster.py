@@ -9,11 +9,11 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from services.launcher.embedded_redis import EmbeddedRedisCluster
-from services.recommender.app import create_app
-from services.recommender.workers.decisions import build_decision_consumer
-from services.kernel.clock import SystemClock
-from services.recommender.wiring import build_ranker, build_visit_consumer
+from vicino.services.launcher.embedded_redis import EmbeddedRedisCluster
+from vicino.services.recommender.app import create_app
+from vicino.services.recommender.workers.decisions import build_decision_consumer
+from vicino.services.kernel.clock import SystemClock
+from vicino.services.recommender.wiring import build_ranker, build_visit_consumer
 from tests.conftest import ADMIN_TOKEN, make_rec_settings
 from tests.integration._support import fix_until_enter, served_geo
 
@@ -30,9 +30,9 @@ def cluster(tmp_path_factory):
 def test_the_data_layer_runs_on_redis_cluster(cluster, tmp_path):
     from redis.cluster import RedisCluster
 
-    from services.kernel.redis_client import open_async
-    from services.recommender.adapters.parquet_log import read_interactions
-    from services.recommender.workers.exporter import Exporter
+    from vicino.services.runtime.redis_client import open_async
+    from vicino.services.recommender.adapters.parquet_log import read_interactions
+    from vicino.services.recommender.workers.exporter import Exporter
 
     with served_geo(cluster.url, tmp_path) as geo_url:
         import httpx
@@ -92,8 +92,8 @@ def test_the_data_layer_runs_on_redis_cluster(cluster, tmp_path):
 
             handled, decided, exported = asyncio.run(work())
             assert handled >= 1 and decided >= 1
-            from services.kernel.contracts.interactions import customer_shard
-            from services.kernel.contracts.push_jobs import PushJobV1, push_jobs_stream_key
+            from vicino.services.kernel.contracts.interactions import customer_shard
+            from vicino.services.kernel.contracts.push_jobs import PushJobV1, push_jobs_stream_key
 
             rc = RedisCluster.from_url(cluster.url)
             jobs = [PushJobV1.from_stream_fields(f)

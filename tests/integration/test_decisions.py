@@ -16,16 +16,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.kernel.clock import FixedClock
-from services.kernel.contracts.customer_state import consent_key, device_registration_key
-from services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
-from services.kernel.contracts.geofence_events import GeofenceEventV1, device_shard, events_stream_key
-from services.kernel.contracts.interactions import customer_shard
-from services.kernel.contracts.push_jobs import PushJobV1, ended_visits_key, push_jobs_stream_key
-from services.kernel.redis_client import open_async
-from services.recommender.adapters.decision_repository import DecisionKeys
-from services.recommender.domain.decision_policy import in_holdout
-from services.recommender.workers.decisions import GROUP, build_decision_consumer
+from vicino.services.kernel.clock import FixedClock
+from vicino.services.kernel.contracts.customer_state import consent_key, device_registration_key
+from vicino.services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
+from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1, device_shard, events_stream_key
+from vicino.services.kernel.contracts.interactions import customer_shard
+from vicino.services.kernel.contracts.push_jobs import PushJobV1, ended_visits_key, push_jobs_stream_key
+from vicino.services.runtime.redis_client import open_async
+from vicino.services.recommender.adapters.decision_repository import DecisionKeys
+from vicino.services.recommender.domain.decision_policy import in_holdout
+from vicino.services.recommender.workers.decisions import GROUP, build_decision_consumer
 from tests.conftest import ADMIN_TOKEN
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -451,8 +451,8 @@ PINNED_HOLDOUT = (515, "2fe064f35c28")  # the holdout of hc-0..hc-4999 at 10 %
 def test_what_merges_and_erasure_need_to_call(dset, geo_http, redis_sync):
     """The hooks for the identity and erasure use cases: absorb a merged customer's counters,
     delete a customer's keys, and the existing stream scan finds their decisions and push jobs."""
-    from services.recommender.adapters.customer_repository import CustomerRepository
-    from services.recommender.adapters.decision_repository import DecisionRepository
+    from vicino.services.recommender.adapters.customer_repository import CustomerRepository
+    from vicino.services.recommender.adapters.decision_repository import DecisionRepository
     from tests.integration._support import redis_dump
 
     register(geo_http, "ph-e", "cu-e")

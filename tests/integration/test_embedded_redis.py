@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import os, pathlib, sys
-from services.launcher.embedded_redis import EmbeddedRedis
+from vicino.services.launcher.embedded_redis import EmbeddedRedis
 r = EmbeddedRedis(pathlib.Path(sys.argv[1]), persist=False).start()
 print(r.proc.pid, flush=True)
 os._exit(0)  # no stop(), no atexit: as if killed
@@ -41,7 +41,7 @@ def test_a_service_waits_for_a_redis_that_starts_after_it(tmp_path):
     """Containers start in any order: `vicino serve geo` retries Redis for VICINO_REDIS_WAIT_S."""
     import httpx
 
-    from services.launcher.embedded_redis import EmbeddedRedis, free_port
+    from vicino.services.launcher.embedded_redis import EmbeddedRedis, free_port
     from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
     from tests.integration._support import wait_until
 
@@ -49,7 +49,7 @@ def test_a_service_waits_for_a_redis_that_starts_after_it(tmp_path):
     env = {**os.environ, "VICINO_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "VICINO_ADMIN_TOKEN": ADMIN_TOKEN,
            "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_REDIS_WAIT_S": "30"}
     log = open(tmp_path / "geo.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "geo", "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "vicino.services.cli", "serve", "geo", "--port", str(port)], cwd=ROOT,
                             env=env, stdout=log, stderr=log, start_new_session=True)
     late = EmbeddedRedis(tmp_path / "late-redis", redis_port, persist=False)
     try:

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import redis as redis_lib
 
-from services.kernel.contracts.decisions import decisions_stream_key
-from services.launcher.embedded_redis import EmbeddedRedis
+from vicino.services.kernel.contracts.decisions import decisions_stream_key
+from vicino.services.launcher.embedded_redis import EmbeddedRedis
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 from tests.integration._support import ROOT, free_port, wait_until
 from tests.push_servers.fixtures import fcm, fcm_server, material  # noqa: F401  (fixtures)
@@ -43,7 +43,7 @@ class Service:
 
     def start(self) -> None:
         port_args = ["--host", "127.0.0.1", "--port", str(self.port)] if self.port else []
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", *self.args, *port_args], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "vicino.services.cli", "serve", *self.args, *port_args], cwd=ROOT,
                                      env=self.env, stdout=self.log, stderr=self.log, start_new_session=True)
         if self.port:
             def ready():

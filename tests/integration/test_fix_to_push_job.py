@@ -7,14 +7,14 @@ import asyncio
 
 import redis as redis_lib
 
-from services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
-from services.kernel.contracts.interactions import customer_shard
-from services.kernel.contracts.push_jobs import PushJobV1, push_jobs_stream_key
-from services.kernel.contracts.stores import STORES_FEATURES
-from services.kernel.redis_client import open_async
-from services.kernel.clock import SystemClock
-from services.recommender.wiring import build_ranker, build_worker_loops
-from services.recommender.workers.decisions import build_decision_consumer
+from vicino.services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
+from vicino.services.kernel.contracts.interactions import customer_shard
+from vicino.services.kernel.contracts.push_jobs import PushJobV1, push_jobs_stream_key
+from vicino.services.kernel.contracts.stores import STORES_FEATURES
+from vicino.services.runtime.redis_client import open_async
+from vicino.services.kernel.clock import SystemClock
+from vicino.services.recommender.wiring import build_ranker, build_worker_loops
+from vicino.services.recommender.workers.decisions import build_decision_consumer
 from tests.conftest import ADMIN_TOKEN
 from tests.integration._support import fix_until_enter
 from tests.integration.test_offers_api import make_version, offer
@@ -25,7 +25,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 def test_a_fix_at_a_store_becomes_one_push_job_with_the_best_offer(rec_settings, tmp_path, geo_http):
     from fastapi.testclient import TestClient
 
-    from services.recommender.app import create_app
+    from vicino.services.recommender.app import create_app
 
     root = tmp_path / "models"
     make_version(root, "v1")

@@ -16,11 +16,11 @@ import pytest
 import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
-from services.kernel.clock import FixedClock
-from services.recommender.adapters.customer_repository import CustomerRepository
-from services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog, read_interactions
-from services.recommender.adapters.redis_keys import ERASURES, erasure_digest
-from services.recommender.use_cases.history_import import (NON_PRODUCT_CODES, HistoryFileError, HistoryImport,
+from vicino.services.kernel.clock import FixedClock
+from vicino.services.recommender.adapters.customer_repository import CustomerRepository
+from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog, read_interactions
+from vicino.services.recommender.adapters.redis_keys import ERASURES, erasure_digest
+from vicino.services.recommender.use_cases.history_import import (NON_PRODUCT_CODES, HistoryFileError, HistoryImport,
                                                            read_history)
 from tests.conftest import FIXTURES, make_rec_settings
 
@@ -245,7 +245,7 @@ def test_unusable_files_are_refused(tmp_path):
 
 
 def test_cli_import(redis_url, tmp_path, monkeypatch):
-    from services.cli_history import history_app
+    from vicino.services.cli_history import history_app
     from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 
     dry = CliRunner().invoke(history_app, ["import", str(MALFORMED), "--dry-run"])

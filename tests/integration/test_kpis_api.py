@@ -10,15 +10,15 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from fastapi.testclient import TestClient
 
-from services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
-from services.kernel.contracts.deliveries import DeliveryReceiptV1, receipts_stream_key
-from services.kernel.contracts.interactions import InteractionV1, customer_shard
-from services.kernel.jobs import JobContext
-from services.kernel.redis_client import open_async
-from services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog, interactions_table
-from services.recommender.app import create_app
-from services.recommender.domain.kpis import newcombe_interval
-from services.recommender.jobs import kpi_rollup
+from vicino.services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
+from vicino.services.kernel.contracts.deliveries import DeliveryReceiptV1, receipts_stream_key
+from vicino.services.kernel.contracts.interactions import InteractionV1, customer_shard
+from vicino.services.kernel.jobs import JobContext
+from vicino.services.runtime.redis_client import open_async
+from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog, interactions_table
+from vicino.services.recommender.app import create_app
+from vicino.services.recommender.domain.kpis import newcombe_interval
+from vicino.services.recommender.jobs import kpi_rollup
 from tests.conftest import ADMIN_TOKEN
 from tests.integration._support import assert_problem
 
@@ -222,8 +222,8 @@ def test_odd_periods_are_422_not_500(kpi_client, params, needle):
 def test_a_customer_merged_after_the_push_converts_under_the_survivor(kpi_client, redis_sync):
     """The decision names the customer of the time; the till purchase, after a merge, names the
     survivor (the merge pointer and aliases are the recommender's, written here as it writes them)."""
-    from services.kernel.contracts.interactions import merged_into_key
-    from services.recommender.adapters.redis_keys import CustomerKeys
+    from vicino.services.kernel.contracts.interactions import merged_into_key
+    from vicino.services.recommender.adapters.redis_keys import CustomerKeys
 
     c, settings = kpi_client
     shards = settings.customer_shards

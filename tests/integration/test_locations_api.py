@@ -7,8 +7,8 @@ import time
 
 import orjson
 
-from services.geo.adapters.redis_keys import DeviceKeys
-from services.kernel.contracts.geofence_events import (SCHEMA, SCHEMA_VERSION, GeofenceEventV1, device_shard,
+from vicino.services.geo.adapters.redis_keys import DeviceKeys
+from vicino.services.kernel.contracts.geofence_events import (SCHEMA, SCHEMA_VERSION, GeofenceEventV1, device_shard,
                                                        events_stream_key)
 from tests.conftest import circle_store, fix, register
 
@@ -282,7 +282,7 @@ def test_device_state_has_a_ttl_and_no_coordinates(client, admin, redis_sync):
 def test_state_ttl_follows_the_setting(redis_url, redis_sync):
     from fastapi.testclient import TestClient
 
-    from services.geo.app import create_app
+    from vicino.services.geo.app import create_app
     from tests.conftest import ADMIN_TOKEN, make_settings
 
     with TestClient(create_app(make_settings(redis_url, device_state_ttl_s=90)), raise_server_exceptions=False) as c:
@@ -330,7 +330,7 @@ def test_a_consent_change_racing_an_unregistration_leaves_no_stub_registration(c
 def test_consent_changes_recorded_before_the_list_are_still_shown_after_it(client, admin, redis_sync):
     """Deployments from before the audit list kept the trail in a stream (~4.7 KB per customer
     for one change): it is read after the list, never written again."""
-    from services.kernel.contracts.customer_state import consent_audit_key, consent_log_key
+    from vicino.services.kernel.contracts.customer_state import consent_audit_key, consent_log_key
 
     register(client, "phone-l", "cust-l", consent=False)
     redis_sync.xadd(consent_audit_key("cust-l"), {"location": "1", "marketing": "0", "personalisation": "0",

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from services.kernel.contracts.model_artifact import Blend, Manifest, publish, write_version
-from services.recommender.app import create_app
+from vicino.services.kernel.contracts.model_artifact import Blend, Manifest, publish, write_version
+from vicino.services.recommender.app import create_app
 from tests.conftest import ADMIN_TOKEN
 from tests.integration._support import assert_problem, wait_until
 

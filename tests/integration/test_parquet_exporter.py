@@ -19,12 +19,12 @@ import pytest
 import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
-from services.kernel.contracts.interactions import (CustomerMergedV1, InteractionV1, customer_shard,
+from vicino.services.kernel.contracts.interactions import (CustomerMergedV1, InteractionV1, customer_shard,
                                                     interactions_stream_key)
-from services.kernel.redis_client import open_async
-from services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog, read_interactions, read_merges
-from services.recommender.adapters.redis_keys import ERASURES, erasure_digest
-from services.recommender.workers.exporter import GROUP, Exporter, ShardKeys
+from vicino.services.runtime.redis_client import open_async
+from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog, read_interactions, read_merges
+from vicino.services.recommender.adapters.redis_keys import ERASURES, erasure_digest
+from vicino.services.recommender.workers.exporter import GROUP, Exporter, ShardKeys
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET, make_rec_settings
 from tests.integration._support import ROOT
 
@@ -128,8 +128,8 @@ def test_drains_every_interaction_once_in_order_then_trims(redis_sync, redis_url
 _CRASHING_EXPORTER = textwrap.dedent("""
     import asyncio, os, signal, sys
     import redis.asyncio as aioredis
-    from services.recommender.settings import RecommenderSettings
-    from services.recommender.workers.exporter import Exporter
+    from vicino.services.recommender.settings import RecommenderSettings
+    from vicino.services.recommender.workers.exporter import Exporter
 
     url, root, stage = sys.argv[1:4]
     settings = RecommenderSettings(redis_url=url, admin_token=os.environ["T_ADMIN"], token_secret=os.environ["T_SECRET"],
@@ -371,7 +371,7 @@ def test_fsspec_memory_root(redis_sync, redis_url):
 
 
 def test_cli_export_and_apply_erasures(redis_sync, redis_url, tmp_path, monkeypatch):
-    from services.cli_history import history_app
+    from vicino.services.cli_history import history_app
 
     root = str(tmp_path / "history")
     expected = add_many(redis_sync, 50)
@@ -393,7 +393,7 @@ def test_cli_export_and_apply_erasures(redis_sync, redis_url, tmp_path, monkeypa
 
 
 def test_on_a_redis_cluster(tmp_path):
-    from services.launcher.embedded_redis import EmbeddedRedisCluster
+    from vicino.services.launcher.embedded_redis import EmbeddedRedisCluster
     from redis.cluster import RedisCluster
 
     with EmbeddedRedisCluster(tmp_path / "cluster") as cluster:

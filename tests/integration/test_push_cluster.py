@@ -8,9 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 from redis.cluster import RedisCluster
 
-from services.kernel.contracts.customer_state import device_registration_key
-from services.launcher.embedded_redis import EmbeddedRedisCluster
-from services.recommender.app import create_app as create_recommender
+from vicino.services.kernel.contracts.customer_state import device_registration_key
+from vicino.services.launcher.embedded_redis import EmbeddedRedisCluster
+from vicino.services.recommender.app import create_app as create_recommender
 from tests.conftest import make_rec_settings
 from tests.integration._push_support import enqueue, make_job, webhook_sink
 from tests.integration._support import redis_dump, served_geo, wait_until

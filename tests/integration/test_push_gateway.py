@@ -10,14 +10,14 @@ import httpx
 import orjson
 from fastapi.testclient import TestClient
 
-from services.kernel.contracts.deliveries import (DeliveryReceiptV1, dead_jobs_stream_key, delivery_id_for,
+from vicino.services.kernel.contracts.deliveries import (DeliveryReceiptV1, dead_jobs_stream_key, delivery_id_for,
                                                   receipts_stream_key)
-from services.kernel.contracts.interactions import customer_shard
-from services.kernel.contracts.push_jobs import ended_visits_key, push_jobs_stream_key
-from services.push_gateway.app import create_app
-from services.push_gateway.domain.messages import verify_webhook_signature
-from services.push_gateway.settings import PushSettings
-from services.push_gateway.wiring import ProviderClients
+from vicino.services.kernel.contracts.interactions import customer_shard
+from vicino.services.kernel.contracts.push_jobs import ended_visits_key, push_jobs_stream_key
+from vicino.services.push_gateway.app import create_app
+from vicino.services.push_gateway.domain.messages import verify_webhook_signature
+from vicino.services.push_gateway.settings import PushSettings
+from vicino.services.push_gateway.wiring import ProviderClients
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 from tests.integration._push_support import enqueue, make_job, webhook_sink
 from tests.integration._support import assert_problem, wait_until

@@ -17,11 +17,11 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from services.kernel.contracts.deliveries import customer_deliveries_key, delivery_id_for
-from services.kernel.contracts.interactions import customer_shard
-from services.kernel.contracts.push_jobs import push_jobs_stream_key
-from services.push_gateway.app import create_app
-from services.push_gateway.wiring import ProviderClients
+from vicino.services.kernel.contracts.deliveries import customer_deliveries_key, delivery_id_for
+from vicino.services.kernel.contracts.interactions import customer_shard
+from vicino.services.kernel.contracts.push_jobs import push_jobs_stream_key
+from vicino.services.push_gateway.app import create_app
+from vicino.services.push_gateway.wiring import ProviderClients
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 from tests.integration._push_support import enqueue, make_job
 from tests.integration._support import ROOT, free_port, wait_until
@@ -215,7 +215,7 @@ def test_apns_expired_provider_token_and_throttling(redis_url, redis_sync, geo_h
 
 def _serve_push(env: dict, log: Path) -> subprocess.Popen:
     full = {**os.environ, "VICINO_ADMIN_TOKEN": ADMIN_TOKEN, "VICINO_TOKEN_SECRET": TOKEN_SECRET, **env}
-    return subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "push", "--host", "127.0.0.1",
+    return subprocess.Popen([sys.executable, "-m", "vicino.services.cli", "serve", "push", "--host", "127.0.0.1",
                              "--port", str(free_port())], cwd=ROOT, env=full, stdout=open(log, "ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -282,9 +282,9 @@ def test_a_fix_at_a_store_ends_as_one_notification_at_apns(rec_settings, tmp_pat
     gateway → one HTTP/2 request at the APNs stand-in, for the offer the ranking put first."""
     import asyncio
 
-    from services.kernel.redis_client import open_async
-    from services.recommender.app import create_app as create_recommender
-    from services.recommender.wiring import build_worker_loops
+    from vicino.services.runtime.redis_client import open_async
+    from vicino.services.recommender.app import create_app as create_recommender
+    from vicino.services.recommender.wiring import build_worker_loops
     from tests.integration._support import fix_until_enter
     from tests.integration.test_offers_api import make_version, offer
 
@@ -336,8 +336,8 @@ def test_provider_tokens_are_renewed_on_time(material):
     reused for `refresh_s` (Apple: between 20 and 60 minutes old), then signed anew."""
     import asyncio
 
-    from services.push_gateway.adapters.providers.apns import ApnsKey, ApnsProviderTokens
-    from services.push_gateway.adapters.providers.fcm import FcmAccessTokens, ServiceAccount
+    from vicino.services.push_gateway.adapters.providers.apns import ApnsKey, ApnsProviderTokens
+    from vicino.services.push_gateway.adapters.providers.fcm import FcmAccessTokens, ServiceAccount
 
     short = fcm_like.start_in_thread(project_id="vicino-test", access_token_ttl_s=301.5)  # 1.5 s past the margin
     try:
@@ -366,7 +366,7 @@ def test_provider_tokens_are_renewed_on_time(material):
 
 
 def test_the_gateway_says_which_provider_serves_each_platform(material, fcm):
-    from services.push_gateway.wiring import check_providers
+    from vicino.services.push_gateway.wiring import check_providers
 
     key = material["apns_key"]
     only_fcm = push_settings("redis://127.0.0.1:9", fcm_credentials=str(fcm.sa.path))

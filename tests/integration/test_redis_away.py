@@ -7,7 +7,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from services.launcher.embedded_redis import EmbeddedRedis
+from vicino.services.launcher.embedded_redis import EmbeddedRedis
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 from tests.integration._support import assert_problem
 
@@ -15,15 +15,15 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def _geo(url, tmp_path):
-    from services.geo.app import create_app
-    from services.geo.settings import GeoSettings
+    from vicino.services.geo.app import create_app
+    from vicino.services.geo.settings import GeoSettings
 
     return create_app(GeoSettings(redis_url=url, admin_token=ADMIN_TOKEN, token_secret=TOKEN_SECRET)), \
         ("GET", "/v1/devices/some-phone")
 
 
 def _recommender(url, tmp_path):
-    from services.recommender.app import create_app
+    from vicino.services.recommender.app import create_app
     from tests.conftest import make_rec_settings
 
     return create_app(make_rec_settings(url, history_dir=str(tmp_path / "h"), model_dir=str(tmp_path / "m"))), \
@@ -31,8 +31,8 @@ def _recommender(url, tmp_path):
 
 
 def _push(url, tmp_path):
-    from services.push_gateway.app import create_app
-    from services.push_gateway.settings import PushSettings
+    from vicino.services.push_gateway.app import create_app
+    from vicino.services.push_gateway.settings import PushSettings
 
     return create_app(PushSettings(redis_url=url, admin_token=ADMIN_TOKEN, token_secret=TOKEN_SECRET)), \
         ("GET", "/v1/deliveries?customer_id=someone")
@@ -65,7 +65,7 @@ def test_redis_away_is_a_quick_503_and_the_service_recovers(make, tmp_path):
 def test_a_paused_redis_is_a_503_within_the_socket_timeout_not_a_hang(tmp_path):
     import signal
 
-    from services.kernel.redis_client import SOCKET_TIMEOUT_S
+    from vicino.services.runtime.redis_client import SOCKET_TIMEOUT_S
 
     server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
     try:

@@ -6,9 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 from redis.cluster import RedisCluster
 
-from services.geo.app import create_app
-from services.kernel.contracts.geofence_events import GeofenceEventV1, device_shard, events_stream_key
-from services.launcher.embedded_redis import EmbeddedRedisCluster
+from vicino.services.geo.app import create_app
+from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1, device_shard, events_stream_key
+from vicino.services.launcher.embedded_redis import EmbeddedRedisCluster
 from tests.conftest import circle_store, fix, make_settings, register
 
 

@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
 
-from services.kernel.redis_pipe import PipelinedRedis
+from vicino.services.runtime.redis_pipe import PipelinedRedis
 
 SCRIPT = "redis.call('HSET', KEYS[1], 'v', ARGV[1]); return {1, redis.call('HGET', KEYS[1], 'v'), tonumber(ARGV[2]) + 1}"
 
@@ -111,7 +111,7 @@ def test_a_stuck_redis_times_out_instead_of_hanging(redis_url):
 
 
 def test_an_unreachable_redis_is_a_connection_error(redis_server):
-    from services.launcher.embedded_redis import free_port
+    from vicino.services.launcher.embedded_redis import free_port
 
     async def go():
         client = PipelinedRedis(f"redis://127.0.0.1:{free_port()}/0", timeout_s=1)

@@ -10,15 +10,15 @@ import redis as redis_lib
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from services.cli import app as cli
-from services.kernel.auth import DeviceClaims, TokenSigner
-from services.kernel.jobs import JobContext, JobDefinition
-from services.kernel.redis_client import open_async
-from services.scheduler.adapters.run_store import RunStore
-from services.scheduler.app import create_app
-from services.scheduler.domain.runs import JobRun
-from services.scheduler.settings import SchedulerSettings
-from services.scheduler.wiring import build
+from vicino.services.cli import app as cli
+from vicino.services.kernel.auth import DeviceClaims, TokenSigner
+from vicino.services.kernel.jobs import JobContext, JobDefinition
+from vicino.services.runtime.redis_client import open_async
+from vicino.services.scheduler.adapters.run_store import RunStore
+from vicino.services.scheduler.app import create_app
+from vicino.services.scheduler.domain.runs import JobRun
+from vicino.services.scheduler.settings import SchedulerSettings
+from vicino.services.scheduler.wiring import build
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 from tests.integration._support import assert_problem, served_service, wait_until
 
@@ -222,10 +222,10 @@ def test_vicino_serve_scheduler_fires_and_shows_its_jobs(redis_url, tmp_path):
 
 
 def test_apply_erasures_job_rewrites_the_log_only_when_the_register_changed(redis_url, tmp_path):
-    from services.kernel.contracts.interactions import InteractionV1
-    from services.recommender.adapters.erasure_register import ErasureRegister
-    from services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog, interactions_table
-    from services.recommender.jobs import apply_pending_erasures
+    from vicino.services.kernel.contracts.interactions import InteractionV1
+    from vicino.services.recommender.adapters.erasure_register import ErasureRegister
+    from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog, interactions_table
+    from vicino.services.recommender.jobs import apply_pending_erasures
     from tests.conftest import make_rec_settings
 
     settings = make_rec_settings(redis_url, history_dir=str(tmp_path / "history"))

@@ -17,9 +17,9 @@ import pytest
 import redis as redis_lib
 from redis.cluster import RedisCluster
 
-from services.kernel.contracts.decisions import decisions_stream_key
-from services.kernel.contracts.geofence_events import events_stream_key
-from services.launcher.embedded_redis import EmbeddedRedisCluster
+from vicino.services.kernel.contracts.decisions import decisions_stream_key
+from vicino.services.kernel.contracts.geofence_events import events_stream_key
+from vicino.services.launcher.embedded_redis import EmbeddedRedisCluster
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 from tests.integration._support import ROOT, fix_until_enter, served_service, stop_process, wait_until
 from tests.push_servers.fixtures import fcm, fcm_server, material  # noqa: F401  (fixtures)
@@ -36,7 +36,7 @@ def worker_process(redis_url: str, log_dir: Path, name: str, env: dict):
     full = {**os.environ, "VICINO_REDIS_URL": redis_url, "VICINO_ADMIN_TOKEN": ADMIN_TOKEN,
             "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_LOG_LEVEL": "WARNING", **env}
     log = open(log_dir / f"{name}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "recommender-worker"], cwd=ROOT, env=full,
+    proc = subprocess.Popen([sys.executable, "-m", "vicino.services.cli", "serve", "recommender-worker"], cwd=ROOT, env=full,
                             stdout=log, stderr=log, start_new_session=True)
     try:
         time.sleep(0.5)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from services.kernel.redis_client import open_async
-from services.kernel.stream_consumer import PoisonEntry, StreamConsumer
+from vicino.services.runtime.redis_client import open_async
+from vicino.services.runtime.stream_consumer import PoisonEntry, StreamConsumer
 
 STREAM = "vicino:{t:000}:s"
 
@@ -100,7 +100,7 @@ def test_entries_of_a_dead_consumer_are_reclaimed(redis_url, redis_sync):
 
 
 def test_with_concurrency_one_slow_entry_holds_one_slot_not_the_others(redis_url, redis_sync):
-    from services.kernel.stream_consumer import NotYet
+    from vicino.services.runtime.stream_consumer import NotYet
 
     streams = [STREAM, "vicino:{t:001}:s"]
     for i in range(40):

@@ -9,17 +9,17 @@ import pytest
 import redis as redis_lib
 from redis.cluster import RedisCluster
 
-from services.kernel.contracts.decisions import decisions_stream_key
-from services.kernel.contracts.deliveries import receipts_stream_key
-from services.kernel.contracts.geofence_events import events_stream_key
-from services.kernel.contracts.push_jobs import push_jobs_stream_key
-from services.kernel.contracts.streams import (PUSH_GATEWAY_GROUP, RECOMMENDER_DECISIONS_GROUP,
+from vicino.services.kernel.contracts.decisions import decisions_stream_key
+from vicino.services.kernel.contracts.deliveries import receipts_stream_key
+from vicino.services.kernel.contracts.geofence_events import events_stream_key
+from vicino.services.kernel.contracts.push_jobs import push_jobs_stream_key
+from vicino.services.kernel.contracts.streams import (PUSH_GATEWAY_GROUP, RECOMMENDER_DECISIONS_GROUP,
                                                RECOMMENDER_VISITS_GROUP, dead_letter_of)
-from services.kernel.jobs import JobContext
-from services.kernel.redis_client import open_async
-from services.launcher.embedded_redis import EmbeddedRedisCluster
-from services.scheduler.settings import SchedulerSettings
-from services.scheduler.use_cases.housekeeping import reclaim_stuck, trim_streams
+from vicino.services.kernel.jobs import JobContext
+from vicino.services.runtime.redis_client import open_async
+from vicino.services.launcher.embedded_redis import EmbeddedRedisCluster
+from vicino.services.scheduler.settings import SchedulerSettings
+from vicino.services.scheduler.use_cases.housekeeping import reclaim_stuck, trim_streams
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 
 DAY_MS = 86_400_000
@@ -140,8 +140,8 @@ def test_job_runs_and_the_kpis_on_redis_cluster(cluster, tmp_path):
     the {kpis} roll-ups) on a cluster: the same figures as on one Redis."""
     from fastapi.testclient import TestClient
 
-    from services.recommender.app import create_app as create_recommender
-    from services.scheduler.wiring import build
+    from vicino.services.recommender.app import create_app as create_recommender
+    from vicino.services.scheduler.wiring import build
     from tests.conftest import make_rec_settings
     from tests.integration.test_kpis_api import ADMIN, FROM, TO, roll_up, seed_history
     from tests.integration.test_scheduler import test_jobs

@@ -10,9 +10,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from models.pipeline import TrainSettings, train_and_publish
-from services.cli_train import train_command
-from services.kernel.contracts.model_artifact import current_version, model_scores, read_version
+from vicino.models.pipeline import TrainSettings, train_and_publish
+from vicino.services.cli_train import train_command
+from vicino.services.kernel.contracts.model_artifact import current_version, model_scores, read_version
 
 ROOT = Path(__file__).resolve().parents[2]
 SLICE = ROOT / "tests" / "fixtures" / "online_retail_slice.csv"
@@ -126,9 +126,9 @@ def test_vicino_train_command(tmp_path, monkeypatch):
 def test_training_from_a_parquet_log_applies_merges(tmp_path):
     import time
 
-    from services.kernel.contracts.interactions import CustomerMergedV1
-    from services.recommender.adapters.parquet_log import INTERACTIONS, MERGES, ParquetLog, merges_table
-    from services.recommender.use_cases.history_import import read_history
+    from vicino.services.kernel.contracts.interactions import CustomerMergedV1
+    from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, MERGES, ParquetLog, merges_table
+    from vicino.services.recommender.use_cases.history_import import read_history
 
     table, _ = read_history(SLICE, received_at=time.time())
     log = ParquetLog(str(tmp_path / "history"))

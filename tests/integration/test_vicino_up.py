@@ -49,7 +49,7 @@ class Up:
         env.update(VICINO_PORT=str(self.port), VICINO_DATA_DIR=str(self.data_dir), VICINO_DEMO="1" if demo else "0",
                    **(env_extra or {}))
         self.env = env
-        cmd = [str(VICINO), "up"] if VICINO.exists() else [sys.executable, "-m", "services.cli", "up"]
+        cmd = [str(VICINO), "up"] if VICINO.exists() else [sys.executable, "-m", "vicino.services.cli", "up"]
         self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      start_new_session=True)
         self.out: list[str] = []
@@ -252,7 +252,7 @@ def test_vicino_up_without_demo_and_stores_import(up_factory):
 
         # as a user would, right after `vicino up`: the admin token comes from the data dir
         env = {**up.env, "VICINO_URL": up.base}
-        cli = [str(VICINO)] if VICINO.exists() else [sys.executable, "-m", "services.cli"]
+        cli = [str(VICINO)] if VICINO.exists() else [sys.executable, "-m", "vicino.services.cli"]
         csv = subprocess.run(cli + ["stores", "import", str(FIXTURES / "stores_small.csv")], cwd=up.cwd, env=env,
                              capture_output=True, text=True, timeout=60)
         assert csv.returncode == 0, csv.stderr

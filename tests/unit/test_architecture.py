@@ -8,7 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "services"
 SERVICE_PACKAGES = sorted(p.name for p in SERVICES.iterdir()
-                          if p.is_dir() and (p / "__init__.py").exists() and p.name not in ("kernel", "launcher"))
+                          if p.is_dir() and (p / "__init__.py").exists() and p.name not in ("kernel", "runtime", "launcher"))
 IO_MODULES = {"redis", "httpx", "fastapi", "starlette", "uvicorn", "requests", "socket", "subprocess", "asyncio"}
 
 
@@ -37,13 +37,13 @@ def test_services_never_import_each_other(service):
     for f in py_files(SERVICES / service):
         for mod in imports_of(f):
             for other in others:
-                assert not mod.startswith(f"services.{other}"), f"{f.relative_to(ROOT)} imports services.{other}"
+                assert not mod.startswith(f"vicino.services.{other}"), f"{f.relative_to(ROOT)} imports services.{other}"
 
 
 def test_kernel_imports_no_service():
     for f in py_files(SERVICES / "kernel"):
         for mod in imports_of(f):
-            assert not any(mod.startswith(f"services.{s}") for s in SERVICE_PACKAGES + ["launcher"]), f
+            assert not any(mod.startswith(f"vicino.services.{s}") for s in SERVICE_PACKAGES + ["launcher"]), f
 
 
 @pytest.mark.parametrize("service", SERVICE_PACKAGES)
@@ -55,7 +55,7 @@ def test_domain_does_no_io(service):
         for mod in imports_of(f):
             root = mod.split(".")[0]
             assert root not in IO_MODULES, f"{f.relative_to(ROOT)} imports {mod}"
-            if mod.startswith(("services.", ".")):
+            if mod.startswith(("vicino.services.", ".")):
                 assert "adapters" not in mod and "api" not in mod.split("."), f"{f.relative_to(ROOT)} imports {mod}"
 
 

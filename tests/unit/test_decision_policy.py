@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.recommender.domain.decision_policy import (REASONS, DecisionRules, OfferChoice, QuietHours, Situation,
+from vicino.services.recommender.domain.decision_policy import (REASONS, DecisionRules, OfferChoice, QuietHours, Situation,
                                                          decide, gate, holdout_bucket, in_holdout, local_day_start,
                                                          local_minute_of_day, zone)
 

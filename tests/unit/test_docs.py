@@ -1,11 +1,11 @@
 """The README's settings table lists every setting a service or the launcher reads."""
 from pathlib import Path
 
-from services.geo.settings import GeoSettings
-from services.launcher.settings import LauncherSettings
-from services.push_gateway.settings import PushSettings
-from services.recommender.settings import RecommenderSettings
-from services.scheduler.settings import SchedulerSettings
+from vicino.services.geo.settings import GeoSettings
+from vicino.services.launcher.settings import LauncherSettings
+from vicino.services.push_gateway.settings import PushSettings
+from vicino.services.recommender.settings import RecommenderSettings
+from vicino.services.scheduler.settings import SchedulerSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

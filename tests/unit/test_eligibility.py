@@ -15,11 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.kernel.contracts.interactions import CHANNELS
-from services.recommender.domain.campaign_rules import NO_RULES, CampaignRules
-from services.recommender.domain.eligibility import (REASONS, STORE_CHECKS, Situation, StoreView, first_failure,
+from vicino.services.kernel.contracts.interactions import CHANNELS
+from vicino.services.recommender.domain.campaign_rules import NO_RULES, CampaignRules
+from vicino.services.recommender.domain.eligibility import (REASONS, STORE_CHECKS, Situation, StoreView, first_failure,
                                                      ineligibility, sort_out)
-from services.recommender.domain.offers import Offer
+from vicino.services.recommender.domain.offers import Offer
 
 ROME = ZoneInfo("Europe/Rome")
 NOW = datetime(2024, 6, 3, 10, 0, tzinfo=ROME).timestamp()  # a Monday, 10:00 in Rome

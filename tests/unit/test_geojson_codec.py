@@ -10,7 +10,7 @@ import pytest
 import shapely
 from shapely.geometry import shape as geojson_shape
 
-from services.geo.domain.geojson_codec import (MAX_POLYGON_RADIUS_M, MAX_VERTICES, FeatureRejected,
+from vicino.services.geo.domain.geojson_codec import (MAX_POLYGON_RADIUS_M, MAX_VERTICES, FeatureRejected,
                                                store_from_feature)
 
 M_PER_DEG = 6_371_008.8 * math.pi / 180.0

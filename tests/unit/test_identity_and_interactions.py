@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.recommender.domain.identity import (IdentifierError, normalise_identifier, stricter_consent,
+from vicino.services.recommender.domain.identity import (IdentifierError, normalise_identifier, stricter_consent,
                                                   survivor)
-from services.recommender.domain.interactions import Draft, Rejection, judge
+from vicino.services.recommender.domain.interactions import Draft, Rejection, judge
 
 ids = st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True)
 

@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.geo.settings import GeoSettings
-from services.push_gateway.settings import PushSettings
-from services.recommender.settings import RecommenderSettings
-from services.scheduler.settings import SchedulerSettings
+from vicino.services.geo.settings import GeoSettings
+from vicino.services.push_gateway.settings import PushSettings
+from vicino.services.recommender.settings import RecommenderSettings
+from vicino.services.scheduler.settings import SchedulerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -68,7 +68,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def _cli():
     from typer.main import get_command
 
-    from services.cli import app
+    from vicino.services.cli import app
 
     return get_command(app)
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from services.kernel.contracts.decisions import REASONS, DecisionV1
-from services.kernel.contracts.deliveries import DeliveryReceiptV1
-from services.kernel.contracts.interactions import InteractionV1
-from services.recommender.domain.kpis import (Z95, ConversionEvent, compute_kpis, newcombe_interval,
+from vicino.services.kernel.contracts.decisions import REASONS, DecisionV1
+from vicino.services.kernel.contracts.deliveries import DeliveryReceiptV1
+from vicino.services.kernel.contracts.interactions import InteractionV1
+from vicino.services.recommender.domain.kpis import (Z95, ConversionEvent, compute_kpis, newcombe_interval,
                                               wilson_interval)
 
 PERIOD = (10_000.0, 20_000.0)

@@ -1,4 +1,4 @@
-"""models.data: merges (union-find, smallest id survives), loading a Parquet log and a UCI file,
+"""vicino.models.data: merges (union-find, smallest id survives), loading a Parquet log and a UCI file,
 row weights (type × channel × decay; returns subtract) and the interaction matrix."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.data import (DAY_S, DEFAULT_CHANNEL_WEIGHTS, DEFAULT_TYPE_WEIGHTS, DataError, apply_merges, events_of,
+from vicino.models.data import (DAY_S, DEFAULT_CHANNEL_WEIGHTS, DEFAULT_TYPE_WEIGHTS, DataError, apply_merges, events_of,
                          interaction_matrix, load_history, row_weights, survivors)
-from services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1
-from services.recommender.adapters.parquet_log import INTERACTIONS, MERGES, ParquetLog, interactions_table, merges_table
+from vicino.services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1
+from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, MERGES, ParquetLog, interactions_table, merges_table
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 T0 = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp()

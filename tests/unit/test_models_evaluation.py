@@ -1,4 +1,4 @@
-"""models.evaluation and models.split on hand-made examples: every metric computed by hand."""
+"""vicino.models.evaluation and vicino.models.split on hand-made examples: every metric computed by hand."""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models import evaluation
-from models.data import DAY_S, DEFAULT_CHANNEL_WEIGHTS, DEFAULT_TYPE_WEIGHTS, interaction_matrix
-from models.split import eval_set, windows
-from services.kernel.contracts.model_artifact import Blend, repeat_signal
+from vicino.models import evaluation
+from vicino.models.data import DAY_S, DEFAULT_CHANNEL_WEIGHTS, DEFAULT_TYPE_WEIGHTS, interaction_matrix
+from vicino.models.split import eval_set, windows
+from vicino.services.kernel.contracts.model_artifact import Blend, repeat_signal
 from tests.unit.test_models_data import T0, events, it
 
 SCORES = np.array([[0.9, 0.8, 0.1, 0.5, 0.3],
@@ -124,8 +124,8 @@ def test_tune_blend_finds_the_weight_that_ranks_repeats_first():
 
 
 def test_evaluate_reports_every_scorer_on_all_and_new():
-    from models.artifact import in_memory
-    from services.kernel.contracts.model_artifact import Manifest
+    from vicino.models.artifact import in_memory
+    from vicino.services.kernel.contracts.model_artifact import Manifest
 
     train, ev = _eval_set()
     k = 2

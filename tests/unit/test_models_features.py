@@ -1,4 +1,4 @@
-"""models.features: band names, customer and item features, the catalogue, feature matrices."""
+"""vicino.models.features: band names, customer and item features, the catalogue, feature matrices."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from models.data import DAY_S
-from models.features import (FREQ_EDGES, PRICE_EDGES, RECENCY_EDGES_DAYS, ItemInfo, band, feature_matrix,
+from vicino.models.data import DAY_S
+from vicino.models.features import (FREQ_EDGES, PRICE_EDGES, RECENCY_EDGES_DAYS, ItemInfo, band, feature_matrix,
                              item_activity_features, item_feature_names, item_info, read_catalog, user_features)
 from tests.unit.test_models_data import T0, events, it
 
@@ -93,9 +93,9 @@ def test_feature_matrix_layout_and_normalisation():
 
 
 def test_every_feature_name_is_prefixed_and_stable():
-    from models.pipeline import TrainSettings
-    from models.training import prepare
-    from models.data import load_history, events_of
+    from vicino.models.pipeline import TrainSettings
+    from vicino.models.training import prepare
+    from vicino.models.data import load_history, events_of
     from tests.unit.test_models_data import FIXTURES
 
     h = load_history(FIXTURES / "online_retail_slice.csv")

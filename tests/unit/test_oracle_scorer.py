@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models import artifact
-from models.data import events_of, load_history
-from models.evaluation import top_k
-from models.features import item_info
-from models.pipeline import TrainSettings
-from models.training import fit, prepare
-from services.kernel.contracts.model_artifact import Blend, model_scores, read_version, write_version
+from vicino.models import artifact
+from vicino.models.data import events_of, load_history
+from vicino.models.evaluation import top_k
+from vicino.models.features import item_info
+from vicino.models.pipeline import TrainSettings
+from vicino.models.training import fit, prepare
+from vicino.services.kernel.contracts.model_artifact import Blend, model_scores, read_version, write_version
 
 SLICE = Path(__file__).resolve().parents[1] / "fixtures" / "online_retail_slice.csv"
 

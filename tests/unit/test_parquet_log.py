@@ -9,11 +9,11 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 
-from services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1
-from services.recommender.adapters.parquet_log import (INTERACTION_SCHEMA, INTERACTIONS, MERGES, ParquetLog,
+from vicino.services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1
+from vicino.services.recommender.adapters.parquet_log import (INTERACTION_SCHEMA, INTERACTIONS, MERGES, ParquetLog,
                                                        apply_erasures, interactions_table, merges_table,
                                                        read_interactions, read_merges)
-from services.recommender.adapters.redis_keys import erasure_digest
+from vicino.services.recommender.adapters.redis_keys import erasure_digest
 
 DAY1 = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp()
 

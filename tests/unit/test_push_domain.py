@@ -7,17 +7,17 @@ import httpx
 import pytest
 from hypothesis import given, strategies as st
 
-from services.kernel.contracts.deliveries import delivery_id_for, shard_of_delivery
-from services.kernel.contracts.push_jobs import PushDataV1, PushJobV1
-from services.push_gateway.adapters.providers.apns import apns_outcome
-from services.push_gateway.adapters.providers.fcm import fcm_outcome
-from services.push_gateway.domain import delivery as d
-from services.push_gateway.domain.messages import (
+from vicino.services.kernel.contracts.deliveries import delivery_id_for, shard_of_delivery
+from vicino.services.kernel.contracts.push_jobs import PushDataV1, PushJobV1
+from vicino.services.push_gateway.adapters.providers.apns import apns_outcome
+from vicino.services.push_gateway.adapters.providers.fcm import fcm_outcome
+from vicino.services.push_gateway.domain import delivery as d
+from vicino.services.push_gateway.domain.messages import (
     MAX_PAYLOAD_BYTES, apns_headers, apns_payload, fcm_message, fcm_payload_size, notification_for,
     verify_webhook_signature, webhook_body, webhook_signature)
-from services.push_gateway.domain.outcomes import Delivered, GiveUp, RetryLater, TokenInvalid
-from services.push_gateway.domain.retry_policy import RetryPolicy, next_attempt, parse_retry_after
-from services.push_gateway.domain.routing import routing_table
+from vicino.services.push_gateway.domain.outcomes import Delivered, GiveUp, RetryLater, TokenInvalid
+from vicino.services.push_gateway.domain.retry_policy import RetryPolicy, next_attempt, parse_retry_after
+from vicino.services.push_gateway.domain.routing import routing_table
 
 T0 = 1_800_000_000.0
 

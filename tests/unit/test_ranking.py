@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.kernel.contracts.model_artifact import ARRAYS, Manifest, ModelArtifact
-from services.recommender.domain.offers import Offer
-from services.recommender.domain.ranking import DAY_S, _band_of, customer_features, offer_features
+from vicino.services.kernel.contracts.model_artifact import ARRAYS, Manifest, ModelArtifact
+from vicino.services.recommender.domain.offers import Offer
+from vicino.services.recommender.domain.ranking import DAY_S, _band_of, customer_features, offer_features
 
 USER_FEATURES = ["country:Italy", "country:France", "channel:web:75-100", "channel:web:25-50", "channel:app:50-75",
                  "freq:0-1", "freq:1-2", "freq:2-5", "freq:5-inf", "recency:0-7", "recency:7-30", "recency:30-inf"]
@@ -52,7 +52,7 @@ def test_a_prepared_catalogue_ranks_any_subset_as_a_fresh_one_would():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from services.recommender.domain.ranking import CustomerView, PreparedOffers, rank
+    from vicino.services.recommender.domain.ranking import CustomerView, PreparedOffers, rank
 
     rng = np.random.default_rng(3)
     k = 4
@@ -86,7 +86,7 @@ def test_a_prepared_catalogue_ranks_any_subset_as_a_fresh_one_would():
 
 
 def test_unseen_items_and_customers_count_only_their_features_share():
-    from services.recommender.domain.ranking import CustomerView, cold_share, rank
+    from vicino.services.recommender.domain.ranking import CustomerView, cold_share, rank
 
     k = 2
     arrays = {"user_repr": np.array([[1.0, 0.0]]), "user_bias": np.zeros(1),

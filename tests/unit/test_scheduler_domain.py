@@ -4,9 +4,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.scheduler.domain.runs import JobRun
-from services.scheduler.domain.schedules import Schedule, ScheduleError
-from services.scheduler.domain.stream_housekeeping import (ConsumerState, GroupState, PendingEntry, consumed_below,
+from vicino.services.scheduler.domain.runs import JobRun
+from vicino.services.scheduler.domain.schedules import Schedule, ScheduleError
+from vicino.services.scheduler.domain.stream_housekeeping import (ConsumerState, GroupState, PendingEntry, consumed_below,
                                                            departed_consumers, next_id, stuck_entries, trim_bound)
 
 UTC = timezone.utc

@@ -23,11 +23,11 @@ import pytest
 import shapely
 from shapely.geometry import shape as geojson_shape
 
-from services.geo.domain.fences import CircleFence
-from services.geo.domain.geojson_codec import store_from_feature
-from services.geo.domain.h3_cells import RESOLUTION, cover
-from services.geo.domain.store_index import StoreIndex
-from services.geo.domain.stores import Store
+from vicino.services.geo.domain.fences import CircleFence
+from vicino.services.geo.domain.geojson_codec import store_from_feature
+from vicino.services.geo.domain.h3_cells import RESOLUTION, cover
+from vicino.services.geo.domain.store_index import StoreIndex
+from vicino.services.geo.domain.stores import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "services" / "launcher" / "demo_data"
@@ -684,8 +684,8 @@ def test_mixed_circle_and_polygon_index_against_brute_force(fuel_80, nil):
 
 def test_batch_covering_equals_one_by_one_covering():
     """`cover_many` (bulk imports, index loads) and `cover` (single PUTs) keep the same cells."""
-    from services.geo.domain.fences import CircleFence
-    from services.geo.domain.h3_cells import cover, cover_many
+    from vicino.services.geo.domain.fences import CircleFence
+    from vicino.services.geo.domain.h3_cells import cover, cover_many
 
     rng = random.Random(11)
     fences = []

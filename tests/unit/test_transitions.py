@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.geo.domain.geojson_codec import store_from_feature
-from services.geo.domain.store_index import StoreIndex
-from services.geo.domain.stores import Store
-from services.geo.domain.transitions import (DeviceState, Fix, Ignored, TransitionPolicy, close_all,
+from vicino.services.geo.domain.geojson_codec import store_from_feature
+from vicino.services.geo.domain.store_index import StoreIndex
+from vicino.services.geo.domain.stores import Store
+from vicino.services.geo.domain.transitions import (DeviceState, Fix, Ignored, TransitionPolicy, close_all,
                                              evaluate)
 
 M_PER_DEG = 6_371_008.8 * math.pi / 180.0

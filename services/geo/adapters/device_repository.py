@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from services.kernel.contracts.geofence_events import GeofenceEventV1
+from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1
 
 from .redis_keys import CustomerKeys, DeviceKeys, all_event_streams
 
@@ -102,7 +102,7 @@ def _snapshot(device_id: str, reg_flat: list, rev_state: list) -> Snapshot:
 class DeviceRepository:
     def __init__(self, redis, shards: int, events_maxlen: int, hot_path=None) -> None:
         """`hot_path`: the client that runs the two per-request scripts (see
-        services.kernel.redis_client.open_hot_path); defaults to `redis`."""
+        vicino.services.runtime.redis_client.open_hot_path); defaults to `redis`."""
         self._r = redis
         self._shards = shards
         self._events_maxlen = events_maxlen

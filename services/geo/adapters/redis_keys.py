@@ -8,11 +8,11 @@
 """
 from __future__ import annotations
 
-from services.kernel.contracts import customer_state as published
-from services.kernel.contracts.geofence_events import device_shard, events_stream_key, shard_tag
+from vicino.services.kernel.contracts import customer_state as published
+from vicino.services.kernel.contracts.geofence_events import device_shard, events_stream_key, shard_tag
 
-# published for other services to read: services.kernel.contracts.stores
-from services.kernel.contracts.stores import STORES_CHANGES, STORES_FEATURES, STORES_SEQ  # noqa: F401
+# published for other services to read: vicino.services.kernel.contracts.stores
+from vicino.services.kernel.contracts.stores import STORES_CHANGES, STORES_FEATURES, STORES_SEQ  # noqa: F401
 
 
 class DeviceKeys:
@@ -33,7 +33,7 @@ def all_event_streams(shards: int) -> list[str]:
 class CustomerKeys:
     __slots__ = ("consent", "consent_log", "consent_audit", "devices")
 
-    """Published for other services to read: services.kernel.contracts.customer_state."""
+    """Published for other services to read: vicino.services.kernel.contracts.customer_state."""
 
     def __init__(self, customer_id: str) -> None:
         self.consent = published.consent_key(customer_id)              # hash: location, marketing, personalisation, updated_at

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from services.kernel.change_logged_hash import ChangeLoggedHash
+from vicino.services.runtime.change_logged_hash import ChangeLoggedHash
 from .redis_keys import STORES_CHANGES, STORES_FEATURES, STORES_SEQ
 
 CHUNK = 2000

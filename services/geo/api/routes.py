@@ -9,9 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.routing import Route as StarletteRoute
 from pydantic import ValidationError
 
-from services.kernel.problems import Forbidden, InvalidInput, NotFound, Unauthorized, require_json_content_type
-from services.kernel.http_edge import JsonBody
-from services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.problems import Forbidden, InvalidInput, NotFound, Unauthorized, require_json_content_type
+from vicino.services.runtime.http_edge import JsonBody
+from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 
 from ..domain.transitions import Fix
 from ..wiring import GeoContainer

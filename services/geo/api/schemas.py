@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
-from services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 
 ClientId = Annotated[str, StringConstraints(pattern=CLIENT_ID_PATTERN)]
 MAX_FIXES = 500

@@ -14,7 +14,7 @@ import numpy as np
 import shapely
 from opening_hours import OpeningHours
 
-from services.kernel.ids import is_valid_client_id
+from vicino.services.kernel.ids import is_valid_client_id
 
 from .fences import CircleFence, PolygonFence
 from .geodesy import MAX_ABS_LAT, LocalPlane

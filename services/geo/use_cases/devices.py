@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.kernel.auth import DeviceClaims, TokenSigner
-from services.kernel.clock import Clock
-from services.kernel.contracts.customer_state import push_token_digest
-from services.kernel.contracts.geofence_events import GeofenceEventV1
-from services.kernel.ids import new_id
-from services.kernel.problems import NotFound
+from vicino.services.kernel.auth import DeviceClaims, TokenSigner
+from vicino.services.kernel.clock import Clock
+from vicino.services.kernel.contracts.customer_state import push_token_digest
+from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1
+from vicino.services.kernel.ids import new_id
+from vicino.services.kernel.problems import NotFound
 
 from ..adapters.device_repository import DeviceRepository, Registration
 from ..domain.transitions import DeviceState, close_all

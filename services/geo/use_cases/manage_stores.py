@@ -5,7 +5,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.kernel.problems import InvalidInput, NotFound
+from vicino.services.kernel.problems import InvalidInput, NotFound
 
 from ..adapters.store_repository import StoreRepository
 from ..domain.geojson_codec import FeatureRejected, feature_id, store_from_feature

@@ -4,11 +4,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from services.kernel.auth import DeviceClaims
-from services.kernel.clock import Clock
-from services.kernel.contracts.geofence_events import GeofenceEventV1
-from services.kernel.ids import new_id
-from services.kernel.problems import Conflict, NotFound, Unauthorized
+from vicino.services.kernel.auth import DeviceClaims
+from vicino.services.kernel.clock import Clock
+from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1
+from vicino.services.kernel.ids import new_id
+from vicino.services.kernel.problems import Conflict, NotFound, Unauthorized
 
 from ..adapters.device_repository import DeviceRepository, Snapshot
 from ..domain.transitions import DeviceState, Fix, TransitionPolicy, evaluate

@@ -1,4 +1,4 @@
-"""Delivery records in Redis (key layout: `services.kernel.contracts.deliveries`).
+"""Delivery records in Redis (key layout: `vicino.services.kernel.contracts.deliveries`).
 
 A record and every change of it are written by scripts over the customer's `{cs:NNN}` keys, so
 that "first worker to see this idempotency key creates the delivery" and "this worker's change
@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from services.kernel.contracts import customer_state as published
-from services.kernel.contracts.deliveries import (
+from vicino.services.kernel.contracts import customer_state as published
+from vicino.services.kernel.contracts.deliveries import (
     DeliveryReceiptV1, customer_deliveries_index_key, customer_deliveries_key, dead_jobs_stream_key,
     delivery_owners_key, receipts_stream_key, shard_of_delivery)
-from services.kernel.contracts.erasures import ERASURES, erasure_digest
-from services.kernel.contracts.interactions import customer_shard, merged_into_key
-from services.kernel.contracts.push_jobs import PushJobV1, ended_visits_key
+from vicino.services.kernel.contracts.erasures import ERASURES, erasure_digest
+from vicino.services.kernel.contracts.interactions import customer_shard, merged_into_key
+from vicino.services.kernel.contracts.push_jobs import PushJobV1, ended_visits_key
 
 from ..domain.delivery import DeliveryRecord
 

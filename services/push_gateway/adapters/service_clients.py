@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 
-from services.kernel.problems import Unavailable
-from services.kernel.service_http import ServiceClient
+from vicino.services.kernel.problems import Unavailable
+from vicino.services.runtime.service_http import ServiceClient
 
 
 class GeoDevices(ServiceClient):

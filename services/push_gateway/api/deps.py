@@ -5,8 +5,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 
-from services.kernel.auth import REPLACED_TOKEN, Principal, bearer_principal, require_admin
-from services.kernel.problems import Forbidden, NotFound, Unauthorized
+from vicino.services.kernel.auth import REPLACED_TOKEN, Principal, bearer_principal, require_admin
+from vicino.services.kernel.problems import Forbidden, NotFound, Unauthorized
 
 from ..domain.delivery import DeliveryRecord
 from ..wiring import PushContainer

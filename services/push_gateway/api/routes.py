@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from services.kernel.ids import CLIENT_ID_PATTERN
-from services.kernel.problems import InvalidInput, NotFound
+from vicino.services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.problems import InvalidInput, NotFound
 
 from .deps import AdminDep, ContainerDep, DeliveryDep, RecipientDep, RecipientOrAdminDep
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import orjson
 
-from services.kernel.contracts.push_jobs import PushJobV1
+from vicino.services.kernel.contracts.push_jobs import PushJobV1
 
 from .outcomes import Delivered, GiveUp, ProviderOutcome, RetryLater, TokenInvalid
 from .retry_policy import RetryPolicy, next_attempt

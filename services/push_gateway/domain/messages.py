@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from services.kernel.contracts.push_jobs import PushJobV1
+from vicino.services.kernel.contracts.push_jobs import PushJobV1
 
 MAX_PAYLOAD_BYTES = 4096  # FCM's and APNs's limit on a notification's payload
 

@@ -10,12 +10,12 @@ import random
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from services.kernel.clock import Clock
-from services.kernel.contracts.customer_state import push_token_digest
-from services.kernel.contracts.deliveries import delivery_id_for
-from services.kernel.contracts.interactions import customer_shard
-from services.kernel.contracts.push_jobs import PushJobV1
-from services.kernel.stream_consumer import NotYet
+from vicino.services.kernel.clock import Clock
+from vicino.services.kernel.contracts.customer_state import push_token_digest
+from vicino.services.kernel.contracts.deliveries import delivery_id_for
+from vicino.services.kernel.contracts.interactions import customer_shard
+from vicino.services.kernel.contracts.push_jobs import PushJobV1
+from vicino.services.runtime.stream_consumer import NotYet
 
 from ..adapters.delivery_repository import DeliveryRepository
 from ..adapters.providers.base import PushProvider

@@ -3,8 +3,8 @@
 The interaction's event id is derived from the delivery, so a retried open is counted once."""
 from __future__ import annotations
 
-from services.kernel.clock import Clock
-from services.kernel.problems import Conflict, NotFound
+from vicino.services.kernel.clock import Clock
+from vicino.services.kernel.problems import Conflict, NotFound
 
 from ..adapters.delivery_repository import DeliveryRepository
 from ..adapters.service_clients import RecommenderInteractions

@@ -6,12 +6,12 @@ Keys (hash tags keep each multi-key script in one Cluster slot):
 - `vicino:{offers}:changes`  stream: {seq, op: upsert|delete, ids: JSON list}, trimmed to ~10,000.
   A replica keeps the whole catalogue in memory with the seq it was loaded at, and reloads
   when the seq moves; a write, its seq bump and its change entry are one script
-  (services.kernel.change_logged_hash, as for geo's stores).
+  (vicino.services.runtime.change_logged_hash, as for geo's stores).
 - `vicino:{inv:<store_id>}:stock`  hash: item_id -> units held (a non-negative integer).
 - `vicino:{rules}:campaign`  hash: revision (integer, 0 = never written), rules (JSON of
   domain.campaign_rules.CampaignRules), updated_at (epoch seconds).
 
-Read only, owned by the geo service: `vicino:{stores}:features` (services.kernel.contracts.stores).
+Read only, owned by the geo service: `vicino:{stores}:features` (vicino.services.kernel.contracts.stores).
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from services.kernel.change_logged_hash import ChangeLoggedHash
-from services.kernel.contracts.stores import STORES_FEATURES
+from vicino.services.runtime.change_logged_hash import ChangeLoggedHash
+from vicino.services.kernel.contracts.stores import STORES_FEATURES
 
 OFFERS = "vicino:{offers}:catalog"
 OFFERS_SEQ = "vicino:{offers}:seq"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import orjson
 
-from services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1, customer_shard
+from vicino.services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1, customer_shard
 
 from ..settings import RecommenderSettings
 from .redis_keys import CustomerKeys, identifier_key

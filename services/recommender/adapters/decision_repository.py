@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
-from services.kernel.contracts.interactions import customer_shard, customer_tag
-from services.kernel.contracts.push_jobs import PushJobV1, ended_visits_key, push_jobs_stream_key
+from vicino.services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
+from vicino.services.kernel.contracts.interactions import customer_shard, customer_tag
+from vicino.services.kernel.contracts.push_jobs import PushJobV1, ended_visits_key, push_jobs_stream_key
 
 from .erasure_register import ErasureRegister
 from .redis_keys import CustomerKeys

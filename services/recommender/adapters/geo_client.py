@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from services.kernel.contracts.customer_state import CONSENT_FIELDS
-from services.kernel.problems import Unavailable
-from services.kernel.service_http import ServiceClient
+from vicino.services.kernel.contracts.customer_state import CONSENT_FIELDS
+from vicino.services.kernel.problems import Unavailable
+from vicino.services.runtime.service_http import ServiceClient
 
 
 class GeoClient(ServiceClient):

@@ -13,9 +13,9 @@ from typing import Iterable
 import orjson
 import pyarrow.compute as pc
 
-from services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
-from services.kernel.contracts.deliveries import DeliveryReceiptV1, receipts_stream_key
-from services.kernel.contracts.interactions import interactions_stream_key, merged_into_key
+from vicino.services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
+from vicino.services.kernel.contracts.deliveries import DeliveryReceiptV1, receipts_stream_key
+from vicino.services.kernel.contracts.interactions import interactions_stream_key, merged_into_key
 
 from ..domain.kpis import CONVERSION_TYPES, ConversionEvent
 from .parquet_log import ParquetLog

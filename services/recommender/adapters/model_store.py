@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from services.kernel.contracts.model_artifact import ArtifactError, ModelArtifact, current_version, read_version
+from vicino.services.kernel.contracts.model_artifact import ArtifactError, ModelArtifact, current_version, read_version
 
 log = logging.getLogger("vicino.recommender.model")
 

@@ -33,7 +33,7 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1
+from vicino.services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1
 
 INTERACTIONS = "interactions"
 MERGES = "merges"

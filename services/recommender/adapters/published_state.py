@@ -1,8 +1,8 @@
-"""Reads what the geo service publishes (services.kernel.contracts.customer_state): consent,
+"""Reads what the geo service publishes (vicino.services.kernel.contracts.customer_state): consent,
 a customer's devices and a device's registration. Read-only: geo alone writes these keys."""
 from __future__ import annotations
 
-from services.kernel.contracts import customer_state as published
+from vicino.services.kernel.contracts import customer_state as published
 
 
 def _text(raw: dict) -> dict[str, str]:

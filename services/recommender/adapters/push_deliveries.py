@@ -1,11 +1,11 @@
 """The push gateway's delivery records of a customer, as the erasure deletes them: the key names
-are the gateway's published contract (`services.kernel.contracts.deliveries`); nothing else of
+are the gateway's published contract (`vicino.services.kernel.contracts.deliveries`); nothing else of
 the recommender reads or writes them."""
 from __future__ import annotations
 
-from services.kernel.contracts.deliveries import (customer_deliveries_index_key, customer_deliveries_key,
+from vicino.services.kernel.contracts.deliveries import (customer_deliveries_index_key, customer_deliveries_key,
                                                   delivery_owners_key)
-from services.kernel.contracts.interactions import customer_shard
+from vicino.services.kernel.contracts.interactions import customer_shard
 
 
 class PushDeliveryRecords:

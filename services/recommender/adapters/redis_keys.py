@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import zlib
 
-from services.kernel.contracts.erasures import ERASURES, erasure_digest  # noqa: F401  (re-exported)
-from services.kernel.contracts.streams import dead_letter_of
-from services.kernel.contracts.interactions import (customer_shard, customer_tag, interactions_stream_key,
+from vicino.services.kernel.contracts.erasures import ERASURES, erasure_digest  # noqa: F401  (re-exported)
+from vicino.services.kernel.contracts.streams import dead_letter_of
+from vicino.services.kernel.contracts.interactions import (customer_shard, customer_tag, interactions_stream_key,
                                                    merged_into_key)
 
 MERGE_LOCK = "vicino:{identity}:merge-lock"  # string with a token, short TTL

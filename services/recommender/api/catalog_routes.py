@@ -15,10 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, StrictInt, StringConstraints, TypeAdapter, ValidationError
 from starlette.responses import Response
 
-from services.kernel.contracts.interactions import Channel
-from services.kernel.http_edge import JsonBody
-from services.kernel.ids import CLIENT_ID_PATTERN
-from services.kernel.problems import InvalidInput
+from vicino.services.kernel.contracts.interactions import Channel
+from vicino.services.runtime.http_edge import JsonBody
+from vicino.services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.problems import InvalidInput
 
 from ..domain.campaign_rules import CampaignRules
 from ..domain.offers import Offer, to_epoch

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
-from services.kernel.contracts.interactions import Channel, InteractionType
-from services.kernel.http_edge import JsonBody
-from services.kernel.ids import CLIENT_ID_PATTERN
-from services.kernel.problems import InvalidInput, NotFound
+from vicino.services.kernel.contracts.interactions import Channel, InteractionType
+from vicino.services.runtime.http_edge import JsonBody
+from vicino.services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.problems import InvalidInput, NotFound
 
 from ..domain.identity import IdentifierError, normalise_identifier
 from ..domain.interactions import InteractionIn

@@ -9,8 +9,8 @@ import orjson
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from services.kernel.ids import CLIENT_ID_PATTERN
-from services.kernel.problems import InvalidInput
+from vicino.services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.problems import InvalidInput
 
 from ..domain.offers import to_epoch
 from ..use_cases.kpis import KpiQuery

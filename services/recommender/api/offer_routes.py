@@ -7,8 +7,8 @@ import orjson
 from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
-from services.kernel.contracts.interactions import Channel
-from services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.contracts.interactions import Channel
+from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 
 from .deps import CallerDep, ContainerDep, CustomerAccessDep
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
-from services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 
 StoreId = Annotated[str, StringConstraints(pattern=CLIENT_ID_PATTERN)]
 Brand = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from services.kernel.contracts.customer_state import CONSENT_FIELDS
+from vicino.services.kernel.contracts.customer_state import CONSENT_FIELDS
 
 IDENTIFIER_KINDS = ("device", "loyalty_card", "email_sha256", "cookie")
 # A raw e-mail address is accepted on the way in and kept only as its SHA-256.

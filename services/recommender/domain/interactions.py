@@ -9,8 +9,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from services.kernel.contracts.interactions import ITEM_TYPES, OFFER_TYPES, Channel, InteractionType
-from services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.contracts.interactions import ITEM_TYPES, OFFER_TYPES, Channel, InteractionType
+from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 
 from .identity import IdentifierError, normalise_identifier
 

@@ -52,7 +52,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.kernel.contracts.decisions import REASONS
+from vicino.services.kernel.contracts.decisions import REASONS
 
 Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
 KEYS = ("store", "online", "anywhere")

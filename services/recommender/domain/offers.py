@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
                       StringConstraints, ValidationInfo, field_validator)
 
-from services.kernel.contracts.interactions import Channel
-from services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.contracts.interactions import Channel
+from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 
 FULFILMENTS = ("in_store", "click_and_collect", "reservation", "online")
 Fulfilment = Literal["in_store", "click_and_collect", "reservation", "online"]

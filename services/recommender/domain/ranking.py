@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.kernel.contracts.model_artifact import ModelArtifact, blend, model_scores, repeat_signal
+from vicino.services.kernel.contracts.model_artifact import ModelArtifact, blend, model_scores, repeat_signal
 
 from .offers import Offer, ranking_key
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.kernel.clock import Clock
-from services.kernel.problems import (Conflict, InvalidInput, NotFound, PayloadTooLarge, Problem,
+from vicino.services.kernel.clock import Clock
+from vicino.services.kernel.problems import (Conflict, InvalidInput, NotFound, PayloadTooLarge, Problem,
                                       describe_validation_errors)
 
 from ..adapters.catalog_repository import CatalogRepository, StoredRules

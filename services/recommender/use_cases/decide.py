@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.kernel.clock import Clock
-from services.kernel.contracts.decisions import DecisionV1
-from services.kernel.contracts.geofence_events import GeofenceEventV1
-from services.kernel.contracts.push_jobs import PushDataV1, PushJobV1, idempotency_key
-from services.kernel.ids import new_id
-from services.kernel.problems import NotFound
+from vicino.services.kernel.clock import Clock
+from vicino.services.kernel.contracts.decisions import DecisionV1
+from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1
+from vicino.services.kernel.contracts.push_jobs import PushDataV1, PushJobV1, idempotency_key
+from vicino.services.kernel.ids import new_id
+from vicino.services.kernel.problems import NotFound
 
 from ..adapters.decision_repository import DecisionRepository
 from ..adapters.published_state import PublishedCustomerState

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 
-from services.kernel.clock import Clock
-from services.kernel.contracts.decisions import decisions_stream_key
-from services.kernel.contracts.deliveries import dead_jobs_stream_key, receipts_stream_key
-from services.kernel.contracts.geofence_events import events_stream_key
-from services.kernel.contracts.interactions import customer_shard
-from services.kernel.contracts.push_jobs import push_jobs_stream_key
-from services.kernel.problems import NotFound
+from vicino.services.kernel.clock import Clock
+from vicino.services.kernel.contracts.decisions import decisions_stream_key
+from vicino.services.kernel.contracts.deliveries import dead_jobs_stream_key, receipts_stream_key
+from vicino.services.kernel.contracts.geofence_events import events_stream_key
+from vicino.services.kernel.contracts.interactions import customer_shard
+from vicino.services.kernel.contracts.push_jobs import push_jobs_stream_key
+from vicino.services.kernel.problems import NotFound
 
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.decision_repository import DecisionRepository

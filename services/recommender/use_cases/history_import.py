@@ -76,7 +76,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from pydantic import TypeAdapter
 
-from services.kernel.contracts.interactions import CHANNELS, TYPES, InteractionV1
+from vicino.services.kernel.contracts.interactions import CHANNELS, TYPES, InteractionV1
 
 from ..adapters.parquet_log import INTERACTION_SCHEMA, INTERACTIONS, ParquetLog
 from ..adapters.erasure_register import ErasureRegister

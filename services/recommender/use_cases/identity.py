@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from services.kernel.clock import Clock
-from services.kernel.contracts.interactions import InteractionV1
-from services.kernel.problems import Conflict
+from vicino.services.kernel.clock import Clock
+from vicino.services.kernel.contracts.interactions import InteractionV1
+from vicino.services.kernel.problems import Conflict
 
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.decision_repository import DecisionRepository

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.kernel.auth import Principal
-from services.kernel.clock import Clock
-from services.kernel.contracts.interactions import InteractionV1
-from services.kernel.problems import InvalidInput, PayloadTooLarge
+from vicino.services.kernel.auth import Principal
+from vicino.services.kernel.clock import Clock
+from vicino.services.kernel.contracts.interactions import InteractionV1
+from vicino.services.kernel.problems import InvalidInput, PayloadTooLarge
 
 from ..adapters.customer_repository import CustomerRepository
 from ..domain.interactions import Draft, Rejection, judge

@@ -7,8 +7,8 @@ import asyncio
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-from services.kernel.clock import Clock
-from services.kernel.problems import NotFound
+from vicino.services.kernel.clock import Clock
+from vicino.services.kernel.problems import NotFound
 
 from ..adapters.catalog_repository import CatalogRepository
 from ..adapters.kpi_sources import KpiSources

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from services.kernel.contracts.interactions import CHANNELS
-from services.kernel.problems import NotFound
+from vicino.services.kernel.contracts.interactions import CHANNELS
+from vicino.services.kernel.problems import NotFound
 
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.published_state import PublishedCustomerState

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.kernel.clock import Clock
+from vicino.services.kernel.clock import Clock
 
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.model_store import ModelHolder

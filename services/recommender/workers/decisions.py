@@ -4,10 +4,10 @@ ended. An event is acknowledged only after its decision, push job and counters a
 (one script), so a crash means a redelivery, which finds the visit decided."""
 from __future__ import annotations
 
-from services.kernel.clock import Clock, SystemClock
-from services.kernel.contracts.geofence_events import GeofenceEventV1, events_stream_key
-from services.kernel.contracts.streams import RECOMMENDER_DECISIONS_GROUP
-from services.kernel.stream_consumer import StreamConsumer, decode_entry
+from vicino.services.kernel.clock import Clock, SystemClock
+from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1, events_stream_key
+from vicino.services.kernel.contracts.streams import RECOMMENDER_DECISIONS_GROUP
+from vicino.services.runtime.stream_consumer import StreamConsumer, decode_entry
 
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.decision_repository import DecisionRepository

@@ -49,7 +49,7 @@ from typing import Callable
 
 import redis.exceptions
 
-from services.kernel.contracts.interactions import (CustomerMergedV1, InteractionV1, customer_tag,
+from vicino.services.kernel.contracts.interactions import (CustomerMergedV1, InteractionV1, customer_tag,
                                                     interactions_stream_key, parse_stream_entry)
 
 from ..adapters.parquet_log import INTERACTIONS, MERGES, ParquetLog, interactions_table, merges_table

@@ -2,9 +2,9 @@
 events: enter opens a visit, dwell marks it, exit closes it."""
 from __future__ import annotations
 
-from services.kernel.contracts.geofence_events import GeofenceEventV1, events_stream_key
-from services.kernel.contracts.streams import RECOMMENDER_VISITS_GROUP
-from services.kernel.stream_consumer import StreamConsumer, decode_entry
+from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1, events_stream_key
+from vicino.services.kernel.contracts.streams import RECOMMENDER_VISITS_GROUP
+from vicino.services.runtime.stream_consumer import StreamConsumer, decode_entry
 
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.erasure_register import ErasureRegister

@@ -10,8 +10,8 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from starlette.responses import Response
 
-from services.kernel.auth import Principal, bearer_principal, require_admin
-from services.kernel.problems import Conflict, NotFound
+from vicino.services.kernel.auth import Principal, bearer_principal, require_admin
+from vicino.services.kernel.problems import Conflict, NotFound
 
 from ..domain.runs import JobRun
 from ..use_cases.run_job import UnknownJob

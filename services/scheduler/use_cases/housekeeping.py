@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from services.kernel.contracts.streams import STREAM_FAMILIES, StreamFamily, dead_letter_of
-from services.kernel.jobs import JobContext, JobDefinition
+from vicino.services.kernel.contracts.streams import STREAM_FAMILIES, StreamFamily, dead_letter_of
+from vicino.services.kernel.jobs import JobContext, JobDefinition
 
 from ..adapters.stream_admin import StreamAdmin
 from ..domain.stream_housekeeping import (consumed_below, departed_consumers, stuck_entries, trim_bound)

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from services.kernel.jobs import JobContext, JobDefinition, Progress, no_progress
+from vicino.services.kernel.jobs import JobContext, JobDefinition, Progress, no_progress
 
 from ..adapters.run_store import RunStore
 from ..domain.runs import JobRun, Trigger

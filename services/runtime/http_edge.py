@@ -11,7 +11,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from .observability import BodyLimitMiddleware, HttpMetrics, MetricsMiddleware
-from .problems import InvalidInput, install_problem_handlers, problem_response, require_json_content_type
+from ..kernel.problems import InvalidInput, require_json_content_type
+from .http_problems import install_problem_handlers, problem_response
 
 ReadyCheck = Callable[[], Awaitable[dict[str, str]]]  # component -> "ok" or what is wrong
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from .problems import Unavailable
+from ..kernel.problems import Unavailable
 
 
 class ServiceClient:

@@ -1,0 +1,69 @@
+"""RFC 9457 problem+json at the HTTP edge: renders the kernel's `Problem` tree, FastAPI's own
+validation errors, Redis being away (503, retry) and anything unexpected (500, logged), so that
+every answer of every service that is not a success says what was wrong.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from redis.exceptions import ClusterDownError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from ..kernel.problems import PROBLEM_MEDIA_TYPE, Problem, describe_validation_errors
+
+log = logging.getLogger("vicino.problems")
+
+
+def problem_response(status: int, title: str, detail: str, *, instance: str | None = None,
+                     errors: list | None = None, headers: dict | None = None) -> Response:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    if errors:
+        body["errors"] = errors
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> Response:
+        return problem_response(exc.status, exc.title, exc.detail, instance=request.url.path,
+                                errors=exc.errors, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        detail, items = describe_validation_errors(list(exc.errors()))
+        return problem_response(422, "Invalid input", detail, instance=request.url.path, errors=items)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        titles = {404: "Not found", 405: "Method not allowed", 400: "Bad request"}
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.method} {request.url.path}"
+        return problem_response(exc.status_code, titles.get(exc.status_code, "Error"), detail,
+                                instance=request.url.path, headers=getattr(exc, "headers", None))
+
+    async def _redis_away(request: Request, exc: Exception) -> Response:
+        # Redis restarting, a failover, a network cut: nothing was half-written (every write is
+        # one script), so the client is told to retry rather than shown a server error
+        log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return problem_response(503, "Service unavailable", f"Redis is unavailable ({type(exc).__name__}); "
+                                "nothing was lost, retry shortly", instance=request.url.path,
+                                headers={"Retry-After": "1"})
+
+    for redis_error in (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError):
+        app.add_exception_handler(redis_error, _redis_away)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(500, "Internal error", "an unexpected error occurred; it has been logged",
+                                instance=request.url.path)
