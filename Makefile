@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench venv clean loadtest soak
+.PHONY: help run test test-fast test-e2e bench venv clean loadtest soak
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -29,8 +29,14 @@ venv: $(STAMP) ## create .venv and install the project
 run: $(STAMP) ## start the whole stack on 127.0.0.1 with embedded Redis and demo data
 	$(BIN)/vicino up
 
-test: $(TSTAMP) ## install test deps and run the whole suite (real redis-server, started by fixtures)
+test: $(TSTAMP) ## install test deps and run the whole suite: unit, integration and e2e (real redis-server, started by fixtures)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(TSTAMP) ## unit and integration tiers (real Redis; no vicino up, faults, load smoke run or notebooks)
+	$(BIN)/python -m pytest -q tests/unit tests/integration
+
+test-e2e: $(TSTAMP) ## the e2e tier: vicino up, served processes, faults, the load smoke run, notebooks
+	$(BIN)/python -m pytest -q tests/e2e
 
 bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.geo
@@ -40,11 +46,12 @@ bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.push
 	$(BIN)/python -m bench.kpis
 	$(BIN)/python -m bench.capacity
+	$(BIN)/python -m bench.replica_wait
 
 DURATION ?= 60
 
-loadtest: $(TSTAMP) ## the stack under locust for DURATION s (default 60); report under loadtests/reports/
-	$(BIN)/python -m loadtests.run --duration $(DURATION)
+loadtest: $(TSTAMP) ## the stack under locust for DURATION s (default 60; FAILOVER_AT=S: on a Redis Cluster whose master dies at S s); report under loadtests/reports/
+	$(BIN)/python -m loadtests.run --duration $(DURATION) $(if $(FAILOVER_AT),--failover-at $(FAILOVER_AT))
 
 soak: $(TSTAMP) ## 10 minutes of load, memory sampled every 10 s: growth per process and Redis (not in CI)
 	$(BIN)/python -m loadtests.run --duration 600 --memory-every 10

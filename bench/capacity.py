@@ -39,8 +39,8 @@ from vicino.services.kernel.contracts.geofence_events import device_shard, event
 from vicino.services.kernel.contracts.push_jobs import PushDataV1, PushJobV1
 from vicino.services.launcher.demo import demo_files
 from vicino.services.launcher.embedded_redis import EmbeddedRedis
+from testbed.processes import served_service
 from vicino.services.launcher.store_files import read_features
-from tests.integration._support import served_service
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "capacity.json"
 ADMIN = "bench-admin-token-0123456789"
@@ -266,10 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vicino-bench-capacity-") as tmp, \
             EmbeddedRedis(Path(tmp) / "redis", persist=False) as server:
         r = redis.Redis.from_url(server.url)
-        import tests.conftest as conftest  # served_service takes the tests' tokens
-
-        conftest.ADMIN_TOKEN, conftest.TOKEN_SECRET = ADMIN, SECRET
-        with served_service("geo", server.url, Path(tmp)) as url:
+        with served_service("geo", server.url, Path(tmp), admin_token=ADMIN, token_secret=SECRET) as url:
             log("stores")
             stores = section_stores(r, url)
             log(f"{n_devices:,} devices")

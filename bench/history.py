@@ -34,11 +34,12 @@ import redis.asyncio as aioredis
 
 from bench.geo import machine_info, pf, table
 from vicino.services.kernel.clock import SystemClock
+from vicino.services.kernel.contracts.history_file import UCI_COLUMNS, read_history
+from vicino.services.kernel.contracts.interaction_log import read_interactions
 from vicino.services.launcher.embedded_redis import EmbeddedRedis
 from vicino.services.recommender.adapters.customer_repository import CustomerRepository
-from vicino.services.recommender.adapters.parquet_log import read_interactions
 from vicino.services.recommender.settings import RecommenderSettings
-from vicino.services.recommender.use_cases.history_import import UCI_COLUMNS, HistoryImport, read_history
+from vicino.services.recommender.use_cases.history_import import HistoryImport
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path("/work/shared/datasets/online-retail/online_retail.csv.gz")

@@ -38,14 +38,15 @@ from bench.geo import machine_info, table
 from vicino.services.kernel.clock import Clock
 from vicino.services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
 from vicino.services.kernel.contracts.deliveries import DeliveryReceiptV1, receipts_stream_key
+from vicino.services.kernel.contracts.history_file import read_history
+from vicino.services.kernel.contracts.interaction_log import INTERACTIONS
 from vicino.services.kernel.contracts.interactions import customer_shard
 from vicino.services.launcher.embedded_redis import EmbeddedRedis
 from vicino.services.recommender.adapters.catalog_repository import CatalogRepository
-from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog
+from vicino.services.recommender.adapters.parquet_log import ParquetLog
 from vicino.services.recommender.domain.kpis import ConversionEvent, compute_kpis
 from vicino.services.recommender.domain.offers import Offer
 from vicino.services.recommender.settings import RecommenderSettings
-from vicino.services.recommender.use_cases.history_import import read_history
 from vicino.services.recommender.use_cases.kpis import KpiQuery
 from vicino.services.recommender.wiring import build_kpis
 

@@ -1,6 +1,6 @@
 """Benchmark of the push gateway: `python -m bench.push` (part of `make bench`).
 
-What is measured, on the local provider stand-ins of `tests/push_servers` (FCM HTTP v1 over
+What is measured, on the local provider stand-ins of `testbed/push_servers` (FCM HTTP v1 over
 HTTP/1.1, APNs over HTTP/2 + TLS), each in its own process, with an embedded Redis:
 
 1. fcm        N push jobs for Android devices (distinct customers and visits) queued at once on
@@ -238,7 +238,7 @@ class Fake:
 # --------------------------------------------------------------------------------------------
 
 def provider_token(kind: str, seed: str) -> str:
-    from tests.push_servers import apns_like, fcm_like
+    from testbed.push_servers import apns_like, fcm_like
     return apns_like.device_token(seed) if kind == "apns" else fcm_like.registration_token(seed)
 
 
@@ -729,7 +729,7 @@ def summarize_folded(path: Path, top: int = 40) -> dict:
 # --------------------------------------------------------------------------------------------
 
 def make_material(tmp: Path, fcm_url: str) -> dict:
-    from tests.push_servers import make_apns_key, make_service_account, make_tls
+    from testbed.push_servers import make_apns_key, make_service_account, make_tls
     keys = tmp / "keys"
     sa = make_service_account(keys, f"{fcm_url}/token")
     apns_key = make_apns_key(keys)
@@ -743,7 +743,7 @@ def make_material(tmp: Path, fcm_url: str) -> dict:
 
 def start_fakes(procs: Procs, tmp: Path) -> tuple[dict[str, Fake], dict]:
     env = base_env()
-    fcm_child = procs.start("fcm_like", [sys.executable, "-m", "tests.push_servers.fcm_like"], env, tmp)
+    fcm_child = procs.start("fcm_like", [sys.executable, "-m", "testbed.push_servers.fcm_like"], env, tmp)
     fcm_url = wait_ready_line(fcm_child)
     material = make_material(tmp, fcm_url)
     fcm = Fake("fcm", fcm_child, fcm_url)
@@ -751,7 +751,7 @@ def start_fakes(procs: Procs, tmp: Path) -> tuple[dict[str, Fake], dict]:
         "public_key_pem": Path(material["sa_public"]).read_text(), "client_email": material["client_email"],
         "project_id": "vicino-test", "private_key_id": material["private_key_id"]}).raise_for_status()
     apns_child = procs.start("apns_like", [
-        sys.executable, "-m", "tests.push_servers.apns_like", "--cert", material["cert"], "--key", material["tls_key"],
+        sys.executable, "-m", "testbed.push_servers.apns_like", "--cert", material["cert"], "--key", material["tls_key"],
         "--key-id", material["key_id"], "--team-id", material["team_id"], "--topic", TOPIC,
         "--public-key", material["apns_public"]], env, tmp)
     apns_url = wait_ready_line(apns_child)

@@ -7,8 +7,8 @@ which). Exit 0 when it answers 200, 1 otherwise. Standard library only.
 
 The port comes from the container's command line (PID 1's `--port`), else from the variable
 that `vicino serve <service>` reads, else the service's default, exactly as the CLI resolves it.
-`serve recommender-worker` has no HTTP port: it is healthy while it runs (a crash ends the
-container, and its restart policy brings it back)."""
+`serve recommender-worker` answers on its health edge (VICINO_WORKER_PORT, default 8004);
+its /healthz turns 503 when a consumer has failed too many rounds in a row."""
 from __future__ import annotations
 
 import os
@@ -16,12 +16,13 @@ import sys
 import urllib.error
 import urllib.request
 
-# service -> (variable `vicino serve <service>` reads for its port, default port); see services/cli.py
+# service -> (variable `vicino serve <service>` reads for its port, default port); see services/cli/serve.py
 PORTS = {
     "geo": ("VICINO_PORT", 8000),
     "recommender": ("VICINO_RECOMMENDER_PORT", 8001),
     "push": ("VICINO_PUSH_PORT", 8002),
     "scheduler": ("VICINO_SCHEDULER_PORT", 8003),
+    "recommender-worker": ("VICINO_WORKER_PORT", 8004),
 }
 
 

@@ -1,6 +1,6 @@
 """`python -m loadtests.run`: the whole stack on loopback ports, locust against it, a report.
 
-1. starts the FCM-like provider stand-in of the push tests (`tests/push_servers/fcm_like.py`) in
+1. starts the FCM-like provider stand-in of the push tests (`testbed/push_servers/fcm_like.py`) in
    its own process, with a freshly generated service-account key it trusts;
 2. starts the stack as `vicino up` does (`vicino.services.launcher.up.Stack`: embedded Redis, every
    service a process, demo stores, offers, history and a trained model) on free ports, with
@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hard-timeout", type=int, default=None,
                    help="seconds after which everything is stopped whatever happens (default duration + 480)")
     p.add_argument("--keep-data", action="store_true", help="keep the temporary data dir (Redis, logs, models)")
+    p.add_argument("--failover-at", type=float, default=None, metavar="S",
+                   help="run on a 3-master, 3-replica Redis Cluster and SIGKILL the master VICINO_REDIS_URL names "
+                        "S seconds into the load; reports pushes lost and doubled and the seconds without service")
     a = p.parse_args(argv)
     if a.duration < 5 or a.duration > 6 * 3600:
         p.error("--duration must be between 5 s and 6 h")
@@ -288,10 +291,11 @@ class Run:
         self.pids: dict[str, int] = {}
         self.errors: list[str] = []
         self.info: dict = {}
+        self.failover = None  # loadtests.failover.Failover with --failover-at
 
     # -- start --
     def start_sink(self) -> None:
-        from tests.push_servers.keys import make_service_account
+        from testbed.push_servers.keys import make_service_account
 
         for _attempt in range(3):
             port = free_port()
@@ -299,7 +303,7 @@ class Run:
             sa = make_service_account(self.tmp / "keys", f"{url}/token", project_id="vicino-loadtest")
             log = open(self.tmp / "sink.log", "ab")
             self.sink = subprocess.Popen(
-                [sys.executable, "-m", "tests.push_servers.fcm_like", "--port", str(port), "--project-id",
+                [sys.executable, "-m", "testbed.push_servers.fcm_like", "--port", str(port), "--project-id",
                  "vicino-loadtest", "--service-account", str(sa.path), "--max-records", "200000"],
                 cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
             log.close()
@@ -332,8 +336,17 @@ class Run:
             # a nightly retraining must not land inside a measurement
             "VICINO_JOB_SCHEDULES": json.dumps({"retrain": "off"}),
         })
-        settings = LauncherSettings(host="127.0.0.1", port=port_block(4), data_dir=data_dir, demo=True,
-                                    redis_url=None, admin_token=secrets.token_urlsafe(24),
+        redis_url = None
+        if self.args.failover_at is not None:
+            from loadtests.failover import Failover
+
+            self.failover = Failover(self.tmp / "cluster", self.args.failover_at)
+            redis_url = self.failover.start()
+            self.pids.update(self.failover.pids())
+            # a decision and a push's sending mark wait for a replica: the failover loses no push
+            os.environ["VICINO_REDIS_WAIT_REPLICAS"] = "1"
+        settings = LauncherSettings(host="127.0.0.1", port=port_block(5), data_dir=data_dir, demo=True,
+                                    redis_url=redis_url, admin_token=secrets.token_urlsafe(24),
                                     token_secret=secrets.token_urlsafe(32), demo_radius_m=80.0)
         self.stack = Stack(settings)
         t0 = time.monotonic()
@@ -388,6 +401,8 @@ class Run:
         self.pids["locust"] = self.locust.pid
         self.sampler = Sampler({n: pid for n, pid in self.pids.items()}, self.redis_url, a.memory_every)
         self.sampler.start()
+        if self.failover is not None:
+            self.failover.arm({name: self.stack.url_of(name) for name in SERVICE_NAMES})
         try:
             rc = self.locust.wait(a.duration + 90)   # the run, the drain, the report; bounded
         except subprocess.TimeoutExpired:
@@ -405,6 +420,8 @@ class Run:
     def _redis_counters(self, start: bool = False) -> dict:
         """Commands processed so far; at the start, Redis's latency monitor is switched on (events
         of 5 ms and more: slow commands, fork, AOF fsync) to tell its stalls from the services'."""
+        if self.failover is not None:
+            return {}  # a cluster whose named node dies: no single Redis to read counters from
         try:
             client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
             if start:
@@ -418,9 +435,14 @@ class Run:
             return {}
 
     def collect(self) -> None:
+        if self.failover is not None:
+            self.failover.join()
+            self.info["failover"] = {**self.failover.report, **self.failover.reconcile(self.sink_url)}
         after = self._redis_counters()
         before = getattr(self, "redis_before", {})
         try:
+            if self.failover is not None:
+                raise _NoSingleRedis()
             client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
             if before.get("commands") is not None and after.get("commands") is not None:
                 self.info["redis_commands_per_s"] = round((after["commands"] - before["commands"])
@@ -434,6 +456,8 @@ class Run:
                                                          "used_memory_dataset", "mem_fragmentation_ratio")}
             self.info["redis"]["keys"] = client.dbsize()
             client.close()
+        except _NoSingleRedis:
+            self.info["redis"] = "a cluster: not sampled"
         except redis.RedisError as e:
             self.errors.append(f"Redis INFO memory: {e}")
         self.info["server_side"] = {}
@@ -472,6 +496,8 @@ class Run:
             except Exception as e:  # noqa: BLE001 - the rest must still be stopped
                 self.errors.append(f"stopping the stack: {e}")
         self._stop_proc(self.sink, "sink")
+        if self.failover is not None:
+            self.failover.stop()
         self.info["leftover_processes"] = self.leftovers()
 
     def leftovers(self) -> list[dict]:
@@ -562,8 +588,20 @@ class Run:
         }
         if e2e_raw is not None:
             (self.report / "e2e_ms.json").write_text(json.dumps(e2e_raw))
-        out["ok"] = (failures == 0 and locust_rc == 0 and not self.errors)
+        fo = self.info.get("failover")
+        if fo is not None:
+            # requests refused while the cluster fails over are expected and reported; what must
+            # hold is that no push was lost or doubled and that every service came back
+            fo["requests_failed"] = failures
+            out["ok"] = (fo.get("killed") is True and not fo.get("not_ready") and not fo.get("error")
+                         and fo.get("lost") == 0 and fo.get("doubled") == 0 and not self.errors)
+        else:
+            out["ok"] = (failures == 0 and locust_rc == 0 and not self.errors)
         return out
+
+
+class _NoSingleRedis(Exception):
+    """The failover run's Redis is a cluster whose named node is dead: no INFO to read."""
 
 
 def _fmt(v, unit: str = "") -> str:
@@ -586,6 +624,14 @@ def print_summary(s: dict) -> None:
     for name, e in sorted(s["endpoints"].items(), key=lambda kv: -(kv[1]["count"] or 0)):
         print(f"  {name:<44} {_fmt(e['count']):>7} {_fmt(e['failures']):>5} {_fmt(e['rps']):>7} "
               f"{_fmt(e['p50_ms']):>6} {_fmt(e['p95_ms']):>6} {_fmt(e['p99_ms']):>6}")
+    fo = s.get("failover")
+    if fo:
+        print(f"  failover: master :{fo.get('victim_port')} killed {fo.get('at_s')} s into the load; replica "
+              f"promoted after {_fmt(fo.get('promoted_after_s'), ' s')}; ready again after the promotion: "
+              f"{fo.get('ready_after_promotion_s')}; not ready: {fo.get('not_ready') or 'none'}; "
+              f"seconds without service {_fmt(fo.get('seconds_without_service'))}")
+        print(f"  pushes: {fo.get('push_jobs')} push jobs, {fo.get('pushed')} at the provider, lost "
+              f"{fo.get('lost')}, doubled {fo.get('doubled')}; requests failed {fo.get('requests_failed')}")
     e = s["e2e"]
     k = s.get("counters") or {}
     print(f"  E2E fix→push: {e.get('count', 0)} pushes matched, p50 {_fmt(e.get('p50'))} ms, p95 "

@@ -1,8 +1,8 @@
 """Data: the interaction history as training sees it, and the weighted user × item matrix.
 
 `load_history` reads a Parquet log root (`read_interactions` + `read_merges`, merges applied)
-or a history file (UCI Online Retail or Vicino columns, through the importer's own parser, so
-training and import agree on every row). Everything after that works on `Events`: the same
+or a history file (UCI Online Retail or Vicino columns, through the kernel's `history_file` reader,
+the importer's own, so training and import agree on every row). Everything after that works on `Events`: the same
 rows as numpy columns with integer codes, cheap to slice by time.
 
 `interaction_matrix` turns events into LightFM's input: one weight per (customer, item), the
@@ -24,8 +24,8 @@ import pyarrow.csv as pcsv
 import scipy.sparse as sp
 
 from vicino.services.kernel.contracts.interactions import CHANNELS, TYPES
-from vicino.services.recommender.adapters.parquet_log import read_interactions, read_merges
-from vicino.services.recommender.use_cases.history_import import read_history
+from vicino.services.kernel.contracts.history_file import HistoryFileError, read_history
+from vicino.services.kernel.contracts.interaction_log import read_interactions, read_merges
 
 DAY_S = 86_400.0
 # Purchase-like types: what the evaluation counts as "bought" and the repeat signal sums over.
@@ -130,8 +130,6 @@ def load_history(data: str | Path) -> History:
         return History(table, s, "parquet-log", changed)
     if not p.exists():
         raise DataError(f"{s} does not exist")
-    from vicino.services.recommender.use_cases.history_import import HistoryFileError
-
     try:
         table, report = read_history(p, "auto", received_at=time.time())
     except HistoryFileError as e:

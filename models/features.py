@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from vicino.services.kernel.contracts.interactions import CHANNELS
-from vicino.services.launcher.build_demo_offers import category_of
+from vicino.services.kernel.contracts.item_categories import category_of
 
 from .data import DAY_S, PURCHASE_TYPES, Events
 

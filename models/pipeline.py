@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from vicino.services.kernel.contracts.model_artifact import Blend, ModelArtifact, current_version, publish as publish_version
-from vicino.services.recommender.use_cases.history_import import NON_PRODUCT_CODES, NON_PRODUCT_PREFIXES
+from vicino.services.kernel.contracts.history_file import NON_PRODUCT_CODES, NON_PRODUCT_PREFIXES
 
 from . import artifact, evaluation
 from .data import DEFAULT_CHANNEL_WEIGHTS, DEFAULT_TYPE_WEIGHTS, DataError, Events, events_of, load_history

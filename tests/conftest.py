@@ -13,8 +13,7 @@ from vicino.services.geo.app import create_app
 from vicino.services.geo.settings import GeoSettings
 from vicino.services.launcher.embedded_redis import EmbeddedRedis
 
-ADMIN_TOKEN = "test-admin-token-0123456789"
-TOKEN_SECRET = "test-token-secret-0123456789abcdef"
+from testbed.processes import ADMIN_TOKEN, TOKEN_SECRET  # noqa: F401  (shared with served processes)
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -89,7 +88,7 @@ def fix(lat: float, lon: float, ts: float | None = None, accuracy_m: float = 10)
 def geo_url(redis_server, tmp_path_factory):
     """`vicino serve geo` on the session's Redis, for the recommender to call (consent on merge,
     location data on erasure) and for tests to register devices through."""
-    from tests.integration._support import served_geo
+    from tests.support import served_geo
 
     with served_geo(redis_server.url, tmp_path_factory.mktemp("geo-logs")) as url:
         yield url

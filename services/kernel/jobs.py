@@ -1,6 +1,6 @@
 """What a scheduled job is, so that a service can offer jobs that the scheduler runs without
 either importing the other: a name, a default schedule, and an async callable that does the
-work and returns a short summary. The composition root (services/job_catalog.py) collects the
+work and returns a short summary. The composition root (services/cli/job_catalog.py) collects the
 jobs of every service and hands them to the scheduler and to `vicino jobs`.
 """
 from __future__ import annotations

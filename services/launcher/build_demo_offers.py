@@ -14,9 +14,8 @@ Rules, all deterministic (the same input gives the same file):
 - Title: the item's most frequent description, in title case. Price: its most frequent unit
   price (GBP; ties go to the higher, the retail rather than the bulk price). Promo price: 10-20 %
   lower, the percentage fixed per item by a hash of its stock code.
-- Category: the product noun of the description. `CATEGORY_RULES` is searched in order and the
-  first phrase found as whole words (a trailing plural S allowed) names the category, so specific
-  phrases ("HOT WATER BOTTLE") come before the generic ones ("BOTTLE"); no match gives "GIFT".
+- Category: the product noun of the description, `category_of` of the kernel's published
+  contract kernel/contracts/item_categories.py (training categorises items the same way).
 - Validity: relative days (`valid_from_days`, `valid_to_days`), turned into instants when the
   demo is loaded (vicino.services.launcher.demo_offers) so the catalogue is current whenever it runs;
   every 30th offer starts in the future.
@@ -36,65 +35,11 @@ from pathlib import Path
 
 import orjson
 
+from vicino.services.kernel.contracts.item_categories import category_of
+
 SOURCE = Path("/work/shared/datasets/online-retail/online_retail.csv.gz")
 OUT = Path(__file__).parent / "demo_data" / "offers_online_retail.json"
 PRODUCT_CODE = re.compile(r"^\d{5}[A-Za-z]{0,2}$")
-
-# (phrases, category): the first rule with a phrase in the description wins.
-CATEGORY_RULES: list[tuple[tuple[str, ...], str]] = [
-    (("T-LIGHT HOLDER", "T-LIGHT HLDR", "T-LIGHT", "TEA LIGHT", "CANDLEHOLDER", "CANDLE HOLDER"), "T-LIGHT HOLDER"),
-    (("HOT WATER BOTTLE", "HOTTIE"), "HOT WATER BOTTLE"),
-    (("CAKE CASES", "BAKING CASES", "MINI CASES"), "CAKE CASES"),
-    (("CAKESTAND", "CAKE STAND"), "CAKE STAND"),
-    (("LUNCH BOX", "SNACK BOXES"), "LUNCH BOX"),
-    (("BAG", "SHOPPER"), "BAG"),
-    (("HAND WARMER",), "HAND WARMER"),
-    (("SIGN",), "SIGN"),
-    (("DOORMAT",), "DOORMAT"),
-    (("CLOCK",), "CLOCK"),
-    (("NAPKINS", "TISSUES", "PAPER PLATES", "PAPER CUPS", "DOILIES"), "PARTYWARE"),
-    (("CARD GAME", "SNAP CARDS", "DOMINOES", "SKITTLES", "SPINNING TOPS", "SKIPPING ROPE", "HARMONICA", "BINGO",
-      "LADDERS", "CATCH CUP", "GAME"), "TOY"),
-    (("KNEELING PAD", "GARDEN", "WATERING CAN"), "GARDEN"),
-    (("WALLET", "PURSE", "UMBRELLA"), "ACCESSORY"),
-    (("TEACUP", "CUP AND SAUCER", "CUP"), "CUP"),
-    (("MUG",), "MUG"),
-    (("CANDLE",), "CANDLE"),
-    (("BUNTING",), "BUNTING"),
-    (("CRACKERS",), "CRACKERS"),
-    (("COOKIE CUTTER",), "COOKIE CUTTER"),
-    (("PLASTERS",), "PLASTERS"),
-    (("CHAIN KIT", "CRAFT", "FELTCRAFT", "SEWING KIT", "KNITTING", "COLOURING", "PAINT SET", "MODELLING",
-      "CRAYONS"), "CRAFT KIT"),
-    (("CARD", "GIFT TAGS"), "CARD"),
-    (("FRAME", "PHOTO SHELF"), "FRAME"),
-    (("CHALKBOARD", "BLACK BOARD", "MEMO BOARD", "SHOPPING LIST"), "BOARD"),
-    (("DRAWER KNOB",), "DRAWER KNOB"),
-    (("CABINET", "CHEST", "STORAGE", "BREAD BIN", "CONTAINER", "TIDY", "CRATE"), "STORAGE"),
-    (("TIN", "TINS", "JELLY MOULDS", "BAKING SET", "JAM MAKING", "SPOONS", "SCALES", "OVEN GLOVE", "APRON",
-      "CUTLERY", "TEA TOWELS", "BRUSH", "RECIPE BOX", "TEA SET", "TEAPOT", "EGG CUP", "JUG", "POPCORN", "COFFEE"),
-     "KITCHEN"),
-    (("BOWL", "PLATE"), "TABLEWARE"),
-    (("LIGHT", "LIGHTS", "LANTERN"), "LIGHTING"),
-    (("RIBBON", "RIBBON REEL"), "RIBBON"),
-    (("HEART OF WICKER", "WICKER", "DECORATION", "ORNAMENT", "HANGING", "TRELLIS", "BELLS", "PARASOL", "FAN",
-      "GARLAND", "WREATH", "WOODEN HEART", "WOODEN STAR"), "DECORATION"),
-    (("CUSHION",), "CUSHION"),
-    (("DOLL", "PLAYHOUSE", "NESTING BOXES", "BUILDING BLOCK", "GLIDERS", "TOY"), "TOY"),
-    (("BOX", "TRINKET", "POT", "JAR", "MONEY BANK"), "BOX"),
-    (("HOOK", "HANGER", "COAT RACK", "PEGS", "PEG", "LADDER"), "HOME"),
-    (("NOTEBOOKS", "STATIONERY", "PENCILS", "PEN"), "STATIONERY"),
-]
-_COMPILED = [(re.compile(r"\b(?:" + "|".join(re.escape(p) + "S?" for p in phrases) + r")\b"), category)
-             for phrases, category in CATEGORY_RULES]
-
-
-def category_of(description: str) -> str:
-    text = " ".join(description.upper().split())
-    for pattern, category in _COMPILED:
-        if pattern.search(text):
-            return category
-    return "GIFT"
 
 
 def title_of(description: str) -> str:

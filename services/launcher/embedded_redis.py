@@ -153,39 +153,96 @@ def redis_cli_binary() -> str:
 
 
 class EmbeddedRedisCluster:
-    """A real Redis Cluster on loopback: `masters` nodes with --cluster-enabled, joined with
-    `redis-cli --cluster create`. For tests and local scale-out trials, not for production."""
+    """A real Redis Cluster on loopback: `masters` nodes with --cluster-enabled and `replicas`
+    replicas of each, joined with `redis-cli --cluster create`. With replicas, each node keeps an
+    AOF (fsync every second, as production runs it) so that a killed master's replica can be
+    promoted. For tests and local scale-out and failover trials, not for production."""
 
-    def __init__(self, data_dir: Path, masters: int = 3) -> None:
+    def __init__(self, data_dir: Path, masters: int = 3, *, replicas: int = 0, node_timeout_ms: int = 5000) -> None:
         self.data_dir = data_dir
-        self.nodes = [EmbeddedRedis(data_dir / f"node{i}", free_port(below=55536), persist=False,
+        self.masters = masters
+        self.replicas = replicas
+        self.nodes = [EmbeddedRedis(data_dir / f"node{i}", free_port(below=55536), persist=replicas > 0,
                                     extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                                "--cluster-node-timeout", "5000"])
-                      for i in range(masters)]
+                                                "--cluster-node-timeout", str(node_timeout_ms)])
+                      for i in range(masters * (1 + replicas))]
 
     @property
     def url(self) -> str:
         return self.nodes[0].url
+
+    @property
+    def seeds_url(self) -> str:
+        """Every node as startup nodes (the comma-separated form `VICINO_REDIS_URL` accepts)."""
+        return self.nodes[0].url + "".join(f",127.0.0.1:{n.port}" for n in self.nodes[1:])
 
     def start(self, timeout_s: float = 30.0) -> "EmbeddedRedisCluster":
         try:
             for node in self.nodes:
                 node.start()
             addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
-            subprocess.run([redis_cli_binary(), "--cluster", "create", *addrs, "--cluster-replicas", "0",
-                            "--cluster-yes"], check=True, capture_output=True, timeout=timeout_s)
+            subprocess.run([redis_cli_binary(), "--cluster", "create", *addrs, "--cluster-replicas",
+                            str(self.replicas), "--cluster-yes"], check=True, capture_output=True, timeout=timeout_s)
             deadline = time.monotonic() + timeout_s
             for node in self.nodes:
                 client = redis.Redis(port=node.port)
-                while client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+                while not self._node_settled(client):
                     if time.monotonic() > deadline:
-                        raise RuntimeError("redis cluster did not reach cluster_state:ok")
+                        raise RuntimeError("redis cluster did not reach cluster_state:ok with every replica in sync")
                     time.sleep(0.1)
                 client.close()
         except Exception:
             self.stop()
             raise
         return self
+
+    def _node_settled(self, client: redis.Redis) -> bool:
+        if client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+            return False
+        info = client.info("replication")
+        if info.get("role") == "slave":
+            return info.get("master_link_status") == "up"
+        return info.get("connected_slaves", 0) >= self.replicas
+
+    def role_of(self, node: EmbeddedRedis) -> str:
+        """'master' or 'slave', as the node itself says."""
+        with redis.Redis(port=node.port, socket_timeout=2) as client:
+            return client.info("replication")["role"]
+
+    def live_masters(self) -> list[EmbeddedRedis]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None and self.role_of(n) == "master"]
+
+    def kill(self, node: EmbeddedRedis) -> None:
+        """SIGKILL, as a crashed machine: nothing is saved, nothing said to the cluster."""
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+
+    def wait_healthy(self, timeout_s: float = 30.0) -> float:
+        """Waits until every live node reports cluster_state:ok and maps every slot to a live
+        master (after a kill: until the dead master's replica is promoted); returns the seconds."""
+        start = time.monotonic()
+        deadline = start + timeout_s
+        live = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        live_ports = {n.port for n in live}
+        while True:
+            try:
+                if all(self._served_by(n, live_ports) for n in live):
+                    return time.monotonic() - start
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not recover within {timeout_s} s")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _served_by(node: EmbeddedRedis, live_ports: set[int]) -> bool:
+        with redis.Redis(port=node.port, socket_timeout=2) as client:
+            if client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+                return False
+            ranges = client.execute_command("CLUSTER SLOTS")
+            covered = sum(int(r[1]) - int(r[0]) + 1 for r in ranges)
+            return covered == 16384 and all(int(r[2][1]) in live_ports for r in ranges)
 
     def stop(self) -> None:
         for node in self.nodes:

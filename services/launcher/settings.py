@@ -11,7 +11,7 @@ class LauncherSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VICINO_", extra="ignore")
 
     host: str = Field("127.0.0.1", description="address the stack listens on")
-    port: int = Field(8000, ge=1, le=65535, description="port of the geo service; the recommender listens on the next one, the push gateway on the one after, the scheduler on the next")
+    port: int = Field(8000, ge=1, le=65535, description="port of the geo service; the recommender listens on the next one, the push gateway on the one after, the scheduler on the next, the recommender-worker's health edge on the one after")
     data_dir: Path = Field(Path("./var"), description="everything the stack writes (Redis data, logs, models)")
     redis_url: str | None = Field(None, description="unset: embedded Redis under data_dir; else standalone or Cluster URL")
     demo: bool = Field(True, description="load demo stores and a demo device at start (0 to start empty)")

@@ -17,8 +17,9 @@ from .demo import DEMO_DEVICE, load_demo, load_demo_recommender
 from .embedded_redis import EmbeddedRedis
 from .settings import LauncherSettings
 
-# One process per service: (name, port offset from VICINO_PORT, or None for a worker without HTTP).
-SERVICES = (("geo", 0), ("recommender", 1), ("recommender-worker", None), ("push", 2), ("scheduler", 3))
+# One process per service: (name, port offset from VICINO_PORT); the recommender-worker's port is
+# its health edge (/healthz, /readyz, /metrics).
+SERVICES = (("geo", 0), ("recommender", 1), ("recommender-worker", 4), ("push", 2), ("scheduler", 3))
 MAX_RESTARTS = 5
 
 
@@ -149,6 +150,7 @@ def banner(stack: Stack, info: dict) -> str:
         f"  scheduler    {stack.url_of('scheduler')}/docs   (GET /v1/jobs; `vicino jobs list`, `vicino jobs run NAME`)",
         f"  KPIs         {stack.url_of('recommender')}/v1/kpis   (admin token; notebooks/kpis.ipynb plots them)",
         f"  health       {base}/healthz   ready: {base}/readyz   metrics: {base}/metrics",
+        f"  worker       {stack.url_of('recommender-worker')}/readyz   (the recommender-worker's health and metrics)",
         f"  redis        {info['redis_url']}" + ("  (embedded, data in " + str(stack.data_dir / 'redis') + ")" if stack.redis else ""),
         f"  admin token  {info['admin_token']}",
         f"  logs         {stack.data_dir / 'logs'}",

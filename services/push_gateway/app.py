@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from vicino.services.kernel.clock import Clock, SystemClock
 from vicino.services.runtime.http_edge import install_edge, redis_check
 from vicino.services.runtime.redis_client import service_redis
+from vicino.services.runtime.stream_consumer import ConsumerCollector, consumer_check
 
 from .api import routes
 from .settings import PushSettings
@@ -46,6 +47,7 @@ def create_app(settings: PushSettings | None = None, *, redis=None, clock: Clock
             if run_worker:
                 name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
                 consumer = app.state.consumer = build_consumer(settings, r, name, container.delivery)
+                registry.register(ConsumerCollector([consumer]))
                 tasks.append(asyncio.create_task(consumer.run_forever(stop), name="push-consumer"))
             log.info("push gateway ready", extra={"fields": {"routes": container.routes, "worker": run_worker}})
             try:
@@ -67,8 +69,17 @@ def create_app(settings: PushSettings | None = None, *, redis=None, clock: Clock
 
     async def ready() -> dict[str, str]:
         container = getattr(app.state, "container", None)
-        return {"redis": await redis_check(container and container.redis)}
+        checks = {"redis": await redis_check(container and container.redis)}
+        consumer = getattr(app.state, "consumer", None)
+        if consumer is not None:  # a consumer that cannot make progress makes the process unready
+            checks["consumer"] = consumer_check([consumer])
+        return checks
 
     app.include_router(routes.router)
-    install_edge(app, service="push", registry=registry, ready=ready, max_body_bytes=settings.max_body_bytes)
+    def alive() -> str:
+        consumer = getattr(app.state, "consumer", None)
+        return "ok" if consumer is None else consumer_check([consumer])
+
+    install_edge(app, service="push", registry=registry, ready=ready, max_body_bytes=settings.max_body_bytes,
+                 alive=alive)
     return app

@@ -12,6 +12,7 @@ from vicino.services.kernel.auth import TokenSigner
 from vicino.services.kernel.clock import Clock
 from vicino.services.kernel.contracts.push_jobs import push_jobs_stream_key
 from vicino.services.kernel.contracts.streams import PUSH_GATEWAY_GROUP, dead_letter_of
+from vicino.services.runtime.redis_client import ReplicaWait
 from vicino.services.runtime.stream_consumer import StreamConsumer
 
 from .adapters.delivery_repository import DeliveryRepository
@@ -163,7 +164,8 @@ def build(settings: PushSettings, redis, clock: Clock, registry: CollectorRegist
           geo_http: httpx.AsyncClient, recommender_http: httpx.AsyncClient, *, hot_path=None,
           draw=None) -> PushContainer:
     repo = DeliveryRepository(redis, settings.customer_shards, settings.event_shards, settings.delivery_retention_s,
-                              hot_path=hot_path)
+                              hot_path=hot_path, replica_wait=ReplicaWait(redis, settings.redis_url, settings.redis_wait_replicas,
+                                                                          settings.redis_wait_ms, log))
     providers = build_providers(settings, clients)
     routes = routing_table(frozenset(providers))
     policy = RetryPolicy(max_attempts=settings.max_attempts, base_s=settings.retry_base_s, max_s=settings.retry_max_s)

@@ -1,4 +1,4 @@
-"""The recommender's periodic jobs, offered to the scheduler (services/job_catalog.py hands them
+"""The recommender's periodic jobs, offered to the scheduler (services/cli/job_catalog.py hands them
 over; the scheduler never imports this service): retraining through the model gate, the export
 of the interaction streams to the Parquet log, erasures applied to the written log, and the KPI
 roll-ups. `vicino jobs run NAME` runs the same functions in the foreground."""

@@ -1,13 +1,16 @@
 """The recommender's composition root: the one place that builds adapters and use cases."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import httpx
 from prometheus_client import CollectorRegistry
 
 from vicino.services.kernel.auth import TokenSigner
-from vicino.services.kernel.clock import Clock
+from vicino.services.kernel.clock import Clock, SystemClock
+from vicino.services.runtime.redis_client import ReplicaWait
+from vicino.services.runtime.stream_consumer import StreamConsumer
 
 from .adapters.customer_repository import CustomerRepository
 from .adapters.decision_repository import DecisionRepository
@@ -15,13 +18,18 @@ from .adapters.geo_client import GeoClient
 from .adapters.kpi_sources import KpiSources
 from .adapters.model_store import ModelHolder
 from .adapters.published_state import PublishedCustomerState
+from .domain.decision_policy import DecisionRules, QuietHours
 from .settings import RecommenderSettings
 from .use_cases.erasure import Erasure
-from .use_cases.identity import IdentityService
+from .use_cases.decide import RanksOffers, VisitDecisions
+from .use_cases.identity import CanonicalIds, IdentityService
 from .use_cases.ingest import InteractionIngest
 from .use_cases.kpis import Kpis
 from .use_cases.profile import ProfileReader
 from .use_cases.ranking import OfferRanker
+from .workers.decisions import DecisionWorker, decision_consumer
+from .workers.exporter import Exporter
+from .workers.visits import VisitRecorder, visit_consumer
 
 # --- catalogue (offers, stock, rules) ---
 from .adapters.catalog_repository import CatalogRepository
@@ -63,7 +71,7 @@ def build(settings: RecommenderSettings, redis, clock: Clock, registry: Collecto
         profiles=ProfileReader(customers, published, identity),
         erasure=Erasure(customers, published, identity, geo, clock, settings.event_shards, decisions),
         catalog=catalog, models=models,
-        ranker=OfferRanker(catalog, customers, published, identity, models, clock),
+        ranker=OfferRanker(catalog, customers, models, clock),
         kpis=build_kpis(settings, redis, clock),
     )
 
@@ -75,39 +83,52 @@ def build_kpis(settings: RecommenderSettings, redis, clock: Clock) -> Kpis:
                 push_ttl_s=settings.push_ttl_s, retention_days=settings.kpi_retention_days)
 
 
-def build_visit_consumer(settings: RecommenderSettings, redis, consumer: str):
+def build_visit_consumer(settings: RecommenderSettings, redis, consumer: str) -> StreamConsumer:
     """The worker that keeps customers' recent visits from the geo service's events."""
-    from .workers.visits import VisitRecorder, visit_consumer
-
     customers = CustomerRepository(redis, settings)
-    # merges are not run by this worker: canonical() only reads the pointers
-    identity = IdentityService(customers, PublishedCustomerState(redis, settings.event_shards), None, None)
-    return visit_consumer(redis, VisitRecorder(customers, identity), settings.event_shards, consumer)
+    return visit_consumer(redis, VisitRecorder(customers, CanonicalIds(customers)), settings.event_shards, consumer)
 
 
 def _decision_repository(settings: RecommenderSettings, redis) -> DecisionRepository:
-    return DecisionRepository(redis, settings.customer_shards, settings.decision_ttl_s, settings.store_cooldown_s)
+    wait = ReplicaWait(redis, settings.redis_url, settings.redis_wait_replicas, settings.redis_wait_ms, logging.getLogger("vicino.recommender"))
+    return DecisionRepository(redis, settings.customer_shards, settings.decision_ttl_s, settings.store_cooldown_s, wait)
 
 
 def build_ranker(settings: RecommenderSettings, redis, clock: Clock) -> OfferRanker:
     """The ranking as a worker uses it: its own catalogue copy and model holder (whose
-    `follow` the caller runs), reading merge pointers but never merging."""
-    customers = CustomerRepository(redis, settings)
-    published = PublishedCustomerState(redis, settings.event_shards)
-    identity = IdentityService(customers, published, None, None)
-    return OfferRanker(Catalog(CatalogRepository(redis), clock), customers, published, identity,
+    `follow` the caller runs); its callers hand it the canonical customer and its consent."""
+    return OfferRanker(Catalog(CatalogRepository(redis), clock), CustomerRepository(redis, settings),
                        ModelHolder(settings.model_dir), clock)
+
+
+def decision_rules(settings: RecommenderSettings) -> DecisionRules:
+    return DecisionRules(cap_per_day=settings.cap_per_day, store_cooldown_s=settings.store_cooldown_s,
+                         quiet_hours=QuietHours.parse(settings.quiet_hours),
+                         holdout_percent=settings.holdout_percent,
+                         # an event older than a push's lifetime could only produce an expired push
+                         max_event_age_s=settings.push_ttl_s)
+
+
+def build_visit_decisions(settings: RecommenderSettings, redis, ranker: RanksOffers,
+                          clock: Clock | None = None) -> VisitDecisions:
+    """Decisions on visits; the worker only reads merge pointers, it never merges."""
+    customers = CustomerRepository(redis, settings)
+    return VisitDecisions(_decision_repository(settings, redis), PublishedCustomerState(redis, settings.event_shards),
+                          CanonicalIds(customers), ranker, clock or SystemClock(), decision_rules(settings),
+                          frozenset(settings.decide_on.split(",")), settings.push_ttl_s)
+
+
+def build_decision_consumer(settings: RecommenderSettings, redis, consumer: str, ranker: RanksOffers, *,
+                            clock: Clock | None = None) -> StreamConsumer:
+    """The decision worker's consumer over every geo event stream."""
+    return decision_consumer(redis, DecisionWorker(build_visit_decisions(settings, redis, ranker, clock)),
+                             settings.event_shards, consumer)
 
 
 def build_worker_loops(settings: RecommenderSettings, redis, consumer: str, clock: Clock | None = None) -> dict:
     """name -> `run_forever(stop)` of each background loop of the worker process: visits from the
     geo events, decisions on visits (ranking with the published model, followed like the API
     does), and the Parquet exporter."""
-    from vicino.services.kernel.clock import SystemClock
-
-    from .workers.decisions import build_decision_consumer
-    from .workers.exporter import Exporter
-
     clock = clock or SystemClock()
     ranker = build_ranker(settings, redis, clock)
     return {"visits": build_visit_consumer(settings, redis, consumer).run_forever,

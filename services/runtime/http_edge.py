@@ -29,14 +29,21 @@ async def redis_check(redis) -> str:
 
 
 def install_edge(app: FastAPI, *, service: str, registry: CollectorRegistry, ready: ReadyCheck,
-                 max_body_bytes: int, body_limits: dict[tuple[str, str], int] | None = None) -> None:
+                 max_body_bytes: int, body_limits: dict[tuple[str, str], int] | None = None,
+                 alive: Callable[[], str] | None = None) -> None:
+    """`alive`: for a process with background consumers, "ok" or why it cannot make progress;
+    anything but "ok" makes /healthz a 503, so that a liveness probe restarts the process."""
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware, default_limit=max_body_bytes, limits=body_limits)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry, service))
 
-    @app.get("/healthz", tags=["health"], summary="process is alive")
-    async def healthz() -> dict:
-        return {"status": "ok", "service": service}
+    @app.get("/healthz", tags=["health"], summary="process is alive (and its consumers make progress)",
+             responses={503: {"description": "a background consumer has failed too many rounds in a row"}})
+    async def healthz() -> Response:
+        verdict = alive() if alive is not None else "ok"
+        if verdict != "ok":
+            return problem_response(503, "Not making progress", verdict, instance="/healthz")
+        return Response(orjson.dumps({"status": "ok", "service": service}), media_type="application/json")
 
     @app.get("/readyz", tags=["health"], summary="dependencies reachable and data loaded",
              responses={503: {"description": "not ready; the body says which check failed"}})

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
 from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -67,3 +68,28 @@ def install_problem_handlers(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(500, "Internal error", "an unexpected error occurred; it has been logged",
                                 instance=request.url.path)
+
+
+# --- how OpenAPI documents these answers (each router's `responses=`) ---
+
+class ProblemOut(BaseModel):
+    """RFC 9457 problem details: the body of every error answer (`application/problem+json`)."""
+    type: str = Field("about:blank", description="always about:blank")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(None, description="the request path")
+    errors: list[dict] | None = Field(None, description="one item per invalid field, when there are several")
+
+
+PROBLEM_SCHEMA = ProblemOut.model_json_schema()
+
+
+def problem(description: str) -> dict:
+    """An OpenAPI `responses=` entry for an error answered as problem+json."""
+    return {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA}}}
+
+
+# the errors of any route with a JSON body
+BODY_PROBLEMS = {400: problem("body is not valid JSON"), 413: problem("body too large"),
+                 415: problem("body is not application/json")}

@@ -11,7 +11,13 @@ _WEAK = {"changeme", "admin", "secret", "password", "token", "test"}
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VICINO_", extra="ignore")
 
-    redis_url: str = Field(..., description="redis:// URL of a standalone Redis or any node of a Redis Cluster")
+    redis_url: str = Field(..., description="redis:// URL of a standalone Redis, or of one or more nodes of a Redis "
+                           "Cluster, comma-separated (redis://h1:7000,h2:7001): each is a startup node")
+    redis_wait_replicas: int = Field(0, ge=0, le=5, description="after the writes a failover must not lose (a "
+                                     "decision with its push job, a push's `sending` mark), WAIT for this many "
+                                     "replicas to have them; 0: do not wait (no replicas, or loss accepted)")
+    redis_wait_ms: int = Field(100, ge=1, le=10_000, description="the longest such a WAIT blocks; a write not "
+                               "replicated by then stays on its master and is logged")
     admin_token: str = Field(..., description="bearer token of the operator (admin endpoints)")
     token_secret: str = Field(..., description="key that signs device tokens; same on every replica")
     redis_wait_s: float = Field(30.0, ge=0, description="at start, how long to wait for Redis to answer before giving up")

@@ -10,6 +10,11 @@ has passed (a push waiting for its retry time). Streams are read one at a time: 
 Cluster they live in different slots. With `concurrency` > 1, `run_forever` keeps up to that many
 handlers running at once (their entries must not depend on each other's order), reads more as
 they finish and acknowledges in batches: one slow entry holds one slot, never the others.
+
+A round that fails (Redis away, a Cluster failover under way) is counted and followed by a
+growing pause (to `MAX_ROUND_BACKOFF_S`); after `max_failed_rounds` failures in a row the
+consumer reports itself unhealthy (`healthy` is False) until a round succeeds, so that the
+process's readiness says it cannot make progress and an orchestrator restarts it.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from redis.exceptions import ResponseError
 log = logging.getLogger("vicino.stream_consumer")
 
 PENDING_SCAN_S = 0.5  # with concurrency: how often own pending and reclaimable entries are looked for
+MAX_ROUND_BACKOFF_S = 1.0  # the longest pause after a failed round: a recovered Redis is used within a second
 
 Handler = Callable[[str, str, dict], Awaitable[None]]  # (stream, entry id, fields)
 
@@ -60,7 +66,7 @@ class StreamConsumer:
     def __init__(self, redis, streams: list[str], group: str, consumer: str, handler: Handler, *,
                  dead_letter: Callable[[str], str], batch: int = 200, claim_idle_ms: int = 30_000,
                  max_attempts: int = 5, idle_sleep_s: float = 0.05, retry_base_s: float = 0.5,
-                 concurrency: int = 1) -> None:
+                 concurrency: int = 1, max_failed_rounds: int = 20) -> None:
         self._r = redis
         self.streams = streams
         self.group = group
@@ -79,6 +85,29 @@ class StreamConsumer:
         self._ready = False
         self.handled = 0
         self.dead = 0
+        self.max_failed_rounds = max_failed_rounds
+        self.failed_rounds = 0             # since start (the metric)
+        self.failed_rounds_in_a_row = 0    # since the last round that succeeded (the health)
+        self.last_error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.failed_rounds_in_a_row < self.max_failed_rounds
+
+    def _round_failed(self, e: Exception) -> float:
+        """Counts a failed round; returns the pause before the next."""
+        self.failed_rounds += 1
+        self.failed_rounds_in_a_row += 1
+        self.last_error = repr(e)[:300]
+        log.warning("stream consumer round failed", extra={"fields": {
+            "group": self.group, "in_a_row": self.failed_rounds_in_a_row, "error": self.last_error}})
+        return min(0.05 * 2 ** min(self.failed_rounds_in_a_row, 8), MAX_ROUND_BACKOFF_S)
+
+    def _round_succeeded(self) -> None:
+        if self.failed_rounds_in_a_row:
+            log.info("stream consumer recovered", extra={"fields": {
+                "group": self.group, "after_failed_rounds": self.failed_rounds_in_a_row}})
+        self.failed_rounds_in_a_row = 0
 
     async def ensure_groups(self) -> None:
         for stream in self.streams:
@@ -117,14 +146,16 @@ class StreamConsumer:
             await self._run_pool(stop)
             return
         while not stop.is_set():
+            pause = self.idle_sleep_s
             try:
                 n = await self.run_once()
-            except Exception:  # Redis restarting, a failover: keep the worker alive
-                log.exception("stream consumer round failed", extra={"fields": {"group": self.group}})
+                self._round_succeeded()
+            except Exception as e:  # Redis restarting, a failover: keep the worker alive
+                pause = self._round_failed(e)
                 n = 0
             if n == 0:
                 try:
-                    await asyncio.wait_for(stop.wait(), self.idle_sleep_s)
+                    await asyncio.wait_for(stop.wait(), pause)
                 except asyncio.TimeoutError:
                     pass
 
@@ -144,6 +175,7 @@ class StreamConsumer:
         next_scan = 0.0
         while not stop.is_set():
             started = 0
+            pause = self.idle_sleep_s
             try:
                 if not self._ready:
                     await self.ensure_groups()
@@ -165,11 +197,12 @@ class StreamConsumer:
                                 continue  # running, or waiting for its time
                             inflight[key] = asyncio.create_task(one(stream, key[1], fields))
                             started += 1
-            except Exception:  # Redis restarting, a failover: keep the worker alive
-                log.exception("stream consumer round failed", extra={"fields": {"group": self.group}})
+                self._round_succeeded()
+            except Exception as e:  # Redis restarting, a failover: keep the worker alive
+                pause = self._round_failed(e)
             stopper = asyncio.ensure_future(stop.wait())
             if started == 0:  # nothing to read: a moment, or until a handler finishes
-                await asyncio.wait(list(inflight.values()) + [stopper], timeout=self.idle_sleep_s,
+                await asyncio.wait(list(inflight.values()) + [stopper], timeout=pause,
                                    return_when=asyncio.FIRST_COMPLETED)
             while len(inflight) > self.concurrency // 2 and not stop.is_set():
                 # read again when half the slots are free, not on every completion
@@ -250,3 +283,31 @@ class StreamConsumer:
         await self._r.xadd(self.dead_letter(stream), {**{_s(k): v for k, v in fields.items()},
                                                       "dead_reason": reason[:500], "dead_from": entry_id,
                                                       "dead_group": self.group}, maxlen=100_000, approximate=True)
+
+
+class ConsumerCollector:
+    """Prometheus collector of a process's consumers: failed rounds (a counter) and health."""
+
+    def __init__(self, consumers: list[StreamConsumer]) -> None:
+        self.consumers = consumers
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        failed = CounterMetricFamily("vicino_consumer_failed_rounds", "consumer rounds that failed (Redis away, a "
+                                     "failover)", labels=["group"])
+        healthy = GaugeMetricFamily("vicino_consumer_healthy", "1 while fewer than max_failed_rounds rounds in a row "
+                                    "failed", labels=["group"])
+        for c in self.consumers:
+            failed.add_metric([c.group], c.failed_rounds)
+            healthy.add_metric([c.group], 1.0 if c.healthy else 0.0)
+        yield failed
+        yield healthy
+
+
+def consumer_check(consumers: list[StreamConsumer]) -> str:
+    """A readiness check: "ok", or what is failing."""
+    bad = [c for c in consumers if not c.healthy]
+    if not bad:
+        return "ok"
+    return "; ".join(f"{c.group}: {c.failed_rounds_in_a_row} rounds failed in a row ({c.last_error})" for c in bad)

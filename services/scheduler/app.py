@@ -53,7 +53,7 @@ def start_scheduler(c: SchedulerContainer) -> AsyncIOScheduler:
 
 def create_app(settings: SchedulerSettings, jobs: list[JobDefinition], *, redis=None, run_schedule: bool = True,
                host: str | None = None) -> FastAPI:
-    """`jobs`: every job this scheduler runs (services/job_catalog.py collects them).
+    """`jobs`: every job this scheduler runs (services/cli/job_catalog.py collects them).
     `run_schedule=False` serves the API without firing anything (tests)."""
     registry = CollectorRegistry()
 

@@ -13,7 +13,7 @@ from vicino.services.geo.adapters.redis_keys import STORES_FEATURES, DeviceKeys
 from vicino.services.kernel.auth import DeviceClaims, TokenSigner
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET, circle_store, fix, register
 
-from ._support import assert_problem, redis_dump
+from tests.support import assert_problem, redis_dump
 
 LOC = "/v1/locations"
 JSON = {"content-type": "application/json"}

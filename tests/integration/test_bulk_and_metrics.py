@@ -15,7 +15,7 @@ from vicino.services.launcher.embedded_redis import EmbeddedRedis
 from vicino.services.launcher.store_files import read_features
 from tests.conftest import circle_store, fix, make_settings, register
 
-from ._support import assert_problem
+from tests.support import assert_problem
 
 N_STORES = 20_000
 HOURS = ["Mo-Sa 07:00-21:00; Su 08:00-13:00", "Mo-Fr 08:30-19:30; Sa 09:00-13:00", "24/7", None]

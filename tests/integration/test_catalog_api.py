@@ -19,7 +19,7 @@ from vicino.services.recommender.app import create_app as create_recommender
 from vicino.services.recommender.use_cases.catalog import MAX_BULK_OFFERS
 from tests.conftest import circle_store
 
-from ._support import assert_problem, redis_dump
+from tests.support import assert_problem, redis_dump
 
 ROME = ZoneInfo("Europe/Rome")
 DAY = 86_400.0
@@ -413,7 +413,7 @@ def served_recommender(rec_settings):
 
     import uvicorn
 
-    from ._support import free_port, wait_until
+    from tests.support import free_port, wait_until
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_recommender(rec_settings), host="127.0.0.1", port=port,
@@ -430,10 +430,10 @@ def run_cli(*args: str):
     import typer
     from typer.testing import CliRunner
 
-    from vicino.services.cli_offers import offers_app
+    from vicino.services.cli.offers import offers_app
 
     app = typer.Typer()
-    app.add_typer(offers_app, name="offers")  # as services/cli.py registers it
+    app.add_typer(offers_app, name="offers")  # as services/cli/__init__.py registers it
     return CliRunner().invoke(app, ["offers", *args])
 
 

@@ -15,7 +15,7 @@ from vicino.services.geo.adapters.redis_keys import DeviceKeys
 from vicino.services.geo.app import create_app
 from tests.conftest import ADMIN_TOKEN, circle_store, fix, make_settings, register
 
-from ._support import served_geo, stream_events, wait_until
+from tests.support import served_geo, stream_events, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LAT, LON = 45.4642, 9.19

@@ -10,7 +10,7 @@ import pytest
 
 from vicino.services.kernel.contracts.interactions import interactions_stream_key, parse_stream_entry
 from tests.conftest import ADMIN_TOKEN
-from tests.integration._support import assert_problem, fix_until_enter, redis_dump
+from tests.support import assert_problem, fix_until_enter, redis_dump
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -11,11 +11,11 @@ from fastapi.testclient import TestClient
 
 from vicino.services.launcher.embedded_redis import EmbeddedRedisCluster
 from vicino.services.recommender.app import create_app
-from vicino.services.recommender.workers.decisions import build_decision_consumer
+from vicino.services.recommender.wiring import build_decision_consumer
 from vicino.services.kernel.clock import SystemClock
 from vicino.services.recommender.wiring import build_ranker, build_visit_consumer
 from tests.conftest import ADMIN_TOKEN, make_rec_settings
-from tests.integration._support import fix_until_enter, served_geo
+from tests.support import fix_until_enter, served_geo
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -31,7 +31,7 @@ def test_the_data_layer_runs_on_redis_cluster(cluster, tmp_path):
     from redis.cluster import RedisCluster
 
     from vicino.services.runtime.redis_client import open_async
-    from vicino.services.recommender.adapters.parquet_log import read_interactions
+    from vicino.services.kernel.contracts.interaction_log import read_interactions
     from vicino.services.recommender.workers.exporter import Exporter
 
     with served_geo(cluster.url, tmp_path) as geo_url:

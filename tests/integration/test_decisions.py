@@ -25,7 +25,8 @@ from vicino.services.kernel.contracts.push_jobs import PushJobV1, ended_visits_k
 from vicino.services.runtime.redis_client import open_async
 from vicino.services.recommender.adapters.decision_repository import DecisionKeys
 from vicino.services.recommender.domain.decision_policy import in_holdout
-from vicino.services.recommender.workers.decisions import GROUP, build_decision_consumer
+from vicino.services.recommender.workers.decisions import GROUP
+from vicino.services.recommender.wiring import build_decision_consumer
 from tests.conftest import ADMIN_TOKEN
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -70,7 +71,8 @@ class ListRanker:
     delay_s: float = 0.0
     calls: list[dict] = field(default_factory=list)
 
-    async def rank(self, customer_id: str, *, store_id: str | None, channel: str, k: int, now: float) -> Ranking:
+    async def rank(self, customer_id: str, *, personalisation: bool, store_id: str | None, channel: str, k: int,
+                   now: float) -> Ranking:
         self.calls.append({"customer_id": customer_id, "store_id": store_id, "channel": channel, "k": k, "now": now})
         if self.delay_s:
             await asyncio.sleep(self.delay_s)  # widens the window in which racing consumers overlap
@@ -453,7 +455,7 @@ def test_what_merges_and_erasure_need_to_call(dset, geo_http, redis_sync):
     delete a customer's keys, and the existing stream scan finds their decisions and push jobs."""
     from vicino.services.recommender.adapters.customer_repository import CustomerRepository
     from vicino.services.recommender.adapters.decision_repository import DecisionRepository
-    from tests.integration._support import redis_dump
+    from tests.support import redis_dump
 
     register(geo_http, "ph-e", "cu-e")
     clock = FixedClock(at(12))

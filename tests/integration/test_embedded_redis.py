@@ -43,7 +43,7 @@ def test_a_service_waits_for_a_redis_that_starts_after_it(tmp_path):
 
     from vicino.services.launcher.embedded_redis import EmbeddedRedis, free_port
     from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
-    from tests.integration._support import wait_until
+    from tests.support import wait_until
 
     redis_port, port = free_port(), free_port()
     env = {**os.environ, "VICINO_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "VICINO_ADMIN_TOKEN": ADMIN_TOKEN,

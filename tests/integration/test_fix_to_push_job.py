@@ -14,9 +14,9 @@ from vicino.services.kernel.contracts.stores import STORES_FEATURES
 from vicino.services.runtime.redis_client import open_async
 from vicino.services.kernel.clock import SystemClock
 from vicino.services.recommender.wiring import build_ranker, build_worker_loops
-from vicino.services.recommender.workers.decisions import build_decision_consumer
+from vicino.services.recommender.wiring import build_decision_consumer
 from tests.conftest import ADMIN_TOKEN
-from tests.integration._support import fix_until_enter
+from tests.support import fix_until_enter
 from tests.integration.test_offers_api import make_version, offer
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

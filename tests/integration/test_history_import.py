@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from vicino.services.kernel.clock import FixedClock
 from vicino.services.recommender.adapters.customer_repository import CustomerRepository
-from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog, read_interactions
+from vicino.services.kernel.contracts.history_file import NON_PRODUCT_CODES, HistoryFileError, read_history
+from vicino.services.kernel.contracts.interaction_log import INTERACTIONS, read_interactions
+from vicino.services.recommender.adapters.parquet_log import ParquetLog
 from vicino.services.recommender.adapters.redis_keys import ERASURES, erasure_digest
-from vicino.services.recommender.use_cases.history_import import (NON_PRODUCT_CODES, HistoryFileError, HistoryImport,
-                                                           read_history)
+from vicino.services.recommender.use_cases.history_import import HistoryImport
 from tests.conftest import FIXTURES, make_rec_settings
 
 SLICE = FIXTURES / "online_retail_slice.csv"
@@ -245,7 +246,7 @@ def test_unusable_files_are_refused(tmp_path):
 
 
 def test_cli_import(redis_url, tmp_path, monkeypatch):
-    from vicino.services.cli_history import history_app
+    from vicino.services.cli.history import history_app
     from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 
     dry = CliRunner().invoke(history_app, ["import", str(MALFORMED), "--dry-run"])

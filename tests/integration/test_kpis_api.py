@@ -15,12 +15,13 @@ from vicino.services.kernel.contracts.deliveries import DeliveryReceiptV1, recei
 from vicino.services.kernel.contracts.interactions import InteractionV1, customer_shard
 from vicino.services.kernel.jobs import JobContext
 from vicino.services.runtime.redis_client import open_async
-from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog, interactions_table
+from vicino.services.kernel.contracts.interaction_log import INTERACTIONS
+from vicino.services.recommender.adapters.parquet_log import ParquetLog, interactions_table
 from vicino.services.recommender.app import create_app
 from vicino.services.recommender.domain.kpis import newcombe_interval
 from vicino.services.recommender.jobs import kpi_rollup
 from tests.conftest import ADMIN_TOKEN
-from tests.integration._support import assert_problem
+from tests.support import assert_problem
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 H = 3600.0

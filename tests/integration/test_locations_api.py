@@ -12,7 +12,7 @@ from vicino.services.kernel.contracts.geofence_events import (SCHEMA, SCHEMA_VER
                                                        events_stream_key)
 from tests.conftest import circle_store, fix, register
 
-from ._support import assert_problem, redis_dump, stream_events
+from tests.support import assert_problem, redis_dump, stream_events
 
 LOC = "/v1/locations"
 # A store at Milano Duomo, and fixes with distinctive digits, so that any copy of a fix's

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from vicino.services.kernel.contracts.model_artifact import Blend, Manifest, publish, write_version
 from vicino.services.recommender.app import create_app
 from tests.conftest import ADMIN_TOKEN
-from tests.integration._support import assert_problem, wait_until
+from tests.support import assert_problem, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 NOW = time.time()

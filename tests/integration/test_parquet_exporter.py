@@ -22,11 +22,12 @@ from typer.testing import CliRunner
 from vicino.services.kernel.contracts.interactions import (CustomerMergedV1, InteractionV1, customer_shard,
                                                     interactions_stream_key)
 from vicino.services.runtime.redis_client import open_async
-from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog, read_interactions, read_merges
+from vicino.services.kernel.contracts.interaction_log import INTERACTIONS, read_interactions, read_merges
+from vicino.services.recommender.adapters.parquet_log import ParquetLog
 from vicino.services.recommender.adapters.redis_keys import ERASURES, erasure_digest
 from vicino.services.recommender.workers.exporter import GROUP, Exporter, ShardKeys
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET, make_rec_settings
-from tests.integration._support import ROOT
+from tests.support import ROOT
 
 SHARDS = 4
 T0 = 1_780_000_000.0  # 2026-05-28 UTC: every test interaction falls on this one day
@@ -371,7 +372,7 @@ def test_fsspec_memory_root(redis_sync, redis_url):
 
 
 def test_cli_export_and_apply_erasures(redis_sync, redis_url, tmp_path, monkeypatch):
-    from vicino.services.cli_history import history_app
+    from vicino.services.cli.history import history_app
 
     root = str(tmp_path / "history")
     expected = add_many(redis_sync, 50)

@@ -13,7 +13,7 @@ from vicino.services.launcher.embedded_redis import EmbeddedRedisCluster
 from vicino.services.recommender.app import create_app as create_recommender
 from tests.conftest import make_rec_settings
 from tests.integration._push_support import enqueue, make_job, webhook_sink
-from tests.integration._support import redis_dump, served_geo, wait_until
+from tests.support import redis_dump, served_geo, wait_until
 from tests.integration.test_push_gateway import ADMIN, SECRET, gateway, push_settings, receipts, register, settled
 
 

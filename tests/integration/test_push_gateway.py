@@ -20,7 +20,7 @@ from vicino.services.push_gateway.settings import PushSettings
 from vicino.services.push_gateway.wiring import ProviderClients
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 from tests.integration._push_support import enqueue, make_job, webhook_sink
-from tests.integration._support import assert_problem, wait_until
+from tests.support import assert_problem, wait_until
 
 SECRET = "webhook-secret-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -247,7 +247,7 @@ def test_receipts_api_refuses_bad_input_and_strangers(redis_url, redis_sync, geo
 
 
 def test_an_open_becomes_an_offer_open_interaction_once(redis_url, redis_sync, geo_http, geo_url, tmp_path):
-    from tests.integration._support import served_service
+    from tests.support import served_service
 
     token = register(geo_http, "o-dev", "o-cust")
     me = {"Authorization": f"Bearer {token}"}
@@ -282,7 +282,7 @@ def test_an_open_becomes_an_offer_open_interaction_once(redis_url, redis_sync, g
 
 
 def test_erasure_removes_the_deliveries_receipts_and_dead_jobs(redis_url, redis_sync, geo_http, geo_url, rec_client):
-    from tests.integration._support import redis_dump
+    from tests.support import redis_dump
 
     register(geo_http, "zp-dev", "zp-cust")
     register(geo_http, "keep-dev", "keep-cust")

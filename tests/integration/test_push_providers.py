@@ -1,6 +1,6 @@
 """The push gateway against protocol-faithful local providers that these tests start: an
 HTTP/1.1 server that behaves like FCM HTTP v1 and Google's token endpoint, an HTTP/2 + TLS server
-that behaves like APNs (tests/push_servers). Token pruning, error mapping, retries, token
+that behaves like APNs (testbed/push_servers). Token pruning, error mapping, retries, token
 refresh, multiplexing, start-up checks, and a worker SIGKILLed mid-send."""
 from __future__ import annotations
 
@@ -24,15 +24,15 @@ from vicino.services.push_gateway.app import create_app
 from vicino.services.push_gateway.wiring import ProviderClients
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 from tests.integration._push_support import enqueue, make_job
-from tests.integration._support import ROOT, free_port, wait_until
+from tests.support import ROOT, free_port, wait_until
 from tests.integration.test_push_gateway import (ADMIN, dead, delivery_of, push_settings, register, settled)
-from tests.push_servers import apns_like, fcm_like, make_service_account
+from testbed.push_servers import apns_like, fcm_like, make_service_account
 
 TOPIC = "com.vicino.app"
 
 
 # the stand-ins, per module
-from tests.push_servers.fixtures import apns, apns_server, fcm, fcm_server, material  # noqa: E402,F401
+from tests.push_provider_fixtures import apns, apns_server, fcm, fcm_server, material  # noqa: E402,F401
 
 
 @contextlib.contextmanager
@@ -285,7 +285,7 @@ def test_a_fix_at_a_store_ends_as_one_notification_at_apns(rec_settings, tmp_pat
     from vicino.services.runtime.redis_client import open_async
     from vicino.services.recommender.app import create_app as create_recommender
     from vicino.services.recommender.wiring import build_worker_loops
-    from tests.integration._support import fix_until_enter
+    from tests.support import fix_until_enter
     from tests.integration.test_offers_api import make_version, offer
 
     root = tmp_path / "models"

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from vicino.services.launcher.embedded_redis import EmbeddedRedis
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
-from tests.integration._support import assert_problem
+from tests.support import assert_problem
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -20,7 +20,7 @@ from vicino.services.scheduler.domain.runs import JobRun
 from vicino.services.scheduler.settings import SchedulerSettings
 from vicino.services.scheduler.wiring import build
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
-from tests.integration._support import assert_problem, served_service, wait_until
+from tests.support import assert_problem, served_service, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -224,7 +224,8 @@ def test_vicino_serve_scheduler_fires_and_shows_its_jobs(redis_url, tmp_path):
 def test_apply_erasures_job_rewrites_the_log_only_when_the_register_changed(redis_url, tmp_path):
     from vicino.services.kernel.contracts.interactions import InteractionV1
     from vicino.services.recommender.adapters.erasure_register import ErasureRegister
-    from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, ParquetLog, interactions_table
+    from vicino.services.kernel.contracts.interaction_log import INTERACTIONS
+    from vicino.services.recommender.adapters.parquet_log import ParquetLog, interactions_table
     from vicino.services.recommender.jobs import apply_pending_erasures
     from tests.conftest import make_rec_settings
 

@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from vicino.models.pipeline import TrainSettings, train_and_publish
-from vicino.services.cli_train import train_command
+from vicino.services.cli.train import train_command
 from vicino.services.kernel.contracts.model_artifact import current_version, model_scores, read_version
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,8 +127,9 @@ def test_training_from_a_parquet_log_applies_merges(tmp_path):
     import time
 
     from vicino.services.kernel.contracts.interactions import CustomerMergedV1
-    from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, MERGES, ParquetLog, merges_table
-    from vicino.services.recommender.use_cases.history_import import read_history
+    from vicino.services.kernel.contracts.history_file import read_history
+    from vicino.services.kernel.contracts.interaction_log import INTERACTIONS, MERGES
+    from vicino.services.recommender.adapters.parquet_log import ParquetLog, merges_table
 
     table, _ = read_history(SLICE, received_at=time.time())
     log = ParquetLog(str(tmp_path / "history"))

@@ -44,6 +44,7 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 
 HTTP_SERVICES = {"geo": 8000, "recommender": 8001, "push": 8002, "scheduler": 8003}
+HEALTH_PORTS = {**HTTP_SERVICES, "recommender-worker": 8004}  # the worker's port is a health edge only
 COMPOSE_SERVICES = {"redis", "geo", "recommender", "recommender-worker", "push", "scheduler", "locust"}
 DEPLOYMENTS = {f"vicino-{s}" for s in (*HTTP_SERVICES, "recommender-worker")}
 SECRET_KEYS = {"VICINO_ADMIN_TOKEN", "VICINO_TOKEN_SECRET", "VICINO_REDIS_URL"}
@@ -236,7 +237,7 @@ def test_dockerignore_next_to_the_dockerfile_sends_what_it_copies_and_nothing_el
     for word, rest in INSTRUCTIONS:
         if word == "COPY" and "--from=" not in rest:
             sources += [a for a in rest.split()[:-1] if not a.startswith("--")]
-    assert {"pyproject.toml", "README.md", "services", "models", "loadtests", "infra/healthcheck.py"} <= set(sources)
+    assert {"pyproject.toml", "README.md", "vicino", "services", "models", "loadtests", "infra/healthcheck.py"} <= set(sources)
     for src in sources:
         assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
         assert not dockerignored(src, patterns), f"COPY {src} is excluded from the build context"
@@ -262,8 +263,8 @@ def test_healthcheck_ports_are_the_clis():
     serve = cli.get_command(cli.context_class(cli), "serve")
     for service, (var, default) in hc.PORTS.items():
         port = {p.name: p for p in serve.get_command(serve.context_class(serve), service).params}["port"]
-        assert (port.envvar, port.default) == (var, default) == (var, HTTP_SERVICES[service])
-    assert set(hc.PORTS) == set(HTTP_SERVICES)
+        assert (port.envvar, port.default) == (var, default) == (var, HEALTH_PORTS[service])
+    assert set(hc.PORTS) == set(HEALTH_PORTS)
 
 
 def test_healthcheck_finds_the_port_of_the_running_service():
@@ -274,7 +275,8 @@ def test_healthcheck_finds_the_port_of_the_running_service():
     assert target(["vicino", "serve", "recommender"], {"VICINO_RECOMMENDER_PORT": "9101"}) == ("127.0.0.1", 9101)
     assert target(["vicino", "serve", "scheduler", "--port=9003"], {"VICINO_SCHEDULER_PORT": "1"}) == ("127.0.0.1", 9003)
     assert target(["vicino", "serve", "geo", "--host", "10.1.2.3", "--port", "80"], {}) == ("10.1.2.3", 80)
-    assert target(["vicino", "serve", "recommender-worker"], {}) is None
+    assert target(["vicino", "serve", "recommender-worker"], {}) == ("127.0.0.1", 8004)
+    assert target(["vicino", "serve", "no-such-service"], {}) is None
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -299,8 +301,9 @@ def test_healthcheck_probes_a_real_server_on_loopback(tmp_path):
         assert hc.main([], str(cmdline)) == 0
         assert hc.main(["/readyz"], str(cmdline)) == 1  # 503
         worker = tmp_path / "worker"
-        worker.write_bytes(b"vicino\0serve\0recommender-worker\0")
-        assert hc.main(["/readyz"], str(worker)) == 0  # no HTTP port: healthy while it runs
+        worker.write_bytes(b"vicino\0serve\0recommender-worker\0--port\0" + str(port).encode() + b"\0")
+        assert hc.main(["/healthz"], str(worker)) == 0
+        assert hc.main(["/readyz"], str(worker)) == 1
     finally:
         server.shutdown()
         server.server_close()
@@ -389,11 +392,13 @@ def test_every_http_service_has_a_readiness_healthcheck_and_waits_for_redis(comp
         command = svc["command"]
         assert command[:2] == ["serve", name]
         params = parse_vicino(command)
+        assert svc["healthcheck"]["test"] == ["CMD", "python", "/usr/local/bin/vicino-healthcheck", "/readyz"]
+        assert not svc["healthcheck"].get("disable")
+        assert params["port"] == HEALTH_PORTS[name] and params["host"] == "0.0.0.0"
         if name in HTTP_SERVICES:
-            assert svc["healthcheck"]["test"] == ["CMD", "python", "/usr/local/bin/vicino-healthcheck", "/readyz"]
-            assert not svc["healthcheck"].get("disable")
-            assert params["port"] == HTTP_SERVICES[name] and params["host"] == "0.0.0.0"
             assert svc["ports"] == [f"127.0.0.1:{params['port']}:{params['port']}"]
+        else:
+            assert "ports" not in svc, "the worker's health edge is not published"
 
 
 def loadtest_variables() -> set[str]:
@@ -542,16 +547,13 @@ def test_every_deployment_probes_limits_and_runs_locked_down(rendered):
             params = parse_vicino(c["args"])
             service = c["args"][1]
             assert name == f"vicino-{service}"
-            if service == "recommender-worker":
-                assert "ports" not in c and "readinessProbe" not in c, "the worker serves no HTTP"
-                continue
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-            assert ports == {"http": HTTP_SERVICES[service]} and params["port"] == HTTP_SERVICES[service], where
+            assert ports == {"http": HEALTH_PORTS[service]} and params["port"] == HEALTH_PORTS[service], where
             assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, where
             assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, where
             assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, where
             annotations = d["spec"]["template"]["metadata"]["annotations"]
-            assert annotations["prometheus.io/port"] == str(HTTP_SERVICES[service])
+            assert annotations["prometheus.io/port"] == str(HEALTH_PORTS[service])
 
 
 def test_exactly_one_scheduler_replaced_by_recreate(rendered):

@@ -13,7 +13,8 @@ import pytest
 from vicino.models.data import (DAY_S, DEFAULT_CHANNEL_WEIGHTS, DEFAULT_TYPE_WEIGHTS, DataError, apply_merges, events_of,
                          interaction_matrix, load_history, row_weights, survivors)
 from vicino.services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1
-from vicino.services.recommender.adapters.parquet_log import INTERACTIONS, MERGES, ParquetLog, interactions_table, merges_table
+from vicino.services.kernel.contracts.interaction_log import INTERACTIONS, MERGES
+from vicino.services.recommender.adapters.parquet_log import ParquetLog, interactions_table, merges_table
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 T0 = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp()

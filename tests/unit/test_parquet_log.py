@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from vicino.services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1
-from vicino.services.recommender.adapters.parquet_log import (INTERACTION_SCHEMA, INTERACTIONS, MERGES, ParquetLog,
-                                                       apply_erasures, interactions_table, merges_table,
-                                                       read_interactions, read_merges)
+from vicino.services.kernel.contracts.interaction_log import (INTERACTION_SCHEMA, INTERACTIONS, MERGES, read_interactions,
+                                                              read_merges)
+from vicino.services.recommender.adapters.parquet_log import (ParquetLog, apply_erasures, interactions_table,
+                                                       merges_table)
 from vicino.services.recommender.adapters.redis_keys import erasure_digest
 
 DAY1 = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp()

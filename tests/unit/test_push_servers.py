@@ -1,4 +1,4 @@
-"""The push-provider stand-ins (tests/push_servers) answer as FCM, Google's token endpoint and APNs
+"""The push-provider stand-ins (testbed/push_servers) answer as FCM, Google's token endpoint and APNs
 do, driven by a real httpx client (HTTP/2 + TLS for APNs), in a thread and as a separate process."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.push_servers import (Reply, apns_like, apns_provider_token, fcm_like, free_port, google_assertion,
+from testbed.push_servers import (Reply, apns_like, apns_provider_token, fcm_like, free_port, google_assertion,
                                 make_apns_key, make_service_account)
-from tests.push_servers.keys import JWT_BEARER
+from testbed.push_servers.keys import JWT_BEARER
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 TOPIC = "com.vicino.app"
@@ -23,7 +23,7 @@ DEVICE = apns_like.device_token(1)
 
 
 # the stand-ins, per module
-from tests.push_servers.fixtures import apns, apns_server, fcm, fcm_server, material  # noqa: E402,F401
+from tests.push_provider_fixtures import apns, apns_server, fcm, fcm_server, material  # noqa: E402,F401
 
 
 def run(coro):
@@ -376,11 +376,11 @@ def test_both_run_as_processes_with_control_endpoints(material):
     key, tls = material["apns_key"], material["tls"]
     port = free_port()
     sa = make_service_account(d, f"http://127.0.0.1:{port}/token")
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.push_servers.fcm_like", "--port", str(port),
+    procs = [subprocess.Popen([sys.executable, "-m", "testbed.push_servers.fcm_like", "--port", str(port),
                                "--service-account-public-key", str(sa.public_key_path),
                                "--client-email", sa.client_email, "--project-id", sa.project_id],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True),
-             subprocess.Popen([sys.executable, "-m", "tests.push_servers.apns_like", "--cert", str(tls.cert),
+             subprocess.Popen([sys.executable, "-m", "testbed.push_servers.apns_like", "--cert", str(tls.cert),
                                "--key", str(tls.key), "--key-id", key.key_id, "--team-id", key.team_id,
                                "--topic", TOPIC, "--public-key", str(key.public_key_path)],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)]

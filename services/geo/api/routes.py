@@ -16,11 +16,12 @@ from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 from ..domain.transitions import Fix
 from ..wiring import GeoContainer
 from .deps import AdminDep, CallerDep, ContainerDep, CustomerAccessDep, authenticate
-from .schemas import (FEATURE_SCHEMA, BulkStoresOut, ConsentIn, ConsentOut, DeviceIn, DeviceOut,
-                      LocationBatchIn, LocationResultOut, NearbyStoreOut, PushTokenRevocationIn,
-                      PushTokenRevocationOut)
+from .schemas import (BODY_PROBLEMS, FEATURE_SCHEMA, PROBLEMS, BulkStoresOut, ConsentIn, ConsentOut, DeviceIn,
+                      DeviceOut, DeviceRegistrationOut, LocationBatchIn, LocationDataErasureOut, LocationResultOut,
+                      NearbyStoreOut, PushTokenRevocationIn, PushTokenRevocationOut, problem)
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=PROBLEMS)
+_FEATURE = {"application/json": {"schema": FEATURE_SCHEMA}}
 StoreId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN, description="client-chosen store id")]
 CustomerId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN)]
 
@@ -35,11 +36,12 @@ def _json(body, status: int = 200) -> Response:
              summary="a batch of 1-500 GPS fixes from one device",
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": {"$ref": "#/components/schemas/LocationBatchIn"}}}}},
-             responses={401: {"description": "missing, invalid, expired or replaced device token"},
-                        403: {"description": "the token belongs to another device"},
-                        404: {"description": "the device is not registered"},
-                        409: {"description": "too many concurrent reports for this device; retry"},
-                        422: {"description": "a fix is malformed, in the future or too old; nothing was processed"}})
+             responses={**BODY_PROBLEMS,
+                        401: problem("missing, invalid, expired or replaced device token"),
+                        403: problem("not a device token, or the token belongs to another device"),
+                        404: problem("the device is not registered"),
+                        409: problem("too many concurrent reports for this device; retry"),
+                        422: problem("a fix is malformed, in the future or too old; nothing was processed")})
 async def post_locations(request: Request) -> Response:
     # The phone's hot path: no dependency chain, the token is checked before the body is read,
     # and the body is parsed and validated in one pass by pydantic-core (LocationBatchIn).
@@ -85,7 +87,8 @@ async def post_locations(request: Request) -> Response:
 
 @router.put("/stores/{store_id}", tags=["stores"], summary="create or replace one store (GeoJSON Feature)",
             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": FEATURE_SCHEMA}}}},
-            responses={200: {"description": "replaced"}, 201: {"description": "created"}})
+            responses={**BODY_PROBLEMS, 200: {"description": "replaced", "content": _FEATURE},
+                       201: {"description": "created", "content": _FEATURE}})
 async def put_store(store_id: StoreId, _: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
     # AdminDep before JsonBody: FastAPI resolves dependencies in parameter order, and the body
     # (up to 256 MiB on the bulk route) must not be read or parsed for an unauthorised caller.
@@ -96,13 +99,15 @@ async def put_store(store_id: StoreId, _: AdminDep, body: JsonBody, c: Container
 @router.post("/stores", tags=["stores"], summary="bulk upsert of a FeatureCollection", response_model=BulkStoresOut,
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                  "type": "object", "properties": {"type": {"const": "FeatureCollection"},
-                                                  "features": {"type": "array", "items": FEATURE_SCHEMA}}}}}}})
+                                                  "features": {"type": "array", "items": FEATURE_SCHEMA}}}}}}},
+             responses=BODY_PROBLEMS)
 async def bulk_stores(_: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
     r = await c.catalogue.bulk(body)
     return _json({"created": r.created, "updated": r.updated, "rejected": r.rejected, "warnings": r.warnings})
 
 
-@router.get("/stores/{store_id}", tags=["stores"], summary="one store")
+@router.get("/stores/{store_id}", tags=["stores"], summary="one store",
+            responses={200: {"description": "the store's GeoJSON Feature", "content": _FEATURE}})
 async def get_store(store_id: StoreId, _: CallerDep, c: ContainerDep) -> Response:
     return _json(await c.catalogue.get(store_id))
 
@@ -127,7 +132,7 @@ async def nearby_stores(_: CallerDep, c: ContainerDep,
 # devices and consent -----------------------------------------------------------------------------
 
 @router.post("/devices", tags=["devices"], status_code=201, response_model=DeviceOut,
-             summary="register a device (or re-register: rotates its token and push token)")
+             summary="register a device (or re-register: rotates its token and push token)", responses=BODY_PROBLEMS)
 async def register_device(body: DeviceIn, _: AdminDep, c: ContainerDep) -> Response:
     issued = await c.directory.register(body.device_id, body.customer_id, body.platform, body.push_token, body.timezone)
     return _json({"device_id": body.device_id, "customer_id": body.customer_id, "platform": body.platform,
@@ -137,7 +142,8 @@ async def register_device(body: DeviceIn, _: AdminDep, c: ContainerDep) -> Respo
 DeviceId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN)]
 
 
-@router.get("/devices/{device_id}", tags=["devices"], summary="a device's registration (no token)")
+@router.get("/devices/{device_id}", tags=["devices"], summary="a device's registration (no token)",
+            responses={200: {"model": DeviceRegistrationOut}})
 async def get_device(device_id: DeviceId, p: CallerDep, c: ContainerDep) -> Response:
     if not p.admin and p.device.device_id != device_id:
         raise Forbidden("a device token may only read its own registration")
@@ -158,7 +164,8 @@ async def delete_device(device_id: DeviceId, _: AdminDep, c: ContainerDep) -> Re
 
 
 @router.post("/devices/{device_id}/push-token/revocations", tags=["devices"], response_model=PushTokenRevocationOut,
-             summary="remove the device's push token if it is the one named (a provider declared it dead)")
+             summary="remove the device's push token if it is the one named (a provider declared it dead)",
+             responses=BODY_PROBLEMS)
 async def revoke_push_token(device_id: DeviceId, body: PushTokenRevocationIn, _: AdminDep,
                             c: ContainerDep) -> Response:
     """Called by the push gateway. `revoked` is false when the device's token is already another
@@ -168,7 +175,8 @@ async def revoke_push_token(device_id: DeviceId, body: PushTokenRevocationIn, _:
 
 
 @router.put("/customers/{customer_id}/consent", tags=["consent"], response_model=ConsentOut,
-            summary="set consent (location, marketing, personalisation); kept as an audit trail")
+            summary="set consent (location, marketing, personalisation); kept as an audit trail",
+            responses=BODY_PROBLEMS)
 async def put_consent(customer_id: CustomerId, body: ConsentIn, p: CustomerAccessDep, c: ContainerDep) -> Response:
     actor = "admin" if p.admin else f"device:{p.device.device_id}"
     current = await c.directory.set_consent(customer_id, body.model_dump(), actor)
@@ -176,7 +184,8 @@ async def put_consent(customer_id: CustomerId, body: ConsentIn, p: CustomerAcces
 
 
 @router.delete("/customers/{customer_id}/location-data", tags=["consent"],
-               summary="erase a customer's location data: devices, visit state, consent, their events")
+               summary="erase a customer's location data: devices, visit state, consent, their events",
+               responses={200: {"model": LocationDataErasureOut}})
 async def erase_location_data(customer_id: CustomerId, _: AdminDep, c: ContainerDep) -> Response:
     """Called by the recommender's customer erasure; idempotent (a second call removes nothing)."""
     return _json(await c.directory.erase_customer(customer_id))

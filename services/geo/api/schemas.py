@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.runtime.http_problems import BODY_PROBLEMS, problem  # noqa: F401 (BODY_PROBLEMS re-exported to the routers)
 
 ClientId = Annotated[str, StringConstraints(pattern=CLIENT_ID_PATTERN)]
 MAX_FIXES = 500
@@ -159,3 +160,23 @@ FEATURE_SCHEMA = {
             "timezone": {"type": "string"}, "enabled": {"type": "boolean"}}},
     },
 }
+
+
+# errors every /v1 route may answer (each authenticates its caller and validates its input)
+PROBLEMS = {401: problem("missing, invalid, expired or replaced token"),
+            403: problem("this token may not do this (admin-only route, or another device's or customer's data)"),
+            404: problem("no such resource (or route)"),
+            422: problem("invalid input; `errors` lists each invalid field")}
+class DeviceRegistrationOut(BaseModel):
+    device_id: str
+    customer_id: str
+    platform: str
+    timezone: str
+    registered_at: float
+    location_consent: bool
+
+
+class LocationDataErasureOut(BaseModel):
+    customer_id: str
+    devices_removed: int
+    events_dropped: int

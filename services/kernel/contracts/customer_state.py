@@ -14,29 +14,30 @@ from .geofence_events import device_shard, shard_tag
 CONSENT_FIELDS = ("location", "marketing", "personalisation")
 
 
-def customer_tag(customer_id: str) -> str:
+def customer_state_tag(customer_id: str) -> str:
+    """Hash tag of one customer's published state (consent, devices): `{cust:<id>}`."""
     return f"{{cust:{customer_id}}}"
 
 
 def consent_key(customer_id: str) -> str:
     """hash: location, marketing, personalisation ("1"/"0"), updated_at"""
-    return f"vicino:{customer_tag(customer_id)}:consent"
+    return f"vicino:{customer_state_tag(customer_id)}:consent"
 
 
 def consent_log_key(customer_id: str) -> str:
     """list: every consent change, who and when (JSON), newest first"""
-    return f"vicino:{customer_tag(customer_id)}:consent:log"
+    return f"vicino:{customer_state_tag(customer_id)}:consent:log"
 
 
 def consent_audit_key(customer_id: str) -> str:
     """stream: the consent changes recorded before the list above replaced it (a one-entry stream
     costs Redis ~4.7 KB, a list entry ~100 B); still read and erased, never written"""
-    return f"vicino:{customer_tag(customer_id)}:consent:audit"
+    return f"vicino:{customer_state_tag(customer_id)}:consent:audit"
 
 
 def customer_devices_key(customer_id: str) -> str:
     """set of device ids"""
-    return f"vicino:{customer_tag(customer_id)}:devices"
+    return f"vicino:{customer_state_tag(customer_id)}:devices"
 
 
 def device_registration_key(device_id: str, shards: int) -> str:

@@ -2,7 +2,7 @@
 recommender's decision worker; read by the KPIs (issue 6).
 
 A shard's decisions stream shares its hash tag with the customers of that shard (see
-`interactions.customer_tag`), so that a decision, its push job and the customer's caps are
+`interactions.customer_shard_tag`), so that a decision, its push job and the customer's caps are
 written by one atomic script.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .interactions import customer_tag
+from .interactions import customer_shard_tag
 
 SCHEMA = "vicino.decision"
 SCHEMA_VERSION = 1
@@ -23,7 +23,7 @@ SuppressReason = Literal["visit_ended", "no_marketing_consent", "quiet_hours", "
 
 
 def decisions_stream_key(shard: int) -> str:
-    return f"vicino:{customer_tag(shard)}:decisions:v{SCHEMA_VERSION}"
+    return f"vicino:{customer_shard_tag(shard)}:decisions:v{SCHEMA_VERSION}"
 
 
 class DecisionV1(BaseModel):

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .interactions import customer_shard, customer_tag
+from .interactions import customer_shard, customer_shard_tag
 from .push_jobs import push_jobs_stream_key
 
 SCHEMA = "vicino.delivery_receipt"
@@ -45,7 +45,7 @@ def shard_of_delivery(delivery_id: str) -> int | None:
 
 
 def customer_deliveries_key(customer_id: str, shards: int) -> str:
-    return f"vicino:{customer_tag(customer_shard(customer_id, shards))}:customer:{customer_id}:deliveries"
+    return f"vicino:{customer_shard_tag(customer_shard(customer_id, shards))}:customer:{customer_id}:deliveries"
 
 
 def customer_deliveries_index_key(customer_id: str, shards: int) -> str:
@@ -53,11 +53,11 @@ def customer_deliveries_index_key(customer_id: str, shards: int) -> str:
 
 
 def delivery_owners_key(shard: int) -> str:
-    return f"vicino:{customer_tag(shard)}:push:delivery_owners"
+    return f"vicino:{customer_shard_tag(shard)}:push:delivery_owners"
 
 
 def receipts_stream_key(shard: int) -> str:
-    return f"vicino:{customer_tag(shard)}:push:receipts:v{SCHEMA_VERSION}"
+    return f"vicino:{customer_shard_tag(shard)}:push:receipts:v{SCHEMA_VERSION}"
 
 
 def dead_jobs_stream_key(shard: int) -> str:

@@ -30,7 +30,7 @@ def customer_shard(customer_id: str, shards: int) -> int:
     return zlib.crc32(customer_id.encode()) % shards
 
 
-def customer_tag(shard: int) -> str:
+def customer_shard_tag(shard: int) -> str:
     """Hash tag shared by a shard's customers' keys and the shard's interaction stream."""
     return f"{{cs:{shard:03d}}}"
 
@@ -38,11 +38,11 @@ def customer_tag(shard: int) -> str:
 def merged_into_key(customer_id: str, shards: int) -> str:
     """string: the customer this one was merged into (written by the recommender's identity
     merges; published: other services follow it to the surviving customer, never write it)."""
-    return f"vicino:{customer_tag(customer_shard(customer_id, shards))}:customer:{customer_id}:merged_into"
+    return f"vicino:{customer_shard_tag(customer_shard(customer_id, shards))}:customer:{customer_id}:merged_into"
 
 
 def interactions_stream_key(shard: int) -> str:
-    return f"vicino:{customer_tag(shard)}:interactions:v{SCHEMA_VERSION}"
+    return f"vicino:{customer_shard_tag(shard)}:interactions:v{SCHEMA_VERSION}"
 
 
 class InteractionV1(BaseModel):

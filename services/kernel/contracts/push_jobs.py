@@ -1,7 +1,7 @@
 """Push jobs: what the recommender asks the push gateway (issue 5) to send, and the marker of
 visits that have ended, which the gateway checks before sending.
 
-Jobs go to the stream of the customer's shard (`interactions.customer_tag`), written in the
+Jobs go to the stream of the customer's shard (`interactions.customer_shard_tag`), written in the
 same atomic script as the decision they come from: a decision never lacks its job, and a job is
 never written twice for one visit. The gateway should still deduplicate on `idempotency_key`
 (a job may be delivered to it twice) and drop a job after `expires_at` or once its visit is in
@@ -13,21 +13,21 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .interactions import customer_shard, customer_tag
+from .interactions import customer_shard, customer_shard_tag
 
 SCHEMA = "vicino.push_job"
 SCHEMA_VERSION = 1
 
 
 def push_jobs_stream_key(shard: int) -> str:
-    return f"vicino:{customer_tag(shard)}:push:jobs:v{SCHEMA_VERSION}"
+    return f"vicino:{customer_shard_tag(shard)}:push:jobs:v{SCHEMA_VERSION}"
 
 
 def ended_visits_key(customer_id: str, shards: int) -> str:
     """zset: visit_id -> exit time (epoch s), recent exits of the customer's visits (written by
     the recommender from the geo exit events; kept `decision_ttl_s`). `shards` is the
     recommender's customer_shards."""
-    return f"vicino:{customer_tag(customer_shard(customer_id, shards))}:customer:{customer_id}:ended_visits"
+    return f"vicino:{customer_shard_tag(customer_shard(customer_id, shards))}:customer:{customer_id}:ended_visits"
 
 
 def idempotency_key(customer_id: str, store_id: str, visit_id: str) -> str:

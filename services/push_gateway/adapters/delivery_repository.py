@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from vicino.services.runtime.redis_client import ReplicaWait
 from vicino.services.kernel.contracts import customer_state as published
 from vicino.services.kernel.contracts.deliveries import (
     DeliveryReceiptV1, customer_deliveries_index_key, customer_deliveries_key, dead_jobs_stream_key,
@@ -94,10 +95,13 @@ def _pairs(reply) -> dict[str, str]:
 
 
 class DeliveryRepository:
-    def __init__(self, redis, customer_shards: int, event_shards: int, retention_s: float, hot_path=None) -> None:
+    def __init__(self, redis, customer_shards: int, event_shards: int, retention_s: float, hot_path=None,
+                 replica_wait: ReplicaWait | None = None) -> None:
         """`hot_path`: the client for the per-job commands (`kernel.redis_client.open_hot_path`:
-        pipelined on a standalone Redis, where redis-py's per-command cost would dominate)."""
+        pipelined on a standalone Redis, where redis-py's per-command cost would dominate).
+        `replica_wait`: `replicated` waits for a replica to have a customer's delivery writes."""
         self._r = redis
+        self._replicated = replica_wait
         self._hot = hot_path or redis
         self.customer_shards = customer_shards
         self.event_shards = event_shards
@@ -107,6 +111,12 @@ class DeliveryRepository:
 
     def shard(self, customer_id: str) -> int:
         return customer_shard(customer_id, self.customer_shards)
+
+    async def replicated(self, customer_id: str) -> None:
+        """Returns once a replica has this customer's delivery writes (with the push job before
+        them: one hash tag, one master), or at once when no replica wait is configured."""
+        if self._replicated is not None:
+            await self._replicated.after_write(customer_deliveries_key(customer_id, self.customer_shards))
 
     async def recipient(self, customer_id: str, device_id: str) -> Recipient:
         # three slots: sent together (one write on the pipelined client)

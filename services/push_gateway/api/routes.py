@@ -12,8 +12,9 @@ from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 from vicino.services.kernel.problems import InvalidInput, NotFound
 
 from .deps import AdminDep, ContainerDep, DeliveryDep, RecipientDep, RecipientOrAdminDep
+from .schemas import PROBLEMS, problem
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=PROBLEMS)
 
 
 class StatusChangeOut(BaseModel):
@@ -80,7 +81,9 @@ async def get_delivery(_: RecipientOrAdminDep, rec: DeliveryDep) -> Response:
 
 
 @router.post("/deliveries/{delivery_id}/opened", tags=["deliveries"], response_model=DeliveryOut,
-             summary="the app reports the push opened (recipient's device token); idempotent")
+             summary="the app reports the push opened (recipient's device token); idempotent",
+             responses={409: problem("the push was not sent"),
+                        503: problem("the recommender is away; the open is kept, retry")})
 async def delivery_opened(_: RecipientDep, rec: DeliveryDep, c: ContainerDep) -> Response:
     """Records the open once and adds an `offer_open` interaction (channel `push`) to the
     customer's history. 409 if the push was not sent; 503 if the recommender is away (the open is

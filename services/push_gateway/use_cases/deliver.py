@@ -124,6 +124,9 @@ class PushDelivery:
         marked = sending(rec, provider.name, now, self.lease_s)
         if await self.repo.save(rec, marked, now, receipt=None) != "ok":
             return None  # another worker got there first
+        # the `sending` mark must survive a failover before anything is sent: a replica promoted
+        # without it would send the push again
+        await self.repo.replicated(job.customer_id)
         started = self.clock.now()
         try:
             outcome = await provider.send(notification_for(job, rec.delivery_id, token), marked.attempts)

@@ -11,6 +11,7 @@ import orjson
 
 from vicino.services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1, customer_shard
 
+from ..domain.identity import Moved
 from ..settings import RecommenderSettings
 from .redis_keys import CustomerKeys, identifier_key
 
@@ -94,6 +95,15 @@ def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
+def parse_write_outcome(reply) -> str | Moved:
+    """A write script's reply as a typed outcome, parsed here once: `Moved(<id>)` for the scripts'
+    'moved:<id>', else the word itself ('ok', 'duplicate', 'stale')."""
+    reply = _s(reply)
+    if reply.startswith("moved:"):
+        return Moved(reply.removeprefix("moved:"))
+    return reply
+
+
 class CustomerRepository:
     def __init__(self, redis, settings: RecommenderSettings) -> None:
         self._r = redis
@@ -115,14 +125,14 @@ class CustomerRepository:
 
     # interactions ------------------------------------------------------------------------------
 
-    async def append(self, items: list[InteractionV1], *, log: bool, now: float | None = None) -> list[str]:
+    async def append(self, items: list[InteractionV1], *, log: bool, now: float | None = None) -> list[str | Moved]:
         """Stores each interaction under its `customer_id`; outcome per item, in order: "ok",
-        "duplicate", or "moved:<id>" when that customer has been merged into another.
+        "duplicate", or `Moved(<id>)` when that customer has been merged into another.
         `log=False` (imports, merges) keeps the hot history only: no dedup window, no stream."""
         by_shard: dict[int, list[int]] = {}
         for n, item in enumerate(items):
             by_shard.setdefault(customer_shard(item.customer_id, self._shards), []).append(n)
-        outcomes: list[str] = [""] * len(items)
+        outcomes: list[str | Moved] = [""] * len(items)
         now_ms = int((now if now is not None else items[0].received_at if items else 0) * 1000)
         s = self._settings
         for positions in by_shard.values():
@@ -140,7 +150,7 @@ class CustomerRepository:
                              i.offer_id if i.type == "offer_redeem" and i.offer_id else ""]
                 out = await self._append(keys=keys, args=args)
                 for n, o in zip(chunk, out):
-                    outcomes[n] = _s(o)
+                    outcomes[n] = parse_write_outcome(o)
         return outcomes
 
     async def hot_history(self, customer_id: str, limit: int | None = None) -> list[dict]:
@@ -174,12 +184,13 @@ class CustomerRepository:
 
     # visits --------------------------------------------------------------------------------------
 
-    async def record_visit(self, customer_id: str, visit_id: str, entered_at: float, info: dict) -> str:
+    async def record_visit(self, customer_id: str, visit_id: str, entered_at: float, info: dict) -> str | Moved:
+        """"ok", or `Moved(<id>)` when that customer has been merged into another."""
         k = self.keys(customer_id)
         out = await self._record_visit(keys=[k.visits, k.visit_info, k.merged_into],
                                        args=[visit_id, entered_at, orjson.dumps(info),
                                              self._settings.visits_per_customer])
-        return _s(out)
+        return parse_write_outcome(out)
 
     async def visit(self, customer_id: str, visit_id: str) -> dict | None:
         raw = await self._r.hget(self.keys(customer_id).visit_info, visit_id)

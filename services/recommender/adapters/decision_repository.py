@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vicino.services.runtime.redis_client import ReplicaWait
 from vicino.services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
-from vicino.services.kernel.contracts.interactions import customer_shard, customer_tag
+from vicino.services.kernel.contracts.interactions import customer_shard, customer_shard_tag
 from vicino.services.kernel.contracts.push_jobs import PushJobV1, ended_visits_key, push_jobs_stream_key
 
+from ..domain.identity import Moved
+from .customer_repository import parse_write_outcome
 from .erasure_register import ErasureRegister
 from .redis_keys import CustomerKeys
 
@@ -89,7 +92,7 @@ class DecisionKeys:
     def __init__(self, customer_id: str, shards: int) -> None:
         self.customer_id = customer_id
         self.shard = customer_shard(customer_id, shards)
-        base = f"vicino:{customer_tag(self.shard)}:customer:{customer_id}"
+        base = f"vicino:{customer_shard_tag(self.shard)}:customer:{customer_id}"
         self.decided_visits = base + ":decided_visits"
         self.pushes = base + ":pushes"
         self.store_pushes = base + ":store_pushes"
@@ -114,8 +117,12 @@ class Counters:
 
 
 class DecisionRepository:
-    def __init__(self, redis, customer_shards: int, decision_ttl_s: float, store_cooldown_s: float) -> None:
+    def __init__(self, redis, customer_shards: int, decision_ttl_s: float, store_cooldown_s: float,
+                 replica_wait: ReplicaWait | None = None) -> None:
+        """`replica_wait`: a recorded decision (with its push job) is on a replica before the
+        geo event is acknowledged, so that a failover cannot lose the push of an acknowledged event."""
         self._r = redis
+        self._replicated = replica_wait
         self._shards = customer_shards
         self._ttl = decision_ttl_s
         self._cooldown = store_cooldown_s
@@ -140,9 +147,9 @@ class DecisionRepository:
                         visit_ended=ended is not None, pushes_today=int(today), last_push_at_store=last)
 
     async def record(self, customer_id: str, read: Counters, day_start: float, now: float, decision: DecisionV1,
-                     job: PushJobV1 | None, counts_as_push: bool) -> str:
+                     job: PushJobV1 | None, counts_as_push: bool) -> str | Moved:
         """The decision, its push job and the counters, atomically, unless the visit is decided or
-        the counters moved since `read`. Returns 'ok', 'duplicate', 'stale' or 'moved:<id>'."""
+        the counters moved since `read`. Returns 'ok', 'duplicate', 'stale' or `Moved(<id>)`."""
         k = self.keys(customer_id)
         out = await self._record(
             keys=[k.decided_visits, k.pushes, k.store_pushes, k.merged_into, k.decisions, k.push_jobs],
@@ -151,13 +158,16 @@ class DecisionRepository:
                   "1" if counts_as_push else "0", decision.decision_id, repr(self._cooldown),
                   decision.model_dump_json(by_alias=True), job.model_dump_json(by_alias=True) if job else "",
                   DECISIONS_MAXLEN, PUSH_JOBS_MAXLEN, PUSH_WINDOW_S])
-        return _s(out)
+        outcome = parse_write_outcome(out)
+        if self._replicated is not None and outcome in ("ok", "duplicate"):
+            await self._replicated.after_write(k.push_jobs)  # a duplicate: the first attempt may not have waited
+        return outcome
 
-    async def end_visit(self, customer_id: str, visit_id: str, exit_ts: float, now: float) -> str:
+    async def end_visit(self, customer_id: str, visit_id: str, exit_ts: float, now: float) -> str | Moved:
         k = self.keys(customer_id)
         out = await self._end_visit(keys=[k.ended_visits, k.merged_into],
                                     args=[visit_id, repr(exit_ts), repr(now), repr(self._ttl)])
-        return _s(out)
+        return parse_write_outcome(out)
 
     # merges and erasure (called by the identity and erasure use cases) ------------------------------
 

@@ -15,7 +15,7 @@ import zlib
 
 from vicino.services.kernel.contracts.erasures import ERASURES, erasure_digest  # noqa: F401  (re-exported)
 from vicino.services.kernel.contracts.streams import dead_letter_of
-from vicino.services.kernel.contracts.interactions import (customer_shard, customer_tag, interactions_stream_key,
+from vicino.services.kernel.contracts.interactions import (customer_shard, customer_shard_tag, interactions_stream_key,
                                                    merged_into_key)
 
 MERGE_LOCK = "vicino:{identity}:merge-lock"  # string with a token, short TTL
@@ -31,7 +31,7 @@ class CustomerKeys:
     def __init__(self, customer_id: str, shards: int) -> None:
         self.customer_id = customer_id
         self.shard = customer_shard(customer_id, shards)
-        base = f"vicino:{customer_tag(self.shard)}:customer:{customer_id}"
+        base = f"vicino:{customer_shard_tag(self.shard)}:customer:{customer_id}"
         self.history = base + ":history"          # zset: event_id -> ts (ms); the most recent N
         self.events = base + ":events"            # hash: event_id -> compact JSON of the interaction
         self.seen = base + ":seen"                # zset: event_id -> accepted_at; the dedup window

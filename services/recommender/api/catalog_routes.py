@@ -24,8 +24,9 @@ from ..domain.campaign_rules import CampaignRules
 from ..domain.offers import Offer, to_epoch
 from ..use_cases.catalog import MAX_BULK_OFFERS, PreconditionFailed, RulesDocument
 from .deps import AdminDep, CallerDep, ContainerDep
+from .schemas import BODY_PROBLEMS, PROBLEMS, problem
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=PROBLEMS)
 OfferId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN, description="client-chosen offer id")]
 StoreId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN, description="a store of the geo service")]
 ItemId = Annotated[str, StringConstraints(pattern=CLIENT_ID_PATTERN)]
@@ -105,12 +106,16 @@ class StoreOffersOut(BaseModel):
 
 _OFFER_SCHEMA = Offer.model_json_schema()
 _OFFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": _OFFER_SCHEMA}}}}
+_OFFER_OUT = {"application/json": {"schema": {"type": "object", "description": "the offer as stored"}}}
+_STOCK_OUT = {"application/json": {"schema": {"type": "object", "additionalProperties": {"type": "integer"},
+                                              "description": "{item_id: quantity}"}}}
 
 
 # offers ----------------------------------------------------------------------------------------------
 
 @router.put("/offers/{offer_id}", tags=["offers"], summary="create or replace one offer",
-            openapi_extra=_OFFER_BODY, responses={200: {"description": "replaced"}, 201: {"description": "created"}})
+            openapi_extra=_OFFER_BODY, responses={**BODY_PROBLEMS, 200: {"description": "replaced", "content": _OFFER_OUT},
+                                                  201: {"description": "created", "content": _OFFER_OUT}})
 async def put_offer(offer_id: OfferId, _: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
     offer, created = await c.catalog.put_offer(offer_id, body)
     return _json(_offer_out(offer), 201 if created else 200)
@@ -121,7 +126,7 @@ async def put_offer(offer_id: OfferId, _: AdminDep, body: JsonBody, c: Container
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                  "type": "object", "properties": {"offers": {"type": "array", "maxItems": MAX_BULK_OFFERS,
                                                              "items": _OFFER_SCHEMA}}}}}}},
-             responses={413: {"description": f"more than {MAX_BULK_OFFERS} offers"}})
+             responses={**BODY_PROBLEMS, 413: problem(f"more than {MAX_BULK_OFFERS} offers, or body too large")})
 async def bulk_offers(_: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
     """A JSON array of offers (each with its `offer_id`), or `{"offers": [...]}`. Valid items are
     stored, invalid ones reported with their index and reason."""
@@ -144,7 +149,8 @@ async def list_offers(_: AdminDep, c: ContainerDep,
     return _json({"offers": [_offer_out(o) for o in page], "next_after": next_after})
 
 
-@router.get("/offers/{offer_id}", tags=["offers"], summary="one offer; the same price whatever the channel")
+@router.get("/offers/{offer_id}", tags=["offers"], summary="one offer; the same price whatever the channel",
+            responses={200: {"description": "the offer", "content": _OFFER_OUT}})
 async def get_offer(offer_id: OfferId, _: CallerDep, c: ContainerDep,
                     channel: Annotated[Channel | None, Query(description="adds available_on_channel")] = None
                     ) -> Response:
@@ -163,20 +169,23 @@ _STOCK_BODY = {"requestBody": {"required": True, "content": {"application/json":
     "type": "object", "additionalProperties": {"type": "integer"}, "example": {"85123A": 12, "22423": 0}}}}}}
 
 
-@router.get("/stores/{store_id}/inventory", tags=["stock"], summary="units held per item: {item_id: quantity}")
+@router.get("/stores/{store_id}/inventory", tags=["stock"], summary="units held per item: {item_id: quantity}",
+            responses={200: {"description": "the stock", "content": _STOCK_OUT}})
 async def get_inventory(store_id: StoreId, _: AdminDep, c: ContainerDep) -> Response:
     return _json(await c.catalog.stock(store_id))
 
 
 @router.put("/stores/{store_id}/inventory", tags=["stock"], openapi_extra=_STOCK_BODY,
-            summary="replace a store's stock: {item_id: non-negative integer}")
+            summary="replace a store's stock: {item_id: non-negative integer}",
+            responses={**BODY_PROBLEMS, 200: {"description": "the new stock", "content": _STOCK_OUT}})
 async def put_inventory(store_id: StoreId, _: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
     return _json(await c.catalog.replace_stock(store_id, _validated(_QUANTITIES, body)))
 
 
 @router.patch("/stores/{store_id}/inventory", tags=["stock"], openapi_extra=_STOCK_BODY,
               summary="add signed deltas {item_id: integer}; all or nothing",
-              responses={409: {"description": "a quantity would go below zero; nothing was changed"}})
+              responses={**BODY_PROBLEMS, 200: {"description": "the patched items' new quantities", "content": _STOCK_OUT},
+                         409: problem("a quantity would go below zero; nothing was changed")})
 async def patch_inventory(store_id: StoreId, _: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
     """Answers the new quantities of the patched items."""
     return _json(await c.catalog.patch_stock(store_id, _validated(_DELTAS, body)))
@@ -209,7 +218,7 @@ async def get_rules(_: AdminDep, c: ContainerDep) -> Response:
             summary="replace the campaign switches; If-Match: the revision you read",
             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                 "schema": CampaignRules.model_json_schema()}}}},
-            responses={412: {"description": "If-Match names another revision; nothing was changed"}})
+            responses={**BODY_PROBLEMS, 412: problem("If-Match names another revision; nothing was changed")})
 async def put_rules(_: AdminDep, body: JsonBody, c: ContainerDep,
                     if_match: Annotated[str | None, Header(description='the ETag of your GET, e.g. "3"')] = None
                     ) -> Response:

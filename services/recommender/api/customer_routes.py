@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from vicino.services.kernel.contracts.interactions import Channel, InteractionType
@@ -16,8 +16,9 @@ from vicino.services.kernel.problems import InvalidInput, NotFound
 from ..domain.identity import IdentifierError, normalise_identifier
 from ..domain.interactions import InteractionIn
 from .deps import AdminDep, CallerDep, ContainerDep, CustomerAccessDep
+from .schemas import BODY_PROBLEMS, PROBLEMS, CustomerErasureOut, CustomerHistoryOut, CustomerProfileOut
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=PROBLEMS)
 CustomerId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN)]
 
 
@@ -37,6 +38,18 @@ class InteractionBatchIn(BaseModel):
     interactions: list[InteractionIn]
 
 
+class IdentifierLinkOut(BaseModel):
+    customer_id: str
+    identifier: str
+    created: bool
+    merged: list[str] = Field(description="customers merged into customer_id by this link")
+
+
+class IdentifierOwnerOut(BaseModel):
+    identifier: str
+    customer_id: str
+
+
 class IngestOut(BaseModel):
     accepted: int
     duplicates: int
@@ -54,7 +67,7 @@ def _identifier(kind: str, value: str) -> str:
 @router.post("/interactions", tags=["interactions"], response_model=IngestOut,
              summary="a batch of up to VICINO_MAX_BATCH interactions; idempotent by event_id",
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": {"$ref": "#/components/schemas/InteractionBatchIn"}}}}})
+                 "schema": {"$ref": "#/components/schemas/InteractionBatchIn"}}}}}, responses=BODY_PROBLEMS)
 async def post_interactions(body: JsonBody, p: CallerDep, c: ContainerDep) -> Response:
     """Each item is judged alone: accepted, a duplicate of one already accepted (a retry), or
     rejected with its reason; the others are kept either way. A device token may send only its
@@ -64,7 +77,9 @@ async def post_interactions(body: JsonBody, p: CallerDep, c: ContainerDep) -> Re
 
 
 @router.post("/customers/{customer_id}/identifiers", tags=["customers"],
-             summary="link an identifier; if it belongs to another customer, the two are merged")
+             summary="link an identifier; if it belongs to another customer, the two are merged",
+             responses={**BODY_PROBLEMS, 200: {"model": IdentifierLinkOut, "description": "already linked"},
+                        201: {"model": IdentifierLinkOut, "description": "linked"}})
 async def link_identifier(customer_id: CustomerId, body: IdentifierBody, _: AdminDep, c: ContainerDep) -> Response:
     identifier = _identifier(body.kind, body.value)
     result = await c.identity.link(customer_id, identifier)
@@ -82,7 +97,8 @@ async def unlink_identifier(customer_id: CustomerId, kind: str, value: str, _: A
 
 
 @router.get("/identifiers/{kind}/{value}", tags=["customers"],
-            summary="which customer an identifier belongs to (e.g. a loyalty card scanned at the till)")
+            summary="which customer an identifier belongs to (e.g. a loyalty card scanned at the till)",
+            responses={200: {"model": IdentifierOwnerOut}})
 async def resolve_identifier(kind: str, value: str, _: AdminDep, c: ContainerDep) -> Response:
     identifier = _identifier(kind, value)
     customer = await c.identity.resolve(identifier)
@@ -92,13 +108,15 @@ async def resolve_identifier(kind: str, value: str, _: AdminDep, c: ContainerDep
 
 
 @router.get("/customers/{customer_id}", tags=["customers"],
-            summary="profile: identifiers, consent, devices, channel mix, last purchases and visits")
+            summary="profile: identifiers, consent, devices, channel mix, last purchases and visits",
+            responses={200: {"model": CustomerProfileOut}})
 async def get_profile(customer_id: CustomerId, _: CustomerAccessDep, c: ContainerDep) -> Response:
     return _json(await c.profiles.profile(customer_id))
 
 
 @router.get("/customers/{customer_id}/history", tags=["customers"],
-            summary="recent interactions (hot history), most recent first, paged with `before`")
+            summary="recent interactions (hot history), most recent first, paged with `before`",
+            responses={200: {"model": CustomerHistoryOut}})
 async def get_history(customer_id: CustomerId, _: CustomerAccessDep, c: ContainerDep,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 50,
                       before: Annotated[float | None, Query(description="epoch seconds; from next_before")] = None,
@@ -108,6 +126,7 @@ async def get_history(customer_id: CustomerId, _: CustomerAccessDep, c: Containe
 
 
 @router.delete("/customers/{customer_id}", tags=["customers"],
-               summary="erase a customer: every trace in Redis, and their rows from future training files")
+               summary="erase a customer: every trace in Redis, and their rows from future training files",
+               responses={200: {"model": CustomerErasureOut}})
 async def erase_customer(customer_id: CustomerId, _: AdminDep, c: ContainerDep) -> Response:
     return _json(await c.erasure.erase(customer_id))

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
@@ -15,12 +16,22 @@ from vicino.services.kernel.problems import InvalidInput
 from ..domain.offers import to_epoch
 from ..use_cases.kpis import KpiQuery
 from .deps import AdminDep, ContainerDep
+from .schemas import PROBLEMS, KpiReportOut
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=PROBLEMS)
 MAX_SPAN_DAYS = 400
 DEFAULT_SPAN_DAYS = 7
 Instant = Annotated[str | None, Query(max_length=40, description="RFC 3339 with an offset, or a date YYYY-MM-DD "
                                       "(a `from` date is the day's start, a `to` date includes that day, UTC)")]
+
+
+class KpiDaysOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str = Field(alias="from", description="first day, YYYY-MM-DD (UTC)")
+    to: str = Field(description="last day, YYYY-MM-DD (UTC)")
+    days: list[dict] = Field(description="the rolled-up days, oldest first")
+    empty: bool
 
 
 def _json(body, status: int = 200) -> Response:
@@ -56,7 +67,8 @@ def period(c, from_: str | None, to: str | None) -> tuple[float, float]:
 
 
 @router.get("/kpis", tags=["kpis"], summary="decisions, deliveries, conversions by attribution key, revenue, "
-            "repurchase and the uplift against the holdout group over a period")
+            "repurchase and the uplift against the holdout group over a period",
+            responses={200: {"model": KpiReportOut}})
 async def kpis(_: AdminDep, c: ContainerDep,
                from_: Annotated[str | None, Query(alias="from", max_length=40,
                                                   description="start (default: 7 days before `to`)")] = None,
@@ -70,7 +82,8 @@ async def kpis(_: AdminDep, c: ContainerDep,
     return _json(await c.kpis.report(KpiQuery(start, end, window_s, store_id, offer_id)))
 
 
-@router.get("/kpis/daily", tags=["kpis"], summary="the daily KPI roll-ups (days whose figures are final)")
+@router.get("/kpis/daily", tags=["kpis"], summary="the daily KPI roll-ups (days whose figures are final)",
+            responses={200: {"model": KpiDaysOut}})
 async def kpis_daily(_: AdminDep, c: ContainerDep, from_: Annotated[str | None, Query(alias="from", max_length=40)] = None,
                      to: Instant = None) -> Response:
     start, end = period(c, from_, to)

@@ -5,19 +5,49 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from vicino.services.kernel.contracts.interactions import Channel
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 
 from .deps import CallerDep, ContainerDep, CustomerAccessDep
+from .schemas import PROBLEMS
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=PROBLEMS)
 CustomerId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN)]
 
 
+class RankingOut(BaseModel):
+    customer_id: str
+    store_id: str | None
+    channel: str
+    model_version: str | None = Field(description="null when no model serves (features-only ranking)")
+    generated_at: float
+    offers: list[dict] = Field(description="best first: rank, offer_id, title, body, item_ids, price, "
+                                           "regular_price, currency, fulfilment, valid_to, score, reason")
+
+
+class ModelInfoOut(BaseModel):
+    """The fields after model_dir are there only while a model serves."""
+    serving: str | None
+    loaded_at: float | None
+    failed_version: str | None
+    failure: str | None
+    model_dir: str
+    created_at: float | None = None
+    data_window: dict | None = Field(None, description="start, end (epoch s) and rows of the training data")
+    metrics: dict | None = None
+    settings: dict | None = None
+    users: int | None = None
+    items: int | None = None
+    user_features: int | None = None
+    item_features: int | None = None
+
+
 @router.get("/customers/{customer_id}/offers", tags=["offers"],
-            summary="the top-k offers for a customer, at a store or on a channel, with price and reason")
+            summary="the top-k offers for a customer, at a store or on a channel, with price and reason",
+            responses={200: {"model": RankingOut}})
 async def customer_offers(customer_id: CustomerId, _: CustomerAccessDep, c: ContainerDep,
                           store_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN,
                                                                 description="rank the offers valid at this store")] = None,
@@ -26,11 +56,15 @@ async def customer_offers(customer_id: CustomerId, _: CustomerAccessDep, c: Cont
     """An unknown customer is ranked from features (cold start), not refused; an unknown store is
     a 404. The order is the same on every channel: the channel only decides which offers are
     eligible."""
-    ranking = await c.ranker.rank(customer_id, store_id=store_id, channel=channel, k=k)
+    customer = await c.identity.canonical(customer_id)
+    consent = await c.devices.consent(customer)
+    ranking = await c.ranker.rank(customer, personalisation=consent["personalisation"], store_id=store_id,
+                                  channel=channel, k=k)
     return Response(orjson.dumps(ranking.to_public()), media_type="application/json")
 
 
-@router.get("/model", tags=["offers"], summary="which model version serves, its data window and metrics")
+@router.get("/model", tags=["offers"], summary="which model version serves, its data window and metrics",
+            responses={200: {"model": ModelInfoOut}})
 async def model_info(_: CallerDep, c: ContainerDep) -> Response:
     holder = c.models
     m = holder.model

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 from vicino.services.kernel.contracts.customer_state import CONSENT_FIELDS
 
@@ -19,6 +20,14 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 class IdentifierError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A write refused because the customer was merged away: `customer_id` is the one it went to
+    (store under it instead)."""
+
+    customer_id: str
 
 
 def normalise_identifier(kind: str, value: str) -> str:

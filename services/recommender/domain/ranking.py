@@ -37,7 +37,7 @@ class RankedOffer:
     score: float
     reason: str
 
-    # what a decision needs of the offer (use_cases.decide.OfferRanker's view of a ranked offer)
+    # what a decision needs of the offer (use_cases.decide.RanksOffers' view of a ranked offer)
     @property
     def offer_id(self) -> str:
         return self.offer.offer_id

@@ -32,7 +32,8 @@ from ..adapters.decision_repository import DecisionRepository
 from ..adapters.published_state import PublishedCustomerState
 from ..domain.decision_policy import (DEFAULT_TIMEZONE, Decision, DecisionRules, OfferChoice, Situation, decide, gate,
                                       local_day_start)
-from .identity import IdentityService
+from ..domain.identity import Moved
+from .identity import CanonicalIds
 
 log = logging.getLogger("vicino.recommender.decisions")
 CHANNEL = "app"    # a geofence decision is a push to the app
@@ -54,11 +55,13 @@ class Ranking(Protocol):
     model_version: str | None
 
 
-class OfferRanker(Protocol):
-    """The port to the offer ranking (use_cases/ranking.py implements it)."""
+class RanksOffers(Protocol):
+    """The port to the offer ranking (use_cases/ranking.py's `OfferRanker` implements it)."""
 
-    async def rank(self, customer_id: str, *, store_id: str | None, channel: str, k: int,
-                   now: float) -> Ranking: ...
+    async def rank(self, customer: str, *, personalisation: bool, store_id: str | None, channel: str, k: int,
+                   now: float) -> Ranking:
+        """`customer`: the canonical id; `personalisation`: its consent to a personalised ranking."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,8 @@ class Outcome:
 
 
 class VisitDecisions:
-    def __init__(self, repo: DecisionRepository, published: PublishedCustomerState, identity: IdentityService,
-                 ranker: OfferRanker, clock: Clock, rules: DecisionRules, decide_on: frozenset[str],
+    def __init__(self, repo: DecisionRepository, published: PublishedCustomerState, identity: CanonicalIds,
+                 ranker: RanksOffers, clock: Clock, rules: DecisionRules, decide_on: frozenset[str],
                  push_ttl_s: float) -> None:
         self.repo = repo
         self.published = published
@@ -95,9 +98,9 @@ class VisitDecisions:
         if e.type == "exit":
             for _ in range(MAX_ROUNDS):
                 out = await self.repo.end_visit(customer, e.visit_id, e.ts, self.clock.now())
-                if not out.startswith("moved:"):
+                if not isinstance(out, Moved):
                     return self._count(Outcome("ended"))
-                customer = await self.identity.canonical(out[6:])
+                customer = await self.identity.canonical(out.customer_id)
             raise RuntimeError("the customer kept being merged while recording an exit")
         return self._count(await self._decide(e, customer))
 
@@ -107,7 +110,7 @@ class VisitDecisions:
         device_theirs = reg is not None and bool(reg.get("push_token")) and (
             reg["customer_id"] == e.customer_id or await self.identity.canonical(reg["customer_id"]) == customer)
         tz = (reg or {}).get("timezone") or DEFAULT_TIMEZONE
-        marketing = await self._marketing_consent(e.customer_id, customer)
+        marketing, consent = await self._consents(e.customer_id, customer)
         ranked_for: str | None = None
         offer: OfferChoice | None = None
         model_version: str | None = None
@@ -122,7 +125,10 @@ class VisitDecisions:
                 return Outcome("duplicate")
             if gate(s, self.rules) is None and ranked_for != customer:
                 try:
-                    ranking = await self.ranker.rank(customer, store_id=e.store_id, channel=CHANNEL, k=1, now=now)
+                    if consent is None:  # the gate passed, so it was read; a safety net
+                        consent = await self.published.consent(customer)
+                    ranking = await self.ranker.rank(customer, personalisation=consent["personalisation"],
+                                                     store_id=e.store_id, channel=CHANNEL, k=1, now=now)
                     offer = _choice(ranking.offers[0]) if ranking.offers else None
                     model_version = ranking.model_version
                 except NotFound:  # the store was removed since the event: nothing to offer there
@@ -137,16 +143,22 @@ class VisitDecisions:
                 return Outcome("decided", record, job)
             if out == "duplicate":
                 return Outcome("duplicate")
-            if out.startswith("moved:"):
-                customer = await self.identity.canonical(out[6:])
-                marketing = await self._marketing_consent(e.customer_id, customer)
+            if isinstance(out, Moved):
+                customer = await self.identity.canonical(out.customer_id)
+                marketing, consent = await self._consents(e.customer_id, customer)
         raise RuntimeError("the customer's counters kept moving; the event will be retried")
 
-    async def _marketing_consent(self, event_customer: str, customer: str) -> bool:
+    async def _consents(self, event_customer: str, customer: str) -> tuple[bool, dict | None]:
+        """The marketing consent that decides, and the canonical customer's consent record (None
+        when it was not needed: the event's customer had no marketing consent)."""
         # geo keeps consent per customer id; after a merge both ids carry the stricter one
-        if not (await self.published.consent(event_customer))["marketing"]:
-            return False
-        return customer == event_customer or (await self.published.consent(customer))["marketing"]
+        first = await self.published.consent(event_customer)
+        if customer == event_customer:
+            return bool(first["marketing"]), first
+        if not first["marketing"]:
+            return False, None
+        consent = await self.published.consent(customer)
+        return bool(consent["marketing"]), consent
 
     def _records(self, e: GeofenceEventV1, customer: str, d: Decision, reg: dict | None, model_version: str | None,
                  now: float) -> tuple[DecisionV1, PushJobV1 | None]:

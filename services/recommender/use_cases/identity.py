@@ -38,19 +38,14 @@ class LinkResult:
     merged: list[str] = field(default_factory=list)  # customers merged into customer_id by this link
 
 
-class IdentityService:
-    def __init__(self, customers: CustomerRepository, published: PublishedCustomerState, geo: GeoClient | None,
-                 clock: Clock | None, decisions: DecisionRepository | None = None) -> None:
-        """`geo`, `clock` and `decisions` are needed only to merge; a reader of pointers (the
-        workers) passes None."""
+class CanonicalIds:
+    """Follows merge pointers to the surviving customer: all the workers need of identity (they
+    never merge), so they hold this and not an IdentityService."""
+
+    def __init__(self, customers: CustomerRepository) -> None:
         self.customers = customers
-        self.published = published
-        self.geo = geo
-        self.clock = clock
-        self.decisions = decisions
 
     async def canonical(self, customer_id: str) -> str:
-        """Follows merge pointers to the surviving customer."""
         current = customer_id
         for _ in range(MAX_HOPS):
             nxt = await self.customers.merged_into(current)
@@ -58,6 +53,21 @@ class IdentityService:
                 return current
             current = nxt
         raise Conflict(f"merge pointers of {customer_id!r} form a chain longer than {MAX_HOPS}")
+
+
+class IdentityService:
+    def __init__(self, customers: CustomerRepository, published: PublishedCustomerState, geo: GeoClient,
+                 clock: Clock, decisions: DecisionRepository) -> None:
+        self.customers = customers
+        self.published = published
+        self.geo = geo
+        self.clock = clock
+        self.decisions = decisions
+        self._ids = CanonicalIds(customers)
+
+    async def canonical(self, customer_id: str) -> str:
+        """Follows merge pointers to the surviving customer."""
+        return await self._ids.canonical(customer_id)
 
     async def owner(self, identifier: str) -> str | None:
         """The customer id an identifier was linked to (not yet resolved through merges). A device

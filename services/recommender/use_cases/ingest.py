@@ -13,6 +13,7 @@ from vicino.services.kernel.contracts.interactions import InteractionV1
 from vicino.services.kernel.problems import InvalidInput, PayloadTooLarge
 
 from ..adapters.customer_repository import CustomerRepository
+from ..domain.identity import Moved
 from ..domain.interactions import Draft, Rejection, judge
 from ..settings import RecommenderSettings
 from .identity import IdentityService
@@ -100,8 +101,8 @@ class InteractionIngest:
             outcomes = await self.customers.append(batch, log=True, now=now)
             retry = []
             for (d, c), outcome in zip(pending, outcomes):
-                if outcome.startswith("moved:"):  # merged meanwhile: store under the survivor
-                    retry.append((d, await self.identity.canonical(outcome[6:])))
+                if isinstance(outcome, Moved):  # merged meanwhile: store under the survivor
+                    retry.append((d, await self.identity.canonical(outcome.customer_id)))
                     continue
                 if outcome == "ok":
                     report.accepted += 1

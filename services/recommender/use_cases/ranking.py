@@ -10,12 +10,10 @@ from vicino.services.kernel.clock import Clock
 
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.model_store import ModelHolder
-from ..adapters.published_state import PublishedCustomerState
 from ..domain.eligibility import STORE_CHECKS, Situation, first_failure
 from ..domain.offers import Offer
 from ..domain.ranking import CustomerView, PreparedOffers, RankedOffer, customer_features, rank, rank_prepared
 from .catalog import Catalog
-from .identity import IdentityService
 
 
 def not_redeemed(redeemed: frozenset[str]):
@@ -45,26 +43,24 @@ class Ranking:
 
 
 class OfferRanker:
-    def __init__(self, catalog: Catalog, customers: CustomerRepository, published: PublishedCustomerState,
-                 identity: IdentityService, models: ModelHolder, clock: Clock) -> None:
+    def __init__(self, catalog: Catalog, customers: CustomerRepository, models: ModelHolder, clock: Clock) -> None:
         self.catalog = catalog
         self.customers = customers
-        self.published = published
-        self.identity = identity
         self.models = models
         self.clock = clock
         self._prepared: tuple[tuple, PreparedOffers] | None = None
 
-    async def rank(self, customer_id: str, *, store_id: str | None, channel: str, k: int,
+    async def rank(self, customer: str, *, personalisation: bool, store_id: str | None, channel: str, k: int,
                    now: float | None = None) -> Ranking:
+        """`customer` is already the canonical id (`IdentityService.canonical`) and `personalisation`
+        its consent to a personalised ranking: the caller has resolved and read both."""
         now = self.clock.now() if now is None else now
-        customer = await self.identity.canonical(customer_id)
         seq, offers = await self.catalog.versioned_offers()
         situation, _ = await self.catalog.situation(store_id, channel, now, offers)
         checks = STORE_CHECKS + (not_redeemed(frozenset(await self.customers.redeemed(customer))),)
         verdicts = np.fromiter((first_failure(o, situation, checks) is None for o in offers), bool, len(offers))
         model = self.models.model
-        view = await self._view(customer, model, now)
+        view = await self._view(customer, personalisation, model, now)
         if model is not None and view.personalisation:
             ranked = rank_prepared(self._prepare(seq, offers, model), verdicts, view, now, k)
         else:
@@ -78,8 +74,7 @@ class OfferRanker:
             self._prepared = (key, PreparedOffers(offers, model))
         return self._prepared[1]
 
-    async def _view(self, customer: str, model, now: float) -> CustomerView:
-        consent = await self.published.consent(customer)
+    async def _view(self, customer: str, personalisation: bool, model, now: float) -> CustomerView:
         history = await self.customers.hot_history(customer)
         purchases: dict[str, list[float]] = {}
         for h in history:
@@ -87,4 +82,4 @@ class OfferRanker:
                 purchases.setdefault(h["item_id"], []).append(h["ts"])
         known = model is not None and customer in model.user_index
         features = tuple(customer_features(history, now, model)) if model is not None and not known else ()
-        return CustomerView(customer, consent["personalisation"], features, purchases)
+        return CustomerView(customer, personalisation, features, purchases)

@@ -49,10 +49,11 @@ from typing import Callable
 
 import redis.exceptions
 
-from vicino.services.kernel.contracts.interactions import (CustomerMergedV1, InteractionV1, customer_tag,
+from vicino.services.kernel.contracts.interactions import (CustomerMergedV1, InteractionV1, customer_shard_tag,
                                                     interactions_stream_key, parse_stream_entry)
+from vicino.services.kernel.contracts.interaction_log import INTERACTIONS, MERGES
 
-from ..adapters.parquet_log import INTERACTIONS, MERGES, ParquetLog, interactions_table, merges_table
+from ..adapters.parquet_log import ParquetLog, interactions_table, merges_table
 from ..adapters.erasure_register import ErasureRegister
 from ..settings import RecommenderSettings
 
@@ -97,7 +98,7 @@ class ShardKeys:
     __slots__ = ("shard", "stream", "lease", "checkpoint", "dead")
 
     def __init__(self, shard: int) -> None:
-        tag = customer_tag(shard)
+        tag = customer_shard_tag(shard)
         self.shard = shard
         self.stream = interactions_stream_key(shard)
         self.lease = f"vicino:{tag}:exporter:lease"

@@ -9,13 +9,14 @@ from vicino.services.runtime.stream_consumer import StreamConsumer, decode_entry
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.erasure_register import ErasureRegister
 from ..adapters.redis_keys import geo_events_dead_letter
-from ..use_cases.identity import IdentityService
+from ..domain.identity import Moved
+from ..use_cases.identity import CanonicalIds
 
 GROUP = RECOMMENDER_VISITS_GROUP
 
 
 class VisitRecorder:
-    def __init__(self, customers: CustomerRepository, identity: IdentityService) -> None:
+    def __init__(self, customers: CustomerRepository, identity: CanonicalIds) -> None:
         self.customers = customers
         self.identity = identity
 
@@ -39,9 +40,9 @@ class VisitRecorder:
                 current.update(left_at=e.ts, dwell_s=e.dwell_s, exit_reason=e.exit_reason)
             order = current["entered_at"] if current["entered_at"] is not None else e.ts
             outcome = await self.customers.record_visit(customer, e.visit_id, order, current)
-            if not outcome.startswith("moved:"):
+            if not isinstance(outcome, Moved):
                 return
-            customer = await self.identity.canonical(outcome[6:])
+            customer = await self.identity.canonical(outcome.customer_id)
 
 
 def visit_consumer(redis, recorder: VisitRecorder, event_shards: int, consumer: str) -> StreamConsumer:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from vicino.services.kernel.auth import Principal, bearer_principal, require_admin
@@ -16,8 +17,9 @@ from vicino.services.kernel.problems import Conflict, NotFound
 from ..domain.runs import JobRun
 from ..use_cases.run_job import UnknownJob
 from ..wiring import SchedulerContainer
+from .schemas import PROBLEMS, problem
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=PROBLEMS)
 JobName = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="a job's name (see GET /v1/jobs)")]
 
 
@@ -35,6 +37,35 @@ async def admin(c: ContainerDep, authorization: Annotated[str | None, Header()] 
 AdminDep = Annotated[Principal, Depends(admin)]
 
 
+class JobOut(BaseModel):
+    name: str
+    description: str
+    schedule: str
+    next_run_at: float | None = Field(description="epoch seconds; null when off, or not on this replica")
+    running: dict | None = Field(description="the run in progress: its run_id and host")
+    last_run: dict | None
+    last_success_at: float | None
+
+
+class JobsOut(BaseModel):
+    jobs: list[JobOut]
+
+
+class JobRunsOut(BaseModel):
+    name: str
+    description: str
+    schedule: str
+    last_run: dict | None
+    last_success_at: float | None
+    runs: list[dict] = Field(description="newest first")
+
+
+class RunAcceptedOut(BaseModel):
+    name: str
+    accepted: bool
+    see: str = Field(description="where to follow the run")
+
+
 def _json(body, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
@@ -50,7 +81,8 @@ def _known(c: SchedulerContainer, name: str):
         raise NotFound(str(e)) from None
 
 
-@router.get("/jobs", tags=["jobs"], summary="every job: schedule, next run here, last run and outcome")
+@router.get("/jobs", tags=["jobs"], summary="every job: schedule, next run here, last run and outcome",
+            responses={200: {"model": JobsOut}})
 async def list_jobs(_: AdminDep, c: ContainerDep, request: Request) -> Response:
     names = sorted(c.runner.jobs)
     last = await c.runner.store.last_runs(names)
@@ -69,7 +101,8 @@ async def list_jobs(_: AdminDep, c: ContainerDep, request: Request) -> Response:
     return _json({"jobs": out})
 
 
-@router.get("/jobs/{name}", tags=["jobs"], summary="one job and its recent runs, newest first")
+@router.get("/jobs/{name}", tags=["jobs"], summary="one job and its recent runs, newest first",
+            responses={200: {"model": JobRunsOut}})
 async def job_runs(name: JobName, _: AdminDep, c: ContainerDep,
                    limit: Annotated[int, Query(ge=1, le=50)] = 20) -> Response:
     job = _known(c, name)
@@ -80,7 +113,9 @@ async def job_runs(name: JobName, _: AdminDep, c: ContainerDep,
 
 
 @router.post("/jobs/{name}/runs", tags=["jobs"], status_code=202,
-             summary="run a job now (in the background); 409 while a run of it is in progress")
+             summary="run a job now (in the background); 409 while a run of it is in progress",
+             responses={202: {"model": RunAcceptedOut, "description": "the run started"},
+                        409: problem("a run of this job is in progress")})
 async def run_now(name: JobName, _: AdminDep, c: ContainerDep) -> Response:
     _known(c, name)
     holder = await c.runner.store.holder(name)

@@ -1,5 +1,5 @@
 """Local stand-ins for the push providers (FCM HTTP v1 with Google's token endpoint; APNs over
-HTTP/2 + TLS), for the push gateway's integration tests, benchmark and load tests. Test code only.
+HTTP/2 + TLS), for the push gateway's integration tests, benchmark and load tests. Never product code.
 
     fcm = fcm_like.start_in_thread(); sa = make_service_account(tmp, fcm.token_url); fcm.add_service_account(sa)
     apns = apns_like.start_in_thread(tls=make_tls(tmp), apns_key=make_apns_key(tmp), topic="com.vicino.app")
@@ -7,7 +7,7 @@ HTTP/2 + TLS), for the push gateway's integration tests, benchmark and load test
 """
 import importlib
 
-# Resolved on first use, so that `python -m tests.push_servers.fcm_like` does not find its own
+# Resolved on first use, so that `python -m testbed.push_servers.fcm_like` does not find its own
 # module already imported by the package (runpy warns about that).
 _EXPORTS = {
     "fcm_like": ".fcm_like", "apns_like": ".apns_like", "keys": ".keys",

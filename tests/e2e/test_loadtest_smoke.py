@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration._support import ROOT
+from tests.support import ROOT
 
 HARD_TIMEOUT_S = 240
 

@@ -1,6 +1,10 @@
 """The progress bar of the long `vicino` commands (history import, train, jobs run)."""
 from __future__ import annotations
 
+# the stages of training (`vicino train`, and the retrain job under `vicino jobs run`)
+TRAIN_STAGES = {"load": "reading the history", "validation": "fit: validation run", "test": "fit: test run",
+                "final": "fit: whole history", "write": "writing the version"}
+
 
 def progress_bar(labels: dict[str, str] | None = None, width: int = 24):
     """A rich progress display on stderr and the `progress(stage, done, total)` callback that

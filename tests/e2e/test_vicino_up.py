@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ._support import assert_problem, free_port, port_open, wait_until
+from tests.support import assert_problem, free_port, port_open, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -20,8 +20,8 @@ import redis as redis_lib
 from vicino.services.kernel.contracts.decisions import decisions_stream_key
 from vicino.services.launcher.embedded_redis import EmbeddedRedis
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
-from tests.integration._support import ROOT, free_port, wait_until
-from tests.push_servers.fixtures import fcm, fcm_server, material  # noqa: F401  (fixtures)
+from tests.support import ROOT, free_port, wait_until
+from tests.push_provider_fixtures import fcm, fcm_server, material  # noqa: F401  (fixtures)
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CUSTOMERS = 40
@@ -136,7 +136,7 @@ def test_kills_and_a_redis_restart_lose_and_duplicate_nothing(tmp_path, fcm):
             "VICINO_FCM_CREDENTIALS": str(fcm.sa.path), "VICINO_FCM_ENDPOINT": fcm.url, "VICINO_CLAIM_IDLE_MS": "2000"}
     services = {"geo": Service("geo", ["geo"], base, tmp_path, geo_port),
                 "recommender": Service("recommender", ["recommender"], base, tmp_path, rec_port),
-                "worker": Service("worker", ["recommender-worker"], base, tmp_path, None),
+                "worker": Service("worker", ["recommender-worker"], base, tmp_path, free_port()),
                 "push": Service("push", ["push"], base, tmp_path, push_port)}
     report: list[str] = []
     phones = Phones(services["geo"].url)

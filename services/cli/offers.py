@@ -25,6 +25,8 @@ from typing import Optional
 import orjson
 import typer
 
+from vicino.services.cli.guards import admin_token_or_exit, call_api_or_exit
+
 offers_app = typer.Typer(help="Manage the offer catalogue (recommender service).", no_args_is_help=True)
 
 CSV_COLUMNS = ("offer_id", "title", "body", "item_ids", "category", "price", "promo_price", "currency",
@@ -156,8 +158,6 @@ def offers_import(file: Path = typer.Argument(..., exists=True, dir_okay=False,
                   batch: int = typer.Option(1000, min=1, max=10_000, help="offers per request")) -> None:
     """Upsert offers from a file; bad rows are reported with their line and skipped."""
     from vicino.services.launcher.demo_offers import post_offers
-
-    from vicino.services.cli import admin_token_or_exit, call_api_or_exit
 
     admin = admin_token_or_exit(token)
     try:

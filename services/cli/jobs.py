@@ -1,6 +1,6 @@
 """`vicino jobs`: list the periodic jobs, or run one now in the foreground (under the same Redis
-lock as the scheduler, so it never runs beside a scheduled run of the same job); and `vicino
-serve scheduler`. Registered in services/cli.py."""
+lock as the scheduler, so it never runs beside a scheduled run of the same job). Registered in
+services/cli/__init__.py; `vicino serve scheduler` is in services/cli/serve.py."""
 from __future__ import annotations
 
 import asyncio
@@ -9,30 +9,9 @@ from datetime import datetime, timezone
 
 import typer
 
+from vicino.services.cli.guards import jobs_or_exit
+
 jobs_app = typer.Typer(help="The periodic jobs: list them, run one now.", no_args_is_help=True)
-
-
-def _settings():
-    from vicino.services.cli import _settings_or_exit
-    from vicino.services.recommender.settings import RecommenderSettings
-    from vicino.services.scheduler.settings import SchedulerSettings
-
-    return _settings_or_exit(SchedulerSettings), _settings_or_exit(RecommenderSettings)
-
-
-def _catalog():
-    from vicino.services.job_catalog import all_jobs
-    from vicino.services.scheduler.domain.schedules import ScheduleError
-    from vicino.services.scheduler.wiring import resolve_schedules
-
-    scheduler, recommender = _settings()
-    jobs = all_jobs(scheduler, recommender)
-    try:
-        schedules = resolve_schedules(jobs, scheduler)
-    except ScheduleError as e:
-        typer.echo(f"vicino: {e}", err=True)
-        raise typer.Exit(2)
-    return scheduler, jobs, schedules
 
 
 def _when(ts: float | None) -> str:
@@ -55,7 +34,7 @@ def list_jobs() -> None:
     """Every job with its schedule and its last run (from Redis)."""
     from vicino.services.scheduler.adapters.run_store import RunStore
 
-    settings, jobs, schedules = _catalog()
+    settings, jobs, schedules = jobs_or_exit()
 
     async def last():
         redis = await _open(settings)
@@ -83,7 +62,7 @@ def run_job(name: str = typer.Argument(..., help="the job (see `vicino jobs list
     from vicino.services.scheduler.adapters.run_store import RunStore
     from vicino.services.scheduler.use_cases.run_job import JobRunner
 
-    settings, jobs, schedules = _catalog()
+    settings, jobs, schedules = jobs_or_exit()
     by_name = {j.name: j for j in jobs}
     if name not in by_name:
         typer.echo(f"vicino: no job {name!r}; the jobs are: {', '.join(sorted(by_name))}", err=True)
@@ -118,24 +97,6 @@ def run_job(name: str = typer.Argument(..., help="the job (see `vicino jobs list
 
 
 def _progress_bar():
-    from vicino.services.cli_progress import progress_bar
-    from vicino.services.cli_train import LABELS  # the retrain job's stages are training's
+    from vicino.services.cli.progress import TRAIN_STAGES, progress_bar
 
-    return progress_bar(LABELS)
-
-
-def serve_scheduler(host: str = typer.Option("127.0.0.1", envvar="VICINO_HOST", help="bind address"),
-                    port: int = typer.Option(8003, envvar="VICINO_SCHEDULER_PORT", help="port of the jobs API")) -> None:
-    """The scheduler: fires every service's periodic jobs (one run at a time across replicas, a
-    scheduled occurrence run once) and serves GET /v1/jobs. Needs VICINO_REDIS_URL,
-    VICINO_ADMIN_TOKEN, VICINO_TOKEN_SECRET."""
-    import uvicorn
-
-    from vicino.services.runtime.observability import configure_logging
-    from vicino.services.scheduler.app import create_app
-
-    settings, jobs, schedules = _catalog()
-    configure_logging(settings.log_level)
-    typer.echo("scheduler jobs: " + "; ".join(f"{n} {s}" for n, s in sorted(schedules.items())), err=True)
-    uvicorn.run(create_app(settings, jobs), host=host, port=port, log_config=None, access_log=False,
-                lifespan="on", timeout_graceful_shutdown=10)
+    return progress_bar(TRAIN_STAGES)  # the retrain job's stages are training's

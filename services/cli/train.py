@@ -1,6 +1,6 @@
 """`vicino train`: fit the recommender's model on the interaction history, write a version under
 the model directory and publish it when it passes the gate. One command, registered in
-services/cli.py as `app.command("train")(train_command)`; the work is vicino.models.pipeline's
+services/cli/__init__.py as `app.command("train")(train_command)`; the work is vicino.models.pipeline's
 `train_and_publish`, imported when the command runs (LightFM stays out of every other command)."""
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ from typing import Optional
 
 import typer
 
-LABELS = {"load": "reading the history", "validation": "fit: validation run", "test": "fit: test run",
-          "final": "fit: whole history", "write": "writing the version"}
+from vicino.services.cli.progress import TRAIN_STAGES as LABELS
 
 
 def _progress_bar():
-    from vicino.services.cli_progress import progress_bar
+    from vicino.services.cli.progress import progress_bar
 
     return progress_bar(LABELS)
 

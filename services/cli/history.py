@@ -1,5 +1,5 @@
 """`vicino history`: bulk import of interaction history, export of the interaction streams to
-the Parquet log, and erasures applied to that log. Registered in services/cli.py."""
+the Parquet log, and erasures applied to that log. Registered in services/cli/__init__.py."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +8,8 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+
+from vicino.services.cli.guards import settings_or_exit
 
 history_app = typer.Typer(help="The interaction history: bulk import, export to the Parquet log, erasures.",
                           no_args_is_help=True)
@@ -20,10 +22,9 @@ class HistoryFormat(str, Enum):
 
 
 def _settings():
-    from vicino.services.cli import _settings_or_exit
     from vicino.services.recommender.settings import RecommenderSettings
 
-    return _settings_or_exit(RecommenderSettings)
+    return settings_or_exit(RecommenderSettings)
 
 
 async def _open_redis(settings):
@@ -43,13 +44,13 @@ IMPORT_STAGES = {"read": "reading the file", "write": "writing Parquet partition
 
 
 def _progress_bar():
-    from vicino.services.cli_progress import progress_bar
+    from vicino.services.cli.progress import progress_bar
 
     return progress_bar(IMPORT_STAGES, width=28)
 
 
 def _print_import(report) -> None:
-    from vicino.services.recommender.use_cases.history_import import DROP_REASONS
+    from vicino.services.kernel.contracts.history_file import DROP_REASONS
 
     verb = "would import" if report.dry_run else "imported"
     typer.echo(f"{report.source} ({report.format}, sha256 {report.content_sha256[:12]}): {report.rows_read:,} rows read, "
@@ -83,7 +84,7 @@ def import_history(
     most recent interactions into the hot history. Re-importing the same file replaces its rows."""
     import time
 
-    from vicino.services.recommender.use_cases.history_import import HistoryFileError, read_history
+    from vicino.services.kernel.contracts.history_file import HistoryFileError, read_history
 
     bar, progress = _progress_bar()
     if dry_run:

@@ -588,7 +588,7 @@ def start_in_thread(**config) -> ApnsLikeServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tests.push_servers.apns_like", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m testbed.push_servers.apns_like", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--cert", required=True, help="server certificate (PEM)")

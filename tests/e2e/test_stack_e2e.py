@@ -21,8 +21,8 @@ from vicino.services.kernel.contracts.decisions import decisions_stream_key
 from vicino.services.kernel.contracts.geofence_events import events_stream_key
 from vicino.services.launcher.embedded_redis import EmbeddedRedisCluster
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
-from tests.integration._support import ROOT, fix_until_enter, served_service, stop_process, wait_until
-from tests.push_servers.fixtures import fcm, fcm_server, material  # noqa: F401  (fixtures)
+from tests.support import ROOT, fix_until_enter, free_port, served_service, stop_process, wait_until
+from tests.push_provider_fixtures import fcm, fcm_server, material  # noqa: F401  (fixtures)
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CUSTOMERS = 12
@@ -32,9 +32,10 @@ STORES = [(f"e2e-store-{i}", 45.07, 7.68 + 0.004 * i) for i in range(4)]
 
 @contextlib.contextmanager
 def worker_process(redis_url: str, log_dir: Path, name: str, env: dict):
-    """`vicino serve recommender-worker` (no HTTP port: alive is all there is to wait for)."""
+    """`vicino serve recommender-worker`, its health edge on a free port."""
     full = {**os.environ, "VICINO_REDIS_URL": redis_url, "VICINO_ADMIN_TOKEN": ADMIN_TOKEN,
-            "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_LOG_LEVEL": "WARNING", **env}
+            "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_LOG_LEVEL": "WARNING",
+            "VICINO_WORKER_PORT": str(free_port()), **env}
     log = open(log_dir / f"{name}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "vicino.services.cli", "serve", "recommender-worker"], cwd=ROOT, env=full,
                             stdout=log, stderr=log, start_new_session=True)

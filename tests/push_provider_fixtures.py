@@ -1,11 +1,11 @@
-"""pytest fixtures for the provider stand-ins: key material, an FCM-like and an APNs-like server
+"""pytest fixtures for the provider stand-ins of testbed/push_servers: key material, an FCM-like and an APNs-like server
 per test module (reset before each test). Import them into a test module to use them."""
 from __future__ import annotations
 
 import pytest
 
-from . import apns_like, fcm_like
-from .keys import make_apns_key, make_service_account, make_tls
+from testbed.push_servers import apns_like, fcm_like
+from testbed.push_servers.keys import make_apns_key, make_service_account, make_tls
 
 TOPIC = "com.vicino.app"
 

@@ -102,7 +102,7 @@ def test_retrain_without_a_service_trains_writes_a_version_and_skips_the_switch(
 
 
 def test_retrain_publishes_through_the_gate_and_the_served_recommender_switches(redis_url, geo_url, tmp_path):
-    from tests.integration._support import served_service
+    from tests.support import served_service
 
     models = tmp_path / "model-dir"
     models.mkdir()
@@ -136,7 +136,7 @@ def test_kpis_with_a_service_shows_the_known_history(redis_url, redis_sync, geo_
     """The hand-built history of test_kpis_api, served by a real recommender process, rolled up,
     then read and plotted by the notebook."""
     from tests.conftest import make_rec_settings
-    from tests.integration._support import served_service
+    from tests.support import served_service
     from tests.integration.test_kpis_api import FROM, TO, roll_up, seed_history
 
     history = str(tmp_path / "history")

@@ -1,0 +1,33 @@
+"""The `vicino` command: run the stack, serve one service, manage stores, offers, history, jobs,
+train the model. The root: builds the typer app from the groups, one module each
+(up, serve, stores, offers, history, train, jobs); their shared guards and exits are in
+guards.py, the progress bar in progress.py, the jobs of every service in job_catalog.py. No
+module of this package imports this one back."""
+from __future__ import annotations
+
+import typer
+
+from vicino.services.cli.history import history_app
+from vicino.services.cli.jobs import jobs_app
+from vicino.services.cli.offers import offers_app
+from vicino.services.cli.serve import serve_app
+from vicino.services.cli.stores import stores_app
+from vicino.services.cli.train import train_command
+from vicino.services.cli.up import up as up_command
+
+app = typer.Typer(help="Vicino: location-triggered personalised offers for omnichannel retail.",
+                  no_args_is_help=True, add_completion=False)
+app.command("up")(up_command)
+app.add_typer(serve_app, name="serve")
+app.add_typer(stores_app, name="stores")
+app.add_typer(offers_app, name="offers", help="Manage the offer catalogue.")
+app.add_typer(history_app, name="history", help="Customers' interaction history: import, export, erasure.")
+app.command("train")(train_command)
+app.add_typer(jobs_app, name="jobs", help="The periodic jobs: list them, run one now.")
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]
