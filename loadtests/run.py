@@ -594,7 +594,8 @@ class Run:
             # hold is that no push was lost or doubled and that every service came back
             fo["requests_failed"] = failures
             out["ok"] = (fo.get("killed") is True and not fo.get("not_ready") and not fo.get("error")
-                         and fo.get("lost") == 0 and fo.get("doubled") == 0 and not self.errors)
+                         and fo.get("lost") == 0 and fo.get("doubled") == 0 and fo.get("dead_letters") == 0
+                         and not self.errors)
         else:
             out["ok"] = (failures == 0 and locust_rc == 0 and not self.errors)
         return out
@@ -630,8 +631,10 @@ def print_summary(s: dict) -> None:
               f"promoted after {_fmt(fo.get('promoted_after_s'), ' s')}; ready again after the promotion: "
               f"{fo.get('ready_after_promotion_s')}; not ready: {fo.get('not_ready') or 'none'}; "
               f"seconds without service {_fmt(fo.get('seconds_without_service'))}")
-        print(f"  pushes: {fo.get('push_jobs')} push jobs, {fo.get('pushed')} at the provider, lost "
-              f"{fo.get('lost')}, doubled {fo.get('doubled')}; requests failed {fo.get('requests_failed')}")
+        print(f"  pushes: {fo.get('push_jobs')} push jobs, {fo.get('pushed')} at the provider, ended otherwise on "
+              f"record {fo.get('ended_otherwise')}, lost "
+              f"{fo.get('lost')}, doubled {fo.get('doubled')}, dead letters {fo.get('dead_letters')}; requests failed "
+              f"{fo.get('requests_failed')}")
     e = s["e2e"]
     k = s.get("counters") or {}
     print(f"  E2E fix→push: {e.get('count', 0)} pushes matched, p50 {_fmt(e.get('p50'))} ms, p95 "
@@ -658,6 +661,8 @@ def print_summary(s: dict) -> None:
     print(f"  machine CPU mean {_fmt(s.get('machine_cpu_percent_mean'))}% of {c['cpus']} cores "
           f"(steal {_fmt(s.get('machine_steal_percent_mean'))}%); per process: % of one core")
     r = s.get("redis") or {}
+    if isinstance(r, str):  # a failover run's cluster: no single Redis to read
+        r = {"used_memory_human": r}
     print(f"  Redis used_memory {r.get('used_memory_human', '-')} (peak {r.get('used_memory_peak_human', '-')}), "
           f"{_fmt(r.get('keys'))} keys, {_fmt(s.get('redis_commands_per_s'))} commands/s; latency events ≥ 5 ms: "
           + (", ".join(f"{e['event']} max {e['max_ms']} ms" for e in s.get("redis_latency_events") or []) or "none"))

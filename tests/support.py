@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 
+from vicino.services.runtime.api_keys import AUDIT, KEYS
 from testbed.processes import ROOT, free_port, port_open, served_service, stop_process, wait_until  # noqa: F401
 from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1, device_shard, events_stream_key
 
@@ -25,10 +26,17 @@ def assert_problem(r: httpx.Response, status: int, *needles: str) -> dict:
     return body
 
 
-def redis_dump(r) -> dict:
-    """Every key with its type and full content: compare before/after a refused request."""
+ACCESS_BOOKKEEPING = {AUDIT.encode(), KEYS.encode()}
+
+
+def redis_dump(r, *, access: bool = False) -> dict:
+    """Every key with its type and full content: compare before/after a refused request. The
+    access bookkeeping (the audit trail, which records refused writes too, and the key store,
+    where services register their own keys at start) only with `access`."""
     out = {}
     for key in sorted(r.keys("*")):
+        if not access and key in ACCESS_BOOKKEEPING:
+            continue
         kind = r.type(key).decode()
         if kind == "string":
             value = r.get(key)

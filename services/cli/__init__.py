@@ -9,6 +9,7 @@ import typer
 
 from vicino.services.cli.history import history_app
 from vicino.services.cli.jobs import jobs_app
+from vicino.services.cli.keys import keys_app
 from vicino.services.cli.offers import offers_app
 from vicino.services.cli.serve import serve_app
 from vicino.services.cli.stores import stores_app
@@ -23,6 +24,7 @@ app.add_typer(stores_app, name="stores")
 app.add_typer(offers_app, name="offers", help="Manage the offer catalogue.")
 app.add_typer(history_app, name="history", help="Customers' interaction history: import, export, erasure.")
 app.command("train")(train_command)
+app.add_typer(keys_app, name="keys", help="API keys with roles: create, list, revoke.")
 app.add_typer(jobs_app, name="jobs", help="The periodic jobs: list them, run one now.")
 
 

@@ -12,6 +12,7 @@ from vicino.services.kernel.clock import Clock, SystemClock
 from vicino.services.runtime.http_edge import install_edge, publish_body_schemas, redis_check
 from vicino.services.runtime.redis_client import service_redis
 
+from .api import access_routes
 from .api.routes import HOT_PATH_ROUTES, router
 from .api.schemas import LocationBatchIn
 from .settings import GeoSettings
@@ -32,6 +33,7 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
         async with service_redis(settings.redis_url, settings.redis_wait_s, log, redis) as (r, hot):
             container = build(settings, r, clock, registry, metrics, hot)
             app.state.container = container
+            app.state.audit = container.audit
             running["sync"] = container.sync
             stop = asyncio.Event()
             await container.sync.load_all()
@@ -55,6 +57,7 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
                 "store_index": "ok" if container and container.sync.loaded else "not loaded yet"}
 
     app.include_router(router)  # before the health routes: the hot path is matched first
+    app.include_router(access_routes.router)
     app.router.routes[:0] = HOT_PATH_ROUTES
     install_edge(app, service="geo", registry=registry, ready=ready,
                  max_body_bytes=settings.max_body_bytes,

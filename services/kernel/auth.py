@@ -1,4 +1,5 @@
-"""Bearer tokens: the operator's admin token, and signed device tokens.
+"""Bearer tokens: the bootstrap admin token, API keys with roles (`roles`; their store is the
+runtime's `api_keys`), and signed device tokens.
 
 A device token is `v1.<payload>.<signature>`: base64url JSON `{d: device_id, c: customer_id,
 j: token id, e: expiry}` signed with HMAC-SHA256. Any replica can verify it offline; the
@@ -27,13 +28,21 @@ class DeviceClaims:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the operator (admin) or one device of one customer."""
+    """Who is calling: a key (the bootstrap admin token, or an API key and its roles) or one
+    device of one customer. `admin` is the admin role."""
 
     admin: bool
     device: DeviceClaims | None = None
+    roles: frozenset[str] = frozenset()
+    key_id: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """Who, for logs and the audit trail (never a customer id)."""
+        return f"device:{self.device.device_id}" if self.device else f"key:{self.key_id}"
 
 
-ADMIN = Principal(admin=True)
+ADMIN = Principal(admin=True, roles=frozenset({"admin"}), key_id="admin-token")
 
 
 def _b64(data: bytes) -> str:
@@ -100,21 +109,22 @@ def is_admin_token(token: str, admin_token: str) -> bool:
     return hmac.compare_digest(token.encode(), admin_token.encode())
 
 
-def bearer_principal(authorization: str | None, admin_token: str, signer: TokenSigner, now: float) -> Principal:
-    """Admin token, or a device token whose signature and expiry check out. Whether a device
-    token is still its device's current one is for the caller to check against the registration."""
-    token = parse_bearer(authorization)
-    if is_admin_token(token, admin_token):
-        return ADMIN
-    if not token.startswith("v1."):
-        raise Unauthorized("unknown bearer token")
-    return Principal(admin=False, device=signer.verify(token, now))
-
-
 def require_admin(p: Principal) -> Principal:
-    if not p.admin:
-        raise Forbidden("this endpoint needs the admin token")
-    return p
+    return require_roles(p, frozenset({"admin"}))
+
+
+def require_roles(p: Principal, accepted: frozenset[str], *, devices: bool = False) -> Principal:
+    """A key with one of `accepted` (admin opens everything), or, where `devices`, a device token
+    (whose own checks follow). The refusal names the role needed."""
+    needed = " or ".join(sorted(accepted | {"admin"}))
+    if p.device is not None:
+        if devices:
+            return p
+        raise Forbidden(f"this endpoint needs an API key with the role {needed}; a device token may not call it")
+    if p.admin or p.roles & accepted:
+        return p
+    held = ", ".join(sorted(p.roles)) or "none"
+    raise Forbidden(f"this endpoint needs the role {needed}; this key holds {held}")
 
 
 REPLACED_TOKEN = "this device token was replaced by a newer registration or the device was removed"

@@ -152,7 +152,8 @@ def banner(stack: Stack, info: dict) -> str:
         f"  health       {base}/healthz   ready: {base}/readyz   metrics: {base}/metrics",
         f"  worker       {stack.url_of('recommender-worker')}/readyz   (the recommender-worker's health and metrics)",
         f"  redis        {info['redis_url']}" + ("  (embedded, data in " + str(stack.data_dir / 'redis') + ")" if stack.redis else ""),
-        f"  admin token  {info['admin_token']}",
+        f"  admin token  {info['admin_token']}   (bootstrap admin: hand out narrower keys with "
+        "`vicino keys create NAME --role operator|analyst|app_backend|support`)",
         f"  logs         {stack.data_dir / 'logs'}",
     ]
     demo = info.get("demo")

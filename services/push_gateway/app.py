@@ -13,13 +13,14 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from vicino.services.kernel.clock import Clock, SystemClock
+from vicino.services.runtime.api_keys import AuditTrail
 from vicino.services.runtime.http_edge import install_edge, redis_check
 from vicino.services.runtime.redis_client import service_redis
 from vicino.services.runtime.stream_consumer import ConsumerCollector, consumer_check
 
 from .api import routes
 from .settings import PushSettings
-from .wiring import ProviderClients, build, build_consumer
+from .wiring import SERVICE_KEY_NAME, SERVICE_KEY_ROLES, ProviderClients, build, build_consumer
 
 log = logging.getLogger("vicino.push")
 
@@ -42,6 +43,8 @@ def create_app(settings: PushSettings | None = None, *, redis=None, clock: Clock
             rec = recommender_http or httpx.AsyncClient(base_url=settings.recommender_url, timeout=10.0)
             container = app.state.container = build(settings, r, clock, registry, provider_clients, geo, rec,
                                                     hot_path=hot)
+            app.state.audit = AuditTrail(r, settings.audit_retention_days, settings.token_secret)
+            await container.access.keys.ensure_service_key(SERVICE_KEY_NAME, SERVICE_KEY_ROLES, clock.now())
             stop = asyncio.Event()
             tasks = []
             if run_worker:

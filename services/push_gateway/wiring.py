@@ -9,6 +9,8 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from vicino.services.kernel.auth import TokenSigner
+from vicino.services.kernel.roles import service_key
+from vicino.services.runtime.api_keys import Authenticator
 from vicino.services.kernel.clock import Clock
 from vicino.services.kernel.contracts.push_jobs import push_jobs_stream_key
 from vicino.services.kernel.contracts.streams import PUSH_GATEWAY_GROUP, dead_letter_of
@@ -30,6 +32,8 @@ from .use_cases.opens import DeliveryOpens
 from .worker import PushJobHandler
 
 log = logging.getLogger("vicino.push")
+# the push gateway's own key: it revokes dead push tokens at geo and reports opens to the recommender
+SERVICE_KEY_NAME, SERVICE_KEY_ROLES = "push", ("app_backend",)
 
 GROUP = PUSH_GATEWAY_GROUP
 
@@ -152,6 +156,7 @@ class PushContainer:
     clock: Clock
     redis: object
     signer: TokenSigner
+    access: Authenticator
     registry: CollectorRegistry
     repo: DeliveryRepository
     delivery: PushDelivery
@@ -170,13 +175,16 @@ def build(settings: PushSettings, redis, clock: Clock, registry: CollectorRegist
     routes = routing_table(frozenset(providers))
     policy = RetryPolicy(max_attempts=settings.max_attempts, base_s=settings.retry_base_s, max_s=settings.retry_max_s)
     kw = {"draw": draw} if draw else {}
-    delivery = PushDelivery(repo, providers, routes, GeoDevices(geo_http, settings.admin_token), clock, policy,
+    own_key = service_key(settings.token_secret, SERVICE_KEY_NAME)[1]  # registered by the app at start
+    delivery = PushDelivery(repo, providers, routes, GeoDevices(geo_http, own_key), clock, policy,
                             # a send takes at most: an OAuth exchange, the request, a refresh and the
                             # request again, each within the timeout; longer than that, its worker died
                             lease_s=settings.provider_timeout_s * 4 + 5,
                             provider_concurrency=settings.provider_concurrency, metrics=PushMetrics(registry), **kw)
-    opens = DeliveryOpens(repo, RecommenderInteractions(recommender_http, settings.admin_token), clock)
-    return PushContainer(settings=settings, clock=clock, redis=redis, signer=TokenSigner(settings.token_secret),
+    opens = DeliveryOpens(repo, RecommenderInteractions(recommender_http, own_key), clock)
+    signer = TokenSigner(settings.token_secret)
+    return PushContainer(settings=settings, clock=clock, redis=redis, signer=signer,
+                         access=Authenticator(redis, settings.admin_token, signer, settings.token_secret),
                          registry=registry, repo=repo, delivery=delivery, opens=opens, routes=routes, hot_path=hot_path)
 
 

@@ -10,13 +10,14 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from vicino.services.kernel.clock import Clock, SystemClock
+from vicino.services.runtime.api_keys import AuditTrail
 from vicino.services.runtime.http_edge import install_edge, publish_body_schemas, redis_check
 from vicino.services.runtime.redis_client import service_redis
 
 from .api import catalog_routes, customer_routes, kpi_routes, offer_routes
 from .api.customer_routes import InteractionBatchIn
 from .settings import RecommenderSettings
-from .wiring import build
+from .wiring import build, SERVICE_KEY_NAME, SERVICE_KEY_ROLES
 
 log = logging.getLogger("vicino.recommender")
 
@@ -35,6 +36,8 @@ def create_app(settings: RecommenderSettings | None = None, *, redis=None, clock
             own_http = geo_http is None
             http = geo_http or httpx.AsyncClient(base_url=settings.geo_url, timeout=10.0)
             container = app.state.container = build(settings, r, clock, registry, http)
+            app.state.audit = AuditTrail(r, settings.audit_retention_days, settings.token_secret)
+            await container.access.keys.ensure_service_key(SERVICE_KEY_NAME, SERVICE_KEY_ROLES, clock.now())
             try:
                 await container.models.refresh()
             except OSError as e:  # an unreadable model dir must not stop the service: popularity serves

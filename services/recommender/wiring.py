@@ -8,6 +8,8 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from vicino.services.kernel.auth import TokenSigner
+from vicino.services.kernel.roles import service_key
+from vicino.services.runtime.api_keys import Authenticator
 from vicino.services.kernel.clock import Clock, SystemClock
 from vicino.services.runtime.redis_client import ReplicaWait
 from vicino.services.runtime.stream_consumer import StreamConsumer
@@ -37,12 +39,18 @@ from .use_cases.catalog import Catalog
 # --- end catalogue ---
 
 
+# the recommender's own key at geo: it erases a customer's location data (support) and sets the
+# stricter consent on both customers of a merge (app_backend)
+SERVICE_KEY_NAME, SERVICE_KEY_ROLES = "recommender", ("app_backend", "support")
+
+
 @dataclass
 class RecommenderContainer:
     settings: RecommenderSettings
     clock: Clock
     redis: object
     signer: TokenSigner
+    access: Authenticator
     registry: CollectorRegistry
     devices: PublishedCustomerState
     identity: IdentityService
@@ -57,15 +65,17 @@ class RecommenderContainer:
 
 def build(settings: RecommenderSettings, redis, clock: Clock, registry: CollectorRegistry,
           geo_http: httpx.AsyncClient) -> RecommenderContainer:
+    signer = TokenSigner(settings.token_secret)
     published = PublishedCustomerState(redis, settings.event_shards)
     customers = CustomerRepository(redis, settings)
-    geo = GeoClient(geo_http, settings.admin_token)
+    geo = GeoClient(geo_http, service_key(settings.token_secret, SERVICE_KEY_NAME)[1])  # registered at start
     decisions = _decision_repository(settings, redis)
     identity = IdentityService(customers, published, geo, clock, decisions)
     catalog = Catalog(CatalogRepository(redis), clock)
     models = ModelHolder(settings.model_dir)
     return RecommenderContainer(
-        settings=settings, clock=clock, redis=redis, signer=TokenSigner(settings.token_secret), registry=registry,
+        settings=settings, clock=clock, redis=redis, signer=signer, registry=registry,
+        access=Authenticator(redis, settings.admin_token, signer, settings.token_secret),
         devices=published, identity=identity,
         ingest=InteractionIngest(customers, identity, clock, settings),
         profiles=ProfileReader(customers, published, identity),

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from .api_keys import AuditMiddleware, document_access
 from .observability import BodyLimitMiddleware, HttpMetrics, MetricsMiddleware
 from ..kernel.problems import InvalidInput, require_json_content_type
 from .http_problems import install_problem_handlers, problem_response
@@ -34,6 +35,7 @@ def install_edge(app: FastAPI, *, service: str, registry: CollectorRegistry, rea
     """`alive`: for a process with background consumers, "ok" or why it cannot make progress;
     anything but "ok" makes /healthz a 503, so that a liveness probe restarts the process."""
     install_problem_handlers(app)
+    app.add_middleware(AuditMiddleware)
     app.add_middleware(BodyLimitMiddleware, default_limit=max_body_bytes, limits=body_limits)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry, service))
 
@@ -62,6 +64,8 @@ def install_edge(app: FastAPI, *, service: str, registry: CollectorRegistry, rea
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    document_access(app)
 
 
 def publish_body_schemas(app: FastAPI, *models) -> None:

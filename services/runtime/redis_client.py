@@ -97,6 +97,7 @@ async def wait_for_redis(url: str, wait_s: float, log) -> None:
 # a command gets this long, then the request is a 503 (no command the services send takes long)
 SOCKET_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
+CLUSTER_MAX_CONNECTIONS_PER_NODE = 2048
 
 
 def _single(url: str) -> str:
@@ -116,7 +117,10 @@ def open_async(url: str) -> aioredis.Redis | AsyncRedisCluster:
         seeds = [ClusterNode(h, p) for h, p in _seed_nodes(url)]
         # every named node is a startup node; a connection error anywhere (the node a command or
         # the commands parser uses included) makes the client read the topology again
-        return AsyncRedisCluster.from_url(node_urls(url)[0], startup_nodes=seeds, **timeouts)
+        # redis-py's cluster client refuses a command (MaxConnectionsError) rather than wait when
+        # a node's pool is full (100 by default): a busy replica has more requests in flight
+        return AsyncRedisCluster.from_url(node_urls(url)[0], startup_nodes=seeds,
+                                          max_connections=CLUSTER_MAX_CONNECTIONS_PER_NODE, **timeouts)
     return aioredis.Redis.from_url(_single(url), health_check_interval=30, **timeouts)
 
 
@@ -157,6 +161,13 @@ async def service_redis(url: str, wait_s: float, log, given=None, *, hot_path: b
             await r.aclose()
 
 
+def _probe_key(key: str) -> str:
+    """One probe per hash tag (a shard), not per key: `vicino:{cs:007}:replica-probe`."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return f"vicino:{key[start:end + 1]}:replica-probe" if 0 <= start < end - 1 else key + ":replica-probe"
+
+
 class ReplicaWait:
     """After the writes a failover must not lose: `WAIT replicas timeout` on the master that owns a
     key. WAIT covers what its own connection wrote, and a client's pool hands each command any
@@ -191,7 +202,7 @@ class ReplicaWait:
         if self.replicas <= 0:
             return
         async with self._client_for(key).pipeline(transaction=False) as pipe:
-            pipe.set(key + ":replica-probe", b"1", px=60_000)
+            pipe.set(_probe_key(key), b"1", px=60_000)
             pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
             _, acked = await pipe.execute()
         if int(acked) < self.replicas:  # availability first: the write stands on its master

@@ -8,9 +8,10 @@ from ..kernel.problems import Unavailable
 
 
 class ServiceClient:
-    def __init__(self, http: httpx.AsyncClient, admin_token: str, service: str) -> None:
+    def __init__(self, http: httpx.AsyncClient, key: str, service: str) -> None:
+        """`key`: the calling service's own API key (`kernel.roles.service_key`), never the admin token."""
         self._http = http
-        self._headers = {"Authorization": f"Bearer {admin_token}"}
+        self._headers = {"Authorization": f"Bearer {key}"}
         self.service = service
 
     async def _call(self, method: str, path: str, **kw) -> httpx.Response:

@@ -22,6 +22,8 @@ class ServiceSettings(BaseSettings):
     token_secret: str = Field(..., description="key that signs device tokens; same on every replica")
     redis_wait_s: float = Field(30.0, ge=0, description="at start, how long to wait for Redis to answer before giving up")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr")
+    audit_retention_days: float = Field(90, gt=0, le=3650, description="how long the audit trail keeps each write "
+                                        "made with an API key or the admin token")
 
     @field_validator("admin_token", "token_secret")
     @classmethod

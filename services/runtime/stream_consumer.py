@@ -6,7 +6,9 @@ handler raised `PoisonEntry`, or failed `max_attempts` times, with a growing pau
 attempts) to a dead-letter stream in the
 same hash tag, then acknowledges it, so one bad entry never stops a worker. A handler that
 raises `NotYet` keeps its entry pending, without counting an attempt, until the pause it names
-has passed (a push waiting for its retry time). Streams are read one at a time: on a Redis
+has passed (a push waiting for its retry time). A handler that meets Redis or another service
+unavailable (`UNAVAILABLE`) keeps its entry pending too, backing off, without counting an
+attempt: a failover must not turn good entries into dead letters. Streams are read one at a time: on a Redis
 Cluster they live in different slots. With `concurrency` > 1, `run_forever` keeps up to that many
 handlers running at once (their entries must not depend on each other's order), reads more as
 they finish and acknowledges in batches: one slow entry holds one slot, never the others.
@@ -24,7 +26,12 @@ import time
 from collections import defaultdict
 from typing import Awaitable, Callable, TypeVar
 
-from redis.exceptions import ResponseError
+from redis.exceptions import (BusyLoadingError, ClusterDownError, ReadOnlyError, ResponseError, SlotNotCoveredError,
+                              TryAgainError)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..kernel.problems import Unavailable
 
 log = logging.getLogger("vicino.stream_consumer")
 
@@ -32,6 +39,11 @@ PENDING_SCAN_S = 0.5  # with concurrency: how often own pending and reclaimable 
 MAX_ROUND_BACKOFF_S = 1.0  # the longest pause after a failed round: a recovered Redis is used within a second
 
 Handler = Callable[[str, str, dict], Awaitable[None]]  # (stream, entry id, fields)
+# What a handler meets when Redis or another service is away (a restart, a Cluster failover): the
+# entry is good, the world is not; it waits (backing off) without counting towards dead-lettering
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, ReadOnlyError,
+               BusyLoadingError, SlotNotCoveredError, Unavailable)
+MAX_UNAVAILABLE_BACKOFF_S = 5.0
 
 
 class PoisonEntry(Exception):
@@ -80,6 +92,7 @@ class StreamConsumer:
         self.retry_base_s = retry_base_s
         self._attempts: dict[tuple[str, str], int] = {}
         self._retry_at: dict[tuple[str, str], float] = {}
+        self._waits: dict[tuple[str, str], int] = {}  # rounds an entry waited for Redis or a service
         self.concurrency = concurrency
         self._pending_cursor: dict[str, str] = {}
         self._ready = False
@@ -261,6 +274,14 @@ class StreamConsumer:
             return False
         except PoisonEntry as e:
             await self._bury(stream, entry_id, fields, str(e))
+        except UNAVAILABLE as e:
+            waits = self._waits.get(key, 0) + 1
+            self._waits[key] = waits
+            self._retry_at[key] = time.monotonic() + min(self.retry_base_s * 2 ** min(waits - 1, 8),
+                                                         MAX_UNAVAILABLE_BACKOFF_S)
+            log.warning("entry waits for an unavailable dependency", extra={"fields": {
+                "stream": stream, "id": entry_id, "waits": waits, "error": repr(e)[:300]}})
+            return False
         except Exception as e:
             n = self._attempts.get(key, 0) + 1
             self._attempts[key] = n
@@ -273,6 +294,7 @@ class StreamConsumer:
                 return False
             await self._bury(stream, entry_id, fields, f"failed {n} times: {e!r}")
         self._attempts.pop(key, None)
+        self._waits.pop(key, None)
         self._retry_at.pop(key, None)
         self.handled += 1
         return True

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from vicino.services.runtime.api_keys import AuditTrail
 from vicino.services.runtime.http_edge import install_edge, redis_check
 from vicino.services.kernel.jobs import JobDefinition
 from vicino.services.runtime.redis_client import service_redis
@@ -61,6 +62,7 @@ def create_app(settings: SchedulerSettings, jobs: list[JobDefinition], *, redis=
     async def lifespan(app: FastAPI):
         async with service_redis(settings.redis_url, settings.redis_wait_s, log, redis, hot_path=False) as (r, _):
             container = app.state.container = build(settings, r, jobs, host=host, registry=registry)
+            app.state.audit = AuditTrail(r, settings.audit_retention_days, settings.token_secret)
             app.state.scheduler = start_scheduler(container) if run_schedule else None
             log.info("scheduler ready", extra={"fields": {
                 "jobs": {n: str(s) for n, s in sorted(container.schedules.items())}, "firing": run_schedule}})

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from vicino.services.kernel.auth import TokenSigner
+from vicino.services.runtime.api_keys import Authenticator
 from vicino.services.kernel.jobs import JobDefinition
 
 from .adapters.run_store import RunStore
@@ -35,6 +36,7 @@ class SchedulerContainer:
     runner: JobRunner
     schedules: dict[str, Schedule]
     signer: TokenSigner
+    access: Authenticator
 
 
 def job_metrics(registry: CollectorRegistry):
@@ -56,4 +58,6 @@ def build(settings: SchedulerSettings, redis, jobs: list[JobDefinition], host: s
     schedules = resolve_schedules(jobs, settings)
     runner = JobRunner(jobs, RunStore(redis), redis, schedules, settings.tz, host=host,
                        observe=job_metrics(registry) if registry is not None else None)
-    return SchedulerContainer(settings, redis, runner, schedules, TokenSigner(settings.token_secret))
+    signer = TokenSigner(settings.token_secret)
+    return SchedulerContainer(settings, redis, runner, schedules, signer,
+                              Authenticator(redis, settings.admin_token, signer, settings.token_secret))

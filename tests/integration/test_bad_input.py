@@ -285,7 +285,7 @@ def test_device_token_on_admin_endpoints(client, world, unchanged):
                                    ("POST", "/v1/devices", {"device_id": "dev-9", "customer_id": "cust-1",
                                                             "platform": "ios", "push_token": "t"})]:
             r = client.request(method, path, headers=world, json=body)
-            assert_problem(r, 403, "admin token")
+            assert_problem(r, 403, "an API key with the role", "a device token may not call it")
     # and an admin token is not a device: it cannot report fixes
     with unchanged():
         assert_problem(client.post(LOC, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},

@@ -1,12 +1,13 @@
-"""Validating dependencies: who is calling, and the wired service objects."""
+"""Validating dependencies: who is calling (and with which roles), and the wired service objects."""
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from vicino.services.kernel.auth import Principal, bearer_principal, require_admin
+from vicino.services.kernel.auth import DeviceClaims, Principal, parse_bearer, require_roles
 from vicino.services.kernel.problems import Forbidden, Unauthorized
+from vicino.services.runtime.api_keys import mark_access, role_dependency
 
 from ..wiring import GeoContainer
 
@@ -19,38 +20,53 @@ async def container(request: Request) -> GeoContainer:
 ContainerDep = Annotated[GeoContainer, Depends(container)]
 
 
-def authenticate(c: GeoContainer, authorization: str | None) -> Principal:
+async def caller(request: Request, c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
     """Whether a device token is still the device's current one is checked where the device's
     record is read (the location script does it in the same round trip)."""
-    return bearer_principal(authorization, c.settings.admin_token, c.signer, c.clock.now())
-
-
-async def caller(c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return authenticate(c, authorization)
+    p = await c.access.principal(authorization, c.clock.now())
+    request.state.principal = p  # for the audit trail
+    return p
 
 
 CallerDep = Annotated[Principal, Depends(caller)]
 
 
-async def admin(p: CallerDep) -> Principal:
-    return require_admin(p)
+async def device_claims(c: GeoContainer, authorization: str | None) -> DeviceClaims:
+    """The location hot path's check: a device token, verified offline (no Redis round trip).
+    Anything else is authenticated as usual (401 when unknown), then refused (403)."""
+    token = parse_bearer(authorization)
+    if token.startswith("v1."):
+        return c.signer.verify(token, c.clock.now())
+    await c.access.principal(authorization, c.clock.now())
+    raise Forbidden("this endpoint takes a device token (POST /v1/devices issues one)")
 
 
-AdminDep = Annotated[Principal, Depends(admin)]
+AdminDep = role_dependency(caller, "admin")
+OperatorDep = role_dependency(caller, "operator")
+AppBackendDep = role_dependency(caller, "app_backend")
+SupportDep = role_dependency(caller, "support")
+# stores are read by the phones (device tokens), the operator and the analyst
+StoreReaderDep = role_dependency(caller, "operator", "analyst", devices="any")
+# a device's record: the device itself, or the app's server and support
+DeviceReaderDep = role_dependency(caller, "app_backend", "support", devices="own")
 
 
-async def customer_access(customer_id: str, p: CallerDep, c: ContainerDep) -> Principal:
-    """Admin, or a current device token of this very customer."""
-    if p.admin:
+def _customer_access(*roles: str):
+    async def customer_access(customer_id: str, p: CallerDep, c: ContainerDep) -> Principal:
+        """A key with one of `roles`, or a current device token of this very customer."""
+        require_roles(p, frozenset(roles), devices=True)
+        if p.device is None:
+            return p
+        if p.device.customer_id != customer_id:
+            raise Forbidden("a device token may only act for its own customer")
+        reg = await c.devices_repo.get(p.device.device_id)
+        if reg is None or reg.token_id != p.device.token_id or reg.customer_id != customer_id:
+            raise Unauthorized("this device token was replaced by a newer registration")
         return p
-    assert p.device is not None
-    if p.device.customer_id != customer_id:
-        raise Forbidden("a device token may only act for its own customer")
-    reg = await c.devices_repo.get(p.device.device_id)
-    if reg is None or reg.token_id != p.device.token_id or reg.customer_id != customer_id:
-        raise Unauthorized("this device token was replaced by a newer registration")
-    return p
+
+    return Annotated[Principal, Depends(mark_access(customer_access, *roles, devices="own"))]
 
 
-CustomerAccessDep = Annotated[Principal, Depends(customer_access)]
-
+# consent: the customer's own phone, or the retailer's app server (support may read it)
+ConsentWriterDep = _customer_access("app_backend")
+ConsentReaderDep = _customer_access("app_backend", "support")

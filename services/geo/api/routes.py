@@ -10,12 +10,14 @@ from starlette.routing import Route as StarletteRoute
 from pydantic import ValidationError
 
 from vicino.services.kernel.problems import Forbidden, InvalidInput, NotFound, Unauthorized, require_json_content_type
+from vicino.services.runtime.api_keys import RouteAccess
 from vicino.services.runtime.http_edge import JsonBody
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 
 from ..domain.transitions import Fix
 from ..wiring import GeoContainer
-from .deps import AdminDep, CallerDep, ContainerDep, CustomerAccessDep, authenticate
+from .deps import (AppBackendDep, ConsentReaderDep, ConsentWriterDep, ContainerDep, DeviceReaderDep, OperatorDep,
+                   StoreReaderDep, SupportDep, device_claims)
 from .schemas import (BODY_PROBLEMS, FEATURE_SCHEMA, PROBLEMS, BulkStoresOut, ConsentIn, ConsentOut, DeviceIn,
                       DeviceOut, DeviceRegistrationOut, LocationBatchIn, LocationDataErasureOut, LocationResultOut,
                       NearbyStoreOut, PushTokenRevocationIn, PushTokenRevocationOut, problem)
@@ -47,10 +49,7 @@ async def post_locations(request: Request) -> Response:
     # and the body is parsed and validated in one pass by pydantic-core (LocationBatchIn).
     # Served through `HOT_PATH_ROUTES` (below); this APIRoute is what the OpenAPI documents.
     c: GeoContainer = request.app.state.container
-    p = authenticate(c, request.headers.get("authorization"))
-    if p.device is None:
-        raise Forbidden("this endpoint takes a device token (POST /v1/devices issues one)")
-    claims = p.device
+    claims = await device_claims(c, request.headers.get("authorization"))
     require_json_content_type(request.headers.get("content-type"))
     try:
         body = LocationBatchIn.model_validate_json(await request.body())
@@ -83,14 +82,17 @@ async def post_locations(request: Request) -> Response:
     return _json(body_out)
 
 
+post_locations.vicino_access = RouteAccess((), "own")  # no dependency chain on the hot path: declared here
+
+
 # stores ------------------------------------------------------------------------------------------
 
 @router.put("/stores/{store_id}", tags=["stores"], summary="create or replace one store (GeoJSON Feature)",
             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": FEATURE_SCHEMA}}}},
             responses={**BODY_PROBLEMS, 200: {"description": "replaced", "content": _FEATURE},
                        201: {"description": "created", "content": _FEATURE}})
-async def put_store(store_id: StoreId, _: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
-    # AdminDep before JsonBody: FastAPI resolves dependencies in parameter order, and the body
+async def put_store(store_id: StoreId, _: OperatorDep, body: JsonBody, c: ContainerDep) -> Response:
+    # OperatorDep before JsonBody: FastAPI resolves dependencies in parameter order, and the body
     # (up to 256 MiB on the bulk route) must not be read or parsed for an unauthorised caller.
     feature, created, warnings = await c.catalogue.put(store_id, body)
     return _json({**feature, "warnings": warnings} if warnings else feature, 201 if created else 200)
@@ -101,26 +103,26 @@ async def put_store(store_id: StoreId, _: AdminDep, body: JsonBody, c: Container
                  "type": "object", "properties": {"type": {"const": "FeatureCollection"},
                                                   "features": {"type": "array", "items": FEATURE_SCHEMA}}}}}}},
              responses=BODY_PROBLEMS)
-async def bulk_stores(_: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
+async def bulk_stores(_: OperatorDep, body: JsonBody, c: ContainerDep) -> Response:
     r = await c.catalogue.bulk(body)
     return _json({"created": r.created, "updated": r.updated, "rejected": r.rejected, "warnings": r.warnings})
 
 
 @router.get("/stores/{store_id}", tags=["stores"], summary="one store",
             responses={200: {"description": "the store's GeoJSON Feature", "content": _FEATURE}})
-async def get_store(store_id: StoreId, _: CallerDep, c: ContainerDep) -> Response:
+async def get_store(store_id: StoreId, _: StoreReaderDep, c: ContainerDep) -> Response:
     return _json(await c.catalogue.get(store_id))
 
 
 @router.delete("/stores/{store_id}", tags=["stores"], status_code=204, summary="delete a store")
-async def delete_store(store_id: StoreId, _: AdminDep, c: ContainerDep) -> Response:
+async def delete_store(store_id: StoreId, _: OperatorDep, c: ContainerDep) -> Response:
     await c.catalogue.delete(store_id)
     return Response(status_code=204)
 
 
 @router.get("/stores", tags=["stores"], summary="stores near a point, nearest fence first",
             response_model=list[NearbyStoreOut])
-async def nearby_stores(_: CallerDep, c: ContainerDep,
+async def nearby_stores(_: StoreReaderDep, c: ContainerDep,
                         lat: Annotated[float, Query(ge=-90, le=90, allow_inf_nan=False)],
                         lon: Annotated[float, Query(ge=-180, le=180, allow_inf_nan=False)],
                         radius_m: Annotated[float, Query(gt=0, le=50_000, allow_inf_nan=False)] = 1000,
@@ -133,7 +135,7 @@ async def nearby_stores(_: CallerDep, c: ContainerDep,
 
 @router.post("/devices", tags=["devices"], status_code=201, response_model=DeviceOut,
              summary="register a device (or re-register: rotates its token and push token)", responses=BODY_PROBLEMS)
-async def register_device(body: DeviceIn, _: AdminDep, c: ContainerDep) -> Response:
+async def register_device(body: DeviceIn, _: AppBackendDep, c: ContainerDep) -> Response:
     issued = await c.directory.register(body.device_id, body.customer_id, body.platform, body.push_token, body.timezone)
     return _json({"device_id": body.device_id, "customer_id": body.customer_id, "platform": body.platform,
                   "token": issued.token, "token_expires_at": issued.expires_at, "rotated": issued.rotated}, 201)
@@ -144,11 +146,11 @@ DeviceId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN)]
 
 @router.get("/devices/{device_id}", tags=["devices"], summary="a device's registration (no token)",
             responses={200: {"model": DeviceRegistrationOut}})
-async def get_device(device_id: DeviceId, p: CallerDep, c: ContainerDep) -> Response:
-    if not p.admin and p.device.device_id != device_id:
+async def get_device(device_id: DeviceId, p: DeviceReaderDep, c: ContainerDep) -> Response:
+    if p.device is not None and p.device.device_id != device_id:
         raise Forbidden("a device token may only read its own registration")
     reg = await c.devices_repo.get(device_id)
-    if reg is None or (not p.admin and reg.token_id != p.device.token_id):
+    if reg is None or (p.device is not None and reg.token_id != p.device.token_id):
         raise NotFound(f"device {device_id!r} is not registered") if reg is None else \
             Unauthorized("this device token was replaced by a newer registration")
     return _json({"device_id": reg.device_id, "customer_id": reg.customer_id, "platform": reg.platform,
@@ -158,7 +160,7 @@ async def get_device(device_id: DeviceId, p: CallerDep, c: ContainerDep) -> Resp
 
 @router.delete("/devices/{device_id}", tags=["devices"], status_code=204,
                summary="unregister a device: its visits end, its tokens stop working")
-async def delete_device(device_id: DeviceId, _: AdminDep, c: ContainerDep) -> Response:
+async def delete_device(device_id: DeviceId, _: AppBackendDep, c: ContainerDep) -> Response:
     await c.directory.unregister(device_id)
     return Response(status_code=204)
 
@@ -166,7 +168,7 @@ async def delete_device(device_id: DeviceId, _: AdminDep, c: ContainerDep) -> Re
 @router.post("/devices/{device_id}/push-token/revocations", tags=["devices"], response_model=PushTokenRevocationOut,
              summary="remove the device's push token if it is the one named (a provider declared it dead)",
              responses=BODY_PROBLEMS)
-async def revoke_push_token(device_id: DeviceId, body: PushTokenRevocationIn, _: AdminDep,
+async def revoke_push_token(device_id: DeviceId, body: PushTokenRevocationIn, _: AppBackendDep,
                             c: ContainerDep) -> Response:
     """Called by the push gateway. `revoked` is false when the device's token is already another
     one (the app registered a fresh token since) or gone."""
@@ -177,8 +179,8 @@ async def revoke_push_token(device_id: DeviceId, body: PushTokenRevocationIn, _:
 @router.put("/customers/{customer_id}/consent", tags=["consent"], response_model=ConsentOut,
             summary="set consent (location, marketing, personalisation); kept as an audit trail",
             responses=BODY_PROBLEMS)
-async def put_consent(customer_id: CustomerId, body: ConsentIn, p: CustomerAccessDep, c: ContainerDep) -> Response:
-    actor = "admin" if p.admin else f"device:{p.device.device_id}"
+async def put_consent(customer_id: CustomerId, body: ConsentIn, p: ConsentWriterDep, c: ContainerDep) -> Response:
+    actor = "admin" if p.key_id == "admin-token" else p.actor
     current = await c.directory.set_consent(customer_id, body.model_dump(), actor)
     return _json({"customer_id": customer_id, **current})
 
@@ -186,14 +188,14 @@ async def put_consent(customer_id: CustomerId, body: ConsentIn, p: CustomerAcces
 @router.delete("/customers/{customer_id}/location-data", tags=["consent"],
                summary="erase a customer's location data: devices, visit state, consent, their events",
                responses={200: {"model": LocationDataErasureOut}})
-async def erase_location_data(customer_id: CustomerId, _: AdminDep, c: ContainerDep) -> Response:
+async def erase_location_data(customer_id: CustomerId, _: SupportDep, c: ContainerDep) -> Response:
     """Called by the recommender's customer erasure; idempotent (a second call removes nothing)."""
     return _json(await c.directory.erase_customer(customer_id))
 
 
 @router.get("/customers/{customer_id}/consent", tags=["consent"], response_model=ConsentOut,
             summary="current consent and its audit trail")
-async def get_consent(customer_id: CustomerId, _: CustomerAccessDep, c: ContainerDep) -> Response:
+async def get_consent(customer_id: CustomerId, _: ConsentReaderDep, c: ContainerDep) -> Response:
     current = await c.devices_repo.consent(customer_id)
     history = await c.devices_repo.consent_audit(customer_id)
     return _json({"customer_id": customer_id, **current, "history": history})

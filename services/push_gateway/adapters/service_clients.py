@@ -10,8 +10,8 @@ from vicino.services.runtime.service_http import ServiceClient
 
 
 class GeoDevices(ServiceClient):
-    def __init__(self, http: httpx.AsyncClient, admin_token: str) -> None:
-        super().__init__(http, admin_token, "geo")
+    def __init__(self, http: httpx.AsyncClient, key: str) -> None:
+        super().__init__(http, key, "geo")
 
     async def revoke_push_token(self, device_id: str, push_token_sha256: str, reason: str) -> bool:
         """Removes the token from the device if it is still the device's token (a newer one, from
@@ -26,8 +26,8 @@ class GeoDevices(ServiceClient):
 
 
 class RecommenderInteractions(ServiceClient):
-    def __init__(self, http: httpx.AsyncClient, admin_token: str) -> None:
-        super().__init__(http, admin_token, "recommender")
+    def __init__(self, http: httpx.AsyncClient, key: str) -> None:
+        super().__init__(http, key, "recommender")
 
     async def record(self, interaction: dict) -> None:
         r = await self._call("POST", "/v1/interactions", json={"interactions": [interaction]})

@@ -5,7 +5,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 
-from vicino.services.kernel.auth import REPLACED_TOKEN, Principal, bearer_principal, require_admin
+from vicino.services.kernel.auth import REPLACED_TOKEN, Principal, require_roles
+from vicino.services.runtime.api_keys import RouteAccess, mark_access, role_dependency
 from vicino.services.kernel.problems import Forbidden, NotFound, Unauthorized
 
 from ..domain.delivery import DeliveryRecord
@@ -19,25 +20,21 @@ async def container(request: Request) -> PushContainer:
 ContainerDep = Annotated[PushContainer, Depends(container)]
 
 
-async def caller(c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    """Admin token, or a device token that is still its device's current one (the registration
-    that the geo service publishes)."""
-    p = bearer_principal(authorization, c.settings.admin_token, c.signer, c.clock.now())
+async def caller(request: Request, c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """A key (admin token or API key), or a device token that is still its device's current one
+    (the registration that the geo service publishes)."""
+    p = await c.access.principal(authorization, c.clock.now())
     if p.device:
         reg = await c.repo.registration(p.device.device_id)
         if reg is None or reg.get("token_id") != p.device.token_id:
             raise Unauthorized(REPLACED_TOKEN)
+    request.state.principal = p  # for the audit trail
     return p
 
 
 CallerDep = Annotated[Principal, Depends(caller)]
-
-
-async def admin(p: CallerDep) -> Principal:
-    return require_admin(p)
-
-
-AdminDep = Annotated[Principal, Depends(admin)]
+AdminDep = role_dependency(caller, "admin")
+SupportDep = role_dependency(caller, "support")
 
 DeliveryIdPath = Annotated[str, Path(pattern=r"^dlv[0-9]{3}[0-9a-f]{24}$",
                                      description="as in the push's data payload")]
@@ -55,21 +52,23 @@ DeliveryDep = Annotated[DeliveryRecord, Depends(delivery)]
 
 # the caller is checked before the delivery is looked up: no answer says whether an id exists
 # to someone without a valid token
-async def recipient_or_admin(p: CallerDep, rec: DeliveryDep) -> Principal:
-    if p.admin or p.device.device_id == rec.device_id:
+async def recipient_or_support(p: CallerDep, rec: DeliveryDep) -> Principal:
+    require_roles(p, frozenset({"support"}), devices=True)
+    if p.device is None or p.device.device_id == rec.device_id:
         return p
     raise Forbidden("a device token may only read the deliveries sent to that device")
 
 
-RecipientOrAdminDep = Annotated[Principal, Depends(recipient_or_admin)]
+RecipientOrSupportDep = Annotated[Principal, Depends(mark_access(recipient_or_support, "support", devices="own"))]
 
 
 async def recipient(p: CallerDep, rec: DeliveryDep) -> Principal:
-    if p.admin:
-        raise Forbidden("an open is reported by the recipient's device token, not the admin token")
+    if p.device is None:
+        raise Forbidden("an open is reported by the recipient's device token, not by a key")
     if p.device.device_id != rec.device_id:
         raise Forbidden("this delivery was sent to another device")
     return p
 
 
+recipient.vicino_access = RouteAccess((), "own")
 RecipientDep = Annotated[Principal, Depends(recipient)]

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 from vicino.services.kernel.problems import InvalidInput, NotFound
 
-from .deps import AdminDep, ContainerDep, DeliveryDep, RecipientDep, RecipientOrAdminDep
+from .deps import ContainerDep, DeliveryDep, RecipientDep, RecipientOrSupportDep, SupportDep
 from .schemas import PROBLEMS, problem
 
 router = APIRouter(prefix="/v1", responses=PROBLEMS)
@@ -57,7 +57,7 @@ def _json(body, status: int = 200) -> Response:
 
 @router.get("/deliveries", tags=["deliveries"], response_model=DeliveriesOut,
             summary="a customer's or a device's deliveries, newest first")
-async def list_deliveries(_: AdminDep, c: ContainerDep,
+async def list_deliveries(_: SupportDep, c: ContainerDep,
                           customer_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN)] = None,
                           device_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN)] = None,
                           limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
@@ -76,7 +76,7 @@ async def list_deliveries(_: AdminDep, c: ContainerDep,
 
 @router.get("/deliveries/{delivery_id}", tags=["deliveries"], response_model=DeliveryOut,
             summary="one delivery and its status history (admin, or the device it was sent to)")
-async def get_delivery(_: RecipientOrAdminDep, rec: DeliveryDep) -> Response:
+async def get_delivery(_: RecipientOrSupportDep, rec: DeliveryDep) -> Response:
     return _json(rec.public())
 
 

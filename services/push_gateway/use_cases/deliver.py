@@ -125,8 +125,14 @@ class PushDelivery:
         if await self.repo.save(rec, marked, now, receipt=None) != "ok":
             return None  # another worker got there first
         # the `sending` mark must survive a failover before anything is sent: a replica promoted
-        # without it would send the push again
-        await self.repo.replicated(job.customer_id)
+        # without it would send the push again. If the wait itself fails (the master just died),
+        # send anyway: raising here would leave the delivery `sending` with nothing sent, and
+        # its lease would turn it into a push never sent
+        try:
+            await self.repo.replicated(job.customer_id)
+        except Exception as e:  # noqa: BLE001 - logged; the send goes on
+            log.warning("sending mark not confirmed by a replica; sending anyway",
+                        extra={"fields": {"error": repr(e)[:300]}})
         started = self.clock.now()
         try:
             outcome = await provider.send(notification_for(job, rec.delivery_id, token), marked.attempts)

@@ -10,8 +10,8 @@ from vicino.services.runtime.service_http import ServiceClient
 
 
 class GeoClient(ServiceClient):
-    def __init__(self, http: httpx.AsyncClient, admin_token: str) -> None:
-        super().__init__(http, admin_token, "geo")
+    def __init__(self, http: httpx.AsyncClient, key: str) -> None:
+        super().__init__(http, key, "geo")
 
     async def set_consent(self, customer_id: str, consent: dict) -> None:
         r = await self._call("PUT", f"/v1/customers/{customer_id}/consent",

@@ -23,7 +23,7 @@ from vicino.services.kernel.problems import InvalidInput
 from ..domain.campaign_rules import CampaignRules
 from ..domain.offers import Offer, to_epoch
 from ..use_cases.catalog import MAX_BULK_OFFERS, PreconditionFailed, RulesDocument
-from .deps import AdminDep, CallerDep, ContainerDep
+from .deps import CatalogReaderDep, ContainerDep, OfferReaderDep, OperatorDep
 from .schemas import BODY_PROBLEMS, PROBLEMS, problem
 
 router = APIRouter(prefix="/v1", responses=PROBLEMS)
@@ -116,7 +116,7 @@ _STOCK_OUT = {"application/json": {"schema": {"type": "object", "additionalPrope
 @router.put("/offers/{offer_id}", tags=["offers"], summary="create or replace one offer",
             openapi_extra=_OFFER_BODY, responses={**BODY_PROBLEMS, 200: {"description": "replaced", "content": _OFFER_OUT},
                                                   201: {"description": "created", "content": _OFFER_OUT}})
-async def put_offer(offer_id: OfferId, _: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
+async def put_offer(offer_id: OfferId, _: OperatorDep, body: JsonBody, c: ContainerDep) -> Response:
     offer, created = await c.catalog.put_offer(offer_id, body)
     return _json(_offer_out(offer), 201 if created else 200)
 
@@ -127,7 +127,7 @@ async def put_offer(offer_id: OfferId, _: AdminDep, body: JsonBody, c: Container
                  "type": "object", "properties": {"offers": {"type": "array", "maxItems": MAX_BULK_OFFERS,
                                                              "items": _OFFER_SCHEMA}}}}}}},
              responses={**BODY_PROBLEMS, 413: problem(f"more than {MAX_BULK_OFFERS} offers, or body too large")})
-async def bulk_offers(_: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
+async def bulk_offers(_: OperatorDep, body: JsonBody, c: ContainerDep) -> Response:
     """A JSON array of offers (each with its `offer_id`), or `{"offers": [...]}`. Valid items are
     stored, invalid ones reported with their index and reason."""
     r = await c.catalog.bulk(body)
@@ -135,7 +135,7 @@ async def bulk_offers(_: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
 
 
 @router.get("/offers", tags=["offers"], response_model=OfferPageOut, summary="the catalogue, by offer id, paged")
-async def list_offers(_: AdminDep, c: ContainerDep,
+async def list_offers(_: CatalogReaderDep, c: ContainerDep,
                       store_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN,
                                                             description="offers that may run at this store")] = None,
                       channel: Annotated[Channel | None, Query(description="offers shown on this channel")] = None,
@@ -151,14 +151,14 @@ async def list_offers(_: AdminDep, c: ContainerDep,
 
 @router.get("/offers/{offer_id}", tags=["offers"], summary="one offer; the same price whatever the channel",
             responses={200: {"description": "the offer", "content": _OFFER_OUT}})
-async def get_offer(offer_id: OfferId, _: CallerDep, c: ContainerDep,
+async def get_offer(offer_id: OfferId, _: OfferReaderDep, c: ContainerDep,
                     channel: Annotated[Channel | None, Query(description="adds available_on_channel")] = None
                     ) -> Response:
     return _json(_offer_out(await c.catalog.get_offer(offer_id), channel))
 
 
 @router.delete("/offers/{offer_id}", tags=["offers"], status_code=204, summary="delete an offer")
-async def delete_offer(offer_id: OfferId, _: AdminDep, c: ContainerDep) -> Response:
+async def delete_offer(offer_id: OfferId, _: OperatorDep, c: ContainerDep) -> Response:
     await c.catalog.delete_offer(offer_id)
     return Response(status_code=204)
 
@@ -171,14 +171,14 @@ _STOCK_BODY = {"requestBody": {"required": True, "content": {"application/json":
 
 @router.get("/stores/{store_id}/inventory", tags=["stock"], summary="units held per item: {item_id: quantity}",
             responses={200: {"description": "the stock", "content": _STOCK_OUT}})
-async def get_inventory(store_id: StoreId, _: AdminDep, c: ContainerDep) -> Response:
+async def get_inventory(store_id: StoreId, _: CatalogReaderDep, c: ContainerDep) -> Response:
     return _json(await c.catalog.stock(store_id))
 
 
 @router.put("/stores/{store_id}/inventory", tags=["stock"], openapi_extra=_STOCK_BODY,
             summary="replace a store's stock: {item_id: non-negative integer}",
             responses={**BODY_PROBLEMS, 200: {"description": "the new stock", "content": _STOCK_OUT}})
-async def put_inventory(store_id: StoreId, _: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
+async def put_inventory(store_id: StoreId, _: OperatorDep, body: JsonBody, c: ContainerDep) -> Response:
     return _json(await c.catalog.replace_stock(store_id, _validated(_QUANTITIES, body)))
 
 
@@ -186,7 +186,7 @@ async def put_inventory(store_id: StoreId, _: AdminDep, body: JsonBody, c: Conta
               summary="add signed deltas {item_id: integer}; all or nothing",
               responses={**BODY_PROBLEMS, 200: {"description": "the patched items' new quantities", "content": _STOCK_OUT},
                          409: problem("a quantity would go below zero; nothing was changed")})
-async def patch_inventory(store_id: StoreId, _: AdminDep, body: JsonBody, c: ContainerDep) -> Response:
+async def patch_inventory(store_id: StoreId, _: OperatorDep, body: JsonBody, c: ContainerDep) -> Response:
     """Answers the new quantities of the patched items."""
     return _json(await c.catalog.patch_stock(store_id, _validated(_DELTAS, body)))
 
@@ -210,7 +210,7 @@ def _expected_revision(if_match: str | None) -> int | None:
 
 
 @router.get("/rules", tags=["rules"], response_model=RulesOut, summary="the campaign switches, with their revision")
-async def get_rules(_: AdminDep, c: ContainerDep) -> Response:
+async def get_rules(_: CatalogReaderDep, c: ContainerDep) -> Response:
     return _rules_out(await c.catalog.rules())
 
 
@@ -219,7 +219,7 @@ async def get_rules(_: AdminDep, c: ContainerDep) -> Response:
             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                 "schema": CampaignRules.model_json_schema()}}}},
             responses={**BODY_PROBLEMS, 412: problem("If-Match names another revision; nothing was changed")})
-async def put_rules(_: AdminDep, body: JsonBody, c: ContainerDep,
+async def put_rules(_: OperatorDep, body: JsonBody, c: ContainerDep,
                     if_match: Annotated[str | None, Header(description='the ETag of your GET, e.g. "3"')] = None
                     ) -> Response:
     return _rules_out(await c.catalog.put_rules(body, _expected_revision(if_match)))
@@ -229,7 +229,7 @@ async def put_rules(_: AdminDep, body: JsonBody, c: ContainerDep,
 
 @router.get("/stores/{store_id}/offers", tags=["offers"], response_model=StoreOffersOut,
             summary="offers eligible at a store now, and the excluded ones with their reason")
-async def store_offers(store_id: StoreId, _: CallerDep, c: ContainerDep,
+async def store_offers(store_id: StoreId, _: OfferReaderDep, c: ContainerDep,
                        channel: Annotated[Channel, Query()] = "store",
                        at: Annotated[str | None, Query(description="instant to judge at (epoch seconds or "
                                                        "RFC 3339); default now")] = None) -> Response:

@@ -15,7 +15,8 @@ from vicino.services.kernel.problems import InvalidInput, NotFound
 
 from ..domain.identity import IdentifierError, normalise_identifier
 from ..domain.interactions import InteractionIn
-from .deps import AdminDep, CallerDep, ContainerDep, CustomerAccessDep
+from .deps import (AppBackendDep, ContainerDep, IdentifierReaderDep, InteractionWriterDep, ProfileReaderDep,
+                   SupportDep)
 from .schemas import BODY_PROBLEMS, PROBLEMS, CustomerErasureOut, CustomerHistoryOut, CustomerProfileOut
 
 router = APIRouter(prefix="/v1", responses=PROBLEMS)
@@ -68,7 +69,7 @@ def _identifier(kind: str, value: str) -> str:
              summary="a batch of up to VICINO_MAX_BATCH interactions; idempotent by event_id",
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": {"$ref": "#/components/schemas/InteractionBatchIn"}}}}}, responses=BODY_PROBLEMS)
-async def post_interactions(body: JsonBody, p: CallerDep, c: ContainerDep) -> Response:
+async def post_interactions(body: JsonBody, p: InteractionWriterDep, c: ContainerDep) -> Response:
     """Each item is judged alone: accepted, a duplicate of one already accepted (a retry), or
     rejected with its reason; the others are kept either way. A device token may send only its
     own customer's interactions."""
@@ -80,7 +81,7 @@ async def post_interactions(body: JsonBody, p: CallerDep, c: ContainerDep) -> Re
              summary="link an identifier; if it belongs to another customer, the two are merged",
              responses={**BODY_PROBLEMS, 200: {"model": IdentifierLinkOut, "description": "already linked"},
                         201: {"model": IdentifierLinkOut, "description": "linked"}})
-async def link_identifier(customer_id: CustomerId, body: IdentifierBody, _: AdminDep, c: ContainerDep) -> Response:
+async def link_identifier(customer_id: CustomerId, body: IdentifierBody, _: AppBackendDep, c: ContainerDep) -> Response:
     identifier = _identifier(body.kind, body.value)
     result = await c.identity.link(customer_id, identifier)
     return _json({"customer_id": result.customer_id, "identifier": identifier, "created": result.created,
@@ -89,7 +90,7 @@ async def link_identifier(customer_id: CustomerId, body: IdentifierBody, _: Admi
 
 @router.delete("/customers/{customer_id}/identifiers/{kind}/{value}", tags=["customers"], status_code=204,
                summary="unlink an identifier")
-async def unlink_identifier(customer_id: CustomerId, kind: str, value: str, _: AdminDep, c: ContainerDep) -> Response:
+async def unlink_identifier(customer_id: CustomerId, kind: str, value: str, _: AppBackendDep, c: ContainerDep) -> Response:
     identifier = _identifier(kind, value)
     if not await c.identity.unlink(customer_id, identifier):
         raise NotFound(f"{identifier!r} is not linked to customer {customer_id!r}")
@@ -99,7 +100,7 @@ async def unlink_identifier(customer_id: CustomerId, kind: str, value: str, _: A
 @router.get("/identifiers/{kind}/{value}", tags=["customers"],
             summary="which customer an identifier belongs to (e.g. a loyalty card scanned at the till)",
             responses={200: {"model": IdentifierOwnerOut}})
-async def resolve_identifier(kind: str, value: str, _: AdminDep, c: ContainerDep) -> Response:
+async def resolve_identifier(kind: str, value: str, _: IdentifierReaderDep, c: ContainerDep) -> Response:
     identifier = _identifier(kind, value)
     customer = await c.identity.resolve(identifier)
     if customer is None:
@@ -110,14 +111,14 @@ async def resolve_identifier(kind: str, value: str, _: AdminDep, c: ContainerDep
 @router.get("/customers/{customer_id}", tags=["customers"],
             summary="profile: identifiers, consent, devices, channel mix, last purchases and visits",
             responses={200: {"model": CustomerProfileOut}})
-async def get_profile(customer_id: CustomerId, _: CustomerAccessDep, c: ContainerDep) -> Response:
+async def get_profile(customer_id: CustomerId, _: ProfileReaderDep, c: ContainerDep) -> Response:
     return _json(await c.profiles.profile(customer_id))
 
 
 @router.get("/customers/{customer_id}/history", tags=["customers"],
             summary="recent interactions (hot history), most recent first, paged with `before`",
             responses={200: {"model": CustomerHistoryOut}})
-async def get_history(customer_id: CustomerId, _: CustomerAccessDep, c: ContainerDep,
+async def get_history(customer_id: CustomerId, _: ProfileReaderDep, c: ContainerDep,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 50,
                       before: Annotated[float | None, Query(description="epoch seconds; from next_before")] = None,
                       channel: Channel | None = None,
@@ -128,5 +129,5 @@ async def get_history(customer_id: CustomerId, _: CustomerAccessDep, c: Containe
 @router.delete("/customers/{customer_id}", tags=["customers"],
                summary="erase a customer: every trace in Redis, and their rows from future training files",
                responses={200: {"model": CustomerErasureOut}})
-async def erase_customer(customer_id: CustomerId, _: AdminDep, c: ContainerDep) -> Response:
+async def erase_customer(customer_id: CustomerId, _: SupportDep, c: ContainerDep) -> Response:
     return _json(await c.erasure.erase(customer_id))

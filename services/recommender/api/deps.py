@@ -5,7 +5,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from vicino.services.kernel.auth import REPLACED_TOKEN, Principal, bearer_principal, require_admin
+from vicino.services.kernel.auth import REPLACED_TOKEN, Principal, require_roles
+from vicino.services.runtime.api_keys import mark_access, role_dependency
 from vicino.services.kernel.problems import Forbidden, Unauthorized
 
 from ..wiring import RecommenderContainer
@@ -19,36 +20,45 @@ async def container(request: Request) -> RecommenderContainer:
 ContainerDep = Annotated[RecommenderContainer, Depends(container)]
 
 
-async def caller(c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    """Admin token, or a device token that is still its device's current one (checked against
-    the registration the geo service publishes, so a replaced or removed phone is locked out)."""
-    p = bearer_principal(authorization, c.settings.admin_token, c.signer, c.clock.now())
+async def caller(request: Request, c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """A key (admin token or API key), or a device token that is still its device's current one
+    (checked against the registration the geo service publishes, so a replaced or removed phone
+    is locked out)."""
+    p = await c.access.principal(authorization, c.clock.now())
     if p.device and not await c.devices.is_current(p.device.device_id, p.device.customer_id, p.device.token_id):
         raise Unauthorized(REPLACED_TOKEN)
+    request.state.principal = p  # for the audit trail
     return p
 
 
 CallerDep = Annotated[Principal, Depends(caller)]
+AdminDep = role_dependency(caller, "admin")
+OperatorDep = role_dependency(caller, "operator")
+AnalystDep = role_dependency(caller, "analyst")
+CatalogReaderDep = role_dependency(caller, "operator", "analyst")
+AppBackendDep = role_dependency(caller, "app_backend")
+SupportDep = role_dependency(caller, "support")
+IdentifierReaderDep = role_dependency(caller, "app_backend", "support")
+# an offer or a store's offers: the phones, and whoever manages or studies the catalogue
+OfferReaderDep = role_dependency(caller, "operator", "analyst", "app_backend", devices="any")
+ModelReaderDep = role_dependency(caller, "operator", "analyst", devices="any")
+# interactions: the retailer's systems (app_backend), or a phone for its own customer
+InteractionWriterDep = role_dependency(caller, "app_backend", devices="own")
 
 
-async def admin(p: CallerDep) -> Principal:
-    return require_admin(p)
+def _customer_access(*roles: str):
+    async def customer_access(customer_id: str, p: CallerDep, c: ContainerDep) -> Principal:
+        """A key with one of `roles`, or a device token of this customer (or of a customer since
+        merged into this one)."""
+        require_roles(p, frozenset(roles), devices=True)
+        if p.device is None or p.device.customer_id == customer_id:
+            return p
+        if await c.identity.canonical(p.device.customer_id) == await c.identity.canonical(customer_id):
+            return p
+        raise Forbidden("a device token may only act for its own customer")
+
+    return Annotated[Principal, Depends(mark_access(customer_access, *roles, devices="own"))]
 
 
-AdminDep = Annotated[Principal, Depends(admin)]
-
-
-async def customer_access(customer_id: str, p: CallerDep, c: ContainerDep) -> Principal:
-    """Admin, or a device token of this customer (or of a customer since merged into this one)."""
-    if p.admin:
-        return p
-    assert p.device is not None
-    if p.device.customer_id == customer_id:
-        return p
-    if await c.identity.canonical(p.device.customer_id) == await c.identity.canonical(customer_id):
-        return p
-    raise Forbidden("a device token may only act for its own customer")
-
-
-CustomerAccessDep = Annotated[Principal, Depends(customer_access)]
-
+ProfileReaderDep = _customer_access("support")
+CustomerOffersDep = _customer_access("app_backend", "support")

@@ -15,7 +15,7 @@ from vicino.services.kernel.problems import InvalidInput
 
 from ..domain.offers import to_epoch
 from ..use_cases.kpis import KpiQuery
-from .deps import AdminDep, ContainerDep
+from .deps import AnalystDep, ContainerDep
 from .schemas import PROBLEMS, KpiReportOut
 
 router = APIRouter(prefix="/v1", responses=PROBLEMS)
@@ -69,7 +69,7 @@ def period(c, from_: str | None, to: str | None) -> tuple[float, float]:
 @router.get("/kpis", tags=["kpis"], summary="decisions, deliveries, conversions by attribution key, revenue, "
             "repurchase and the uplift against the holdout group over a period",
             responses={200: {"model": KpiReportOut}})
-async def kpis(_: AdminDep, c: ContainerDep,
+async def kpis(_: AnalystDep, c: ContainerDep,
                from_: Annotated[str | None, Query(alias="from", max_length=40,
                                                   description="start (default: 7 days before `to`)")] = None,
                to: Instant = None,
@@ -84,7 +84,7 @@ async def kpis(_: AdminDep, c: ContainerDep,
 
 @router.get("/kpis/daily", tags=["kpis"], summary="the daily KPI roll-ups (days whose figures are final)",
             responses={200: {"model": KpiDaysOut}})
-async def kpis_daily(_: AdminDep, c: ContainerDep, from_: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+async def kpis_daily(_: AnalystDep, c: ContainerDep, from_: Annotated[str | None, Query(alias="from", max_length=40)] = None,
                      to: Instant = None) -> Response:
     start, end = period(c, from_, to)
     first = datetime.fromtimestamp(start, timezone.utc).date().isoformat()

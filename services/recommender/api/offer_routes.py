@@ -11,7 +11,7 @@ from starlette.responses import Response
 from vicino.services.kernel.contracts.interactions import Channel
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 
-from .deps import CallerDep, ContainerDep, CustomerAccessDep
+from .deps import ContainerDep, CustomerOffersDep, ModelReaderDep
 from .schemas import PROBLEMS
 
 router = APIRouter(prefix="/v1", responses=PROBLEMS)
@@ -48,7 +48,7 @@ class ModelInfoOut(BaseModel):
 @router.get("/customers/{customer_id}/offers", tags=["offers"],
             summary="the top-k offers for a customer, at a store or on a channel, with price and reason",
             responses={200: {"model": RankingOut}})
-async def customer_offers(customer_id: CustomerId, _: CustomerAccessDep, c: ContainerDep,
+async def customer_offers(customer_id: CustomerId, _: CustomerOffersDep, c: ContainerDep,
                           store_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN,
                                                                 description="rank the offers valid at this store")] = None,
                           k: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -65,7 +65,7 @@ async def customer_offers(customer_id: CustomerId, _: CustomerAccessDep, c: Cont
 
 @router.get("/model", tags=["offers"], summary="which model version serves, its data window and metrics",
             responses={200: {"model": ModelInfoOut}})
-async def model_info(_: CallerDep, c: ContainerDep) -> Response:
+async def model_info(_: ModelReaderDep, c: ContainerDep) -> Response:
     holder = c.models
     m = holder.model
     status = holder.status

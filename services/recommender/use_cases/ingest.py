@@ -52,7 +52,7 @@ class InteractionIngest:
         now = self.clock.now()
         report = IngestReport()
         resolved: list[tuple[Draft, str]] = []
-        own = None if caller.admin else await self.identity.canonical(caller.device.customer_id)
+        own = None if caller.device is None else await self.identity.canonical(caller.device.customer_id)
         cache: dict[str, str | None] = {}
         for n, raw in enumerate(items):
             verdict = judge(n, raw, now, self.settings.max_future_s)

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from vicino.services.kernel.auth import Principal, bearer_principal, require_admin
+from vicino.services.kernel.auth import Principal
+from vicino.services.runtime.api_keys import role_dependency
 from vicino.services.kernel.problems import Conflict, NotFound
 
 from ..domain.runs import JobRun
@@ -30,11 +31,14 @@ async def container(request: Request) -> SchedulerContainer:
 ContainerDep = Annotated[SchedulerContainer, Depends(container)]
 
 
-async def admin(c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return require_admin(bearer_principal(authorization, c.settings.admin_token, c.signer, time.time()))
+async def caller(request: Request, c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    p = await c.access.principal(authorization, time.time())
+    request.state.principal = p  # for the audit trail
+    return p
 
 
-AdminDep = Annotated[Principal, Depends(admin)]
+JobReaderDep = role_dependency(caller, "operator", "analyst")
+OperatorDep = role_dependency(caller, "operator")
 
 
 class JobOut(BaseModel):
@@ -83,7 +87,7 @@ def _known(c: SchedulerContainer, name: str):
 
 @router.get("/jobs", tags=["jobs"], summary="every job: schedule, next run here, last run and outcome",
             responses={200: {"model": JobsOut}})
-async def list_jobs(_: AdminDep, c: ContainerDep, request: Request) -> Response:
+async def list_jobs(_: JobReaderDep, c: ContainerDep, request: Request) -> Response:
     names = sorted(c.runner.jobs)
     last = await c.runner.store.last_runs(names)
     scheduler = getattr(request.app.state, "scheduler", None)
@@ -103,7 +107,7 @@ async def list_jobs(_: AdminDep, c: ContainerDep, request: Request) -> Response:
 
 @router.get("/jobs/{name}", tags=["jobs"], summary="one job and its recent runs, newest first",
             responses={200: {"model": JobRunsOut}})
-async def job_runs(name: JobName, _: AdminDep, c: ContainerDep,
+async def job_runs(name: JobName, _: JobReaderDep, c: ContainerDep,
                    limit: Annotated[int, Query(ge=1, le=50)] = 20) -> Response:
     job = _known(c, name)
     (run, ok), = (await c.runner.store.last_runs([name])).values()
@@ -116,7 +120,7 @@ async def job_runs(name: JobName, _: AdminDep, c: ContainerDep,
              summary="run a job now (in the background); 409 while a run of it is in progress",
              responses={202: {"model": RunAcceptedOut, "description": "the run started"},
                         409: problem("a run of this job is in progress")})
-async def run_now(name: JobName, _: AdminDep, c: ContainerDep) -> Response:
+async def run_now(name: JobName, _: OperatorDep, c: ContainerDep) -> Response:
     _known(c, name)
     holder = await c.runner.store.holder(name)
     if holder is not None:
