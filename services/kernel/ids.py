@@ -13,7 +13,9 @@ _CLIENT_ID_RE = re.compile(CLIENT_ID_PATTERN)
 
 
 def is_valid_client_id(value: str) -> bool:
-    return bool(_CLIENT_ID_RE.match(value))
+    # fullmatch, not match: `$` also matches before a final newline, and "s1\n" would pass,
+    # then never be found again by a path that cannot carry the newline
+    return bool(_CLIENT_ID_RE.fullmatch(value))
 
 
 def new_id(prefix: str) -> str:

@@ -11,7 +11,8 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
-from redis.exceptions import ClusterDownError, TryAgainError
+from redis.exceptions import (ClusterDownError, NoPermissionError, OutOfMemoryError, ReadOnlyError, ResponseError,
+                              TryAgainError)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,6 +21,28 @@ from starlette.responses import Response
 from ..kernel.problems import PROBLEM_MEDIA_TYPE, Problem, describe_validation_errors
 
 log = logging.getLogger("vicino.problems")
+
+
+# the error codes of a Redis that is there but refuses to serve: (what it means, Retry-After s)
+_REFUSALS = {"READONLY": ("a replica, during a failover", 1), "OOM": ("out of memory: maxmemory reached", 30),
+             "NOAUTH": ("authentication required", 30), "NOPERM": ("no permission for this user", 30),
+             "WRONGPASS": ("authentication failed", 30), "LOADING": ("still loading its data", 2),
+             "MASTERDOWN": ("the master is down", 1), "NOREPLICAS": ("not enough replicas", 1)}
+
+
+def _refusal(exc: Exception) -> tuple[str, int] | None:
+    """A Redis refusal from its error class (redis-py strips the code) or its code (also inside a
+    script's error), else None."""
+    for cls, code in ((ReadOnlyError, "READONLY"), (OutOfMemoryError, "OOM"), (NoPermissionError, "NOPERM")):
+        if isinstance(exc, cls):
+            return _REFUSALS[code]
+    text = str(exc)
+    if text.startswith("UNBLOCKED") and "replica" in text:  # a blocked read cut short by a failover
+        return _REFUSALS["READONLY"]
+    for code, refusal in _REFUSALS.items():
+        if text.startswith(code) or f" {code} " in text or f"-{code} " in text or f"{code} command" in text:
+            return refusal
+    return None
 
 
 def problem_response(status: int, title: str, detail: str, *, instance: str | None = None,
@@ -62,6 +85,22 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     for redis_error in (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError):
         app.add_exception_handler(redis_error, _redis_away)
+
+    async def _redis_refuses(request: Request, exc: Exception) -> Response:
+        # Redis answers but will not write: a replica after a failover (READONLY), maxmemory
+        # reached (OOM), a missing permission (NOAUTH, NOPERM), still loading (LOADING). Not the
+        # client's fault, and a script refused at its first write wrote nothing: 503, retry
+        refusal = _refusal(exc)
+        if refusal is None:
+            return await _unexpected(request, exc)
+        what, retry_s = refusal
+        log.error("Redis refused on %s %s: %s", request.method, request.url.path, str(exc)[:200])
+        return problem_response(503, "Service unavailable", f"Redis refused the command ({what}); nothing of this "
+                                "request was written, retry later", instance=request.url.path,
+                                headers={"Retry-After": str(retry_s)})
+
+    for refused in (ReadOnlyError, OutOfMemoryError, NoPermissionError, ResponseError):
+        app.add_exception_handler(refused, _redis_refuses)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

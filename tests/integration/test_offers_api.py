@@ -161,7 +161,7 @@ def test_the_customers_own_purchases_lift_what_they_rebuy(rec_settings, tmp_path
         assert [o["offer_id"] for o in before] == ["o2", "o1"]
         client.post("/v1/interactions", headers=ADMIN, json=[{
             "event_id": "p1", "customer_id": "u2", "channel": "store", "type": "purchase", "item_id": "i1",
-            "quantity": 1, "ts": NOW - 86_400}])
+            "quantity": 1, "ts": time.time() - 86_400}])
         after = ranked(client, "u2")["offers"]
         # 0 + 5 × 2^(−1/30) for i1 against 1 for i2
         assert [o["offer_id"] for o in after] == ["o1", "o2"]

@@ -4,6 +4,8 @@ Each item of a batch is judged on its own, so one bad item never costs the other
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -50,7 +52,10 @@ class InteractionIn(BaseModel):
             if v.tzinfo is None:
                 raise ValueError("ts needs a time zone offset (e.g. 2026-11-26T10:00:00Z)")
             return v.timestamp()
-        return float(v)
+        v = float(v)
+        if not math.isfinite(v):  # "NaN" and "Infinity" parse as floats
+            raise ValueError("ts must be a finite number of epoch seconds")
+        return v
 
 
 @dataclass(frozen=True, slots=True)
