@@ -134,7 +134,7 @@ class AuditTrail:
 
     def pseudonym(self, value: str) -> str:
         """How a personal id appears in the trail: `~` and 16 hex digits of its keyed hash (the
-        same id, the same pseudonym: an admin can look one up with `target`)."""
+        same id, the same pseudonym: `GET /v1/audit?customer_id=` finds a customer's entries)."""
         return "~" + hmac.new(self._key, value.encode(), "sha256").hexdigest()[:16]
 
     def target_of(self, params: dict) -> str | None:
