@@ -16,7 +16,7 @@ from vicino.services.recommender.app import create_app as create_recommender
 from vicino.services.scheduler.app import create_app as create_scheduler
 from vicino.services.scheduler.settings import SchedulerSettings
 from vicino.services.geo.app import create_app as create_geo
-from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET, circle_store, make_settings, register
+from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET, circle_store, register
 from tests.support import assert_problem, redis_dump
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -188,9 +188,6 @@ def test_every_role_can_be_granted(client, role):
     _, key = make_key(client, role)
     assert client.get("/v1/keys", headers=bearer(key)).status_code == (200 if role == "admin" else 403)
 
-
-def test_the_geo_settings_helper_still_makes_an_admin(settings):
-    assert make_settings(settings.redis_url).admin_token == ADMIN_TOKEN
 
 
 def test_the_keys_commands_against_a_running_geo_service(geo_url, monkeypatch):
