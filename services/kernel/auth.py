@@ -109,10 +109,6 @@ def is_admin_token(token: str, admin_token: str) -> bool:
     return hmac.compare_digest(token.encode(), admin_token.encode())
 
 
-def require_admin(p: Principal) -> Principal:
-    return require_roles(p, frozenset({"admin"}))
-
-
 def require_roles(p: Principal, accepted: frozenset[str], *, devices: bool = False) -> Principal:
     """A key with one of `accepted` (admin opens everything), or, where `devices`, a device token
     (whose own checks follow). The refusal names the role needed."""

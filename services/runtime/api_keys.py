@@ -4,7 +4,7 @@
   keyed hash of the secret, revoked_at). A request with a key reads its record on every call, so
   a revocation holds at once on every replica. Revoked records stay, for the audit trail.
 - `vicino:{audit}:log` (stream): one entry per write made with a key or the admin token (who,
-  method, route template, target, status, when), trimmed by age (`VICINO_AUDIT_RETENTION_DAYS`).
+  method, route template, target, status, when), trimmed by age (`VICINO_AUDIT_RETENTION_DAYS`, `MINID` on each `XADD`).
   A target that names a person (a customer or device id, an identifier) is kept as a keyed
   hash, so that an erased customer's id is nowhere in it.
 
@@ -28,7 +28,6 @@ from ..kernel.roles import KeyRecord, check_roles, new_key, secret_hash, service
 
 KEYS = "vicino:{keys}:keys"
 AUDIT = "vicino:{audit}:log"
-AUDIT_MAXLEN = 1_000_000  # a bound besides the age: the trail of a very busy deployment stays finite
 
 log = logging.getLogger("vicino.access")
 
@@ -143,10 +142,10 @@ class AuditTrail:
 
     async def record(self, *, key_id: str, method: str, route: str, params: dict, status: int, at: float) -> None:
         minid = f"{int((at - self.retention_s) * 1000)}-0"
+        # one round trip: the entry, and the trim by age (MINID) of what is past retention
         await self._r.xadd(AUDIT, {"key_id": key_id, "method": method, "route": route,
                                    "target": self.target_of(params) or "", "status": str(status), "at": repr(at)},
-                           maxlen=AUDIT_MAXLEN, approximate=True)
-        await self._r.xtrim(AUDIT, minid=minid, approximate=True)
+                           minid=minid, approximate=True)
 
     async def read(self, start: float, end: float, key_id: str | None, limit: int) -> list[dict]:
         out = []
