@@ -136,14 +136,17 @@ def check_lag(r, url: str, streams: list[str]):
     now_ms = int(time.time() * 1000)
     for stream in streams:
         behind(r, stream, PUSH_GATEWAY_GROUP, now_ms)
-    got = collected(url, [(s, PUSH_GATEWAY_GROUP) for s in streams] + [(streams[0], "never-started")],
+    missing = push_jobs_stream_key(99)  # a stream no one has written yet
+    got = collected(url, [(s, PUSH_GATEWAY_GROUP) for s in streams] + [(streams[0], "never-started"),
+                                                                        (missing, PUSH_GATEWAY_GROUP)],
                     clock=lambda: now_ms / 1000)
     for stream in streams:
         labels = (("group", PUSH_GATEWAY_GROUP), ("stream", stream))
         assert got[("vicino_stream_group_lag", labels)] == 3
         assert got[("vicino_stream_group_pending", labels)] == 2
         assert got[("vicino_stream_group_oldest_pending_age_seconds", labels)] == 7200
-    assert not [k for k in got if ("group", "never-started") in k[1]]  # no group yet: no sample, no error
+    assert not [k for k in got if ("group", "never-started") in k[1] or ("stream", missing) in k[1]
+                and k[0] != "vicino_stream_trimmed_unconsumed_total"]  # no group or stream yet: no sample, no error
     assert got[("vicino_stream_lag_read_failures_total", ())] == 0
 
 
