@@ -33,7 +33,7 @@ PUSH_WINDOW_S = 2 * 86_400        # covers any local day, whatever the time zone
 DECISIONS_MAXLEN = 1_000_000      # safety caps per shard stream; consumers trim what they have read
 # a last resort against a flood between two housekeeping runs: the scheduler's trim (consumed
 # entries, then VICINO_STREAM_HARD_CAP, counted and logged) keeps the stream well below it
-PUSH_JOBS_MAXLEN = 4_000_000
+PUSH_JOBS_MAXLEN = 2_000_000
 
 # KEYS: decided_visits, pushes, store_pushes, merged_into, decisions stream, push jobs stream.
 # ARGV: visit_id, now, decision_ttl_s, day_start, expected pushes today, expected last push at the
