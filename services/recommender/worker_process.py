@@ -2,8 +2,8 @@
 (never inside the web workers): visits and decisions from the geo events, the model follower and
 the Parquet exporter. A small HTTP edge on `port` answers /healthz (503 once a consumer has
 failed `max_failed_rounds` rounds in a row: a liveness probe restarts the process), /readyz
-(Redis, and the consumers) and /metrics (failed consumer rounds, each consumer group's lag, pending
-entries and oldest pending age, and the served model's age among them)."""
+(Redis, and the consumers) and /metrics (failed consumer rounds, dead letters, and each consumer
+group's lag, pending entries and oldest pending age among them)."""
 from __future__ import annotations
 
 import asyncio
@@ -29,16 +29,12 @@ from .workers.exporter import GROUP as EXPORTER_GROUP
 log = logging.getLogger("vicino.recommender.worker")
 
 
-def health_app(redis, consumers: list[StreamConsumer], extra_groups: list[tuple[str, str]] = (),
-               collectors: list = ()) -> FastAPI:
-    """`extra_groups`: (stream, group) read by loops that are not `StreamConsumer`s (the exporter);
-    `collectors`: more of the process's metrics (the served model's age)."""
+def health_app(redis, consumers: list[StreamConsumer], extra_groups: list[tuple[str, str]] = ()) -> FastAPI:
+    """`extra_groups`: (stream, group) read by loops that are not `StreamConsumer`s (the exporter)."""
     registry = CollectorRegistry()
     registry.register(ConsumerCollector(consumers))
     lag = StreamLagCollector(redis, [(s, c.group) for c in consumers for s in c.streams] + list(extra_groups))
     registry.register(lag)
-    for collector in collectors:
-        registry.register(collector)
     app = FastAPI(title="Vicino recommender worker", version="1", docs_url=None, redoc_url=None)
 
     async def ready() -> dict[str, str]:
