@@ -3,11 +3,12 @@
 Per (stream, group) that the process consumes: the entries not yet delivered to the group (XINFO
 GROUPS `lag`), the entries delivered but not acknowledged (`pending`), and the age of the oldest
 pending entry (the XPENDING summary's smallest id is its creation time in ms); per stream, how many
-entries housekeeping had to trim while a group still needed them (the counter it keeps beside the
-stream, `kernel.contracts.streams.trimmed_unconsumed_key`). A scrape costs one pipeline of
-non-blocking reads (on a Cluster, redis-py's cluster pipeline sends each node its keys' commands
-together) and is bounded by a timeout: a scrape that cannot read Redis shows no lag samples and
-counts the failure, it never hangs /metrics.
+entries were trimmed while a group still needed them (the counter that housekeeping, at the hard
+cap, and a producer, at its last-resort cap, keep beside the stream:
+`kernel.contracts.streams.trimmed_unconsumed_key`); a scrape that sees it grow logs a warning. A
+scrape costs one pipeline of non-blocking reads (on a Cluster, redis-py's cluster pipeline sends
+each node its keys' commands together) and is bounded by a timeout: a scrape that cannot read
+Redis shows no lag samples and counts the failure, it never hangs /metrics.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class StreamLagCollector:
         self._timeout_s = timeout_s
         self._rows: list[tuple[str, str, float | None, int, float]] = []
         self._trimmed: dict[str, int] = {}
+        self._trimmed_seen: dict[str, int] = {}  # survives failed reads: a growth is told once
         self.failed_reads = 0
 
     async def refresh(self) -> None:
@@ -85,6 +87,13 @@ class StreamLagCollector:
             lag = info.get("lag")
             rows.append((stream, group, None if lag is None else float(lag), int(info.get("pending") or 0), age_s))
         self._rows, self._trimmed = rows, trimmed
+        for stream, n in trimmed.items():
+            seen = self._trimmed_seen.get(stream)
+            if seen is not None and n > seen:
+                log.warning("stream entries trimmed before every consumer group read them", extra={"fields": {
+                    "stream": stream, "trimmed": n - seen, "trimmed_total": n,
+                    "groups": [g for s, g in self.groups if s == stream]}})
+            self._trimmed_seen[stream] = n
 
     def collect(self):
         lag = GaugeMetricFamily("vicino_stream_group_lag", "entries of the stream not yet delivered to the consumer "

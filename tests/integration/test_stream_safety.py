@@ -193,7 +193,8 @@ def test_the_served_recommender_worker_serves_health_and_its_groups_lag(redis_ur
     assert got[("vicino_stream_group_lag", visits)] == 0
     for group in (RECOMMENDER_DECISIONS_GROUP, RECOMMENDER_VISITS_GROUP):  # the groups the worker consumes
         assert ("vicino_stream_group_pending", (("group", group), ("stream", events))) in got
-    assert ("vicino_stream_group_pending", (("group", "exporter"), ("stream", "vicino:{cs:000}:interactions:v1"))) in got
+    exported = (("group", "exporter"), ("stream", "vicino:{cs:000}:interactions:v1"))
+    assert ("vicino_stream_group_pending", exported) in got
     assert ("vicino_consumer_healthy", (("group", RECOMMENDER_VISITS_GROUP),)) in got
 
 
@@ -210,3 +211,51 @@ def test_the_push_gateway_serves_its_groups_lag(redis_url):
     assert got[("vicino_stream_group_pending", labels)] >= 2  # the other host's two, and whatever this one took
     assert 7200 <= got[("vicino_stream_group_oldest_pending_age_seconds", labels)] < 7200 + 120
     assert ("vicino_stream_group_lag", labels) in got
+
+
+def test_the_push_jobs_last_resort_cap_counts_what_it_trims_and_the_consumer_says_so(redis_url, caplog):
+    """The decision script caps a push-job stream only as a last resort; what that trims is unsent
+    jobs: counted beside the stream, and the push gateway's next scrape logs the growth."""
+    from vicino.services.kernel.contracts.decisions import DecisionV1
+    from vicino.services.kernel.contracts.push_jobs import PushDataV1, PushJobV1
+    from vicino.services.recommender.adapters.decision_repository import Counters, DecisionRepository
+
+    r = redis_lib.Redis.from_url(redis_url)
+    now = time.time()
+    jobs = push_jobs_stream_key(0)
+    r.xgroup_create(jobs, PUSH_GATEWAY_GROUP, id="0", mkstream=True)  # the gateway, stopped: it reads nothing
+
+    def decided(i: int):
+        visit, decision_id = f"v-{i}", f"d-{i}"
+        job = PushJobV1(job_id=f"j-{i}", idempotency_key=f"cu-1:s-1:{visit}", customer_id="cu-1", device_id="ph-1",
+                        platform="android", push_token="t", title="t", body="b",
+                        data=PushDataV1(offer_id="o-1", store_id="s-1", visit_id=visit, decision_id=decision_id),
+                        collapse_key=visit, created_at=now, expires_at=now + 600)
+        decision = DecisionV1(decision_id=decision_id, customer_id="cu-1", device_id="ph-1", store_id="s-1",
+                              visit_id=visit, event_id=f"e-{i}", event_type="enter", outcome="send", holdout=False,
+                              offer_id="o-1", job_id=job.job_id, ts=now, decided_at=now)
+        return decision, job
+
+    async def main():
+        client = open_async(redis_url)
+        try:
+            repo = DecisionRepository(client, 1, 3600, 0, push_jobs_maxlen=100)
+            lag = StreamLagCollector(client, [(jobs, PUSH_GATEWAY_GROUP)])
+            await lag.refresh()  # before: nothing trimmed
+            for i in range(350):
+                decision, job = decided(i)
+                assert await repo.record("cu-1", Counters(False, False, 0, None), now - 3600, now, decision, job,
+                                         counts_as_push=False) == "ok"
+            await lag.refresh()
+            return {s.name: s.value for f in lag.collect() for s in f.samples
+                    if s.name == "vicino_stream_trimmed_unconsumed_total"}
+        finally:
+            await client.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="vicino.stream_lag"):
+        got = asyncio.run(main())
+    length = r.xlen(jobs)
+    assert 100 <= length < 350
+    assert int(r.get(trimmed_unconsumed_key(jobs))) == 350 - length == got["vicino_stream_trimmed_unconsumed_total"]
+    (warning,) = [rec for rec in caplog.records if "trimmed before every consumer group" in rec.getMessage()]
+    assert warning.fields["stream"] == jobs and warning.fields["trimmed"] == 350 - length
