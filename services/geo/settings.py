@@ -19,6 +19,8 @@ class GeoSettings(ServiceSettings):
     device_cache_size: int = Field(50_000, ge=0, description="recently active devices whose last snapshot a replica keeps "
                                    "to save a Redis read (validated on every save; 0 turns it off)")
     event_shards: int = Field(16, ge=1, le=1024, description="geofence event streams (fixed for a deployment)")
-    events_maxlen: int = Field(1_000_000, ge=1000, description="approximate length cap per event stream")
+    events_maxlen: int = Field(2_000_000, ge=1000, description="last-resort length cap per event stream at XADD "
+                               "(approximate, uncounted): keep it above the scheduler's VICINO_STREAM_HARD_CAP, "
+                               "which trims first, never past what a consumer group needs without counting it")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body limit")
     max_bulk_body_bytes: int = Field(256 << 20, ge=1024, description="body limit of POST /v1/stores")

@@ -17,6 +17,7 @@ from vicino.services.runtime.api_keys import AuditTrail
 from vicino.services.runtime.http_edge import install_edge, redis_check
 from vicino.services.runtime.redis_client import service_redis
 from vicino.services.runtime.stream_consumer import ConsumerCollector, consumer_check
+from vicino.services.runtime.stream_lag import StreamLagCollector
 
 from .api import routes
 from .settings import PushSettings
@@ -51,6 +52,8 @@ def create_app(settings: PushSettings | None = None, *, redis=None, clock: Clock
                 name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
                 consumer = app.state.consumer = build_consumer(settings, r, name, container.delivery)
                 registry.register(ConsumerCollector([consumer]))
+                lag = app.state.stream_lag = StreamLagCollector(r, [(s, consumer.group) for s in consumer.streams])
+                registry.register(lag)
                 tasks.append(asyncio.create_task(consumer.run_forever(stop), name="push-consumer"))
             log.info("push gateway ready", extra={"fields": {"routes": container.routes, "worker": run_worker}})
             try:
@@ -83,6 +86,11 @@ def create_app(settings: PushSettings | None = None, *, redis=None, clock: Clock
         consumer = getattr(app.state, "consumer", None)
         return "ok" if consumer is None else consumer_check([consumer])
 
+    async def before_scrape() -> None:
+        lag = getattr(app.state, "stream_lag", None)
+        if lag is not None:  # the job consumer's groups: lag, pending, oldest pending age
+            await lag.refresh()
+
     install_edge(app, service="push", registry=registry, ready=ready, max_body_bytes=settings.max_body_bytes,
-                 alive=alive)
+                 alive=alive, before_scrape=before_scrape)
     return app

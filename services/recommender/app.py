@@ -17,6 +17,7 @@ from vicino.services.runtime.redis_client import service_redis
 from .api import catalog_routes, customer_routes, kpi_routes, offer_routes
 from .api.customer_routes import InteractionBatchIn
 from .settings import RecommenderSettings
+from .adapters.model_store import ModelCollector
 from .wiring import build, SERVICE_KEY_NAME, SERVICE_KEY_ROLES
 
 log = logging.getLogger("vicino.recommender")
@@ -29,6 +30,8 @@ def create_app(settings: RecommenderSettings | None = None, *, redis=None, clock
     settings = settings or RecommenderSettings()
     clock = clock or SystemClock()
     registry = CollectorRegistry()
+    registry.register(ModelCollector(lambda: getattr(getattr(app.state, "container", None), "models", None),
+                                     clock=clock.now))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -2,7 +2,8 @@
 (never inside the web workers): visits and decisions from the geo events, the model follower and
 the Parquet exporter. A small HTTP edge on `port` answers /healthz (503 once a consumer has
 failed `max_failed_rounds` rounds in a row: a liveness probe restarts the process), /readyz
-(Redis, and the consumers) and /metrics (failed consumer rounds among them)."""
+(Redis, and the consumers) and /metrics (failed consumer rounds, dead letters, and each consumer
+group's lag, pending entries and oldest pending age among them)."""
 from __future__ import annotations
 
 import asyncio
@@ -15,26 +16,32 @@ import socket
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from vicino.services.kernel.contracts.interactions import interactions_stream_key
 from vicino.services.runtime.http_edge import install_edge, redis_check
 from vicino.services.runtime.redis_client import open_async, wait_for_redis
 from vicino.services.runtime.stream_consumer import ConsumerCollector, StreamConsumer, consumer_check
+from vicino.services.runtime.stream_lag import StreamLagCollector
 
 from .settings import RecommenderSettings
 from .wiring import build_worker_loops
+from .workers.exporter import GROUP as EXPORTER_GROUP
 
 log = logging.getLogger("vicino.recommender.worker")
 
 
-def health_app(redis, consumers: list[StreamConsumer]) -> FastAPI:
+def health_app(redis, consumers: list[StreamConsumer], extra_groups: list[tuple[str, str]] = ()) -> FastAPI:
+    """`extra_groups`: (stream, group) read by loops that are not `StreamConsumer`s (the exporter)."""
     registry = CollectorRegistry()
     registry.register(ConsumerCollector(consumers))
+    lag = StreamLagCollector(redis, [(s, c.group) for c in consumers for s in c.streams] + list(extra_groups))
+    registry.register(lag)
     app = FastAPI(title="Vicino recommender worker", version="1", docs_url=None, redoc_url=None)
 
     async def ready() -> dict[str, str]:
         return {"redis": await redis_check(redis), "consumers": consumer_check(consumers)}
 
     install_edge(app, service="recommender-worker", registry=registry, ready=ready, max_body_bytes=1024,
-                 alive=lambda: consumer_check(consumers))
+                 alive=lambda: consumer_check(consumers), before_scrape=lag.refresh)
     return app
 
 
@@ -60,7 +67,8 @@ async def run_worker(settings: RecommenderSettings, stop: asyncio.Event | None =
 
             consumers = [getattr(run, "__self__") for run in loops.values()
                          if isinstance(getattr(run, "__self__", None), StreamConsumer)]
-            server = uvicorn.Server(uvicorn.Config(health_app(redis, consumers), host=host, port=port,
+            exported = [(interactions_stream_key(i), EXPORTER_GROUP) for i in range(settings.customer_shards)]
+            server = uvicorn.Server(uvicorn.Config(health_app(redis, consumers, exported), host=host, port=port,
                                                    log_config=None, access_log=False, lifespan="off"))
             server.install_signal_handlers = lambda: None  # ours above stop the loops; the server follows
             tasks.append(asyncio.create_task(server.serve(), name="health"))

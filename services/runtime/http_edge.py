@@ -31,9 +31,12 @@ async def redis_check(redis) -> str:
 
 def install_edge(app: FastAPI, *, service: str, registry: CollectorRegistry, ready: ReadyCheck,
                  max_body_bytes: int, body_limits: dict[tuple[str, str], int] | None = None,
-                 alive: Callable[[], str] | None = None) -> None:
+                 alive: Callable[[], str] | None = None,
+                 before_scrape: Callable[[], Awaitable[None]] | None = None) -> None:
     """`alive`: for a process with background consumers, "ok" or why it cannot make progress;
-    anything but "ok" makes /healthz a 503, so that a liveness probe restarts the process."""
+    anything but "ok" makes /healthz a 503, so that a liveness probe restarts the process.
+    `before_scrape`: awaited before /metrics renders (collectors that read Redis, such as the
+    consumer groups' lag, refresh there: prometheus_client's collectors cannot await)."""
     install_problem_handlers(app)
     app.add_middleware(AuditMiddleware)
     app.add_middleware(BodyLimitMiddleware, default_limit=max_body_bytes, limits=body_limits)
@@ -63,6 +66,8 @@ def install_edge(app: FastAPI, *, service: str, registry: CollectorRegistry, rea
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
+        if before_scrape is not None:
+            await before_scrape()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     document_access(app)

@@ -308,7 +308,8 @@ class StreamConsumer:
 
 
 class ConsumerCollector:
-    """Prometheus collector of a process's consumers: failed rounds (a counter) and health."""
+    """Prometheus collector of a process's consumers: failed rounds and dead-lettered entries
+    (counters) and health."""
 
     def __init__(self, consumers: list[StreamConsumer]) -> None:
         self.consumers = consumers
@@ -320,11 +321,15 @@ class ConsumerCollector:
                                      "failover)", labels=["group"])
         healthy = GaugeMetricFamily("vicino_consumer_healthy", "1 while fewer than max_failed_rounds rounds in a row "
                                     "failed", labels=["group"])
+        dead = CounterMetricFamily("vicino_consumer_dead_lettered", "entries this process moved to a dead-letter "
+                                   "stream (malformed, or failed max_attempts times)", labels=["group"])
         for c in self.consumers:
             failed.add_metric([c.group], c.failed_rounds)
             healthy.add_metric([c.group], 1.0 if c.healthy else 0.0)
+            dead.add_metric([c.group], c.dead)
         yield failed
         yield healthy
+        yield dead
 
 
 def consumer_check(consumers: list[StreamConsumer]) -> str:

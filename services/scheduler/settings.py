@@ -28,6 +28,10 @@ class SchedulerSettings(ServiceSettings):
                                  "is stuck")
     max_deliveries: int = Field(10, ge=2, le=1000, description="a stuck entry delivered this many times is moved "
                                 "to its stream's dead letters")
+    stream_hard_cap: int = Field(1_000_000, ge=1000, description="entries a consumed stream (geo events, push "
+                                 "jobs) may hold: past it, trim_streams drops the oldest even though a consumer group "
+                                 "has not read them, and counts them (vicino_stream_trimmed_unconsumed_total, a "
+                                 "warning in the log); below it only what every group acknowledged is trimmed")
     consumer_idle_s: float = Field(86_400.0, ge=300, description="consumers with nothing pending and idle this long "
                                    "(stopped processes) are removed from their groups")
 

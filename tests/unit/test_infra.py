@@ -452,6 +452,7 @@ def rendered(tmp_path_factory) -> dict[str, list[dict]]:
     Secret from a gitignored secrets.env: rendered here from a copy with the example in its place."""
     copy_root = tmp_path_factory.mktemp("k8s") / "k8s"
     shutil.copytree(K8S, copy_root)
+    shutil.copytree(INFRA / "prometheus", copy_root.parent / "prometheus")  # the base includes the alert rules
     prod = copy_root / "overlays" / "prod"
     (prod / "secrets.env").unlink(missing_ok=True)
     shutil.copy(prod / "secrets.env.example", prod / "secrets.env")
@@ -648,7 +649,10 @@ def test_every_reference_resolves(rendered):
 def test_config_and_secret_hold_real_settings_split_by_sensitivity(rendered):
     known = known_settings()
     for overlay in OVERLAYS:
-        (config,) = by_kind(rendered[overlay], "ConfigMap").values()
+        config_maps = by_kind(rendered[overlay], "ConfigMap")
+        rules = config_maps.pop("vicino-prometheus-rules")  # the alert rules (test_alert_rules.py checks them)
+        assert rules["data"]["alerts.yml"] == (INFRA / "prometheus" / "alerts.yml").read_text(), overlay
+        (config,) = config_maps.values()
         (secret,) = by_kind(rendered[overlay], "Secret").values()
         assert config["metadata"]["name"].startswith("vicino-config-")  # generated: a change rolls the pods
         assert secret["metadata"]["name"].startswith("vicino-secrets-")

@@ -31,6 +31,12 @@ def dead_letter_of(stream: str) -> str:
     return stream + DEAD_SUFFIX
 
 
+def trimmed_unconsumed_key(stream: str) -> str:
+    """The counter (same hash tag) of the stream's entries that housekeeping trimmed at the hard cap
+    while a consumer group still needed them; the consumers' /metrics export it."""
+    return stream + ":trimmed-unconsumed"
+
+
 @dataclass(frozen=True)
 class StreamFamily:
     name: str

@@ -23,6 +23,7 @@ from vicino.services.runtime.redis_client import ReplicaWait
 from vicino.services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
 from vicino.services.kernel.contracts.interactions import customer_shard, customer_shard_tag
 from vicino.services.kernel.contracts.push_jobs import PushJobV1, ended_visits_key, push_jobs_stream_key
+from vicino.services.kernel.contracts.streams import trimmed_unconsumed_key
 
 from ..domain.identity import Moved
 from .customer_repository import parse_write_outcome
@@ -31,9 +32,13 @@ from .redis_keys import CustomerKeys
 
 PUSH_WINDOW_S = 2 * 86_400        # covers any local day, whatever the time zone
 DECISIONS_MAXLEN = 1_000_000      # safety caps per shard stream; consumers trim what they have read
-PUSH_JOBS_MAXLEN = 1_000_000
+# a last resort against a flood between two housekeeping runs: the scheduler's trim (consumed
+# entries, then VICINO_STREAM_HARD_CAP, counted and logged) keeps the stream well below it. What
+# this cap trims is counted too (the stream's trimmed-unconsumed counter): the jobs are unsent.
+PUSH_JOBS_MAXLEN = 2_000_000
 
-# KEYS: decided_visits, pushes, store_pushes, merged_into, decisions stream, push jobs stream.
+# KEYS: decided_visits, pushes, store_pushes, merged_into, decisions stream, push jobs stream, its
+# trimmed-unconsumed counter.
 # ARGV: visit_id, now, decision_ttl_s, day_start, expected pushes today, expected last push at the
 # store ('' none), store_id, counts ('1' a push or a holdout would-be push), decision_id,
 # store_cooldown_s, decision JSON, job JSON ('' none), decisions maxlen, jobs maxlen, push window s.
@@ -64,7 +69,11 @@ if ARGV[8] == '1' then
 end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[13], '*', 'v', '1', 'data', ARGV[11])
 if ARGV[12] ~= '' then
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[14], '*', 'v', '1', 'data', ARGV[12])
+  redis.call('XADD', KEYS[6], '*', 'v', '1', 'data', ARGV[12])
+  if redis.call('XLEN', KEYS[6]) > tonumber(ARGV[14]) then
+    local trimmed = redis.call('XTRIM', KEYS[6], 'MAXLEN', '~', ARGV[14])
+    if trimmed > 0 then redis.call('INCRBY', KEYS[7], trimmed) end
+  end
 end
 return 'ok'
 """
@@ -118,10 +127,12 @@ class Counters:
 
 class DecisionRepository:
     def __init__(self, redis, customer_shards: int, decision_ttl_s: float, store_cooldown_s: float,
-                 replica_wait: ReplicaWait | None = None) -> None:
+                 replica_wait: ReplicaWait | None = None, *, push_jobs_maxlen: int = PUSH_JOBS_MAXLEN) -> None:
         """`replica_wait`: a recorded decision (with its push job) is on a replica before the
-        geo event is acknowledged, so that a failover cannot lose the push of an acknowledged event."""
+        geo event is acknowledged, so that a failover cannot lose the push of an acknowledged event.
+        `push_jobs_maxlen`: the push-job streams' last-resort cap (what it trims is counted)."""
         self._r = redis
+        self._push_jobs_maxlen = push_jobs_maxlen
         self._replicated = replica_wait
         self._shards = customer_shards
         self._ttl = decision_ttl_s
@@ -152,12 +163,13 @@ class DecisionRepository:
         the counters moved since `read`. Returns 'ok', 'duplicate', 'stale' or `Moved(<id>)`."""
         k = self.keys(customer_id)
         out = await self._record(
-            keys=[k.decided_visits, k.pushes, k.store_pushes, k.merged_into, k.decisions, k.push_jobs],
+            keys=[k.decided_visits, k.pushes, k.store_pushes, k.merged_into, k.decisions, k.push_jobs,
+                  trimmed_unconsumed_key(k.push_jobs)],
             args=[decision.visit_id, repr(now), repr(self._ttl), repr(day_start), read.pushes_today,
                   "" if read.last_push_at_store is None else repr(read.last_push_at_store), decision.store_id,
                   "1" if counts_as_push else "0", decision.decision_id, repr(self._cooldown),
                   decision.model_dump_json(by_alias=True), job.model_dump_json(by_alias=True) if job else "",
-                  DECISIONS_MAXLEN, PUSH_JOBS_MAXLEN, PUSH_WINDOW_S])
+                  DECISIONS_MAXLEN, self._push_jobs_maxlen, PUSH_WINDOW_S])
         outcome = parse_write_outcome(out)
         if self._replicated is not None and outcome in ("ok", "duplicate"):
             await self._replicated.after_write(k.push_jobs)  # a duplicate: the first attempt may not have waited

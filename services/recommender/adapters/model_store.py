@@ -68,3 +68,28 @@ class ModelHolder:
         if s.failure:
             return f"degraded: version {s.failed_version} failed to load ({s.failure}); serving {s.serving or 'no model (popularity fallback)'}"
         return "ok"
+
+
+class ModelCollector:
+    """Prometheus collector of the served model: its age (now − the manifest's `created_at`, when
+    training made it), so that a retrain that stopped publishing is seen; and whether the last
+    published version failed to load. `holder` is a callable: the holder exists once the app starts."""
+
+    def __init__(self, holder, clock=time.time) -> None:
+        self._holder = holder
+        self._clock = clock
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        age = GaugeMetricFamily("vicino_model_age_seconds", "age of the served model version (since training "
+                                "created it); absent while no model serves (popularity fallback)")
+        failed = GaugeMetricFamily("vicino_model_load_failed", "1 while the published version failed to load "
+                                   "and an older one (or none) serves")
+        holder = self._holder()
+        if holder is not None:
+            if holder.model is not None:
+                age.add_metric([], max(0.0, self._clock() - holder.model.manifest.created_at))
+            failed.add_metric([], 1.0 if holder.status.failure else 0.0)
+        yield age
+        yield failed

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from redis.exceptions import ResponseError
 
+from vicino.services.kernel.contracts.streams import trimmed_unconsumed_key
+
 from ..domain.stream_housekeeping import ConsumerState, GroupState, PendingEntry
 
 SCHEDULER_CONSUMER = "vicino-scheduler"
@@ -72,6 +74,14 @@ class StreamAdmin:
         # exact, so that entries deleted by an erasure (XDEL leaves their bytes in the node) go
         # with their neighbours instead of waiting for a whole node to age out
         return int(await self._r.xtrim(stream, minid=minid, approximate=False))
+
+    async def trim_to_length(self, stream: str, maxlen: int) -> int:
+        return int(await self._r.xtrim(stream, maxlen=maxlen, approximate=False))
+
+    async def count_trimmed_unconsumed(self, stream: str, n: int) -> None:
+        """The stream's counter of entries trimmed while a group needed them (the consumers' /metrics
+        export it as vicino_stream_trimmed_unconsumed_total)."""
+        await self._r.incrby(trimmed_unconsumed_key(stream), n)
 
     async def length(self, stream: str) -> int:
         return int(await self._r.xlen(stream))

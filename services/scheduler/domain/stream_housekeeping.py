@@ -3,7 +3,8 @@ XPENDING report.
 
 An entry may be trimmed once every consumer group that must read it has acknowledged it (it
 is below each group's oldest pending entry and at or below its last delivered one) and it is
-older than what the stream must keep. A pending entry delivered `max_deliveries` times without
+older than what the stream must keep. Past a hard cap on its length, the oldest entries go even
+though a group still needs them; the caller counts and reports them. A pending entry delivered `max_deliveries` times without
 an acknowledgement crashed or hung every consumer that took it: it is moved to the dead letters
 so that it stops coming back. Consumers with nothing pending that have been idle for long are
 names of stopped processes (consumers are named host-pid): they are removed.
@@ -59,6 +60,12 @@ def trim_bound(consumed: str | None, keep_s: float | None, now: float) -> str | 
     if not bounds:
         return None
     return format_id(min(bounds))
+
+
+def past_hard_cap(length: int, hard_cap: int) -> int:
+    """How many entries, all still needed by a group (they are above what every group consumed),
+    must go so that the stream holds `hard_cap`: memory over completeness, said out loud."""
+    return max(0, length - hard_cap)
 
 
 @dataclass(frozen=True)

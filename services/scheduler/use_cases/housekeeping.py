@@ -10,7 +10,8 @@ from vicino.services.kernel.contracts.streams import STREAM_FAMILIES, StreamFami
 from vicino.services.kernel.jobs import JobContext, JobDefinition
 
 from ..adapters.stream_admin import StreamAdmin
-from ..domain.stream_housekeeping import (consumed_below, departed_consumers, stuck_entries, trim_bound)
+from ..domain.stream_housekeeping import (consumed_below, departed_consumers, past_hard_cap, stuck_entries,
+                                          trim_bound)
 from ..settings import SchedulerSettings
 
 PENDING_PAGE = 1000
@@ -26,6 +27,7 @@ async def trim_streams(ctx: JobContext, settings: SchedulerSettings, now: float 
     kpi_keep = settings.kpi_retention_days * 86_400
     dead_keep = settings.dead_letter_retention_days * 86_400
     trimmed: Counter = Counter()
+    unconsumed: Counter = Counter()  # entries trimmed at the hard cap although a group needed them
     kept_for: dict[str, str] = {}
     work = [(f, s) for f in STREAM_FAMILIES for s in _streams(f, settings)]
     for done, (family, stream) in enumerate(work):
@@ -44,12 +46,27 @@ async def trim_streams(ctx: JobContext, settings: SchedulerSettings, now: float 
             minid = trim_bound(consumed, keep_s, now)
         if minid is not None:
             trimmed[family.name] += await admin.trim(stream, minid)
+        if family.groups and past_hard_cap(await admin.length(stream), settings.stream_hard_cap):
+            # what is left is needed by a group that is behind (or does not exist yet): dropping it
+            # loses visits or pushes, so it is counted where the consumers' /metrics read it, and said
+            lost = await admin.trim_to_length(stream, settings.stream_hard_cap)
+            if lost:
+                await admin.count_trimmed_unconsumed(stream, lost)
+                unconsumed[family.name] += lost
+                ctx.log.warning("stream trimmed at its hard cap while consumer groups still needed the entries",
+                                extra={"fields": {"stream": stream, "trimmed": lost,
+                                                  "hard_cap": settings.stream_hard_cap,
+                                                  "groups": {g.name: g.last_delivered_id
+                                                             for g in await admin.groups(stream)},
+                                                  **({"kept_for": why} if why else {})}})
         if family.groups:  # their dead letters, by age
             dead = dead_letter_of(stream)
             if await admin.exists(dead):
                 trimmed[f"{family.name}:dead"] += await admin.trim(dead, trim_bound(None, dead_keep, now))
     ctx.progress("streams", len(work), len(work))
-    return {"trimmed": {k: n for k, n in trimmed.items() if n}, "streams": len(work), **({"kept": kept_for} if kept_for else {})}
+    return {"trimmed": {k: n for k, n in trimmed.items() if n}, "streams": len(work),
+            **({"kept": kept_for} if kept_for else {}),
+            **({"trimmed_unconsumed": dict(unconsumed)} if unconsumed else {})}
 
 
 async def reclaim_stuck(ctx: JobContext, settings: SchedulerSettings) -> dict:
