@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import redis
 
@@ -63,23 +65,60 @@ class _PortTaken(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class RedisTls:
+    """The server's certificate and key, and the CA its clients' certificates must chain to
+    (`--tls-auth-clients yes`); `client_cert`/`client_key` are what the URL hands the clients."""
+    ca_cert: Path
+    cert: Path
+    key: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
 class EmbeddedRedis:
     """One redis-server child. Start it from the thread that will outlive it (normally the main
     thread): on Linux it is told to exit when that thread's process ends (PR_SET_PDEATHSIG),
     and the kernel ties that signal to the starting thread."""
 
     def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = True,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, binary: str | None = None, tls: RedisTls | None = None,
+                 user: tuple[str, str] | None = None) -> None:
+        """`binary`: a redis-server other than the default one. `tls`: TLS only (no plaintext
+        port), client certificates required. `user`: (name, password) of an ACL user allowed
+        everything; the default user is then disabled."""
         self.data_dir = data_dir
         self._port_chosen = port is None
         self.port = port or free_port()
         self.persist = persist
         self.extra_args = extra_args or []
+        self.binary = binary
+        self.tls = tls
+        self.user = user
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL the services are given (`rediss://` with the TLS files as query options)."""
+        userinfo = f"{quote(self.user[0], safe='')}:{quote(self.user[1], safe='')}@" if self.user else ""
+        if self.tls is None:
+            return f"redis://{userinfo}127.0.0.1:{self.port}/0"
+        query = {"ssl_ca_certs": str(self.tls.ca_cert)}
+        if self.tls.client_cert is not None:
+            query |= {"ssl_certfile": str(self.tls.client_cert), "ssl_keyfile": str(self.tls.client_key)}
+        return f"rediss://{userinfo}127.0.0.1:{self.port}/0?{urlencode(query)}"
+
+    def _server_args(self) -> list[str]:
+        args = []
+        if self.tls is not None:
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
+                     "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca_cert),
+                     "--tls-auth-clients", "yes"]
+        else:
+            args += ["--port", str(self.port)]
+        if self.user is not None:
+            args += ["--user", "default", "off", "--user", self.user[0], "on", f">{self.user[1]}", "~*", "&*", "+@all"]
+        return args
 
     def start(self, timeout_s: float = 15.0) -> "EmbeddedRedis":
         for attempt in range(3):
@@ -93,8 +132,8 @@ class EmbeddedRedis:
 
     def _start(self, timeout_s: float) -> "EmbeddedRedis":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
-                "--protected-mode", "yes", "--daemonize", "no", "--logfile", "redis.log"]
+        args = [self.binary or redis_server_binary(), "--bind", "127.0.0.1", *self._server_args(),
+                "--dir", str(self.data_dir), "--protected-mode", "yes", "--daemonize", "no", "--logfile", "redis.log"]
         if self.persist:
             args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "300 1"]
         else:
@@ -102,7 +141,7 @@ class EmbeddedRedis:
         self.proc = subprocess.Popen(args + self.extra_args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         while True:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
