@@ -5,13 +5,22 @@
 and options apply to all; the others are `host:port` or whole URLs). On a Cluster every node
 named is a startup node, so a client still starts, and still finds the topology again, when the
 node the first URL names is the master that died.
+
+TLS and ACL users, for every client (redis-py's and the pipelined hot-path one alike): a
+`rediss://` URL, with redis-py's query options for the files, e.g.
+`rediss://vicino:secret@redis:6380/0?ssl_ca_certs=/etc/vicino/redis/ca.pem&ssl_certfile=/etc/vicino/redis/client.pem&ssl_keyfile=/etc/vicino/redis/client.key`.
+The server's certificate is verified against `ssl_ca_certs` (the system's CAs without it) and
+its name against the host (`ssl_check_hostname=false` turns the name check off, the chain is
+still verified); `user:password@` authenticates as that ACL user. TLS options on a `redis://`
+URL are refused rather than ignored: the password would cross the network in clear.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -37,7 +46,42 @@ def node_urls(url: str) -> list[str]:
             raise ValueError(f"a further node of VICINO_REDIS_URL must be host:port or a URL, not {p!r}")
         userinfo = first.netloc.rpartition("@")[0]
         out.append(urlunsplit(first._replace(netloc=(userinfo + "@" if userinfo else "") + p)))
+    for u in out:
+        _tls_options(u)  # refuses unknown or misplaced TLS options at once, with the URL named
     return out
+
+
+# redis-py's names, which its clients read from the URL themselves; the pipelined client reads
+# the same through `tls_context`
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_check_hostname")
+
+
+def _tls_options(url: str) -> dict[str, str]:
+    parts = urlsplit(url)
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    tls = {k: v for k, v in query.items() if k.startswith("ssl")}
+    unknown = sorted(set(tls) - set(TLS_OPTIONS))
+    if unknown:
+        raise ValueError(f"VICINO_REDIS_URL: unknown TLS option(s) {unknown}; known: {', '.join(TLS_OPTIONS)}")
+    if tls and parts.scheme != "rediss":
+        raise ValueError(f"VICINO_REDIS_URL has TLS options but the scheme {parts.scheme}:// is plaintext; "
+                         "use rediss://")
+    if "ssl_keyfile" in tls and "ssl_certfile" not in tls:
+        raise ValueError("VICINO_REDIS_URL: ssl_keyfile without ssl_certfile")
+    return tls
+
+
+def tls_context(url: str) -> ssl.SSLContext | None:
+    """The TLS context a `rediss://` URL asks for (None for `redis://`), as redis-py builds it:
+    the chain verified, the host name checked unless `ssl_check_hostname=false`."""
+    if urlsplit(url).scheme != "rediss":
+        return None
+    opts = _tls_options(url)
+    ctx = ssl.create_default_context(cafile=opts.get("ssl_ca_certs") or None)
+    if opts.get("ssl_certfile"):
+        ctx.load_cert_chain(opts["ssl_certfile"], opts.get("ssl_keyfile") or None, opts.get("ssl_password") or None)
+    ctx.check_hostname = (opts.get("ssl_check_hostname") or "true").upper() not in ("0", "F", "FALSE", "N", "NO")
+    return ctx
 
 
 def _seed_nodes(url: str) -> list[tuple[str, int]]:
