@@ -53,7 +53,9 @@ def node_urls(url: str) -> list[str]:
 
 # redis-py's names, which its clients read from the URL themselves; the pipelined client reads
 # the same through `tls_context`
-TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_check_hostname")
+# (no ssl_password: redis-py's asyncio Cluster client has none; keep the client key unencrypted,
+# readable by the service's user only)
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
 
 
 def _tls_options(url: str) -> dict[str, str]:
@@ -79,7 +81,7 @@ def tls_context(url: str) -> ssl.SSLContext | None:
     opts = _tls_options(url)
     ctx = ssl.create_default_context(cafile=opts.get("ssl_ca_certs") or None)
     if opts.get("ssl_certfile"):
-        ctx.load_cert_chain(opts["ssl_certfile"], opts.get("ssl_keyfile") or None, opts.get("ssl_password") or None)
+        ctx.load_cert_chain(opts["ssl_certfile"], opts.get("ssl_keyfile") or None)
     ctx.check_hostname = (opts.get("ssl_check_hostname") or "true").upper() not in ("0", "F", "FALSE", "N", "NO")
     return ctx
 

@@ -20,9 +20,10 @@ from fastapi.testclient import TestClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from testbed.push_servers.keys import make_tls
-from tests.conftest import ADMIN_TOKEN, circle_store, make_rec_settings
+from tests.conftest import ADMIN_TOKEN, circle_store, make_rec_settings, make_settings, register
 from tests.support import served_geo
-from vicino.services.launcher.embedded_redis import EmbeddedRedis, RedisTls
+from vicino.services.geo.app import create_app as create_geo
+from vicino.services.launcher.embedded_redis import EmbeddedRedis, EmbeddedRedisCluster, RedisTls
 from vicino.services.recommender.app import create_app as create_recommender
 from vicino.services.runtime.redis_client import node_urls, wait_for_redis
 from vicino.services.runtime.redis_pipe import PipelinedRedis
@@ -152,3 +153,29 @@ def test_tls_options_on_a_plaintext_url_or_misspelt_are_refused():
         node_urls("redis://u:p@127.0.0.1:6379/0?ssl_ca_certs=/etc/ca.pem")
     with pytest.raises(ValueError, match="unknown TLS option"):
         node_urls("rediss://u:p@127.0.0.1:6379/0?ssl_ca_cert=/etc/ca.pem")
+
+
+def test_geo_serves_on_a_redis_cluster_over_tls(tmp_path):
+    """A 3-master Cluster, TLS only (the cluster bus too), client certificates required: the
+    cluster client of every service reaches each node with the first URL's TLS options and user."""
+    tls = make_tls(tmp_path / "pki", client=True)
+    with EmbeddedRedisCluster(tmp_path / "cluster", tls=RedisTls(**dataclasses.asdict(tls)), user=USER) as cluster:
+        settings = make_settings(cluster.seeds_url)
+        with TestClient(create_geo(settings), raise_server_exceptions=False) as geo:
+            assert geo.put("/v1/stores/s1", headers=ADMIN, json=circle_store("s1", 45.0, 9.0)).status_code == 201
+            device = register(geo, "dev-1", "cust-1")
+            events = []
+            for _ in range(50):  # the store reaches the index through its change log
+                r = geo.post("/v1/locations", headers=device, json={"device_id": "dev-1", "fixes": [
+                    {"lat": 45.0, "lon": 9.0, "accuracy_m": 5, "ts": time.time()}]})
+                assert r.status_code == 200, r.text
+                events += r.json()["events"]
+                if events:
+                    break
+                time.sleep(0.2)
+            assert [e["type"] for e in events] == ["enter"]
+            for node in cluster.nodes:  # every master served the app, as the ACL user
+                with node.client() as admin:
+                    me = admin.client_id()
+                    users = {c["user"] for c in admin.client_list() if int(c["id"]) != me}
+                assert users == {USER[0]}, (node.port, users)
