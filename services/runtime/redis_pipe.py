@@ -9,7 +9,7 @@ Standalone Redis only: on a Redis Cluster the services use redis-py's cluster cl
 routes by slot. A lost connection fails the commands in flight (the callers' requests fail
 cleanly, no data is half-written: scripts are atomic) and the next command reconnects.
 
-It reads the URL as redis-py does: `rediss://` with its TLS options (`redis_client.tls_context`),
+It reads the URL as redis-py does: `rediss://` with its TLS options (`redis_tls.tls_context`),
 `user:password@` (AUTH with the ACL user), the db. A connection is used only once its AUTH and
 SELECT succeeded: one whose AUTH failed is closed, and the next command connects afresh.
 """
@@ -25,7 +25,7 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
 
-from .redis_client import tls_context
+from .redis_tls import tls_context
 
 
 def _pack(args: tuple) -> bytes:
