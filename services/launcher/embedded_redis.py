@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import redis
 
@@ -63,23 +65,80 @@ class _PortTaken(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class RedisTls:
+    """The server's certificate and key, and the CA its clients' certificates must chain to
+    (`--tls-auth-clients yes`); `client_cert`/`client_key` are what the URL hands the clients."""
+    ca_cert: Path
+    cert: Path
+    key: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
 class EmbeddedRedis:
     """One redis-server child. Start it from the thread that will outlive it (normally the main
     thread): on Linux it is told to exit when that thread's process ends (PR_SET_PDEATHSIG),
     and the kernel ties that signal to the starting thread."""
 
     def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = True,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, binary: str | None = None, tls: RedisTls | None = None,
+                 user: tuple[str, str] | None = None) -> None:
+        """`binary`: a redis-server other than the default one. `tls`: TLS only (no plaintext
+        port), client certificates required. `user`: (name, password) of an ACL user allowed
+        everything; the default user is then disabled."""
         self.data_dir = data_dir
         self._port_chosen = port is None
         self.port = port or free_port()
         self.persist = persist
         self.extra_args = extra_args or []
+        self.binary = binary
+        self.tls = tls
+        self.user = user
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL the services are given (`rediss://` with the TLS files as query options)."""
+        userinfo = f"{quote(self.user[0], safe='')}:{quote(self.user[1], safe='')}@" if self.user else ""
+        if self.tls is None:
+            return f"redis://{userinfo}127.0.0.1:{self.port}/0"
+        query = {"ssl_ca_certs": str(self.tls.ca_cert)}
+        if self.tls.client_cert is not None:
+            query |= {"ssl_certfile": str(self.tls.client_cert), "ssl_keyfile": str(self.tls.client_key)}
+        return f"rediss://{userinfo}127.0.0.1:{self.port}/0?{urlencode(query)}"
+
+    def client(self, **kwargs) -> redis.Redis:
+        """A client of this server (over TLS as the services would be, but without the name check:
+        it is our own child)."""
+        return redis.Redis.from_url(self.url, **({"ssl_check_hostname": False} if self.tls else {}), **kwargs)
+
+    def cli_args(self) -> list[str]:
+        """redis-cli's options to reach this server (TLS files, ACL user)."""
+        args = []
+        if self.tls is not None:
+            args += ["--tls", "--cacert", str(self.tls.ca_cert)]
+            if self.tls.client_cert is not None:
+                args += ["--cert", str(self.tls.client_cert), "--key", str(self.tls.client_key)]
+        if self.user is not None:
+            args += ["--user", self.user[0], "--pass", self.user[1], "--no-auth-warning"]
+        return args
+
+    def _server_args(self) -> list[str]:
+        args = []
+        if self.tls is not None:
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
+                     "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca_cert),
+                     "--tls-auth-clients", "yes"]
+            if self.tls.client_cert is not None:  # what it shows as a client: the cluster bus, replication
+                args += ["--tls-client-cert-file", str(self.tls.client_cert),
+                         "--tls-client-key-file", str(self.tls.client_key)]
+        else:
+            args += ["--port", str(self.port)]
+        if self.user is not None:
+            args += ["--user", "default", "off", "--user", self.user[0], "on", f">{self.user[1]}", "~*", "&*", "+@all",
+                     "--masteruser", self.user[0], "--masterauth", self.user[1]]
+        return args
 
     def start(self, timeout_s: float = 15.0) -> "EmbeddedRedis":
         for attempt in range(3):
@@ -93,8 +152,8 @@ class EmbeddedRedis:
 
     def _start(self, timeout_s: float) -> "EmbeddedRedis":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
-                "--protected-mode", "yes", "--daemonize", "no", "--logfile", "redis.log"]
+        args = [self.binary or redis_server_binary(), "--bind", "127.0.0.1", *self._server_args(),
+                "--dir", str(self.data_dir), "--protected-mode", "yes", "--daemonize", "no", "--logfile", "redis.log"]
         if self.persist:
             args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "300 1"]
         else:
@@ -102,7 +161,7 @@ class EmbeddedRedis:
         self.proc = subprocess.Popen(args + self.extra_args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = self.client(socket_connect_timeout=0.5)  # our own child: the pid is checked below
         while True:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
@@ -158,13 +217,18 @@ class EmbeddedRedisCluster:
     AOF (fsync every second, as production runs it) so that a killed master's replica can be
     promoted. For tests and local scale-out and failover trials, not for production."""
 
-    def __init__(self, data_dir: Path, masters: int = 3, *, replicas: int = 0, node_timeout_ms: int = 5000) -> None:
+    def __init__(self, data_dir: Path, masters: int = 3, *, replicas: int = 0, node_timeout_ms: int = 5000,
+                 tls: RedisTls | None = None, user: tuple[str, str] | None = None) -> None:
+        """`tls`, `user`: as for EmbeddedRedis, on every node; with `tls` the cluster bus and
+        replication are TLS too."""
         self.data_dir = data_dir
         self.masters = masters
         self.replicas = replicas
-        self.nodes = [EmbeddedRedis(data_dir / f"node{i}", free_port(below=55536), persist=replicas > 0,
-                                    extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                                "--cluster-node-timeout", str(node_timeout_ms)])
+        tls_args = ["--tls-cluster", "yes", "--tls-replication", "yes"] if tls else []
+        self.nodes = [EmbeddedRedis(data_dir / f"node{i}", free_port(below=55536), persist=replicas > 0, tls=tls,
+                                    user=user, extra_args=["--cluster-enabled", "yes", "--cluster-config-file",
+                                                           "nodes.conf", "--cluster-node-timeout",
+                                                           str(node_timeout_ms), *tls_args])
                       for i in range(masters * (1 + replicas))]
 
     @property
@@ -181,11 +245,11 @@ class EmbeddedRedisCluster:
             for node in self.nodes:
                 node.start()
             addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
-            subprocess.run([redis_cli_binary(), "--cluster", "create", *addrs, "--cluster-replicas",
+            subprocess.run([redis_cli_binary(), *self.nodes[0].cli_args(), "--cluster", "create", *addrs, "--cluster-replicas",
                             str(self.replicas), "--cluster-yes"], check=True, capture_output=True, timeout=timeout_s)
             deadline = time.monotonic() + timeout_s
             for node in self.nodes:
-                client = redis.Redis(port=node.port)
+                client = node.client()
                 while not self._node_settled(client):
                     if time.monotonic() > deadline:
                         raise RuntimeError("redis cluster did not reach cluster_state:ok with every replica in sync")
@@ -206,7 +270,7 @@ class EmbeddedRedisCluster:
 
     def role_of(self, node: EmbeddedRedis) -> str:
         """'master' or 'slave', as the node itself says."""
-        with redis.Redis(port=node.port, socket_timeout=2) as client:
+        with node.client(socket_timeout=2) as client:
             return client.info("replication")["role"]
 
     def live_masters(self) -> list[EmbeddedRedis]:
@@ -237,7 +301,7 @@ class EmbeddedRedisCluster:
 
     @staticmethod
     def _served_by(node: EmbeddedRedis, live_ports: set[int]) -> bool:
-        with redis.Redis(port=node.port, socket_timeout=2) as client:
+        with node.client(socket_timeout=2) as client:
             if client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
                 return False
             ranges = client.execute_command("CLUSTER SLOTS")

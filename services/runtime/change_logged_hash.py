@@ -5,8 +5,9 @@ three keys must share a hash tag (one Cluster slot)."""
 from __future__ import annotations
 
 import orjson
+from .redis_scripts import memory_guarded
 
-_WRITE = """
+_WRITE = memory_guarded("""
 local out = {0}
 local changed = 0
 if ARGV[2] == 'upsert' then
@@ -26,7 +27,7 @@ local seq = redis.call('INCR', KEYS[2])
 out[1] = seq
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, 'op', ARGV[2], 'ids', ARGV[3])
 return out
-"""
+""")
 
 
 class ChangeLoggedHash:

@@ -5,6 +5,14 @@
 and options apply to all; the others are `host:port` or whole URLs). On a Cluster every node
 named is a startup node, so a client still starts, and still finds the topology again, when the
 node the first URL names is the master that died.
+
+TLS and ACL users, for every client (redis-py's and the pipelined hot-path one alike): a
+`rediss://` URL, with redis-py's query options for the files, e.g.
+`rediss://vicino:secret@redis:6380/0?ssl_ca_certs=/etc/vicino/redis/ca.pem&ssl_certfile=/etc/vicino/redis/client.pem&ssl_keyfile=/etc/vicino/redis/client.key`.
+The server's certificate is verified against `ssl_ca_certs` (the system's CAs without it) and
+its name against the host (`ssl_check_hostname=false` turns the name check off, the chain is
+still verified); `user:password@` authenticates as that ACL user. TLS options on a `redis://`
+URL are refused rather than ignored: the password would cross the network in clear.
 """
 from __future__ import annotations
 
@@ -17,6 +25,8 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
+
+from .redis_tls import tls_options
 
 
 def node_urls(url: str) -> list[str]:
@@ -37,6 +47,8 @@ def node_urls(url: str) -> list[str]:
             raise ValueError(f"a further node of VICINO_REDIS_URL must be host:port or a URL, not {p!r}")
         userinfo = first.netloc.rpartition("@")[0]
         out.append(urlunsplit(first._replace(netloc=(userinfo + "@" if userinfo else "") + p)))
+    for u in out:
+        tls_options(u)  # refuses unknown or misplaced TLS options at once
     return out
 
 

@@ -8,6 +8,10 @@ reads; hiredis parses. It runs Lua scripts (EVALSHA, loading on NOSCRIPT) and pl
 Standalone Redis only: on a Redis Cluster the services use redis-py's cluster client, which
 routes by slot. A lost connection fails the commands in flight (the callers' requests fail
 cleanly, no data is half-written: scripts are atomic) and the next command reconnects.
+
+It reads the URL as redis-py does: `rediss://` with its TLS options (`redis_tls.tls_context`),
+`user:password@` (AUTH with the ACL user), the db. A connection is used only once its AUTH and
+SELECT succeeded: one whose AUTH failed is closed, and the next command connects afresh.
 """
 from __future__ import annotations
 
@@ -17,8 +21,11 @@ from collections import deque
 
 import hiredis
 from redis.connection import parse_url
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
+
+from .redis_tls import tls_context
 
 
 def _pack(args: tuple) -> bytes:
@@ -119,6 +126,7 @@ class PipelinedRedis:
         self.db = int(opts.get("db", 0) or 0)
         self.username = opts.get("username")
         self.password = opts.get("password")
+        self.ssl = tls_context(url)
         self.timeout_s = timeout_s
         self._conn: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
@@ -133,27 +141,40 @@ class PipelinedRedis:
             if self._conn is not None and not self._conn.lost:
                 return self._conn
             loop = asyncio.get_running_loop()
+            tls = {"ssl": self.ssl, "server_hostname": self.host} if self.ssl is not None else {}
             try:
                 _, conn = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Connection(self.timeout_s), self.host, self.port),
+                    loop.create_connection(lambda: _Connection(self.timeout_s), self.host, self.port, **tls),
                     self.timeout_s)
-            except (OSError, asyncio.TimeoutError) as e:
-                raise RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {e}") from None
+            except (OSError, asyncio.TimeoutError) as e:  # ssl.SSLError (a certificate refused) is an OSError
+                raise RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}"
+                                           f"{' over TLS' if tls else ''}: {e}") from None
+            try:
+                if self.username or self.password:
+                    auth = ("AUTH", self.username, self.password or "") if self.username else ("AUTH", self.password)
+                    try:
+                        await self._send(conn, auth)
+                    except ResponseError as e:
+                        raise AuthenticationError(str(e)) from None
+                if self.db:
+                    await self._send(conn, ("SELECT", self.db))
+            except BaseException:
+                conn.transport.close()  # never reused: the next command connects (and authenticates) anew
+                raise
             self._conn = conn
-            if self.password:
-                auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
-                await self.execute(*auth)
-            if self.db:
-                await self.execute("SELECT", self.db)
             return conn
+
+    @staticmethod
+    async def _send(conn: _Connection, args: tuple):
+        fut = asyncio.get_running_loop().create_future()
+        conn.send(_pack(args), fut)
+        return await fut
 
     async def execute(self, *args):
         conn = self._conn
         if conn is None or conn.lost:
             conn = await self._connection()
-        fut = asyncio.get_running_loop().create_future()
-        conn.send(_pack(args), fut)
-        return await fut
+        return await self._send(conn, args)
 
     # redis-py's name, so that callers run on either client (no reply parsing: raw RESP values)
     execute_command = execute

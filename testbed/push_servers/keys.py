@@ -148,6 +148,8 @@ class Tls:
     ca_cert: Path
     cert: Path
     key: Path
+    client_cert: Path | None = None   # a client certificate from the same CA (mutual TLS), if made
+    client_key: Path | None = None
 
     def client_context(self) -> ssl.SSLContext:
         """Trusts only the test CA; pass as httpx `verify=`."""
@@ -162,7 +164,35 @@ class Tls:
         return ctx
 
 
-def make_tls(dir: Path) -> Tls:
+def _leaf(ca_key, ca_name, ca_ski, start, end, common_name: str, usage, names: tuple[str, ...] = ()):
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+               .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(start).not_valid_after(end))
+    if names:
+        sans = []
+        for name in names:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                sans.append(x509.DNSName(name))
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = (builder
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return key, cert
+
+
+def make_tls(dir: Path, *, server_names: tuple[str, ...] = ("127.0.0.1", "localhost"), client: bool = False) -> Tls:
+    """A private CA and a server certificate for `server_names` (IP addresses or DNS names);
+    with `client`, a client certificate from the same CA too (for servers that require one)."""
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc)
@@ -182,25 +212,18 @@ def make_tls(dir: Path) -> Tls:
           .add_extension(ca_ski, critical=False)
           .sign(ca_key, hashes.SHA256()))
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-
-    tls = Tls(dir / "ca.pem", dir / "server.pem", dir / "server.key")
-    tls.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    tls.key.write_bytes(_private_pem(key))
-    tls.key.chmod(0o600)
-    return tls
+    key, cert = _leaf(ca_key, ca_name, ca_ski, start, end, server_names[0], ExtendedKeyUsageOID.SERVER_AUTH,
+                      server_names)
+    files = {"ca_cert": dir / "ca.pem", "cert": dir / "server.pem", "key": dir / "server.key"}
+    files["ca_cert"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(_private_pem(key))
+    files["key"].chmod(0o600)
+    if client:
+        client_key, client_cert = _leaf(ca_key, ca_name, ca_ski, start, end, "vicino-client",
+                                        ExtendedKeyUsageOID.CLIENT_AUTH)
+        files |= {"client_cert": dir / "client.pem", "client_key": dir / "client.key"}
+        files["client_cert"].write_bytes(client_cert.public_bytes(serialization.Encoding.PEM))
+        files["client_key"].write_bytes(_private_pem(client_key))
+        files["client_key"].chmod(0o600)
+    return Tls(**files)

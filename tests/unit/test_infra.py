@@ -456,6 +456,8 @@ def rendered(tmp_path_factory) -> dict[str, list[dict]]:
     prod = copy_root / "overlays" / "prod"
     (prod / "secrets.env").unlink(missing_ok=True)
     shutil.copy(prod / "secrets.env.example", prod / "secrets.env")
+    (prod / "redis-ca.pem").unlink(missing_ok=True)
+    shutil.copy(prod / "redis-ca.pem.example", prod / "redis-ca.pem")
     kubectl = tool("kubectl")
     out = {}
     for name, path in (("base", copy_root / "base"), *((o, copy_root / "overlays" / o) for o in OVERLAYS)):
@@ -485,6 +487,7 @@ def test_prod_secrets_file_is_gitignored_and_the_example_is_not():
     assert ignored.returncode == 0, "infra/k8s/overlays/prod/secrets.env must be gitignored"
     assert run("git", "check-ignore", "-q", "infra/.env", cwd=ROOT).returncode == 0
     assert run("git", "check-ignore", "-q", "infra/k8s/overlays/prod/secrets.env.example", cwd=ROOT).returncode == 1
+    assert run("git", "check-ignore", "-q", "infra/k8s/overlays/prod/redis-ca.pem", cwd=ROOT).returncode == 0
 
 
 def test_every_overlay_renders_the_expected_objects(rendered):
@@ -653,7 +656,7 @@ def test_config_and_secret_hold_real_settings_split_by_sensitivity(rendered):
         rules = config_maps.pop("vicino-prometheus-rules")  # the alert rules (test_alert_rules.py checks them)
         assert rules["data"]["alerts.yml"] == (INFRA / "prometheus" / "alerts.yml").read_text(), overlay
         (config,) = config_maps.values()
-        (secret,) = by_kind(rendered[overlay], "Secret").values()
+        (secret,) = [s for n, s in by_kind(rendered[overlay], "Secret").items() if n.startswith("vicino-secrets-")]
         assert config["metadata"]["name"].startswith("vicino-config-")  # generated: a change rolls the pods
         assert secret["metadata"]["name"].startswith("vicino-secrets-")
         assert set(secret["data"]) == SECRET_KEYS, overlay
@@ -668,7 +671,7 @@ def test_config_and_secret_hold_real_settings_split_by_sensitivity(rendered):
             if name in ("vicino-recommender", "vicino-recommender-worker", "vicino-scheduler"):
                 assert {config["data"]["VICINO_HISTORY_DIR"], config["data"]["VICINO_MODEL_DIR"]} <= mounts, name
     # the prod example leaves the tokens empty: an unfilled copy refuses to start, never runs weak
-    prod_secret = next(iter(by_kind(rendered["prod"], "Secret").values()))
+    prod_secret = next(s for n, s in by_kind(rendered["prod"], "Secret").items() if n.startswith("vicino-secrets-"))
     assert prod_secret["data"]["VICINO_ADMIN_TOKEN"] == "" and prod_secret["data"]["VICINO_TOKEN_SECRET"] == ""
 
 
@@ -698,3 +701,27 @@ def test_shared_directories_are_shared_claims(rendered):
             assert {"history", "models"} <= read_only, "the recommender only reads them"
         if d["metadata"]["name"] == "vicino-scheduler":
             assert not {"history", "models"} & read_only, "the scheduler writes both"
+
+
+def test_prod_reaches_redis_over_tls_with_the_ca_mounted_in_every_pod(rendered):
+    """Issue #15, TLS to Redis: the prod example URL is rediss:// with an ACL user, its CA file is
+    the mounted Secret's, and every Vicino pod mounts it read-only (a URL the services accept)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from vicino.services.runtime.redis_client import node_urls
+
+    example = (K8S / "overlays" / "prod" / "secrets.env.example").read_text()
+    url = re.search(r"^VICINO_REDIS_URL=(\S+)$", example, re.M).group(1)
+    (node,) = node_urls(url)  # the services' own parser: TLS options on rediss:// only, no typo
+    parts = urlsplit(node)
+    assert parts.scheme == "rediss" and parts.username, url
+    ca_path = Path(parse_qs(parts.query)["ssl_ca_certs"][0])
+    secrets = by_kind(rendered["prod"], "Secret")
+    (tls_name,) = [n for n in secrets if n.startswith("vicino-redis-tls-")]
+    assert ca_path.name in secrets[tls_name]["data"]
+    for name, d in vicino_deployments(rendered["prod"]).items():
+        pod = d["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == tls_name}
+        (c,) = pod["containers"]
+        mounts = [m for m in c["volumeMounts"] if m["name"] in volumes]
+        assert [(m["mountPath"], m.get("readOnly")) for m in mounts] == [(str(ca_path.parent), True)], name

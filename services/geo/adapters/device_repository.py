@@ -13,6 +13,7 @@ import orjson
 from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1
 
 from .redis_keys import CustomerKeys, DeviceKeys, all_event_streams
+from ...runtime.redis_scripts import memory_guarded
 
 _READ = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('HMGET', KEYS[2], 'r', 's')}
@@ -23,7 +24,7 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('HMGET', KEYS[2], 'r', 's')}
 # registration is re-checked in the same step: a report that read it before consent was withdrawn
 # or the device re-registered (both delete the state, so the revision alone cannot tell) must not
 # save after them.
-_SAVE = """
+_SAVE = memory_guarded("""
 local rev = redis.call('HGET', KEYS[1], 'r') or '0'
 local reg = redis.call('HMGET', KEYS[3], 'token_id', 'location_consent')
 if rev ~= ARGV[1] or reg[1] ~= ARGV[5] or reg[2] ~= '1' then
@@ -37,24 +38,24 @@ for i = 6, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'v', '1', 'event', ARGV[i])
 end
 return {1, new_rev}
-"""
+""")
 
-_SET_COPY = """
+_SET_COPY = memory_guarded("""
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HSET', KEYS[1], 'location_consent', ARGV[1])
 end
 return 0
-"""
+""")
 
 # Removes a push token only if it is still the registration's (a re-registration may have put a
 # new one there since the provider refused the old).
-_CLEAR_PUSH_TOKEN = """
+_CLEAR_PUSH_TOKEN = memory_guarded("""
 if redis.call('HGET', KEYS[1], 'push_token') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'push_token', '', 'push_token_revoked_at', ARGV[2], 'push_token_revoked_reason', ARGV[3])
   return 1
 end
 return 0
-"""
+""")
 
 CONSENT_FIELDS = ("location", "marketing", "personalisation")
 

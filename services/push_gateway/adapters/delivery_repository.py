@@ -20,6 +20,7 @@ from vicino.services.kernel.contracts.interactions import customer_shard, merged
 from vicino.services.kernel.contracts.push_jobs import PushJobV1, ended_visits_key
 
 from ..domain.delivery import DeliveryRecord
+from ...runtime.redis_scripts import memory_guarded
 
 RECEIPTS_MAXLEN = 1_000_000   # per shard; the KPI roll-ups read them well before
 DEAD_MAXLEN = 100_000
@@ -28,7 +29,7 @@ TRIM_BATCH = 100              # records past retention dropped per new delivery
 # KEYS: deliveries hash, index zset, owners hash, receipts stream, ended visits zset.
 # ARGV: delivery_id, record JSON, created_at, customer_id, receipt JSON, visit_id, retention cutoff,
 # receipts maxlen, retention ms. Returns {record JSON, visit ended (0/1), created (0/1)}.
-_BEGIN = """
+_BEGIN = memory_guarded("""
 local ended = redis.call('ZSCORE', KEYS[5], ARGV[6]) and 1 or 0
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then return {cur, ended, 0} end
@@ -45,12 +46,12 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[9])
 redis.call('PEXPIRE', KEYS[2], ARGV[9])
 return {ARGV[2], ended, 1}
-""" % TRIM_BATCH
+""" % TRIM_BATCH)
 
 # KEYS: deliveries hash, receipts stream, dead-letter stream.
 # ARGV: delivery_id, expected rev, record JSON, receipt JSON ('' none), dead job JSON ('' none),
 # dead reason, receipts maxlen, dead maxlen. Returns 'ok', 'stale' (changed since read) or 'gone'.
-_SAVE = """
+_SAVE = memory_guarded("""
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 'gone' end
 if tonumber(cjson.decode(cur)['rev']) ~= tonumber(ARGV[2]) then return 'stale' end
@@ -62,7 +63,7 @@ if ARGV[5] ~= '' then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'v', '1', 'data', ARGV[5], 'dead_reason', ARGV[6])
 end
 return 'ok'
-"""
+""")
 
 
 def _s(v) -> str:

@@ -21,6 +21,7 @@ import orjson
 
 from vicino.services.runtime.change_logged_hash import ChangeLoggedHash
 from vicino.services.kernel.contracts.stores import STORES_FEATURES
+from ...runtime.redis_scripts import memory_guarded
 
 OFFERS = "vicino:{offers}:catalog"
 OFFERS_SEQ = "vicino:{offers}:seq"
@@ -34,18 +35,18 @@ def stock_key(store_id: str) -> str:
 
 
 # Full replace: the old stock and the new never mix, whatever reads in between.
-_REPLACE_STOCK = """
+_REPLACE_STOCK = memory_guarded("""
 redis.call('DEL', KEYS[1])
 for i = 1, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 return #ARGV / 2
-"""
+""")
 
 # Deltas: all or nothing. First every result is checked; if one would be negative nothing is
 # written and the culprits come back as {0, item, held, delta, ...}; else the deltas are applied
 # with HINCRBY (exact integer arithmetic) and {1, item, new, ...} comes back.
-_PATCH_STOCK = """
+_PATCH_STOCK = memory_guarded("""
 local refused = {0}
 for i = 1, #ARGV, 2 do
   local held = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
@@ -62,16 +63,16 @@ for i = 1, #ARGV, 2 do
   out[#out + 1] = redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 return out
-"""
+""")
 
 # Compare-and-set on the revision: ARGV[1] is the expected revision, or '' for "whatever it is".
-_PUT_RULES = """
+_PUT_RULES = memory_guarded("""
 local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= current then return {0, current} end
 local revision = current + 1
 redis.call('HSET', KEYS[1], 'revision', revision, 'rules', ARGV[2], 'updated_at', ARGV[3])
 return {1, revision}
-"""
+""")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from vicino.services.kernel.contracts.interactions import CustomerMergedV1, Inte
 from ..domain.identity import Moved
 from ..settings import RecommenderSettings
 from .redis_keys import CustomerKeys, identifier_key
+from ...runtime.redis_scripts import memory_guarded
 
 KEYS_PER_ITEM = 5
 ARGS_PER_ITEM = 5
@@ -21,7 +22,7 @@ ARGS_PER_ITEM = 5
 # KEYS[1]: the shard stream; then per item: merged_into, seen, history, events, redeemed.
 # ARGV: now_ms, window_ms, hot_n, maxlen, log (1: dedup window + stream; 0: hot history only),
 # then per item: event_id, ts_ms, hot JSON, stream JSON, redeemed offer id or ''.
-_APPEND = """
+_APPEND = memory_guarded("""
 local now, window, hot_n, maxlen, log = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local out = {}
 local trimmed = {}
@@ -65,10 +66,10 @@ for i = 0, (#KEYS - 1) / 5 - 1 do
   end
 end
 return out
-"""
+""")
 
 # KEYS: visits zset, visit_info hash, merged_into. ARGV: visit_id, entered_at, info JSON, keep_n.
-_RECORD_VISIT = """
+_RECORD_VISIT = memory_guarded("""
 local merged = redis.call('GET', KEYS[3])
 if merged then return 'moved:' .. merged end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
@@ -80,7 +81,7 @@ if extra > 0 then
   redis.call('HDEL', KEYS[2], unpack(old))
 end
 return 'ok'
-"""
+""")
 
 _HOT_FIELDS = ("event_id", "channel", "type", "item_id", "offer_id", "store_id", "quantity", "value", "currency", "country",
                "ts", "received_at")

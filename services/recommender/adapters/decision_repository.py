@@ -29,6 +29,7 @@ from ..domain.identity import Moved
 from .customer_repository import parse_write_outcome
 from .erasure_register import ErasureRegister
 from .redis_keys import CustomerKeys
+from ...runtime.redis_scripts import memory_guarded
 
 PUSH_WINDOW_S = 2 * 86_400        # covers any local day, whatever the time zone
 DECISIONS_MAXLEN = 1_000_000      # safety caps per shard stream; consumers trim what they have read
@@ -44,7 +45,7 @@ PUSH_JOBS_MAXLEN = 2_000_000
 # store_cooldown_s, decision JSON, job JSON ('' none), decisions maxlen, jobs maxlen, push window s.
 # Returns 'ok', 'duplicate' (the visit is decided), 'stale' (the counters moved since they were
 # read: decide again) or 'moved:<id>' (the customer was merged away).
-_RECORD = """
+_RECORD = memory_guarded("""
 local merged = redis.call('GET', KEYS[4])
 if merged then return 'moved:' .. merged end
 local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -76,10 +77,10 @@ if ARGV[12] ~= '' then
   end
 end
 return 'ok'
-"""
+""")
 
 # KEYS: ended_visits, merged_into. ARGV: visit_id, exit ts, now, ttl_s.
-_END_VISIT = """
+_END_VISIT = memory_guarded("""
 local merged = redis.call('GET', KEYS[2])
 if merged then return 'moved:' .. merged end
 local now, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -87,7 +88,7 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - ttl))
 redis.call('PEXPIRE', KEYS[1], math.floor(ttl * 1000))
 return 'ok'
-"""
+""")
 
 
 def _s(v) -> str:

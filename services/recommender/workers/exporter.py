@@ -56,6 +56,7 @@ from vicino.services.kernel.contracts.interaction_log import INTERACTIONS, MERGE
 from ..adapters.parquet_log import ParquetLog, interactions_table, merges_table
 from ..adapters.erasure_register import ErasureRegister
 from ..settings import RecommenderSettings
+from ...runtime.redis_scripts import memory_guarded
 
 log = logging.getLogger("vicino.recommender.exporter")
 
@@ -76,7 +77,7 @@ return 0
 """
 # KEYS: lease, checkpoint, dead-letter stream. ARGV: token, last id, committed_at, dead maxlen,
 # group, dead count, then per dead entry: its id, reason, field count n, n name/value pairs.
-_COMMIT = """
+_COMMIT = memory_guarded("""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], 'last_id', ARGV[2], 'committed_at', ARGV[3])
 local i = 7
@@ -91,7 +92,7 @@ for _ = 1, tonumber(ARGV[6]) do
   i = i + 3 + 2 * n
 end
 return 1
-"""
+""")
 
 
 class ShardKeys:

@@ -6,13 +6,14 @@ import orjson
 
 from ..domain.runs import JobRun
 from .redis_keys import LAST, LAST_OK, lock_key, occurrence_key, runs_key
+from ...runtime.redis_scripts import memory_guarded
 
 KEEP_RUNS = 50
 
 # KEYS: lock, occurrence, last. ARGV: token, lease ms, occurrence ('' for a manual run), job,
 # run JSON. Returns 1 (acquired and recorded as running), 0 (another run holds the lock) or -1
 # (this occurrence was claimed already: another replica ran it).
-_BEGIN = """
+_BEGIN = memory_guarded("""
 if ARGV[3] ~= '' then
   local done = redis.call('GET', KEYS[2])
   if done and done >= ARGV[3] then return -1 end
@@ -21,21 +22,21 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 en
 if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3]) end
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
 return 1
-"""
+""")
 # KEYS: lock. ARGV: token, lease ms. 1 when still ours.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 # KEYS: lock, last, last_ok, runs. ARGV: token, job, run JSON, ok ('1'/'0'), keep.
-_END = """
+_END = memory_guarded("""
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 if ARGV[4] == '1' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[3]) end
 redis.call('LPUSH', KEYS[4], ARGV[3])
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
-"""
+""")
 
 
 class RunStore:
