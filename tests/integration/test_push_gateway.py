@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from vicino.services.kernel.contracts.deliveries import (DeliveryReceiptV1, dead_jobs_stream_key, delivery_id_for,
                                                   receipts_stream_key)
-from vicino.services.kernel.contracts.interactions import customer_shard
+from vicino.services.kernel.contracts.interactions import customer_shard, merged_into_key
 from vicino.services.kernel.contracts.push_jobs import ended_visits_key, push_jobs_stream_key
 from vicino.services.push_gateway.app import create_app
 from vicino.services.push_gateway.domain.messages import verify_webhook_signature
@@ -129,6 +129,26 @@ def test_expired_ended_and_unconsented_pushes_are_not_sent(redis_url, redis_sync
         g = settled(client, gone_device)
         assert (g["status"], g["reason"]) == ("suppressed", "device_unregistered")
         assert sink.received == []
+
+
+def test_a_device_handed_to_another_customer_does_not_get_the_previous_owners_push(redis_url, redis_sync, geo_http,
+                                                                                    geo_url):
+    register(geo_http, "o-dev", "o-old")
+    # o-old was merged into o-cust (the recommender's pointer): the job names the survivor
+    redis_sync.set(merged_into_key("o-old", 16), "o-cust")
+    assert geo_http.put("/v1/customers/o-cust/consent", json={"location": True, "marketing": True,
+                                                              "personalisation": True}).status_code == 200
+    with webhook_sink() as sink, gateway(push_settings(redis_url, webhook_url=sink.url, webhook_secret=SECRET),
+                                         geo_url) as client:
+        merged = make_job("o-cust", "o-dev", platform="web")
+        enqueue(redis_sync, merged)
+        assert settled(client, merged)["status"] == "sent"  # the same person, under their surviving id
+        queued = make_job("o-cust", "o-dev", platform="web")
+        register(geo_http, "o-dev", "o-next")  # the phone changed hands after the job was queued
+        enqueue(redis_sync, queued)
+        d = settled(client, queued)
+        assert (d["status"], d["reason"], d["attempts"]) == ("suppressed", "device_changed_owner", 0)
+        assert len(sink.received) == 1
 
 
 def test_retry_after_is_honoured_then_sent(redis_url, redis_sync, geo_http, geo_url):

@@ -77,10 +77,14 @@ def test_next_step_table():
 
 
 def test_recipient_token():
-    assert d.recipient_token(None, True) == d.Close("suppressed", "device_unregistered")
-    assert d.recipient_token({"push_token": "x"}, False) == d.Close("suppressed", "no_marketing_consent")
-    assert d.recipient_token({"push_token": ""}, True) == d.Close("suppressed", "no_push_token")
-    assert d.recipient_token({"push_token": "new"}, True) == "new"
+    mine = {"owner_is_job_customer": True}
+    assert d.recipient_token(None, True, **mine) == d.Close("suppressed", "device_unregistered")
+    assert d.recipient_token({"push_token": "x"}, False, **mine) == d.Close("suppressed", "no_marketing_consent")
+    assert d.recipient_token({"push_token": ""}, True, **mine) == d.Close("suppressed", "no_push_token")
+    assert d.recipient_token({"push_token": "new"}, True, **mine) == "new"
+    # a phone handed to someone else: the previous owner's offer is not sent to it
+    assert d.recipient_token({"push_token": "new"}, True, owner_is_job_customer=False) == \
+        d.Close("suppressed", "device_changed_owner")
 
 
 def test_after_send_maps_every_outcome():

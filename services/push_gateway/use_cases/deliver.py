@@ -81,7 +81,8 @@ class PushDelivery:
                 saved = await self._save(rec, closed(rec, step, now), now, provider=rec.provider or "-")
             else:
                 assert isinstance(step, Send)
-                target = recipient_token(who.registration, who.marketing_consent)
+                target = recipient_token(who.registration, who.marketing_consent, owner_is_job_customer=(
+                    await self._owned_by_job_customer(job, who.registration)))
                 if isinstance(target, Close):
                     saved = await self._save(rec, closed(rec, target, now), now, provider="-")
                 else:
@@ -112,6 +113,17 @@ class PushDelivery:
                     "delivery_id": after.delivery_id, "provider": provider, "reason": after.reason,
                     "attempts": after.attempts}})
         return after
+
+    async def _owned_by_job_customer(self, job: PushJobV1, registration: dict | None) -> bool:
+        """Whether the device's current registration names the job's customer. The job names the
+        canonical customer (the recommender resolves merges): a registration under an id merged
+        into it since is still the same person."""
+        if registration is None:
+            return True  # recipient_token says why not to send
+        owner = registration.get("customer_id") or ""
+        if owner == job.customer_id:
+            return True
+        return await self.repo.canonical(owner) == await self.repo.canonical(job.customer_id)
 
     async def _send(self, job: PushJobV1, rec: DeliveryRecord, token: str) -> DeliveryRecord | None:
         provider = self.providers[self.routes[job.platform]]
