@@ -316,6 +316,23 @@ def test_unregistering_a_device_ends_its_visit_and_revokes_its_tokens(client, ad
     assert_problem(client.delete("/v1/devices/lost-phone", headers=admin), 404, "not registered")
 
 
+def test_store_reads_refuse_device_tokens_revoked_by_a_new_registration_or_a_removal(client, admin):
+    _duomo(client, admin)
+    near = {"lat": INSIDE[0][0], "lon": INSIDE[0][1]}
+    old = register(client, "shop-phone", "cust-shop")
+    assert client.get("/v1/stores", headers=old, params=near).status_code == 200
+    assert client.get("/v1/stores/duomo", headers=old).status_code == 200
+    new = register(client, "shop-phone", "cust-other", consent=False)  # the phone changed hands
+    for revoked in (lambda h: client.get("/v1/stores", headers=h, params=near),
+                    lambda h: client.get("/v1/stores/duomo", headers=h)):
+        assert_problem(revoked(old), 401, "revoked")
+        assert revoked(new).status_code == 200
+    assert client.delete("/v1/devices/shop-phone", headers=admin).status_code == 204
+    assert_problem(client.get("/v1/stores", headers=new, params=near), 401, "revoked")
+    assert_problem(client.get("/v1/stores/duomo", headers=new), 401, "revoked")
+    assert client.get("/v1/stores/duomo", headers=admin).status_code == 200  # keys are not device tokens
+
+
 def test_a_consent_change_racing_an_unregistration_leaves_no_stub_registration(client, admin, redis_sync):
     register(client, "gone-phone", "cust-gone")
     # the device is still in its customer's set, but its registration is already gone (a DELETE
