@@ -187,7 +187,7 @@ def test_consent_audit_trail(client, admin):
 
 def test_re_registering_rotates_the_token(client, admin, redis_sync):
     _duomo(client, admin)
-    device = {"device_id": "phone-e", "customer_id": "cust-e", "platform": "ios", "push_token": "apns-1"}
+    device = {"device_id": "phone-e", "customer_id": "cust-e", "platform": "ios", "push_token": "a1" * 32}
     r1 = client.post("/v1/devices", headers=admin, json=device)
     assert r1.status_code == 201 and r1.json()["rotated"] is False
     assert abs(r1.json()["token_expires_at"] - (time.time() + 30 * 86_400)) < 60
@@ -197,11 +197,11 @@ def test_re_registering_rotates_the_token(client, admin, redis_sync):
     t0 = time.time() - 100
     visit = _post(client, old, "phone-e", fix(*INSIDE[0], t0))["events"][0]["visit_id"]
 
-    r2 = client.post("/v1/devices", headers=admin, json={**device, "push_token": "apns-2"})
+    r2 = client.post("/v1/devices", headers=admin, json={**device, "push_token": "a2" * 32})
     assert r2.status_code == 201, r2.text
     assert r2.json()["rotated"] is True and r2.json()["token"] != r1.json()["token"]
     new = {"Authorization": f"Bearer {r2.json()['token']}"}
-    assert redis_sync.hget(DeviceKeys("phone-e", 16).registration, "push_token") == b"apns-2"
+    assert redis_sync.hget(DeviceKeys("phone-e", 16).registration, "push_token") == b"a2" * 32
 
     assert_problem(client.post(LOC, headers=old, json={"device_id": "phone-e", "fixes": [fix(*INSIDE[1], t0 + 10)]}),
                    401, "replaced")

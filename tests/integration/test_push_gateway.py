@@ -232,14 +232,15 @@ def test_unreachable_and_slow_providers_end_in_a_recorded_status(redis_url, redi
 
 
 def test_the_log_provider_is_the_fallback(redis_url, redis_sync, geo_http, geo_url, capfd):
-    register(geo_http, "l-dev", "l-cust", platform="ios")
+    apns_token = "1d" * 32
+    register(geo_http, "l-dev", "l-cust", platform="ios", push_token=apns_token)
     with gateway(push_settings(redis_url), geo_url) as client:
         job = make_job("l-cust", "l-dev", platform="ios")
         enqueue(redis_sync, job)
         d = settled(client, job)
         assert d["status"] == "sent" and d["provider"] == "log"
     out = capfd.readouterr().out
-    assert '"title":"An offer near you"' in out and "ptok-l-dev" not in out
+    assert '"title":"An offer near you"' in out and apns_token not in out
 
 
 def test_receipts_api_refuses_bad_input_and_strangers(redis_url, redis_sync, geo_http, geo_url):

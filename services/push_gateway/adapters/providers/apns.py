@@ -7,12 +7,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from vicino.services.kernel.contracts.push_tokens import is_apns_device_token
 
 from ...domain.messages import MAX_PAYLOAD_BYTES, Notification, apns_headers, apns_payload
 from ...domain.outcomes import Delivered, GiveUp, ProviderOutcome, RetryLater, TokenInvalid
@@ -108,8 +111,12 @@ class ApnsProvider:
         payload = apns_payload(n)
         if len(payload) > MAX_PAYLOAD_BYTES:
             return GiveUp(f"payload_too_large: {len(payload)} bytes > APNs's {MAX_PAYLOAD_BYTES}")
+        if not is_apns_device_token(n.token):
+            # geo refuses such tokens at registration; one stored before that check must still never
+            # reach the URL's path (a `/`, `?` or `..` would address another resource)
+            return TokenInvalid("apns: malformed device token (not 32 to 100 bytes of hex); not sent")
         headers = apns_headers(n, self.topic, attempt)
-        url = f"{self._endpoint}/3/device/{n.token}"
+        url = f"{self._endpoint}/3/device/{quote(n.token, safe='')}"
         for renewed in (False, True):
             token = self.tokens.get()
             try:
