@@ -20,7 +20,7 @@ from vicino.services.kernel.contracts.push_tokens import is_apns_device_token
 from ...domain.messages import MAX_PAYLOAD_BYTES, Notification, apns_headers, apns_payload
 from ...domain.outcomes import Delivered, GiveUp, ProviderOutcome, RetryLater, TokenInvalid
 from ...domain.retry_policy import parse_retry_after
-from .base import ProviderConfigError, transport_failure
+from .base import ProviderConfigError, post_within, transport_failure
 
 DEFAULT_ENDPOINT = "https://api.push.apple.com"
 TOKEN_REASONS = {"BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic"}
@@ -115,13 +115,13 @@ class ApnsProvider:
             # geo refuses such tokens at registration; one stored before that check must still never
             # reach the URL's path (a `/`, `?` or `..` would address another resource)
             return TokenInvalid("apns: malformed device token (not 32 to 100 bytes of hex); not sent")
-        headers = apns_headers(n, self.topic, attempt)
+        headers = apns_headers(n, self.topic)
         url = f"{self._endpoint}/3/device/{quote(n.token, safe='')}"
         for renewed in (False, True):
             token = self.tokens.get()
             try:
-                r = await self._http.post(url, content=payload, timeout=self._timeout,
-                                          headers={**headers, "authorization": f"bearer {token}"})
+                r = await post_within(self._http, url, self._timeout, content=payload,
+                                      headers={**headers, "authorization": f"bearer {token}"})
             except httpx.HTTPError as e:
                 return transport_failure(e)
             if r.status_code == 403 and any(reason.encode() in r.content for reason in AUTH_REASONS):
