@@ -114,3 +114,35 @@ def test_a_timed_out_apns_send_is_retried_as_the_same_notification(redis_url, re
     assert first.headers["apns-collapse-id"] == second.headers["apns-collapse-id"] == job.collapse_key
     assert first.headers["apns-id"] == second.headers["apns-id"]  # one message, in Apple's logs and ours
     assert first.json == second.json
+
+
+class _NeverAnswers:
+    """A provider stuck inside its send (a lock never released, a bug): only the gateway's bound on
+    the whole send can end it."""
+
+    name = "webhook"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, n, attempt):
+        self.calls += 1
+        await asyncio.Event().wait()
+
+
+def test_a_send_stuck_inside_the_provider_is_cut_before_its_lease_ends(redis_url, redis_sync, geo_http, geo_url):
+    from tests.integration.test_push_gateway import gateway as webhook_gateway, push_settings
+
+    register(geo_http, "dl-wdev", "dl-wcust")
+    settings = push_settings(redis_url, webhook_url="http://127.0.0.1:9/never", webhook_secret=SECRET,
+                             provider_timeout_s=0.3, max_attempts=2, retry_base_s=0.1)
+    with webhook_gateway(settings, geo_url) as client:
+        stuck = _NeverAnswers()
+        client.app.state.container.delivery.providers["webhook"] = stuck
+        job = make_job("dl-wcust", "dl-wdev", platform="web")
+        enqueue(redis_sync, job)
+        d = settled(client, job, 30)
+    # each attempt ended in a recorded outcome; without the bound the lease would have run out and
+    # the delivery been taken for one whose worker died ("sent", unconfirmed)
+    assert (d["status"], d["attempts"], stuck.calls) == ("failed", 2, 2)
+    assert "no outcome within 1.2 s; outcome unknown" in d["reason"]
