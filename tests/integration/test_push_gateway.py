@@ -133,22 +133,29 @@ def test_expired_ended_and_unconsented_pushes_are_not_sent(redis_url, redis_sync
 
 def test_a_device_handed_to_another_customer_does_not_get_the_previous_owners_push(redis_url, redis_sync, geo_http,
                                                                                     geo_url):
-    register(geo_http, "o-dev", "o-old")
-    # o-old was merged into o-cust (the recommender's pointer): the job names the survivor
-    redis_sync.set(merged_into_key("o-old", 16), "o-cust")
-    assert geo_http.put("/v1/customers/o-cust/consent", json={"location": True, "marketing": True,
+    old_owner = {"Authorization": "Bearer " + register(geo_http, "h-dev", "h-old")}
+    # h-old was merged into h-cust (the recommender's pointer): the job names the survivor
+    redis_sync.set(merged_into_key("h-old", 16), "h-cust")
+    assert geo_http.put("/v1/customers/h-cust/consent", json={"location": True, "marketing": True,
                                                               "personalisation": True}).status_code == 200
     with webhook_sink() as sink, gateway(push_settings(redis_url, webhook_url=sink.url, webhook_secret=SECRET),
                                          geo_url) as client:
-        merged = make_job("o-cust", "o-dev", platform="web")
+        merged = make_job("h-cust", "h-dev", platform="web")
         enqueue(redis_sync, merged)
-        assert settled(client, merged)["status"] == "sent"  # the same person, under their surviving id
-        queued = make_job("o-cust", "o-dev", platform="web")
-        register(geo_http, "o-dev", "o-next")  # the phone changed hands after the job was queued
+        sent = settled(client, merged)
+        assert sent["status"] == "sent"  # the same person, under their surviving id
+        assert client.get(f"/v1/deliveries/{sent['delivery_id']}", headers=old_owner).status_code == 200
+        queued = make_job("h-cust", "h-dev", platform="web")
+        # the phone changed hands after the job was queued
+        new_owner = {"Authorization": "Bearer " + register(geo_http, "h-dev", "h-next")}
         enqueue(redis_sync, queued)
         d = settled(client, queued)
         assert (d["status"], d["reason"], d["attempts"]) == ("suppressed", "device_changed_owner", 0)
         assert len(sink.received) == 1
+        # nor does the new owner see (or open) what was sent to the previous one on that phone
+        assert_problem(client.get(f"/v1/deliveries/{sent['delivery_id']}", headers=new_owner), 403, "owner")
+        assert_problem(client.post(f"/v1/deliveries/{sent['delivery_id']}/opened", headers=new_owner), 403,
+                       "previous owner")
 
 
 def test_retry_after_is_honoured_then_sent(redis_url, redis_sync, geo_http, geo_url):
