@@ -411,7 +411,7 @@ def _floor_requests(cfg: dict, n: int, tag: str, auth: str) -> list[tuple[str, b
                                 "decision_id": f"dec_floor_{i}", "delivery_id": f"dlv{i % SHARDS:03d}{i:024d}"},
                           collapse_key=visit, expires_at=now + 900)
         if cfg["kind"] == "apns":
-            headers = {**apns_headers(n_, TOPIC, 1), "authorization": f"bearer {auth}"}
+            headers = {**apns_headers(n_, TOPIC), "authorization": f"bearer {auth}"}
             out.append((f"{cfg['url']}/3/device/{token}", apns_payload(n_), headers))
         else:
             headers = {"Authorization": f"Bearer {auth}", "Content-Type": "application/json; UTF-8"}

@@ -37,7 +37,9 @@ class PushSettings(ServiceSettings):
                              "for rate x provider round trip: 128 carries ~1,000/s at 100 ms)")
     provider_concurrency: int = Field(128, ge=1, le=10_000, description="requests in flight to one provider (FCM "
                                       "and webhook: pools of 4 connections; APNs: one HTTP/2 connection, up to 100 streams)")
-    provider_timeout_s: float = Field(10.0, gt=0, le=120, description="one provider request's time limit")
+    provider_timeout_s: float = Field(10.0, gt=0, le=120, description="one provider request's time limit, "
+                                    "all of it (connection, upload, the answer read to its end); one send, with its "
+                                    "token exchanges and a retry after a refused token, is cut at 4x this")
     max_attempts: int = Field(6, ge=1, le=50, description="sends tried per push before it fails")
     retry_base_s: float = Field(1.0, gt=0, le=600, description="pause after the first failed send; doubles "
                                 "on each failure (with jitter), never less than the provider's Retry-After")

@@ -180,6 +180,7 @@ def build(settings: PushSettings, redis, clock: Clock, registry: CollectorRegist
                             # a send takes at most: an OAuth exchange, the request, a refresh and the
                             # request again, each within the timeout; longer than that, its worker died
                             lease_s=settings.provider_timeout_s * 4 + 5,
+                            send_deadline_s=settings.provider_timeout_s * 4,
                             provider_concurrency=settings.provider_concurrency, metrics=PushMetrics(registry), **kw)
     opens = DeliveryOpens(repo, RecommenderInteractions(recommender_http, own_key), clock)
     signer = TokenSigner(settings.token_secret)

@@ -358,6 +358,7 @@ class FcmLikeServer(FakeServer):
         self.access_token_ttl_s = access_token_ttl_s
         self.audiences = set(audiences)
         self.grants = 0               # access tokens issued
+        self.token_delay_s = 0.0      # the token endpoint answers this much later
         self.token_requests = 0       # all calls of the token endpoint, granted or not
         self._accounts: dict[str, _Account] = {}
         self._assertions: dict[str, _Assertion | tuple[str, str]] = {}
@@ -405,6 +406,7 @@ class FcmLikeServer(FakeServer):
 
     def _reset_extra(self) -> None:
         self.grants = self.token_requests = 0
+        self.token_delay_s = 0.0
 
     def stats(self) -> dict:
         return {**super().stats(), "grants": self.grants, "token_requests": self.token_requests,
@@ -448,6 +450,8 @@ class FcmLikeServer(FakeServer):
 
     async def _token(self, method: str, body: bytes, send) -> None:
         self.token_requests += 1
+        if self.token_delay_s > 0:  # a slow token endpoint (set by tests)
+            await asyncio.sleep(self.token_delay_s)
         if method != "POST":
             return await _oauth_error(send, "invalid_request", f"Invalid HTTP method: {method}", 405)
         form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)

@@ -283,7 +283,7 @@ def test_device_token_on_admin_endpoints(client, world, unchanged):
                                    ("POST", "/v1/stores", fc),
                                    ("DELETE", "/v1/stores/s1", None),
                                    ("POST", "/v1/devices", {"device_id": "dev-9", "customer_id": "cust-1",
-                                                            "platform": "ios", "push_token": "t"})]:
+                                                            "platform": "ios", "push_token": "ab" * 32})]:
             r = client.request(method, path, headers=world, json=body)
             assert_problem(r, 403, "an API key with the role", "a device token may not call it")
     # and an admin token is not a device: it cannot report fixes
@@ -468,9 +468,16 @@ def test_consent_with_missing_or_extra_fields(client, world, admin, unchanged, b
     ({"device_id": "bad id!"}, "device_id"),
     ({"customer_id": ""}, "customer_id"),
     ({"push_token": ""}, "push_token"),
+    # per platform, and never anything that could leave its place in a provider's URL or body
+    ({"push_token": "../../3/device/" + "ab" * 32}, "push_token"),
+    ({"push_token": "ab" * 31}, "push_token"),            # APNs: 32 bytes at least
+    ({"push_token": "a" * 65}, "push_token"),             # an odd number of hex digits
+    ({"push_token": "ab" * 101}, "push_token"),           # more than 100 bytes
+    ({"platform": "android", "push_token": "fcm token/with?query"}, "push_token"),
+    ({"platform": "web", "push_token": "line\nbreak"}, "push_token"),
 ])
 def test_device_registration_with_bad_fields(client, world, admin, unchanged, patch, words):
-    body = {"device_id": "dev-1", "customer_id": "cust-1", "platform": "ios", "push_token": "t", **patch}
+    body = {"device_id": "dev-1", "customer_id": "cust-1", "platform": "ios", "push_token": "ab" * 32, **patch}
     with unchanged():
         assert_problem(client.post("/v1/devices", headers=admin, json=body), 422, words)
 
@@ -484,7 +491,7 @@ PLAUSIBLE = {
     "/v1/stores/{store_id}": circle_store("s1", 45.0, 9.0, 40),
     "/v1/stores": {"type": "FeatureCollection", "features": [circle_store("x9", 45.0, 9.0, 40)]},
     "/v1/locations": batch(fix(45.0, 9.0)),
-    "/v1/devices": {"device_id": "dev-9", "customer_id": "cust-1", "platform": "ios", "push_token": "t"},
+    "/v1/devices": {"device_id": "dev-9", "customer_id": "cust-1", "platform": "ios", "push_token": "ab" * 32},
     "/v1/customers/{customer_id}/consent": {"location": False, "marketing": False, "personalisation": False},
 }
 

@@ -52,7 +52,7 @@ def test_the_data_layer_runs_on_redis_cluster(cluster, tmp_path):
 
             # a merge across slots, with consent through geo
             phone = geo.post("/v1/devices", json={"device_id": "kphone", "customer_id": "kc-7", "platform": "ios",
-                                                  "push_token": "t"})
+                                                  "push_token": "ab" * 32})
             assert phone.status_code == 201
             assert geo.put("/v1/customers/kc-7/consent", json={"location": True, "marketing": True,
                                                               "personalisation": False}).status_code == 200

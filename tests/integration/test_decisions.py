@@ -82,7 +82,7 @@ class ListRanker:
 
 # geo side: devices, consent, events -------------------------------------------------------------
 
-def register(geo_http, device_id: str, customer_id: str, *, tz: str = "Europe/Rome", platform: str = "ios",
+def register(geo_http, device_id: str, customer_id: str, *, tz: str = "Europe/Rome", platform: str = "android",
              marketing: bool = True) -> None:
     r = geo_http.post("/v1/devices", json={"device_id": device_id, "customer_id": customer_id, "platform": platform,
                                            "push_token": "push-" + device_id, "timezone": tz})
@@ -150,7 +150,7 @@ def dset(rec_settings):
 # --------------------------------------------------------------------------------------------------
 
 def test_a_dwell_gets_one_push_job_with_its_fields_and_one_logged_decision(dset, geo_http, redis_sync):
-    register(geo_http, "ph-1", "cu-1", platform="ios")
+    register(geo_http, "ph-1", "cu-1", platform="android")
     clock, ranker = FixedClock(at(12)), ListRanker()
     publish(redis_sync, event("enter", "ph-1", "cu-1", "s-1", "v-1", clock.now() - 300),
             event("dwell", "ph-1", "cu-1", "s-1", "v-1", clock.now() - 2))
@@ -166,7 +166,7 @@ def test_a_dwell_gets_one_push_job_with_its_fields_and_one_logged_decision(dset,
     [j] = jobs(redis_sync)
     assert j.job_id == d.job_id
     assert (j.idempotency_key, j.collapse_key, j.customer_id, j.device_id) == ("cu-1:s-1:v-1", "v-1", "cu-1", "ph-1")
-    assert (j.platform, j.push_token, j.title, j.body) == ("ios", "push-ph-1", "Mugs -20%",
+    assert (j.platform, j.push_token, j.title, j.body) == ("android", "push-ph-1", "Mugs -20%",
                                                             "At the store in front of you")
     assert j.data.model_dump() == {"offer_id": "o-mug", "store_id": "s-1", "visit_id": "v-1",
                                    "decision_id": d.decision_id}

@@ -20,6 +20,7 @@ from tests.support import fix_until_enter
 from tests.integration.test_offers_api import make_version, offer
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+APNS_TOKEN = "5e" * 32  # a 32-byte APNs device token, hex
 
 
 def test_a_fix_at_a_store_becomes_one_push_job_with_the_best_offer(rec_settings, tmp_path, geo_http):
@@ -37,7 +38,7 @@ def test_a_fix_at_a_store_becomes_one_push_job_with_the_best_offer(rec_settings,
     geo_http.put("/v1/stores/shop-j", json={"type": "Feature", "id": "shop-j", "properties": {"radius_m": 80},
                                              "geometry": {"type": "Point", "coordinates": [7.68, 45.07]}})
     reg = geo_http.post("/v1/devices", json={"device_id": "phone-u1", "customer_id": "u1", "platform": "ios",
-                                             "push_token": "apns-token-u1", "timezone": "Europe/Rome"})
+                                             "push_token": APNS_TOKEN, "timezone": "Europe/Rome"})
     geo_http.put("/v1/customers/u1/consent", json={"location": True, "marketing": True, "personalisation": True})
     token = {"Authorization": "Bearer " + reg.json()["token"]}
     events = fix_until_enter(geo_http, token, "phone-u1", 45.07, 7.68, "shop-j")
@@ -68,7 +69,7 @@ def test_a_fix_at_a_store_becomes_one_push_job_with_the_best_offer(rec_settings,
     assert len(jobs) == 1, jobs
     job = jobs[0]
     assert (job.data.offer_id, job.data.store_id, job.data.visit_id) == ("o1", "shop-j", visit)
-    assert job.push_token == "apns-token-u1" and job.platform == "ios" and job.collapse_key == visit
+    assert job.push_token == APNS_TOKEN and job.platform == "ios" and job.collapse_key == visit
     assert job.idempotency_key == f"u1:shop-j:{visit}" and job.expires_at > job.created_at
     decisions = [DecisionV1.model_validate_json(f[b"data"]) for _id, f in sync.xrange(decisions_stream_key(shard))]
     assert [(d.outcome, d.offer_id, d.model_version) for d in decisions] == [("send", "o1", "v1")]

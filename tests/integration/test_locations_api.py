@@ -187,7 +187,7 @@ def test_consent_audit_trail(client, admin):
 
 def test_re_registering_rotates_the_token(client, admin, redis_sync):
     _duomo(client, admin)
-    device = {"device_id": "phone-e", "customer_id": "cust-e", "platform": "ios", "push_token": "apns-1"}
+    device = {"device_id": "phone-e", "customer_id": "cust-e", "platform": "ios", "push_token": "a1" * 32}
     r1 = client.post("/v1/devices", headers=admin, json=device)
     assert r1.status_code == 201 and r1.json()["rotated"] is False
     assert abs(r1.json()["token_expires_at"] - (time.time() + 30 * 86_400)) < 60
@@ -197,11 +197,11 @@ def test_re_registering_rotates_the_token(client, admin, redis_sync):
     t0 = time.time() - 100
     visit = _post(client, old, "phone-e", fix(*INSIDE[0], t0))["events"][0]["visit_id"]
 
-    r2 = client.post("/v1/devices", headers=admin, json={**device, "push_token": "apns-2"})
+    r2 = client.post("/v1/devices", headers=admin, json={**device, "push_token": "a2" * 32})
     assert r2.status_code == 201, r2.text
     assert r2.json()["rotated"] is True and r2.json()["token"] != r1.json()["token"]
     new = {"Authorization": f"Bearer {r2.json()['token']}"}
-    assert redis_sync.hget(DeviceKeys("phone-e", 16).registration, "push_token") == b"apns-2"
+    assert redis_sync.hget(DeviceKeys("phone-e", 16).registration, "push_token") == b"a2" * 32
 
     assert_problem(client.post(LOC, headers=old, json={"device_id": "phone-e", "fixes": [fix(*INSIDE[1], t0 + 10)]}),
                    401, "replaced")
@@ -314,6 +314,23 @@ def test_unregistering_a_device_ends_its_visit_and_revokes_its_tokens(client, ad
                    404, "not registered")
     assert_problem(client.get("/v1/devices/lost-phone", headers=admin), 404, "not registered")
     assert_problem(client.delete("/v1/devices/lost-phone", headers=admin), 404, "not registered")
+
+
+def test_store_reads_refuse_device_tokens_revoked_by_a_new_registration_or_a_removal(client, admin):
+    _duomo(client, admin)
+    near = {"lat": INSIDE[0][0], "lon": INSIDE[0][1]}
+    old = register(client, "shop-phone", "cust-shop")
+    assert client.get("/v1/stores", headers=old, params=near).status_code == 200
+    assert client.get("/v1/stores/duomo", headers=old).status_code == 200
+    new = register(client, "shop-phone", "cust-other", consent=False)  # the phone changed hands
+    for revoked in (lambda h: client.get("/v1/stores", headers=h, params=near),
+                    lambda h: client.get("/v1/stores/duomo", headers=h)):
+        assert_problem(revoked(old), 401, "revoked")
+        assert revoked(new).status_code == 200
+    assert client.delete("/v1/devices/shop-phone", headers=admin).status_code == 204
+    assert_problem(client.get("/v1/stores", headers=new, params=near), 401, "revoked")
+    assert_problem(client.get("/v1/stores/duomo", headers=new), 401, "revoked")
+    assert client.get("/v1/stores/duomo", headers=admin).status_code == 200  # keys are not device tokens
 
 
 def test_a_consent_change_racing_an_unregistration_leaves_no_stub_registration(client, admin, redis_sync):

@@ -87,5 +87,5 @@ def test_an_id_with_a_final_newline_is_refused_everywhere(client, admin):
     r = client.post("/v1/stores", headers=admin, json={"type": "FeatureCollection", "features": [store]})
     assert r.json()["created"] == 0 and "s1\\n" in r.json()["rejected"][0]["reason"], r.text
     r = client.post("/v1/devices", headers=admin, json={"device_id": "d1\n", "customer_id": "c1", "platform": "ios",
-                                                         "push_token": "t", "timezone": "Europe/Rome"})
+                                                         "push_token": "ab" * 32, "timezone": "Europe/Rome"})
     assert r.status_code == 422, r.text

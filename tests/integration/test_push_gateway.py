@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from vicino.services.kernel.contracts.deliveries import (DeliveryReceiptV1, dead_jobs_stream_key, delivery_id_for,
                                                   receipts_stream_key)
-from vicino.services.kernel.contracts.interactions import customer_shard
+from vicino.services.kernel.contracts.interactions import customer_shard, merged_into_key
 from vicino.services.kernel.contracts.push_jobs import ended_visits_key, push_jobs_stream_key
 from vicino.services.push_gateway.app import create_app
 from vicino.services.push_gateway.domain.messages import verify_webhook_signature
@@ -131,6 +131,33 @@ def test_expired_ended_and_unconsented_pushes_are_not_sent(redis_url, redis_sync
         assert sink.received == []
 
 
+def test_a_device_handed_to_another_customer_does_not_get_the_previous_owners_push(redis_url, redis_sync, geo_http,
+                                                                                    geo_url):
+    old_owner = {"Authorization": "Bearer " + register(geo_http, "h-dev", "h-old")}
+    # h-old was merged into h-cust (the recommender's pointer): the job names the survivor
+    redis_sync.set(merged_into_key("h-old", 16), "h-cust")
+    assert geo_http.put("/v1/customers/h-cust/consent", json={"location": True, "marketing": True,
+                                                              "personalisation": True}).status_code == 200
+    with webhook_sink() as sink, gateway(push_settings(redis_url, webhook_url=sink.url, webhook_secret=SECRET),
+                                         geo_url) as client:
+        merged = make_job("h-cust", "h-dev", platform="web")
+        enqueue(redis_sync, merged)
+        sent = settled(client, merged)
+        assert sent["status"] == "sent"  # the same person, under their surviving id
+        assert client.get(f"/v1/deliveries/{sent['delivery_id']}", headers=old_owner).status_code == 200
+        queued = make_job("h-cust", "h-dev", platform="web")
+        # the phone changed hands after the job was queued
+        new_owner = {"Authorization": "Bearer " + register(geo_http, "h-dev", "h-next")}
+        enqueue(redis_sync, queued)
+        d = settled(client, queued)
+        assert (d["status"], d["reason"], d["attempts"]) == ("suppressed", "device_changed_owner", 0)
+        assert len(sink.received) == 1
+        # nor does the new owner see (or open) what was sent to the previous one on that phone
+        assert_problem(client.get(f"/v1/deliveries/{sent['delivery_id']}", headers=new_owner), 403, "owner")
+        assert_problem(client.post(f"/v1/deliveries/{sent['delivery_id']}/opened", headers=new_owner), 403,
+                       "previous owner")
+
+
 def test_retry_after_is_honoured_then_sent(redis_url, redis_sync, geo_http, geo_url):
     register(geo_http, "r-dev", "r-cust")
     with webhook_sink() as sink, gateway(push_settings(redis_url, webhook_url=sink.url, webhook_secret=SECRET),
@@ -212,14 +239,15 @@ def test_unreachable_and_slow_providers_end_in_a_recorded_status(redis_url, redi
 
 
 def test_the_log_provider_is_the_fallback(redis_url, redis_sync, geo_http, geo_url, capfd):
-    register(geo_http, "l-dev", "l-cust", platform="ios")
+    apns_token = "1d" * 32
+    register(geo_http, "l-dev", "l-cust", platform="ios", push_token=apns_token)
     with gateway(push_settings(redis_url), geo_url) as client:
         job = make_job("l-cust", "l-dev", platform="ios")
         enqueue(redis_sync, job)
         d = settled(client, job)
         assert d["status"] == "sent" and d["provider"] == "log"
     out = capfd.readouterr().out
-    assert '"title":"An offer near you"' in out and "ptok-l-dev" not in out
+    assert '"title":"An offer near you"' in out and apns_token not in out
 
 
 def test_receipts_api_refuses_bad_input_and_strangers(redis_url, redis_sync, geo_http, geo_url):

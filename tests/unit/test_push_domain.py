@@ -77,10 +77,14 @@ def test_next_step_table():
 
 
 def test_recipient_token():
-    assert d.recipient_token(None, True) == d.Close("suppressed", "device_unregistered")
-    assert d.recipient_token({"push_token": "x"}, False) == d.Close("suppressed", "no_marketing_consent")
-    assert d.recipient_token({"push_token": ""}, True) == d.Close("suppressed", "no_push_token")
-    assert d.recipient_token({"push_token": "new"}, True) == "new"
+    mine = {"owner_is_job_customer": True}
+    assert d.recipient_token(None, True, **mine) == d.Close("suppressed", "device_unregistered")
+    assert d.recipient_token({"push_token": "x"}, False, **mine) == d.Close("suppressed", "no_marketing_consent")
+    assert d.recipient_token({"push_token": ""}, True, **mine) == d.Close("suppressed", "no_push_token")
+    assert d.recipient_token({"push_token": "new"}, True, **mine) == "new"
+    # a phone handed to someone else: the previous owner's offer is not sent to it
+    assert d.recipient_token({"push_token": "new"}, True, owner_is_job_customer=False) == \
+        d.Close("suppressed", "device_changed_owner")
 
 
 def test_after_send_maps_every_outcome():
@@ -120,7 +124,8 @@ def test_delivery_id_is_stable_per_idempotency_key_and_names_its_shard():
 def test_fcm_message_ttl_never_outlives_the_job_and_collapses_per_visit():
     n = notification_for(job(), "dlv", "tok")
     m = fcm_message(n, T0 + 600)["message"]
-    assert m["android"] == {"collapse_key": "v1", "ttl": "300s", "priority": "high"}
+    # the tag: a copy that reaches the phone (a retry after a timeout) replaces the one shown
+    assert m["android"] == {"collapse_key": "v1", "ttl": "300s", "priority": "high", "notification": {"tag": "v1"}}
     assert m["data"] == {"offer_id": "o1", "store_id": "s1", "visit_id": "v1", "decision_id": "dec1", "delivery_id": "dlv"}
     assert all(isinstance(v, str) for v in m["data"].values())
     assert fcm_message(n, T0 + 2000)["message"]["android"]["ttl"] == "0s"
@@ -133,7 +138,7 @@ def test_payload_size_limit_is_measured():
 
 
 def test_apns_headers():
-    h = apns_headers(notification_for(job(), "dlv", "tok"), "com.example.app", 1)
+    h = apns_headers(notification_for(job(), "dlv", "tok"), "com.example.app")
     assert h["apns-push-type"] == "alert" and h["apns-expiration"] == str(int(T0 + 900))
     assert h["apns-collapse-id"] == "v1" and h["apns-topic"] == "com.example.app" and len(h["apns-id"]) == 36
 

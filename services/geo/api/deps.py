@@ -41,12 +41,22 @@ async def device_claims(c: GeoContainer, authorization: str | None) -> DeviceCla
     raise Forbidden("this endpoint takes a device token (POST /v1/devices issues one)")
 
 
+async def current_caller(p: CallerDep, c: ContainerDep) -> Principal:
+    """The caller, where a device token must still be its device's current one: a device removed or
+    registered again (to its owner or to someone else) revokes every token issued before."""
+    if p.device is not None:
+        reg = await c.devices_repo.get(p.device.device_id)
+        if reg is None or reg.token_id != p.device.token_id or reg.customer_id != p.device.customer_id:
+            raise Unauthorized("this device token was revoked (the device was removed or registered again)")
+    return p
+
+
 AdminDep = role_dependency(caller, "admin")
 OperatorDep = role_dependency(caller, "operator")
 AppBackendDep = role_dependency(caller, "app_backend")
 SupportDep = role_dependency(caller, "support")
 # stores are read by the phones (device tokens), the operator and the analyst
-StoreReaderDep = role_dependency(caller, "operator", "analyst", devices="any")
+StoreReaderDep = role_dependency(current_caller, "operator", "analyst", devices="any")
 # a device's record: the device itself, or the app's server and support
 DeviceReaderDep = role_dependency(caller, "app_backend", "support", devices="own")
 

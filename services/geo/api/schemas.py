@@ -6,8 +6,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
+from vicino.services.kernel.contracts.push_tokens import MAX_PUSH_TOKEN_CHARS, push_token_problem
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 from vicino.services.runtime.http_problems import BODY_PROBLEMS, problem  # noqa: F401 (BODY_PROBLEMS re-exported to the routers)
 
@@ -94,8 +95,19 @@ class DeviceIn(BaseModel):
     device_id: ClientId
     customer_id: ClientId
     platform: Literal["android", "ios", "web"]
-    push_token: str = Field(min_length=1, max_length=4096)
+    push_token: str = Field(min_length=1, max_length=MAX_PUSH_TOKEN_CHARS,
+                            description="the platform's push token (checked per platform: kernel.contracts.push_tokens)")
     timezone: str = "Europe/Rome"
+
+    @field_validator("push_token")
+    @classmethod
+    def _push_token(cls, v: str, info: ValidationInfo) -> str:
+        platform = info.data.get("platform")
+        if platform is not None:  # else the platform's own error says what is wrong
+            problem = push_token_problem(platform, v)
+            if problem is not None:
+                raise ValueError(f"not a {platform} push token: {problem}")
+        return v
 
     @field_validator("timezone")
     @classmethod

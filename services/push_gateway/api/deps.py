@@ -52,21 +52,31 @@ DeliveryDep = Annotated[DeliveryRecord, Depends(delivery)]
 
 # the caller is checked before the delivery is looked up: no answer says whether an id exists
 # to someone without a valid token
-async def recipient_or_support(p: CallerDep, rec: DeliveryDep) -> Principal:
+async def _sent_to_this_owner(c: PushContainer, p: Principal, rec: DeliveryRecord) -> bool:
+    """The device token's device and customer are the delivery's: a phone that changed hands
+    sees nothing of what was sent to its previous owner. The delivery names the canonical
+    customer; the registration may name an id merged into it since."""
+    if p.device.device_id != rec.device_id:
+        return False
+    return (p.device.customer_id == rec.customer_id
+            or await c.repo.canonical(p.device.customer_id) == await c.repo.canonical(rec.customer_id))
+
+
+async def recipient_or_support(p: CallerDep, rec: DeliveryDep, c: ContainerDep) -> Principal:
     require_roles(p, frozenset({"support"}), devices=True)
-    if p.device is None or p.device.device_id == rec.device_id:
+    if p.device is None or await _sent_to_this_owner(c, p, rec):
         return p
-    raise Forbidden("a device token may only read the deliveries sent to that device")
+    raise Forbidden("a device token may only read the deliveries sent to that device and its owner")
 
 
 RecipientOrSupportDep = Annotated[Principal, Depends(mark_access(recipient_or_support, "support", devices="own"))]
 
 
-async def recipient(p: CallerDep, rec: DeliveryDep) -> Principal:
+async def recipient(p: CallerDep, rec: DeliveryDep, c: ContainerDep) -> Principal:
     if p.device is None:
         raise Forbidden("an open is reported by the recipient's device token, not by a key")
-    if p.device.device_id != rec.device_id:
-        raise Forbidden("this delivery was sent to another device")
+    if not await _sent_to_this_owner(c, p, rec):
+        raise Forbidden("this delivery was sent to another device or its previous owner")
     return p
 
 

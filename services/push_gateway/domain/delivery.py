@@ -125,11 +125,16 @@ def next_step(rec: DeliveryRecord, now: float, visit_ended: bool) -> Step:
     return Send()
 
 
-def recipient_token(registration: dict | None, marketing_consent: bool) -> str | Close:
+def recipient_token(registration: dict | None, marketing_consent: bool, *,
+                    owner_is_job_customer: bool) -> str | Close:
     """The push token to send to, or why not to send. The device's current registration wins over
-    the token copied into the job: an app that re-registered with a new token gets the push there."""
+    the token copied into the job: an app that re-registered with a new token gets the push there.
+    `owner_is_job_customer`: the registration still names the job's customer (or one merged into
+    it); a phone re-registered to someone else since must not get the previous owner's offer."""
     if registration is None:
         return Close("suppressed", "device_unregistered")
+    if not owner_is_job_customer:
+        return Close("suppressed", "device_changed_owner")
     if not marketing_consent:
         return Close("suppressed", "no_marketing_consent")
     token = registration.get("push_token") or ""

@@ -24,7 +24,7 @@ class Notification:
     title: str
     body: str
     data: dict[str, str]     # offer, store, visit, decision and delivery ids: all strings, as FCM wants
-    collapse_key: str        # the visit: a newer notification of a visit replaces an older one
+    collapse_key: str        # the visit: a newer notification of a visit (or a retried copy) replaces an older one
     expires_at: float
 
 
@@ -46,7 +46,10 @@ def fcm_message(n: Notification, now: float) -> dict:
         "token": n.token,
         "notification": {"title": n.title, "body": n.body},
         "data": n.data,
-        "android": {"collapse_key": n.collapse_key, "ttl": f"{remaining_ttl_s(n, now)}s", "priority": "high"},
+        # collapse_key collapses copies still waiting at Google; the notification's tag makes a copy
+        # that reaches the device replace the one shown (a retry after a timeout adds nothing)
+        "android": {"collapse_key": n.collapse_key, "ttl": f"{remaining_ttl_s(n, now)}s", "priority": "high",
+                    "notification": {"tag": n.collapse_key}},
     }}
 
 
@@ -62,16 +65,18 @@ def apns_payload(n: Notification) -> bytes:
                          **n.data})
 
 
-def apns_id(n: Notification, attempt: int) -> str:
-    """A UUID derived from the delivery: the provider's logs and ours name the same message."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"vicino:{n.delivery_id}:{attempt}"))
+def apns_id(n: Notification) -> str:
+    """A UUID derived from the delivery, the same on every attempt: the provider's logs and ours
+    name the same message, and a retried copy is recognisably the same one."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"vicino:{n.delivery_id}"))
 
 
-def apns_headers(n: Notification, topic: str, attempt: int) -> dict[str, str]:
+def apns_headers(n: Notification, topic: str) -> dict[str, str]:
+    """`apns-collapse-id` (the visit) makes the device show one notification for every copy."""
     return {"apns-topic": topic, "apns-push-type": "alert", "apns-priority": "10",
             # APNs stores an undeliverable notification until then, and not after
             "apns-expiration": str(int(n.expires_at)),
-            "apns-collapse-id": n.collapse_key[:64], "apns-id": apns_id(n, attempt)}
+            "apns-collapse-id": n.collapse_key[:64], "apns-id": apns_id(n)}
 
 
 def webhook_body(n: Notification, now: float) -> bytes:

@@ -43,7 +43,11 @@ class DeliveryMetrics:
 class PushDelivery:
     def __init__(self, repo: DeliveryRepository, providers: dict[str, PushProvider], routes: dict[str, str],
                  geo: GeoDevices, clock: Clock, policy: RetryPolicy, lease_s: float, provider_concurrency: int = 128,
-                 draw: Callable[[], float] = random.random, metrics: DeliveryMetrics | None = None) -> None:
+                 draw: Callable[[], float] = random.random, metrics: DeliveryMetrics | None = None,
+                 send_deadline_s: float | None = None) -> None:
+        """`send_deadline_s`: the longest one provider call may take, whatever it does inside (token
+        exchanges, a refresh and the request again, waits on a lock): shorter than `lease_s`, so a
+        send still running is never taken for one whose worker died."""
         self.repo = repo
         self.providers = providers
         self.routes = routes
@@ -51,6 +55,7 @@ class PushDelivery:
         self.clock = clock
         self.policy = policy
         self.lease_s = lease_s
+        self.send_deadline_s = send_deadline_s
         self.draw = draw
         self.metrics = metrics or DeliveryMetrics()
         # requests in flight per provider; a job waits for its slot *before* it is marked
@@ -81,7 +86,8 @@ class PushDelivery:
                 saved = await self._save(rec, closed(rec, step, now), now, provider=rec.provider or "-")
             else:
                 assert isinstance(step, Send)
-                target = recipient_token(who.registration, who.marketing_consent)
+                target = recipient_token(who.registration, who.marketing_consent, owner_is_job_customer=(
+                    await self._owned_by_job_customer(job, who.registration)))
                 if isinstance(target, Close):
                     saved = await self._save(rec, closed(rec, target, now), now, provider="-")
                 else:
@@ -113,6 +119,17 @@ class PushDelivery:
                     "attempts": after.attempts}})
         return after
 
+    async def _owned_by_job_customer(self, job: PushJobV1, registration: dict | None) -> bool:
+        """Whether the device's current registration names the job's customer. The job names the
+        canonical customer (the recommender resolves merges): a registration under an id merged
+        into it since is still the same person."""
+        if registration is None:
+            return True  # recipient_token says why not to send
+        owner = registration.get("customer_id") or ""
+        if owner == job.customer_id:
+            return True
+        return await self.repo.canonical(owner) == await self.repo.canonical(job.customer_id)
+
     async def _send(self, job: PushJobV1, rec: DeliveryRecord, token: str) -> DeliveryRecord | None:
         provider = self.providers[self.routes[job.platform]]
         async with self._slots[provider.name]:
@@ -135,7 +152,11 @@ class PushDelivery:
                         extra={"fields": {"error": repr(e)[:300]}})
         started = self.clock.now()
         try:
-            outcome = await provider.send(notification_for(job, rec.delivery_id, token), marked.attempts)
+            async with asyncio.timeout(self.send_deadline_s):
+                outcome = await provider.send(notification_for(job, rec.delivery_id, token), marked.attempts)
+        except TimeoutError:
+            outcome = RetryLater(f"{provider.name}: no outcome within {self.send_deadline_s:g} s; outcome unknown, "
+                                 "retried under the same collapse id")
         except Exception as e:  # a provider bug must not leave the delivery stuck "sending"
             log.exception("provider raised", extra={"fields": {"provider": provider.name}})
             outcome = RetryLater(f"{provider.name}: internal error {type(e).__name__}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import jwt
@@ -14,10 +15,12 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from vicino.services.kernel.contracts.push_tokens import is_apns_device_token
+
 from ...domain.messages import MAX_PAYLOAD_BYTES, Notification, apns_headers, apns_payload
 from ...domain.outcomes import Delivered, GiveUp, ProviderOutcome, RetryLater, TokenInvalid
 from ...domain.retry_policy import parse_retry_after
-from .base import ProviderConfigError, transport_failure
+from .base import ProviderConfigError, post_within, transport_failure
 
 DEFAULT_ENDPOINT = "https://api.push.apple.com"
 TOKEN_REASONS = {"BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic"}
@@ -108,13 +111,17 @@ class ApnsProvider:
         payload = apns_payload(n)
         if len(payload) > MAX_PAYLOAD_BYTES:
             return GiveUp(f"payload_too_large: {len(payload)} bytes > APNs's {MAX_PAYLOAD_BYTES}")
-        headers = apns_headers(n, self.topic, attempt)
-        url = f"{self._endpoint}/3/device/{n.token}"
+        if not is_apns_device_token(n.token):
+            # geo refuses such tokens at registration; one stored before that check must still never
+            # reach the URL's path (a `/`, `?` or `..` would address another resource)
+            return TokenInvalid("apns: malformed device token (not 32 to 100 bytes of hex); not sent")
+        headers = apns_headers(n, self.topic)
+        url = f"{self._endpoint}/3/device/{quote(n.token, safe='')}"
         for renewed in (False, True):
             token = self.tokens.get()
             try:
-                r = await self._http.post(url, content=payload, timeout=self._timeout,
-                                          headers={**headers, "authorization": f"bearer {token}"})
+                r = await post_within(self._http, url, self._timeout, content=payload,
+                                      headers={**headers, "authorization": f"bearer {token}"})
             except httpx.HTTPError as e:
                 return transport_failure(e)
             if r.status_code == 403 and any(reason.encode() in r.content for reason in AUTH_REASONS):

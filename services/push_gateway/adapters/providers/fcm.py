@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from ...domain.messages import MAX_PAYLOAD_BYTES, Notification, fcm_message, fcm_payload_size
 from ...domain.outcomes import Delivered, GiveUp, ProviderOutcome, RetryLater, TokenInvalid
 from ...domain.retry_policy import parse_retry_after
-from .base import ProviderConfigError, transport_failure
+from .base import ProviderConfigError, post_within, transport_failure
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 DEFAULT_ENDPOINT = "https://fcm.googleapis.com"
@@ -60,9 +60,11 @@ class TokenEndpointError(Exception):
 class FcmAccessTokens:
     """OAuth2 access tokens for the service account, shared by all sends of this process."""
 
-    def __init__(self, account: ServiceAccount, http: httpx.AsyncClient, clock=time.time) -> None:
+    def __init__(self, account: ServiceAccount, http: httpx.AsyncClient, clock=time.time,
+                 timeout_s: float = 10.0) -> None:
         self.account = account
         self._http = http
+        self._timeout = timeout_s
         self._clock = clock
         self._token: str | None = None
         self._expires_at = 0.0
@@ -87,7 +89,7 @@ class FcmAccessTokens:
                                 "iat": now, "exp": now + 3600}, self.account.private_key, algorithm="RS256",
                                headers={"kid": self.account.private_key_id} if self.account.private_key_id else None)
         try:
-            r = await self._http.post(self.account.token_uri, data={
+            r = await post_within(self._http, self.account.token_uri, self._timeout, data={
                 "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion})
         except httpx.HTTPError as e:
             raise TokenEndpointError(f"token endpoint unreachable ({type(e).__name__})") from None
@@ -138,7 +140,7 @@ class FcmProvider:
 
     def __init__(self, account: ServiceAccount, http: httpx.AsyncClient, *, endpoint: str = DEFAULT_ENDPOINT,
                  timeout_s: float = 10.0, clock=time.time) -> None:
-        self.tokens = FcmAccessTokens(account, http, clock)
+        self.tokens = FcmAccessTokens(account, http, clock, timeout_s)
         self._http = http
         self._url = f"{endpoint.rstrip('/')}/v1/projects/{account.project_id}/messages:send"
         self._timeout = timeout_s
@@ -156,7 +158,7 @@ class FcmProvider:
             except TokenEndpointError as e:
                 return RetryLater(f"auth: {e}")
             try:
-                r = await self._http.post(self._url, content=content, timeout=self._timeout, headers={
+                r = await post_within(self._http, self._url, self._timeout, content=content, headers={
                     "Authorization": f"Bearer {token}", "Content-Type": "application/json; UTF-8"})
             except httpx.HTTPError as e:
                 return transport_failure(e)

@@ -11,7 +11,7 @@ import httpx
 from ...domain.messages import SIGNATURE_HEADER, TIMESTAMP_HEADER, Notification, webhook_body, webhook_signature
 from ...domain.outcomes import Delivered, GiveUp, ProviderOutcome, RetryLater, TokenInvalid
 from ...domain.retry_policy import parse_retry_after
-from .base import transport_failure
+from .base import post_within, transport_failure
 
 
 class WebhookProvider:
@@ -32,7 +32,7 @@ class WebhookProvider:
                    SIGNATURE_HEADER: webhook_signature(self._secret, ts, body),
                    "Vicino-Delivery-Id": n.delivery_id, "Vicino-Attempt": str(attempt)}
         try:
-            r = await self._http.post(self.url, content=body, headers=headers, timeout=self._timeout)
+            r = await post_within(self._http, self.url, self._timeout, content=body, headers=headers)
         except httpx.HTTPError as e:
             return transport_failure(e)
         if 200 <= r.status_code < 300:
