@@ -21,4 +21,5 @@ class GeoSettings(ServiceSettings):
     event_shards: int = Field(16, ge=1, le=1024, description="geofence event streams (fixed for a deployment)")
     events_maxlen: int = Field(1_000_000, ge=1000, description="approximate length cap per event stream")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body limit")
-    max_bulk_body_bytes: int = Field(256 << 20, ge=1024, description="body limit of POST /v1/stores")
+    max_bulk_body_bytes: int = Field(256 << 20, ge=1024, description="body limit of POST /v1/stores, for an "
+                                     "operator or admin (other callers get `max_body_bytes`)")
