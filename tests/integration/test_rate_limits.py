@@ -172,3 +172,24 @@ def test_buckets_spread_over_a_redis_cluster(tmp_path):
         assert all(v == [True, True, False] for v in verdicts.values()), verdicts
     finally:
         cluster.stop()
+
+
+def test_redis_away_is_a_503_for_a_key_and_for_a_device_never_a_429_or_a_500(tmp_path):
+    """The key is read at the edge (503 there, as the routes answer); the device's limit fails
+    open and its route meets the missing Redis (503)."""
+    from vicino.services.launcher.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    try:
+        with TestClient(create_app(make_settings(server.url)), raise_server_exceptions=False) as client:
+            dev = register(client, "dev-away", "cust-away")
+            _, key = make_key(client, "analyst")
+            assert client.get("/v1/stores?lat=45&lon=9", headers=key).status_code == 200
+            server.proc.kill()
+            server.proc.wait()
+            r = client.get("/v1/stores?lat=45&lon=9", headers=key)
+            assert_problem(r, 503, "Redis is unavailable")
+            assert r.headers["retry-after"] == "1"
+            assert_problem(post_fixes(client, dev, "dev-away"), 503, "Redis is unavailable")
+    finally:
+        server.stop()
