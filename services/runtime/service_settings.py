@@ -32,7 +32,7 @@ class ServiceSettings(BaseSettings):
     # minutes, and a backlog after a day offline is a few dozen batches sent at once.
     rate_limits: bool = Field(True, description="per device and per API key rate limits (429 with Retry-After "
                               "when passed); off only for benchmarks of the bare path")
-    rate_limit_locations_per_s: float = Field(1.0, gt=0, le=1e6, description="sustained POST /v1/locations "
+    rate_limit_locations_per_s: float = Field(2.0, gt=0, le=1e6, description="sustained POST /v1/locations "
                                               "requests per second of one device")
     rate_limit_locations_burst: int = Field(120, ge=1, le=1_000_000, description="POST /v1/locations requests "
                                             "one device may send at once after a quiet spell (a backlog flush)")

@@ -38,7 +38,7 @@ def test_refusal_headers():
 
 def test_settings_give_one_limit_per_class_and_none_when_off():
     s = GeoSettings(redis_url="redis://x", admin_token="a" * 20, token_secret="b" * 20)
-    assert s.rate_limit_policies() == {DEVICE_LOCATIONS: RateLimit(1.0, 120), DEVICE: RateLimit(2.0, 60),
+    assert s.rate_limit_policies() == {DEVICE_LOCATIONS: RateLimit(2.0, 120), DEVICE: RateLimit(2.0, 60),
                                        KEY: RateLimit(500.0, 5000)}
     off = GeoSettings(redis_url="redis://x", admin_token="a" * 20, token_secret="b" * 20, rate_limits=False)
     assert off.rate_limit_policies() == {}
