@@ -47,6 +47,7 @@ bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.kpis
 	$(BIN)/python -m bench.capacity
 	$(BIN)/python -m bench.replica_wait
+	$(BIN)/python -m bench.rate_limit
 
 DURATION ?= 60
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from vicino.services.kernel.clock import Clock, SystemClock
+from vicino.services.runtime.edge_guard import BulkLimit
 from vicino.services.runtime.http_edge import install_edge, publish_body_schemas, redis_check
 from vicino.services.runtime.redis_client import service_redis
 
@@ -61,6 +62,7 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
     app.router.routes[:0] = HOT_PATH_ROUTES
     install_edge(app, service="geo", registry=registry, ready=ready,
                  max_body_bytes=settings.max_body_bytes,
-                 body_limits={("POST", "/v1/stores"): settings.max_bulk_body_bytes})
+                 # only an operator (or admin) may send a bulk body; anyone else meets the default limit
+                 bulk_limits={("POST", "/v1/stores"): BulkLimit(settings.max_bulk_body_bytes, frozenset({"operator"}))})
     publish_body_schemas(app, LocationBatchIn)
     return app

@@ -23,4 +23,5 @@ class GeoSettings(ServiceSettings):
                                "(approximate, uncounted): keep it above the scheduler's VICINO_STREAM_HARD_CAP, "
                                "which trims first, never past what a consumer group needs without counting it")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body limit")
-    max_bulk_body_bytes: int = Field(256 << 20, ge=1024, description="body limit of POST /v1/stores")
+    max_bulk_body_bytes: int = Field(256 << 20, ge=1024, description="body limit of POST /v1/stores, for an "
+                                     "operator or admin (other callers get `max_body_bytes`)")

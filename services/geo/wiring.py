@@ -7,6 +7,7 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from vicino.services.kernel.auth import TokenSigner
+from vicino.services.runtime.rate_limit import RateLimiter
 from vicino.services.runtime.api_keys import AuditTrail, Authenticator
 from vicino.services.kernel.clock import Clock
 from vicino.services.runtime.observability import LabelledChildren
@@ -72,7 +73,8 @@ def build(settings: GeoSettings, redis, clock: Clock, registry: CollectorRegistr
                               exit_timeout_s=settings.exit_timeout_s, max_accuracy_m=settings.max_accuracy_m)
     return GeoContainer(
         settings=settings, clock=clock, redis=redis, signer=signer, registry=registry, sync=sync,
-        access=Authenticator(redis, settings.admin_token, signer, settings.token_secret),
+        access=Authenticator(redis, settings.admin_token, signer, settings.token_secret,
+                             RateLimiter(hot_path or redis, settings.rate_limit_policies())),
         audit=AuditTrail(redis, settings.audit_retention_days, settings.token_secret),
         catalogue=StoreCatalogue(store_repo, sync), devices_repo=devices,
         directory=DeviceDirectory(devices, signer, clock, settings.device_token_ttl_s),

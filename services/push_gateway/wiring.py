@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from vicino.services.kernel.auth import TokenSigner
 from vicino.services.kernel.roles import service_key
+from vicino.services.runtime.rate_limit import RateLimiter
 from vicino.services.runtime.api_keys import Authenticator
 from vicino.services.kernel.clock import Clock
 from vicino.services.kernel.contracts.push_jobs import push_jobs_stream_key
@@ -185,7 +186,8 @@ def build(settings: PushSettings, redis, clock: Clock, registry: CollectorRegist
     opens = DeliveryOpens(repo, RecommenderInteractions(recommender_http, own_key), clock)
     signer = TokenSigner(settings.token_secret)
     return PushContainer(settings=settings, clock=clock, redis=redis, signer=signer,
-                         access=Authenticator(redis, settings.admin_token, signer, settings.token_secret),
+                         access=Authenticator(redis, settings.admin_token, signer, settings.token_secret,
+                                                 RateLimiter(hot_path or redis, settings.rate_limit_policies())),
                          registry=registry, repo=repo, delivery=delivery, opens=opens, routes=routes, hot_path=hot_path)
 
 

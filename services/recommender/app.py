@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from vicino.services.kernel.clock import Clock, SystemClock
 from vicino.services.runtime.api_keys import AuditTrail
+from vicino.services.runtime.edge_guard import BulkLimit
 from vicino.services.runtime.http_edge import install_edge, publish_body_schemas, redis_check
 from vicino.services.runtime.redis_client import service_redis
 
@@ -73,6 +74,7 @@ def create_app(settings: RecommenderSettings | None = None, *, redis=None, clock
     app.include_router(kpi_routes.router)
     install_edge(app, service="recommender", registry=registry, ready=ready,
                  max_body_bytes=settings.max_body_bytes,
-                 body_limits={("POST", "/v1/offers"): settings.max_bulk_body_bytes})
+                 # only an operator (or admin) may send a bulk body; anyone else meets the default limit
+                 bulk_limits={("POST", "/v1/offers"): BulkLimit(settings.max_bulk_body_bytes, frozenset({"operator"}))})
     publish_body_schemas(app, InteractionBatchIn)
     return app

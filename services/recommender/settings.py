@@ -33,7 +33,8 @@ class RecommenderSettings(ServiceSettings):
     interactions_maxlen: int = Field(5_000_000, ge=1000, description="safety cap per interaction stream; the "
                                      "exporter trims what it has written, this only bounds a stalled exporter")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body limit")
-    max_bulk_body_bytes: int = Field(256 << 20, ge=1024, description="body limit of POST /v1/offers")
+    max_bulk_body_bytes: int = Field(256 << 20, ge=1024, description="body limit of POST /v1/offers, for an "
+                                     "operator or admin (other callers get `max_body_bytes`)")
 
     # --- offer decisions on store visits (workers/decisions.py) ---
     decide_on: str = Field("dwell", description="which geofence events get a decision: enter, dwell or "

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from vicino.services.kernel.auth import TokenSigner
 from vicino.services.kernel.roles import service_key
+from vicino.services.runtime.rate_limit import RateLimiter
 from vicino.services.runtime.api_keys import Authenticator
 from vicino.services.kernel.clock import Clock, SystemClock
 from vicino.services.runtime.redis_client import ReplicaWait
@@ -75,7 +76,8 @@ def build(settings: RecommenderSettings, redis, clock: Clock, registry: Collecto
     models = ModelHolder(settings.model_dir)
     return RecommenderContainer(
         settings=settings, clock=clock, redis=redis, signer=signer, registry=registry,
-        access=Authenticator(redis, settings.admin_token, signer, settings.token_secret),
+        access=Authenticator(redis, settings.admin_token, signer, settings.token_secret,
+                             RateLimiter(redis, settings.rate_limit_policies())),
         devices=published, identity=identity,
         ingest=InteractionIngest(customers, identity, clock, settings),
         profiles=ProfileReader(customers, published, identity),

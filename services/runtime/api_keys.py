@@ -25,6 +25,7 @@ from fastapi import Depends
 from ..kernel.auth import ADMIN, Principal, TokenSigner, is_admin_token, parse_bearer, require_roles
 from ..kernel.problems import NotFound, Unauthorized
 from ..kernel.roles import KeyRecord, check_roles, new_key, secret_hash, service_key, split_key
+from .rate_limit import RateLimiter
 
 KEYS = "vicino:{keys}:keys"
 AUDIT = "vicino:{audit}:log"
@@ -100,17 +101,31 @@ class KeyStore:
         return rec
 
 
+# where the HTTP edge (`edge_guard`) leaves the caller it authenticated before the body: in the
+# request's state, as (Authorization header, Principal)
+EDGE_PRINCIPAL = "vicino_edge_principal"
+
+
 class Authenticator:
     """Bearer token → `Principal`: the bootstrap admin token, an API key (its roles), or a device
     token (signature and expiry; whether it is still the device's current one is the caller's
-    check, against the registration)."""
+    check, against the registration). `limiter`: the rate limits the HTTP edge applies to the
+    callers it authenticates (none when None)."""
 
-    def __init__(self, redis, admin_token: str, signer: TokenSigner, signing_secret: str) -> None:
+    def __init__(self, redis, admin_token: str, signer: TokenSigner, signing_secret: str,
+                 limiter: RateLimiter | None = None) -> None:
         self.admin_token = admin_token
         self.signer = signer
         self.keys = KeyStore(redis, signing_secret)
+        self.limiter = limiter
 
-    async def principal(self, authorization: str | None, now: float) -> Principal:
+    async def principal(self, authorization: str | None, now: float, scope: dict | None = None) -> Principal:
+        """`scope`: the request's; the caller the HTTP edge already authenticated for this same
+        header is reused (an API key is one Redis read, not two)."""
+        if scope is not None:
+            seen = (scope.get("state") or {}).get(EDGE_PRINCIPAL)
+            if seen is not None and seen[0] == authorization:
+                return seen[1]
         token = parse_bearer(authorization)
         if is_admin_token(token, self.admin_token):
             return ADMIN

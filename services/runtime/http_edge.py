@@ -11,7 +11,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from .api_keys import AuditMiddleware, document_access
-from .observability import BodyLimitMiddleware, HttpMetrics, MetricsMiddleware
+from .edge_guard import BulkLimit, EdgeGuard
+from .observability import HttpMetrics, MetricsMiddleware
 from ..kernel.problems import InvalidInput, require_json_content_type
 from .http_problems import install_problem_handlers, problem_response
 
@@ -30,16 +31,17 @@ async def redis_check(redis) -> str:
 
 
 def install_edge(app: FastAPI, *, service: str, registry: CollectorRegistry, ready: ReadyCheck,
-                 max_body_bytes: int, body_limits: dict[tuple[str, str], int] | None = None,
+                 max_body_bytes: int, bulk_limits: dict[tuple[str, str], BulkLimit] | None = None,
                  alive: Callable[[], str] | None = None,
                  before_scrape: Callable[[], Awaitable[None]] | None = None) -> None:
     """`alive`: for a process with background consumers, "ok" or why it cannot make progress;
     anything but "ok" makes /healthz a 503, so that a liveness probe restarts the process.
+    `bulk_limits`: (method, path) -> a larger body limit for the callers holding its roles.
     `before_scrape`: awaited before /metrics renders (collectors that read Redis, such as the
     consumer groups' lag, refresh there: prometheus_client's collectors cannot await)."""
     install_problem_handlers(app)
     app.add_middleware(AuditMiddleware)
-    app.add_middleware(BodyLimitMiddleware, default_limit=max_body_bytes, limits=body_limits)
+    app.add_middleware(EdgeGuard, default_limit=max_body_bytes, bulk=bulk_limits)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry, service))
 
     @app.get("/healthz", tags=["health"], summary="process is alive (and its consumers make progress)",

@@ -30,7 +30,7 @@ _REFUSALS = {"READONLY": ("a replica, during a failover", 1), "OOM": ("out of me
              "MASTERDOWN": ("the master is down", 1), "NOREPLICAS": ("not enough replicas", 1)}
 
 
-def _refusal(exc: Exception) -> tuple[str, int] | None:
+def redis_refusal(exc: Exception) -> tuple[str, int] | None:
     """A Redis refusal from its error class (redis-py strips the code) or its code (also inside a
     script's error), else None."""
     for cls, code in ((ReadOnlyError, "READONLY"), (OutOfMemoryError, "OOM"), (NoPermissionError, "NOPERM")):
@@ -90,7 +90,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         # Redis answers but will not write: a replica after a failover (READONLY), maxmemory
         # reached (OOM), a missing permission (NOAUTH, NOPERM), still loading (LOADING). Not the
         # client's fault, and a script refused at its first write wrote nothing: 503, retry
-        refusal = _refusal(exc)
+        refusal = redis_refusal(exc)
         if refusal is None:
             return await _unexpected(request, exc)
         what, retry_s = refusal

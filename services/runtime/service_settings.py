@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ..kernel.rate_limits import DEVICE, DEVICE_LOCATIONS, KEY, RateLimit
+
 _WEAK = {"changeme", "admin", "secret", "password", "token", "test"}
 
 
@@ -24,6 +26,31 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr")
     audit_retention_days: float = Field(90, gt=0, le=3650, description="how long the audit trail keeps each write "
                                         "made with an API key or the admin token")
+
+    # Rate limits, per device token and per API key (the admin token has none). The defaults are
+    # far above what the SDK or an app server does: a phone posts a batch every few seconds to
+    # minutes, and a backlog after a day offline is a few dozen batches sent at once.
+    rate_limits: bool = Field(True, description="per device and per API key rate limits (429 with Retry-After "
+                              "when passed); off only for benchmarks of the bare path")
+    rate_limit_locations_per_s: float = Field(2.0, gt=0, le=1e6, description="sustained POST /v1/locations "
+                                              "requests per second of one device")
+    rate_limit_locations_burst: int = Field(120, ge=1, le=1_000_000, description="POST /v1/locations requests "
+                                            "one device may send at once after a quiet spell (a backlog flush)")
+    rate_limit_device_per_s: float = Field(2.0, gt=0, le=1e6, description="sustained requests per second of one "
+                                           "device token on the other routes")
+    rate_limit_device_burst: int = Field(60, ge=1, le=1_000_000, description="requests at once of one device "
+                                         "token on the other routes")
+    rate_limit_key_per_s: float = Field(500.0, gt=0, le=1e6, description="sustained requests per second of one "
+                                        "API key (on each service)")
+    rate_limit_key_burst: int = Field(5000, ge=1, le=1_000_000, description="requests at once of one API key")
+
+    def rate_limit_policies(self) -> dict[str, RateLimit]:
+        """The limit of each class of caller; none when `rate_limits` is off."""
+        if not self.rate_limits:
+            return {}
+        return {DEVICE_LOCATIONS: RateLimit(self.rate_limit_locations_per_s, self.rate_limit_locations_burst),
+                DEVICE: RateLimit(self.rate_limit_device_per_s, self.rate_limit_device_burst),
+                KEY: RateLimit(self.rate_limit_key_per_s, self.rate_limit_key_burst)}
 
     @field_validator("admin_token", "token_secret")
     @classmethod

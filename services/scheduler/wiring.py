@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from vicino.services.kernel.auth import TokenSigner
+from vicino.services.runtime.rate_limit import RateLimiter
 from vicino.services.runtime.api_keys import Authenticator
 from vicino.services.kernel.jobs import JobDefinition
 
@@ -60,4 +61,5 @@ def build(settings: SchedulerSettings, redis, jobs: list[JobDefinition], host: s
                        observe=job_metrics(registry) if registry is not None else None)
     signer = TokenSigner(settings.token_secret)
     return SchedulerContainer(settings, redis, runner, schedules, signer,
-                              Authenticator(redis, settings.admin_token, signer, settings.token_secret))
+                              Authenticator(redis, settings.admin_token, signer, settings.token_secret,
+                                            RateLimiter(redis, settings.rate_limit_policies())))

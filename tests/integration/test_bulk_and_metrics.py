@@ -108,7 +108,7 @@ def test_metrics_per_route_fixes_events_and_index(client, admin):
     assert client.put("/v1/stores/m0", headers=admin, json=circle_store("m0", 45.0, 9.0, 60)).status_code == 200
     assert client.delete("/v1/stores/m2", headers=admin).status_code == 204
     assert client.get("/v1/stores/nope", headers=admin).status_code == 404
-    assert client.get("/v1/nowhere").status_code == 404
+    assert client.get("/v1/nowhere", headers=admin).status_code == 404  # without a credential: 401
     dev = register(client, "dev-m", "cust-m")
     t0 = time.time() - 600
     r = client.post("/v1/locations", headers=dev, json={"device_id": "dev-m", "fixes": [

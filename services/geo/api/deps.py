@@ -23,7 +23,7 @@ ContainerDep = Annotated[GeoContainer, Depends(container)]
 async def caller(request: Request, c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
     """Whether a device token is still the device's current one is checked where the device's
     record is read (the location script does it in the same round trip)."""
-    p = await c.access.principal(authorization, c.clock.now())
+    p = await c.access.principal(authorization, c.clock.now(), request.scope)
     request.state.principal = p  # for the audit trail
     return p
 

@@ -178,7 +178,8 @@ FEATURE_SCHEMA = {
 PROBLEMS = {401: problem("missing, invalid, expired or replaced token"),
             403: problem("this token may not do this (admin-only route, or another device's or customer's data)"),
             404: problem("no such resource (or route)"),
-            422: problem("invalid input; `errors` lists each invalid field")}
+            422: problem("invalid input; `errors` lists each invalid field"),
+            429: problem("this device token or API key is over its rate limit; `Retry-After` says when to retry")}
 class DeviceRegistrationOut(BaseModel):
     device_id: str
     customer_id: str

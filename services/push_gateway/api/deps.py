@@ -23,7 +23,7 @@ ContainerDep = Annotated[PushContainer, Depends(container)]
 async def caller(request: Request, c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
     """A key (admin token or API key), or a device token that is still its device's current one
     (the registration that the geo service publishes)."""
-    p = await c.access.principal(authorization, c.clock.now())
+    p = await c.access.principal(authorization, c.clock.now(), request.scope)
     if p.device:
         reg = await c.repo.registration(p.device.device_id)
         if reg is None or reg.get("token_id") != p.device.token_id:

@@ -24,7 +24,7 @@ async def caller(request: Request, c: ContainerDep, authorization: Annotated[str
     """A key (admin token or API key), or a device token that is still its device's current one
     (checked against the registration the geo service publishes, so a replaced or removed phone
     is locked out)."""
-    p = await c.access.principal(authorization, c.clock.now())
+    p = await c.access.principal(authorization, c.clock.now(), request.scope)
     if p.device and not await c.devices.is_current(p.device.device_id, p.device.customer_id, p.device.token_id):
         raise Unauthorized(REPLACED_TOKEN)
     request.state.principal = p  # for the audit trail

@@ -32,7 +32,7 @@ ContainerDep = Annotated[SchedulerContainer, Depends(container)]
 
 
 async def caller(request: Request, c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    p = await c.access.principal(authorization, time.time())
+    p = await c.access.principal(authorization, time.time(), request.scope)
     request.state.principal = p  # for the audit trail
     return p
 

@@ -8,4 +8,5 @@ from vicino.services.runtime.http_problems import BODY_PROBLEMS, problem  # noqa
 PROBLEMS = {401: problem("missing, invalid, expired or replaced token"),
             403: problem("this token may not do this (admin-only route, or another customer's data)"),
             404: problem("no such resource (or route)"),
-            422: problem("invalid input; `errors` lists each invalid field")}
+            422: problem("invalid input; `errors` lists each invalid field"),
+            429: problem("this device token or API key is over its rate limit; `Retry-After` says when to retry")}
