@@ -14,11 +14,12 @@ import time
 from redis.exceptions import RedisError
 
 from ..kernel.rate_limits import RateLimit, Verdict, bucket_key
+from .redis_scripts import memory_guarded
 
 log = logging.getLogger("vicino.rate_limit")
 
 # KEYS[1]: the bucket (TAT in server µs); ARGV: interval (µs), burst
-_GCRA = """
+_GCRA = memory_guarded("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -32,7 +33,7 @@ if allow_at > now then
 end
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
 return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}
-"""
+""")
 
 _WARN_EVERY_S = 10.0
 
