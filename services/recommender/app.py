@@ -14,7 +14,7 @@ from vicino.services.runtime.api_keys import AuditTrail
 from vicino.services.runtime.http_edge import install_edge, publish_body_schemas, redis_check
 from vicino.services.runtime.redis_client import service_redis
 
-from .api import catalog_routes, customer_routes, kpi_routes, offer_routes
+from .api import catalog_routes, customer_routes, kpi_routes, model_routes, offer_routes
 from .api.customer_routes import InteractionBatchIn
 from .settings import RecommenderSettings
 from .wiring import build, SERVICE_KEY_NAME, SERVICE_KEY_ROLES
@@ -68,6 +68,7 @@ def create_app(settings: RecommenderSettings | None = None, *, redis=None, clock
     app.include_router(catalog_routes.router)
     app.include_router(offer_routes.router)
     app.include_router(kpi_routes.router)
+    app.include_router(model_routes.router)
     install_edge(app, service="recommender", registry=registry, ready=ready,
                  max_body_bytes=settings.max_body_bytes,
                  body_limits={("POST", "/v1/offers"): settings.max_bulk_body_bytes})
