@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -133,7 +132,7 @@ def test_the_registry_lists_rolls_back_and_prunes(served, geo_http):
 
 def test_vicino_models_commands_against_a_running_recommender(redis_url, geo_url, tmp_path, monkeypatch):
     root = tmp_path / "models"
-    for n, v in enumerate(("20260101T000000Z-aaaaaa", "20260102T000000Z-bbbbbb", "20260103T000000Z-cccccc")):
+    for v in ("20260101T000000Z-aaaaaa", "20260102T000000Z-bbbbbb", "20260103T000000Z-cccccc"):
         make_version(root, v)
     env = {"VICINO_GEO_URL": geo_url, "VICINO_MODEL_DIR": str(root), "VICINO_HISTORY_DIR": str(tmp_path / "history"),
            "VICINO_MODEL_POLL_S": "0.2", "VICINO_MODEL_KEEP": "2"}

@@ -73,7 +73,7 @@ def test_retrain_forgets_erased_customers_and_gives_rows_only_to_consenting_ones
 
     # served: the customer who refused, once they consent, is ranked from features; the others by the model
     publish(settings.model_dir, out["version"])
-    known = [i for i in m.item_ids[:3]]
+    known = m.item_ids[:3]
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         for n, item in enumerate(known):
             r = client.put(f"/v1/offers/o{n}", headers=ADMIN, json={

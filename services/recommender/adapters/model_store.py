@@ -57,7 +57,7 @@ class ModelHolder:
             self.model, self._stamp, self._failed = model, stamp, None
             self.status = ModelStatus(serving=wanted, loaded_at=time.time())
             log.info("model version loaded", extra={"fields": {"version": wanted,
-                                                                "users": len(model.manifest.user_ids),
+                                                                "users": len(model.user_index),
                                                                 "items": len(model.manifest.item_ids)}})
             return True
 
