@@ -104,3 +104,24 @@ def test_vicino_train_with_the_deployments_redis_forgets_erased_customers_of_a_h
     unreachable = CliRunner().invoke(cli, ["train", "--data", str(SLICE), "--model-dir", str(tmp_path / "m2"),
                                            "--redis-url", "redis://127.0.0.1:1"])
     assert unreachable.exit_code == 1 and "cannot reach Redis" in unreachable.output
+
+
+def test_a_publication_prunes_to_keep_versions_and_an_unpublished_run_prunes_nothing(tmp_path):
+    from vicino.models.pipeline import TrainSettings, train_and_publish
+    from vicino.services.kernel.contracts.model_artifact import current_version, list_versions
+
+    fast = TrainSettings(no_components=8, epochs=1, num_threads=1, evaluate_test=False, blend_weights=(0.0,),
+                         blend_half_lives=(30.0,))
+    root = tmp_path / "models"
+
+    def run(**kw):
+        time.sleep(1.0)  # version names sort by creation time to the second
+        return train_and_publish(SLICE, root, settings=fast.replace(force_publish=True), **kw)
+
+    first = [run(publish=True).version for _ in range(3)]
+    publish(root, first[0])                           # an operator rolled back to the oldest
+    quiet = run(publish=False, keep=2)
+    assert quiet.pruned == [] and len(list_versions(root)) == 4
+    report = run(publish=True, keep=2)                # the published one and the newest other stay
+    assert report.published and report.pruned == first
+    assert list_versions(root) == [quiet.version, report.version] and current_version(root) == report.version
