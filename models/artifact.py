@@ -27,7 +27,9 @@ from .training import TrainingData
 def export_arrays(model: LightFM, data: TrainingData) -> dict[str, np.ndarray]:
     user_bias, user_repr = model.get_user_representations(data.user_features)
     item_bias, item_repr = model.get_item_representations(data.item_features)
-    uo = data.n_users if data.user_identity else 0
+    learned = data.learned_mask   # customers without personalisation consent get no row
+    user_bias, user_repr = user_bias[learned], user_repr[learned]
+    uo = data.n_user_identity
     io = data.n_items if data.item_identity else 0
     nu, ni = len(data.user_feature_names), len(data.item_feature_names)
     return {
@@ -47,9 +49,12 @@ def new_version_name(now: float | None = None) -> str:
 
 
 def build_manifest(data: TrainingData, *, version: str, data_window: dict, settings: dict, metrics: dict,
-                   item_feature_map: dict[str, list[str]], popular_items: list[str], blend: Blend) -> Manifest:
+                   item_feature_map: dict[str, list[str]], popular_items: list[str], blend: Blend,
+                   erasures_as_of: float = 0.0) -> Manifest:
+    learned = data.learned_mask
     return Manifest(version=version, created_at=time.time(), data_window=data_window, settings=settings,
-                    metrics=metrics, user_ids=list(data.user_ids), item_ids=list(data.item_ids),
+                    metrics=metrics, user_ids=[u for u, ok in zip(data.user_ids, learned) if ok],
+                    item_ids=list(data.item_ids), erasures_as_of=erasures_as_of,
                     user_features=list(data.user_feature_names), item_features=list(data.item_feature_names),
                     item_feature_map=item_feature_map, popular_items=popular_items, blend=blend)
 
@@ -63,6 +68,8 @@ def score_stats(art: ModelArtifact, max_users: int = 2000, seed: int = 0) -> tup
     """Mean and standard deviation of the model's scores over (known customers × items), on a
     fixed sample of customers: the blend's standardisation."""
     n = len(art.manifest.user_ids)
+    if n == 0:  # no customer with a learned row (nobody consented): nothing to standardise against
+        return 0.0, 1.0
     rows = np.arange(n) if n <= max_users else np.sort(np.random.default_rng(seed).choice(n, max_users, False))
     s = art.user_repr[rows] @ art.item_repr.T + art.user_bias[rows, None] + art.item_bias[None, :]
     return float(s.mean()), float(s.std())

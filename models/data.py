@@ -9,11 +9,18 @@ rows as numpy columns with integer codes, cheap to slice by time.
 sum over their interactions of type weight × channel weight × exponential time decay (half-life
 relative to the end of the training window). Returns carry a negative weight and subtract from
 the purchases they undo; pairs whose net weight is not positive are left out.
+
+`CustomerPolicy` is what the deployment says about whom training may use: the erasure register
+(an erased customer's rows up to their erasure never reach training, whatever the source) and
+personalisation consent (who may have a learned row at all; the others train only the shared
+feature embeddings, as cold customers, and get no row in the artifact).
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +49,34 @@ class DataError(Exception):
     """The history cannot be used for training (unreadable, empty, unknown layout)."""
 
 
+@dataclass(frozen=True)
+class CustomerPolicy:
+    """`erased`: SHA-256 of a customer id -> erased at (epoch s), the erasure register as read at
+    `erasures_as_of`; `personalised(ids)`: those of `ids` with personalisation consent (None:
+    everyone, for a history file outside any deployment)."""
+    erased: Mapping[str, float] = field(default_factory=dict)
+    erasures_as_of: float = 0.0
+    personalised: Callable[[list[str]], Collection[str]] | None = None
+
+
+def without_erased(table: pa.Table, erased: Mapping[str, float]) -> tuple[pa.Table, int]:
+    """The rows of customers in `erased` that happened or arrived up to their erasure dropped
+    (`ts` or `received_at` <= erased_at: a history file's rows all "arrive" now); and how many."""
+    if not erased or table.num_rows == 0:
+        return table, 0
+    enc = pc.dictionary_encode(table.column("customer_id").combine_chunks())
+    limits = [erased.get(hashlib.sha256(c.encode()).hexdigest()) if c is not None else None
+              for c in enc.dictionary.to_pylist()]
+    if all(x is None for x in limits):
+        return table, 0
+    per_id = pa.array([round(float(x) * 1_000_000) if x is not None else None for x in limits], pa.int64())
+    limit = pc.take(per_id, enc.indices)
+    us = lambda name: pc.cast(table.column(name), pa.int64())  # noqa: E731
+    drop = pc.fill_null(pc.or_(pc.less_equal(us("ts"), limit), pc.less_equal(us("received_at"), limit)), False)
+    kept = table.filter(pc.invert(drop))
+    return kept, table.num_rows - kept.num_rows
+
+
 # ------------------------------------------------------------------------------------------------
 # Loading
 
@@ -54,6 +89,7 @@ class History:
     format: str                                   # parquet-log | online-retail | vicino
     merges_applied: int = 0                       # customer ids renamed to their survivor
     descriptions: dict[str, str] = field(default_factory=dict)
+    erased_rows: int = 0                          # rows of erased customers dropped
 
 
 def survivors(merges: list[tuple[str, str]]) -> dict[str, str]:
@@ -117,25 +153,30 @@ def _uci_descriptions(path: Path) -> dict[str, str]:
     return out
 
 
-def load_history(data: str | Path) -> History:
-    """A Parquet log root (a directory holding `interactions/`, or a URL), or one history file."""
+def load_history(data: str | Path, erased: Mapping[str, float] | None = None) -> History:
+    """A Parquet log root (a directory holding `interactions/`, or a URL), or one history file;
+    without the rows of the customers in `erased` (see `without_erased`), before merges apply."""
     s = str(data)
     p = Path(s)
     if "://" in s or p.is_dir():
         if p.is_dir() and not (p / "interactions").is_dir():
             raise DataError(f"{s} is a directory without interactions/: not a Parquet log root")
-        table = read_interactions(s)
+        table, dropped = without_erased(read_interactions(s), erased or {})
         merges = read_merges(s)
         table, changed = apply_merges(table, list(zip(merges["merged"].to_pylist(), merges["into"].to_pylist())))
-        return History(table, s, "parquet-log", changed)
+        return History(table, s, "parquet-log", changed, erased_rows=dropped)
     if not p.exists():
         raise DataError(f"{s} does not exist")
     try:
         table, report = read_history(p, "auto", received_at=time.time())
     except HistoryFileError as e:
         raise DataError(str(e)) from None
+    kept, dropped = without_erased(table, erased or {})
     descriptions = _uci_descriptions(p) if report.format == "online-retail" else {}
-    return History(table, s, report.format, 0, descriptions)
+    if dropped:  # an item only erased customers bought is not known to exist either
+        only_theirs = set(pc.unique(table["item_id"]).to_pylist()) - set(pc.unique(kept["item_id"]).to_pylist())
+        descriptions = {k: v for k, v in descriptions.items() if k not in only_theirs}
+    return History(kept, s, report.format, 0, descriptions, erased_rows=dropped)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -199,26 +199,33 @@ def vocabulary(per_entity: list[list[str]]) -> list[str]:
 
 
 def feature_matrix(per_entity: list[list[str]], names: list[str], *, identity: bool,
-                   feature_share: float | None = None) -> sp.csr_matrix:
+                   feature_share: float | None = None, identity_rows: np.ndarray | None = None) -> sp.csr_matrix:
     """Rows: entities; columns: identity features (one per entity, when `identity`) then `names`.
     Each row sums to 1, so a representation is a weighted mean of feature embeddings. By default
     every feature of a row weighs the same (LightFM's `normalize=True`); with `feature_share`
     and identity features, the identity weighs 1 − share and the named features share the rest
     equally (their mean is what a customer or item without identity gets: the cold start).
-    Names not in `names` are ignored."""
+    `identity_rows` (a mask) limits identity columns to those entities, numbered in row order;
+    the others are their named features alone, weighed as serving weighs a cold entity's
+    (`feature_share` each, shared equally). Names not in `names` are ignored."""
     n = len(per_entity)
-    offset = n if identity else 0
+    has_identity = np.ones(n, bool) if identity_rows is None else np.asarray(identity_rows, bool)
+    offset = int(has_identity.sum()) if identity else 0
+    column = np.cumsum(has_identity) - 1
     index = {f: j for j, f in enumerate(names)}
     rows, cols, vals = [], [], []
     for r, feats in enumerate(per_entity):
         js = [index[f] for f in dict.fromkeys(feats) if f in index]
-        if identity and js and feature_share is not None:
+        own = identity and bool(has_identity[r])
+        if identity and not own:
+            wi, wf = 0.0, ((feature_share if feature_share is not None else 1.0) / len(js) if js else 0.0)
+        elif own and js and feature_share is not None:
             wi, wf = 1.0 - feature_share, feature_share / len(js)
         else:
-            wi = wf = 1.0 / (len(js) + (1 if identity else 0)) if (js or identity) else 0.0
-        if identity:
+            wi = wf = 1.0 / (len(js) + (1 if own else 0)) if (js or own) else 0.0
+        if own:
             rows.append(r)
-            cols.append(r)
+            cols.append(int(column[r]))
             vals.append(wi)
         for j in js:
             rows.append(r)

@@ -4,14 +4,19 @@
 
 used by `vicino train`, the scheduler and the notebooks alike. Steps (see models/README.md):
 
-1. load      the Parquet log (merges applied) or a history file; item metadata
+1. load      the Parquet log (merges applied) or a history file, without erased customers'
+             rows (`CustomerPolicy`); item metadata
 2. validate  fit on the history before the validation window, score it as serving would,
              tune the blend (repeat weight, half-life) and decide the publication gate:
              the blended model must beat the popularity baseline (precision@k, all items)
 3. test      fit on the history before the test window, evaluate the tuned blend and the
              baselines on the test window (the figures reported; not used for any decision)
 4. final     fit on the whole history, export, write the version; point CURRENT at it only
-             when asked to publish and the gate passed (or `force_publish`)
+             when asked to publish and the gate passed (or `force_publish`); then keep the
+             newest `keep` versions (and always the published one)
+
+Customers without personalisation consent (`CustomerPolicy.personalised`) have no identity
+feature in any run: they train the shared feature embeddings as cold customers and get no row.
 """
 from __future__ import annotations
 
@@ -23,11 +28,13 @@ from typing import Callable
 
 import numpy as np
 
-from vicino.services.kernel.contracts.model_artifact import Blend, ModelArtifact, current_version, publish as publish_version
+from vicino.services.kernel.contracts.model_artifact import (Blend, ModelArtifact, current_version, prune_versions,
+                                                             publish as publish_version)
 from vicino.services.kernel.contracts.history_file import NON_PRODUCT_CODES, NON_PRODUCT_PREFIXES
 
 from . import artifact, evaluation
-from .data import DEFAULT_CHANNEL_WEIGHTS, DEFAULT_TYPE_WEIGHTS, DataError, Events, events_of, load_history
+from .data import (DEFAULT_CHANNEL_WEIGHTS, DEFAULT_TYPE_WEIGHTS, CustomerPolicy, DataError, Events, events_of,
+                   load_history)
 from .features import ItemInfo, describe_bands, item_feature_names, item_info, read_catalog
 from .split import EvalSet, eval_set, windows
 from .training import MatrixParams, ModelParams, TrainingData, fit, prepare
@@ -101,6 +108,7 @@ class TrainReport:
     blend: dict
     metrics: dict
     seconds: dict
+    pruned: list[str] = field(default_factory=list)   # versions deleted after the publication
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -142,8 +150,8 @@ class _Run:
 
 
 def _fit_run(events: Events, end: float, info: dict[str, ItemInfo], s: TrainSettings, stage: str,
-             progress: Progress | None) -> _Run:
-    data = prepare(events, end, info, s.matrix())
+             progress: Progress | None, learned: set[str] | None = None) -> _Run:
+    data = prepare(events, end, info, s.matrix(), learned)
     t = time.perf_counter()
     model = fit(data, s.model(), (lambda d, n: progress(stage, d, n)) if progress else None)
     fit_s = time.perf_counter() - t
@@ -168,12 +176,12 @@ def _blend_for(run: _Run, tuned: Blend) -> Blend:
 
 
 def _evaluate_window(events: Events, lo: float, hi: float, s: TrainSettings, info, stage: str,
-                     progress: Progress | None) -> tuple[_Run | None, EvalSet | None, str]:
+                     progress: Progress | None, learned: set[str] | None) -> tuple[_Run | None, EvalSet | None, str]:
     train = events.before(lo)
     if len(train) == 0:
         return None, None, f"no history before the {stage} window"
     try:
-        run = _fit_run(train, lo, info, s, stage, progress)
+        run = _fit_run(train, lo, info, s, stage, progress, learned)
     except DataError as e:
         return None, None, f"{stage} run: {e}"
     ev = eval_set(train, events.between(lo, hi), run.data.interactions, lo)
@@ -181,15 +189,21 @@ def _evaluate_window(events: Events, lo: float, hi: float, s: TrainSettings, inf
 
 
 def train_and_publish(data: str | Path, model_dir: str | Path, *, publish: bool,
-                      settings: TrainSettings | None = None, progress: Progress | None = None) -> TrainReport:
+                      settings: TrainSettings | None = None, progress: Progress | None = None,
+                      customers: CustomerPolicy | None = None, keep: int | None = None) -> TrainReport:
+    """`customers`: the erasure register and consent of the deployment (None: a history file used
+    as it is, every customer with a row); `keep`: after a publication, delete all but the newest
+    `keep` versions (never the published one)."""
     s = settings or TrainSettings()
+    policy = customers or CustomerPolicy()
     seconds: dict[str, float] = {}
     started = t = time.perf_counter()
     step = lambda name: seconds.__setitem__(name, time.perf_counter() - t)  # noqa: E731
     if progress:
         progress("load", 0, 1)
-    history = load_history(data)
+    history = load_history(data, policy.erased)
     events = events_of(history.table)
+    learned = set(policy.personalised([u for u in events.user_ids if u is not None])) if policy.personalised is not None else None
     catalog = read_catalog(s.catalog) if s.catalog else None
     info = item_info(events, history.descriptions, catalog)
     win = windows(float(events.ts.min()), float(events.ts.max()), test_days=s.test_days,
@@ -202,7 +216,8 @@ def train_and_publish(data: str | Path, model_dir: str | Path, *, publish: bool,
     t = time.perf_counter()
     tuned = Blend(repeat_weight=0.0, half_life_days=30.0)
     metrics: dict = {"k": s.k, "windows": win.as_dict()}
-    run, ev, why = _evaluate_window(events, win.validation_start, win.test_start, s, info, "validation", progress)
+    run, ev, why = _evaluate_window(events, win.validation_start, win.test_start, s, info, "validation", progress,
+                                   learned)
     gate, gate_why = False, why
     if run is not None and ev.n_users:
         model_m = evaluation.model_matrix(run.art, ev)
@@ -236,7 +251,7 @@ def train_and_publish(data: str | Path, model_dir: str | Path, *, publish: bool,
     # 3. test: the reported figures
     t = time.perf_counter()
     if s.evaluate_test:
-        run, ev, why = _evaluate_window(events, win.test_start, win.end + 1.0, s, info, "test", progress)
+        run, ev, why = _evaluate_window(events, win.test_start, win.end + 1.0, s, info, "test", progress, learned)
         if run is not None and ev.n_users:
             metrics["test"] = evaluation.evaluate(run.art, ev, events.before(win.test_start), _blend_for(run, tuned),
                                                   k=s.k, popularity_days=s.popularity_days)
@@ -247,7 +262,7 @@ def train_and_publish(data: str | Path, model_dir: str | Path, *, publish: bool,
 
     # 4. final: the whole history
     t = time.perf_counter()
-    run = _fit_run(events, win.end, info, s, "final", progress)
+    run = _fit_run(events, win.end, info, s, "final", progress, learned)
     step("final")
     t = time.perf_counter()
     if progress:
@@ -263,13 +278,14 @@ def train_and_publish(data: str | Path, model_dir: str | Path, *, publish: bool,
     version = artifact.new_version_name()
     data_window = {"start": win.start, "end": win.end, "rows": len(events), "source": history.source,
                    "format": history.format, "merges_applied": history.merges_applied,
-                   "users": run.data.n_users, "items": run.data.n_items}
+                   "users": run.data.n_users, "items": run.data.n_items, "erased_rows_dropped": history.erased_rows,
+                   "users_without_learned_row": int(run.data.n_users - run.data.learned_mask.sum())}
     metrics["gate"] = {"passed": gate, "reason": gate_why}
     metrics["final_fit_s"] = round(run.fit_s, 2)
     settings_doc = asdict(s) | {"features": describe_bands()}
     manifest = artifact.build_manifest(run.data, version=version, data_window=data_window, settings=settings_doc,
                                        metrics=metrics, item_feature_map=fmap, popular_items=popular_items,
-                                       blend=final_blend)
+                                       blend=final_blend, erasures_as_of=policy.erasures_as_of)
     path = artifact.write(model_dir, manifest, run.arrays)
     if publish and (gate or s.force_publish):
         publish_version(model_dir, version)
@@ -280,6 +296,7 @@ def train_and_publish(data: str | Path, model_dir: str | Path, *, publish: bool,
     else:
         reason, published = f"written, not published (publish not asked); gate {'passes' if gate else 'refuses'}: " \
                             f"{gate_why}", False
+    pruned = prune_versions(model_dir, keep) if published and keep is not None else []
     if progress:
         progress("write", 1, 1)
     step("write")
@@ -287,4 +304,5 @@ def train_and_publish(data: str | Path, model_dir: str | Path, *, publish: bool,
     seconds["fit_final"] = run.fit_s
     return TrainReport(version=version, path=str(path), published=published, gate_passed=gate, reason=reason,
                        current=current_version(model_dir), windows=win.as_dict(), data_window=data_window,
-                       blend=asdict(final_blend), metrics=metrics, seconds={k: round(v, 2) for k, v in seconds.items()})
+                       blend=asdict(final_blend), metrics=metrics, seconds={k: round(v, 2) for k, v in seconds.items()},
+                       pruned=pruned)

@@ -7,6 +7,7 @@ follow them (the same arithmetic as `fit(epochs=n)`: fit resets the state, then 
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Callable
 
@@ -62,17 +63,30 @@ class TrainingData:
     item_features: sp.csr_matrix
     user_identity: bool
     item_identity: bool
+    user_learned: np.ndarray | None = None   # bool per customer: has an identity feature (None: all)
 
     @property
     def n_users(self) -> int:
         return len(self.user_ids)
 
     @property
+    def learned_mask(self) -> np.ndarray:
+        return np.ones(self.n_users, bool) if self.user_learned is None else self.user_learned
+
+    @property
+    def n_user_identity(self) -> int:
+        """How many identity columns the user feature matrix starts with."""
+        return int(self.learned_mask.sum()) if self.user_identity else 0
+
+    @property
     def n_items(self) -> int:
         return len(self.item_ids)
 
 
-def prepare(events: Events, end: float, info: dict[str, ItemInfo], p: MatrixParams) -> TrainingData:
+def prepare(events: Events, end: float, info: dict[str, ItemInfo], p: MatrixParams,
+            learned: Collection[str] | None = None) -> TrainingData:
+    """`learned`: the customers who may have a learned row (personalisation consent); the others
+    have no identity feature, only their named features, as a cold customer in serving."""
     inter = interaction_matrix(events, type_weights=p.type_weights, channel_weights=p.channel_weights, end=end,
                                half_life_days=p.half_life_days, aggregate=p.aggregate)
     if inter.weights.nnz == 0:
@@ -86,10 +100,12 @@ def prepare(events: Events, end: float, info: dict[str, ItemInfo], p: MatrixPara
     if p.item_activity:
         ifl = [a + b for a, b in zip(ifl, item_activity_features(events, inter.items, end))]
     un, inn = vocabulary(ufl), vocabulary(ifl)
+    mask = None if learned is None else np.fromiter((u in learned for u in user_ids), bool, len(user_ids))
     return TrainingData(events, end, inter, user_ids, item_ids, un, inn, ufl, ifl,
-                        feature_matrix(ufl, un, identity=p.user_identity, feature_share=p.user_feature_share),
+                        feature_matrix(ufl, un, identity=p.user_identity, feature_share=p.user_feature_share,
+                                       identity_rows=mask),
                         feature_matrix(ifl, inn, identity=p.item_identity, feature_share=p.item_feature_share),
-                        p.user_identity, p.item_identity)
+                        p.user_identity, p.item_identity, mask)
 
 
 def fit(data: TrainingData, p: ModelParams, progress: Callable[[int, int], None] | None = None) -> LightFM:

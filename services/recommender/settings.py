@@ -25,6 +25,8 @@ class RecommenderSettings(ServiceSettings):
                              "or any URL fsspec understands (s3://bucket/prefix, ...)")
     model_dir: str = Field("var/models", description="where trained model versions are published (a local "
                            "directory; CURRENT names the version that serves)")
+    model_keep: int = Field(5, ge=1, le=1000, description="model versions kept on disk after a publication (the "
+                            "published one and the newest others), for `vicino models rollback`")
     model_poll_s: float = Field(5.0, gt=0, description="how often a replica checks whether a new model version was "
                                 "published (picked up without a restart)")
     export_flush_rows: int = Field(20_000, ge=1, description="the exporter writes a Parquet file after this many "

@@ -88,7 +88,7 @@ def test_no_generated_request_to_the_push_gateway_gets_a_server_error(redis_url,
 
 def test_no_generated_request_to_the_scheduler_gets_a_server_error(redis_url, tmp_path):
     # every schedule off: the fuzzer's POST /v1/jobs/{name}/runs is the only way a job would run
-    off = {job: "off" for job in ("reclaim_stuck", "trim_streams", "retrain", "export_history", "apply_erasures",
+    off = {job: "off" for job in ("reclaim_stuck", "trim_streams", "retrain", "export_history", "apply_erasures", "scrub_models",
                                   "kpi_rollup")}
     env = {"VICINO_JOB_SCHEDULES": json.dumps(off), "VICINO_HISTORY_DIR": str(tmp_path / "history"),
            "VICINO_MODEL_DIR": str(tmp_path / "models")}

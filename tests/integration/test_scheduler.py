@@ -175,7 +175,7 @@ def job_env(redis_url, tmp_path, monkeypatch):
     return tmp_path
 
 
-ALL_JOBS = {"trim_streams", "reclaim_stuck", "retrain", "export_history", "apply_erasures", "kpi_rollup"}
+ALL_JOBS = {"trim_streams", "reclaim_stuck", "retrain", "export_history", "apply_erasures", "scrub_models", "kpi_rollup"}
 
 
 def test_vicino_jobs_list_and_run(job_env):
@@ -207,7 +207,7 @@ def test_unknown_or_malformed_schedules_refuse_to_start(job_env, monkeypatch):
 
 def test_vicino_serve_scheduler_fires_and_shows_its_jobs(redis_url, tmp_path):
     env = {"VICINO_JOB_SCHEDULES": '{"reclaim_stuck": "every 10s", "trim_streams": "off", "retrain": "off", '
-                                   '"export_history": "off", "apply_erasures": "off", "kpi_rollup": "off"}',
+                                   '"export_history": "off", "apply_erasures": "off", "scrub_models": "off", "kpi_rollup": "off"}',
            "VICINO_HISTORY_DIR": str(tmp_path / "history"), "VICINO_MODEL_DIR": str(tmp_path / "models")}
     with served_service("scheduler", redis_url, tmp_path, env=env) as url:
         with httpx.Client(base_url=url, headers=ADMIN, timeout=10) as c:

@@ -11,6 +11,12 @@ A version is a directory under the model root:
     <root>/<version>/manifest.json   see `Manifest`
     <root>/CURRENT                   the published version's name, replaced atomically
 
+Versions are kept (the newest `keep`, and always the published one; `prune_versions`) so that an
+operator can roll back. An erased customer leaves every kept version (`scrub_version`): their id
+becomes a null in `Manifest.user_ids` and their row zeros, rewritten in place file by file (the
+manifest first: a reader sees the old or the new file, each loadable, and after the manifest
+no version maps the id); `version_stamp` tells a replica that the files changed.
+
 A customer's score for an item is `user_repr·item_repr + user_bias + item_bias`, exactly what
 `LightFM.predict` computes from the same representations. For a customer or an item without a
 row, the representation is the mean of its features' embeddings (and biases): LightFM's
@@ -21,19 +27,26 @@ beats the repeat-purchase baseline. Pure numpy; serving never imports LightFM.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from .erasures import erasure_digest
+
 SCHEMA_VERSION = 1
 CURRENT = "CURRENT"
+# An erasure recorded this long before training read the register may still have been in flight
+# (its time is taken before it is written): such a customer's row is treated as learned before it.
+ERASURE_MARGIN_S = 60.0
 ARRAYS = ("user_repr", "user_bias", "item_repr", "item_bias", "user_feature_emb", "user_feature_bias",
           "item_feature_emb", "item_feature_bias")
 
@@ -59,13 +72,14 @@ class Manifest:
     data_window: dict                      # {"start": epoch s, "end": epoch s, "rows": n}
     settings: dict                         # training settings (weights, decay, epochs, ...)
     metrics: dict                          # evaluation: model and baselines
-    user_ids: list[str]
+    user_ids: list[str | None]             # null: a customer erased since training (row zeroed)
     item_ids: list[str]
     user_features: list[str]               # names, in user_feature_emb row order
     item_features: list[str]
     item_feature_map: dict[str, list[str]] = field(default_factory=dict)  # item id -> its feature names
     popular_items: list[str] = field(default_factory=list)               # most popular first
     blend: Blend = field(default_factory=Blend)
+    erasures_as_of: float = 0.0            # when training read the erasure register (0: it did not)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
@@ -91,7 +105,7 @@ class ModelArtifact:
         self.version = manifest.version
         for name in ARRAYS:
             setattr(self, name, arrays[name])
-        self.user_index = {u: n for n, u in enumerate(manifest.user_ids)}
+        self.user_index = {u: n for n, u in enumerate(manifest.user_ids) if u is not None}
         self.item_index = {i: n for n, i in enumerate(manifest.item_ids)}
         self.user_feature_index = {f: n for n, f in enumerate(manifest.user_features)}
         self.item_feature_index = {f: n for n, f in enumerate(manifest.item_features)}
@@ -110,6 +124,11 @@ class ModelArtifact:
                 raise ArtifactError(f"{name} has shape {got}, the manifest implies {shape}")
             if not np.all(np.isfinite(getattr(self, name))):
                 raise ArtifactError(f"{name} holds NaN or infinite values")
+
+    def learned_after(self, erased_at: float) -> bool:
+        """True when this version was trained without the rows of an erasure at `erased_at` (the
+        register it read already held it), so a row of that id is learned from later data only."""
+        return self.manifest.erasures_as_of - ERASURE_MARGIN_S > erased_at
 
     # representations -------------------------------------------------------------------------
 
@@ -229,3 +248,86 @@ def read_version(root: str | Path, version: str) -> ModelArtifact:
     if manifest.version != version:
         raise ArtifactError(f"directory {version!r} holds a manifest of version {manifest.version!r}")
     return ModelArtifact(manifest, arrays)
+
+
+# the registry: kept versions, pruning, erasure -------------------------------------------------
+
+def list_versions(root: str | Path) -> list[str]:
+    """The version directories under `root`, oldest first (names sort by creation time)."""
+    try:
+        entries = list(Path(root).iterdir())
+    except FileNotFoundError:
+        return []
+    return sorted(p.name for p in entries if not p.name.startswith(".") and (p / "manifest.json").is_file())
+
+
+def read_manifest(root: str | Path, version: str) -> Manifest:
+    """A version's manifest alone (the registry's listing), without its arrays."""
+    try:
+        return Manifest.from_json((Path(root) / version / "manifest.json").read_bytes())
+    except OSError as e:
+        raise ArtifactError(f"version {version!r} cannot be read: {type(e).__name__}: {e}") from None
+
+
+def version_stamp(root: str | Path, version: str) -> tuple[int, int] | None:
+    """When the version's files last changed (a scrub rewrites them in place); None if missing."""
+    path = Path(root) / version
+    try:
+        return (path / "manifest.json").stat().st_mtime_ns, (path / "arrays.npz").stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def prune_versions(root: str | Path, keep: int) -> list[str]:
+    """Keeps `keep` versions, the published one and the newest others, and deletes the rest;
+    returns the deleted names. A directory is renamed away first, so nothing ever sees half of one."""
+    if keep < 1:
+        raise ValueError("keep at least one version")
+    root = Path(root)
+    current = current_version(root)
+    names = list_versions(root)
+    others = [v for v in names if v != current]
+    kept = set(others[len(others) - (keep - 1 if current in names else keep):]) | {current}
+    doomed = [v for v in names if v not in kept]
+    for v in doomed:
+        trash = Path(tempfile.mkdtemp(prefix=f".pruned.{v}.", dir=root))
+        os.replace(root / v, trash / v)
+        shutil.rmtree(trash, ignore_errors=True)
+    return doomed
+
+
+def _replace_file(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def scrub_version(root: str | Path, version: str, erased: Mapping[str, float]) -> int:
+    """Removes from one version every customer of `erased` (SHA-256 digest -> erased at) whose
+    row was learned before the erasure: the id becomes null, the row zeros. Returns how many.
+    The manifest is replaced first, then the arrays: each file is whole at every instant."""
+    art = read_version(root, version)
+    m = art.manifest
+    gone = [n for n, u in enumerate(m.user_ids) if u is not None and (at := erased.get(erasure_digest(u))) is not None
+            and not art.learned_after(float(at))]
+    if not gone:
+        return 0
+    path = Path(root) / version
+    ids = list(m.user_ids)
+    for n in gone:
+        ids[n] = None
+    scrubbed = replace(m, user_ids=ids)
+    _replace_file(path / "manifest.json", lambda f: f.write(scrubbed.to_json()))
+    arrays = {k: np.array(getattr(art, k), np.float32) for k in ARRAYS}
+    arrays["user_repr"][gone] = 0.0
+    arrays["user_bias"][gone] = 0.0
+    _replace_file(path / "arrays.npz", lambda f: np.savez(f, **arrays))
+    return len(gone)

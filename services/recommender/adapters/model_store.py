@@ -1,6 +1,7 @@
 """The published model, as a running replica holds it: loads the version that `CURRENT` names,
-checks now and then whether it moved, and swaps in a new version only once it has loaded
-whole. A version that fails to load leaves the previous one serving, and says why."""
+checks now and then whether it moved (a new version, a rollback) or its files were rewritten
+(erased customers scrubbed), and swaps in a version only once it has loaded whole. A version
+that fails to load leaves the previous one serving, and says why."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from vicino.services.kernel.contracts.model_artifact import ArtifactError, ModelArtifact, current_version, read_version
+from vicino.services.kernel.contracts.model_artifact import (ArtifactError, ModelArtifact, current_version, read_version,
+                                                             version_stamp)
 
 log = logging.getLogger("vicino.recommender.model")
 
@@ -27,28 +29,35 @@ class ModelHolder:
         self.model: ModelArtifact | None = None
         self.status = ModelStatus()
         self._lock = asyncio.Lock()
+        self._stamp: tuple | None = None     # the serving version's files when loaded
+        self._failed: tuple | None = None    # (version, stamp) that failed: not retried until it changes
+
+    def _published(self) -> tuple[str | None, tuple | None]:
+        wanted = current_version(self.root)
+        return wanted, (version_stamp(self.root, wanted) if wanted is not None else None)
 
     async def refresh(self) -> bool:
         """Loads the published version if it is not the one serving (and did not fail before);
         True when a new version was swapped in."""
         async with self._lock:
-            wanted = await asyncio.to_thread(current_version, self.root)
-            if wanted == self.status.serving:  # (back) on the serving version: nothing failed
+            wanted, stamp = await asyncio.to_thread(self._published)
+            if wanted == self.status.serving and stamp in (self._stamp, None):  # (back) on the serving version
                 self.status.failed_version = self.status.failure = None
                 return False
-            if wanted is None or wanted == self.status.failed_version:  # versions are immutable
+            if wanted is None or (wanted, stamp) == self._failed:  # a version changes only when scrubbed
                 return False
             try:
                 model = await asyncio.to_thread(read_version, self.root, wanted)
             except ArtifactError as e:
+                self._failed = (wanted, stamp)
                 self.status.failed_version, self.status.failure = wanted, str(e)
                 log.error("model version failed to load; the previous one keeps serving",
                           extra={"fields": {"version": wanted, "serving": self.status.serving, "error": str(e)}})
                 return False
-            self.model = model
+            self.model, self._stamp, self._failed = model, stamp, None
             self.status = ModelStatus(serving=wanted, loaded_at=time.time())
             log.info("model version loaded", extra={"fields": {"version": wanted,
-                                                                "users": len(model.manifest.user_ids),
+                                                                "users": len(model.user_index),
                                                                 "items": len(model.manifest.item_ids)}})
             return True
 

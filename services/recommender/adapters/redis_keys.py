@@ -21,6 +21,8 @@ from vicino.services.kernel.contracts.interactions import (customer_shard, custo
 MERGE_LOCK = "vicino:{identity}:merge-lock"  # string with a token, short TTL
 # string "<register size>:<latest erased_at>" of the register the last finished apply_erasures run read
 ERASURES_APPLIED = "vicino:{erasures}:applied"
+# string: digest of (register size, latest erased_at, model versions) the last finished scrub_models run saw
+MODELS_SCRUBBED = "vicino:{erasures}:models-scrubbed"
 KPI_DAILY = "vicino:{kpis}:daily"  # hash: YYYY-MM-DD -> JSON {date, report, rolled_at}: the KPI roll-ups
 
 

@@ -42,6 +42,7 @@ IdentifierReaderDep = role_dependency(caller, "app_backend", "support")
 # an offer or a store's offers: the phones, and whoever manages or studies the catalogue
 OfferReaderDep = role_dependency(caller, "operator", "analyst", "app_backend", devices="any")
 ModelReaderDep = role_dependency(caller, "operator", "analyst", devices="any")
+ModelRegistryReaderDep = role_dependency(caller, "operator", "analyst")  # the kept versions: not for phones
 # interactions: the retailer's systems (app_backend), or a phone for its own customer
 InteractionWriterDep = role_dependency(caller, "app_backend", devices="own")
 

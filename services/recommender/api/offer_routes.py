@@ -74,6 +74,6 @@ async def model_info(_: ModelReaderDep, c: ContainerDep) -> Response:
     if m is not None:
         man = m.manifest
         body.update(created_at=man.created_at, data_window=man.data_window, metrics=man.metrics,
-                    settings=man.settings, users=len(man.user_ids), items=len(man.item_ids),
+                    settings=man.settings, users=sum(u is not None for u in man.user_ids), items=len(man.item_ids),
                     user_features=len(man.user_features), item_features=len(man.item_features))
     return Response(orjson.dumps(body), media_type="application/json")

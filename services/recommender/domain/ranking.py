@@ -62,11 +62,14 @@ class RankedOffer:
 @dataclass(frozen=True, slots=True)
 class CustomerView:
     """What ranking knows of the customer: their id (canonical), personalisation consent, the
-    features they would have in training (for cold start), and purchase times per item."""
+    features they would have in training (for cold start), and purchase times per item.
+    `learned_row` False: the model's row of this id must not be used (the customer was erased
+    after that row was learned, and the version is not scrubbed yet): scored as a cold customer."""
     customer_id: str
     personalisation: bool
     features: tuple[str, ...]
     purchases: dict[str, list[float]]  # item id -> epoch seconds of each purchase
+    learned_row: bool = True
 
 
 def _band_of(prefix: str, x: float, names: list[str]) -> str | None:
@@ -211,7 +214,8 @@ def rank_prepared(prepared: PreparedOffers, eligible: np.ndarray, customer: Cust
     rows = np.flatnonzero(eligible[prepared.owner])  # an offer's rows are contiguous, in offer order
     if len(rows) == 0:
         return []
-    u_repr, u_bias, user_known = model.user(customer.customer_id, list(customer.features))
+    u_repr, u_bias, user_known = model.user(customer.customer_id if customer.learned_row else None,
+                                            list(customer.features))
     if not user_known:
         u_repr, u_bias = u_repr * cold_share(model, "user"), u_bias * cold_share(model, "user")
     raw = model_scores(u_repr, u_bias, prepared.repr[rows], prepared.bias[rows])

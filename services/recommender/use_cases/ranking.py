@@ -9,6 +9,7 @@ import numpy as np
 from vicino.services.kernel.clock import Clock
 
 from ..adapters.customer_repository import CustomerRepository
+from ..adapters.erasure_register import ErasureRegister
 from ..adapters.model_store import ModelHolder
 from ..domain.eligibility import STORE_CHECKS, Situation, first_failure
 from ..domain.offers import Offer
@@ -48,6 +49,7 @@ class OfferRanker:
         self.customers = customers
         self.models = models
         self.clock = clock
+        self.erasures = ErasureRegister(customers.redis)
         self._prepared: tuple[tuple, PreparedOffers] | None = None
 
     async def rank(self, customer: str, *, personalisation: bool, store_id: str | None, channel: str, k: int,
@@ -81,5 +83,8 @@ class OfferRanker:
             if h["type"] == "purchase" and h.get("item_id"):
                 purchases.setdefault(h["item_id"], []).append(h["ts"])
         known = model is not None and customer in model.user_index
+        if known:  # a row learned before the customer was erased (and the id came back) is never used
+            erased_at = await self.erasures.erased_at(customer)
+            known = erased_at is None or model.learned_after(erased_at)
         features = tuple(customer_features(history, now, model)) if model is not None and not known else ()
-        return CustomerView(customer, personalisation, features, purchases)
+        return CustomerView(customer, personalisation, features, purchases, learned_row=known)
