@@ -140,8 +140,9 @@ def test_bad_batches_get_a_clear_4xx_and_change_nothing(rec_client, rec_settings
 
 # --- identifiers and merges ---------------------------------------------------------------------
 
-def link(client, customer_id, kind, value, status=(200, 201)):
-    r = client.post(f"/v1/customers/{customer_id}/identifiers", headers=ADMIN, json={"kind": kind, "value": value})
+def link(client, customer_id, kind, value, status=(200, 201), verified=True):
+    r = client.post(f"/v1/customers/{customer_id}/identifiers", headers=ADMIN,
+                    json={"kind": kind, "value": value, "verified": verified})
     assert r.status_code in status, r.text
     return r.json()
 
@@ -249,6 +250,39 @@ def test_device_tokens_act_only_for_their_customer(rec_client, geo_http):
     # a replaced registration locks the old token out
     register_device(geo_http, "phone-a", "cust-a")
     assert_problem(rec_client.get("/v1/customers/cust-a", headers=mine), 401, "replaced")
+
+
+def test_a_device_cannot_tell_an_unknown_identifier_from_someone_elses(rec_client, geo_http):
+    link(rec_client, "cust-other", "loyalty_card", "L-theirs")
+    mine = register_device(geo_http, "phone-q", "cust-q")
+    answers = []
+    for value in ("L-theirs", "L-nobody"):  # linked to another customer / linked to no one
+        item = ev("probe", customer_id=None, identifier={"kind": "loyalty_card", "value": value})
+        r = rec_client.post("/v1/interactions", headers=mine, json=[item])
+        answers.append((r.status_code, r.headers["content-type"], r.content))
+    assert answers[0] == answers[1], answers
+    assert b"not_your_customer" in answers[0][2]
+    # a key still learns which it is (the retailer's systems resolve identifiers anyway)
+    out = post(rec_client, [ev("k", customer_id=None, identifier={"kind": "loyalty_card", "value": "L-nobody"})])
+    assert out["rejected"][0]["reason"] == "unknown_identifier"
+
+
+def test_linking_another_customers_identifier_merges_only_when_verified(rec_client, redis_sync):
+    post(rec_client, [ev("v1", customer_id="v-1"), ev("v2", customer_id="v-2")])
+    link(rec_client, "v-1", "loyalty_card", "card-v1")
+    before = redis_dump(redis_sync)
+    r = rec_client.post("/v1/customers/v-2/identifiers", headers=ADMIN,
+                        json={"kind": "loyalty_card", "value": "card-v1"})
+    assert_problem(r, 409, "verified")
+    r = rec_client.post("/v1/customers/v-2/identifiers", headers=ADMIN,
+                        json={"kind": "loyalty_card", "value": "card-v1", "verified": False})
+    assert_problem(r, 409, "verified")
+    assert redis_dump(redis_sync) == before  # no merge, no link, nothing
+    assert _merged_view(rec_client, "v-2")["customer_id"] == "v-2"
+    # a free identifier links without it; a verified one merges
+    assert link(rec_client, "v-2", "cookie", "cookie-v2", verified=False)["created"] is True
+    out = link(rec_client, "v-2", "loyalty_card", "card-v1", verified=True)
+    assert out["customer_id"] == "v-1" and out["merged"] == ["v-2"]
 
 
 def test_a_merged_customers_phone_still_reaches_the_merged_profile(rec_client, geo_http):

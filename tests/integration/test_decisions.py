@@ -405,7 +405,7 @@ def test_a_merged_customers_visit_is_decided_for_the_survivor(dset, rec_client, 
     register(geo_http, "ph-m1", "zm-1")
     for customer in ("zm-1", "zm-2"):
         r = rec_client.post(f"/v1/customers/{customer}/identifiers", headers=ADMIN,
-                            json={"kind": "loyalty_card", "value": "card-zm"})
+                            json={"kind": "loyalty_card", "value": "card-zm", "verified": True})
         assert r.status_code in (200, 201), r.text
     clock = FixedClock(at(12))
     publish(redis_sync, event("dwell", "ph-m", "zm-2", "s-1", "v-1", clock.now() - 1))
