@@ -382,3 +382,39 @@ def test_visits_from_geo_events_reach_the_profile(rec_client, rec_settings, geo_
     visits = rec_client.get("/v1/customers/cust-v", headers=ADMIN).json()["last_visits"]
     assert {(v["store_id"], v["left_at"]) for v in visits} == {(s, None) for s in entered}
     assert redis_sync.xlen("vicino:{geo:000}:events:geofence:v1:dead") == 1
+
+
+def test_visits_queued_before_a_location_withdrawal_are_not_recorded(rec_client, rec_settings, geo_http):
+    import asyncio
+
+    from vicino.services.runtime.redis_client import open_async
+    from vicino.services.recommender.wiring import build_visit_consumer
+
+    geo_http.put("/v1/stores/shop-w", json={"type": "Feature", "id": "shop-w", "properties": {"radius_m": 80},
+                                             "geometry": {"type": "Point", "coordinates": [9.30, 45.50]}})
+    entered = {}
+    for customer in ("cust-keeps", "cust-withdraws"):
+        phone = register_device(geo_http, f"phone-{customer}", customer)
+        set_consent(geo_http, customer)
+        entered[customer] = [e for e in fix_until_enter(geo_http, phone, f"phone-{customer}", 45.50, 9.30, "shop-w")
+                             if e["type"] == "enter"]
+        assert entered[customer]
+    # the enter events wait in the streams while the customer withdraws location consent
+    set_consent(geo_http, "cust-withdraws", location=False)
+
+    async def drain():
+        redis = open_async(rec_settings.redis_url)
+        try:
+            consumer = build_visit_consumer(rec_settings, redis, "test-consumer")
+            for _ in range(20):
+                if not await consumer.run_once():
+                    break
+        finally:
+            await redis.aclose()
+
+    asyncio.run(drain())
+    kept = rec_client.get("/v1/customers/cust-keeps", headers=ADMIN).json()["last_visits"]
+    assert {v["store_id"] for v in kept} >= {"shop-w"}
+    withdrawn = rec_client.get("/v1/customers/cust-withdraws", headers=ADMIN)
+    assert withdrawn.status_code in (200, 404), withdrawn.text
+    assert withdrawn.status_code == 404 or withdrawn.json()["last_visits"] == []
