@@ -347,6 +347,30 @@ def test_erasure_leaves_no_trace_in_redis(rec_client, geo_http, redis_sync):
     assert_problem(rec_client.get("/v1/customers/zz-erase-me", headers=phone), 401)
 
 
+def test_an_erasure_that_failed_part_way_is_finished_by_its_retry(rec_client, redis_sync):
+    """The first attempt fails after the survivor's keys (its list of aliases among them) are gone
+    and before the alias's: the retry must still find the alias and erase it, not answer 404."""
+    from vicino.services.recommender.adapters.redis_keys import CustomerKeys
+
+    post(rec_client, [ev("pw-1", customer_id="pw-a"), ev("pw-2", customer_id="pw-b")])
+    link(rec_client, "pw-b", "loyalty_card", "pw-card")
+    assert link(rec_client, "pw-a", "loyalty_card", "pw-card")["merged"] == ["pw-b"]
+    # Redis refuses the alias's step (a key of the wrong type): the first attempt fails there
+    poison = CustomerKeys("pw-b", 16).identifiers
+    redis_sync.set(poison, "not a set")
+    r = rec_client.delete("/v1/customers/pw-a", headers=ADMIN)
+    assert r.status_code >= 500, r.text
+    assert not redis_sync.exists(CustomerKeys("pw-a", 16).aliases)  # the survivor's part is done
+    redis_sync.delete(poison)
+    r = rec_client.delete("/v1/customers/pw-a", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["erased_customers"] == 2
+    dump = repr(redis_dump(redis_sync))
+    for needle in ("pw-a", "pw-b", "pw-card", "pw-1", "pw-2"):
+        assert needle not in dump, f"{needle} survived the erasure"
+    assert_problem(rec_client.delete("/v1/customers/pw-a", headers=ADMIN), 404, "no data")
+
+
 def test_erasure_of_an_unknown_customer_is_404(rec_client):
     assert_problem(rec_client.delete("/v1/customers/never-seen", headers=ADMIN), 404)
 

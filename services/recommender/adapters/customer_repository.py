@@ -262,6 +262,19 @@ class CustomerRepository:
         doomed = [key for key in k.all_owned() if not (keep_pointer and key == k.merged_into)]
         await self._r.delete(*doomed)
 
+    async def mark_erasing(self, members: list[str]) -> None:
+        """Before an erasure deletes anything: each member remembers the whole group."""
+        for m in members:
+            await self._r.sadd(self.keys(m).erasing, *members)
+
+    async def erasing_members(self, customer_id: str) -> list[str]:
+        """The group of an erasure of this customer that started and did not finish."""
+        return sorted(m.decode() for m in await self._r.smembers(self.keys(customer_id).erasing))
+
+    async def clear_erasing(self, members: list[str]) -> None:
+        for m in members:
+            await self._r.delete(self.keys(m).erasing)
+
     async def drop_from_streams(self, customer_ids: set[str], extra_streams: list[str]) -> int:
         """Deletes not-yet-trimmed entries of these customers (erasure) from their interaction
         streams, the dead letters beside them, and `extra_streams` (full scans: erasures are rare)."""

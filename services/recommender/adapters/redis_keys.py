@@ -26,7 +26,7 @@ KPI_DAILY = "vicino:{kpis}:daily"  # hash: YYYY-MM-DD -> JSON {date, report, rol
 
 class CustomerKeys:
     __slots__ = ("customer_id", "shard", "history", "events", "seen", "identifiers", "merged_into", "aliases",
-                 "visits", "visit_info", "redeemed", "stream")
+                 "visits", "visit_info", "redeemed", "erasing", "stream")
 
     def __init__(self, customer_id: str, shards: int) -> None:
         self.customer_id = customer_id
@@ -41,6 +41,9 @@ class CustomerKeys:
         self.visits = base + ":visits"            # zset: visit_id -> entered at; the most recent N store visits
         self.visit_info = base + ":visit_info"    # hash: visit_id -> JSON {store_id, entered_at, left_at, ...}
         self.redeemed = base + ":redeemed"        # set: offer ids redeemed
+        # set: every customer of an erasure in progress (the survivor and its aliases), so that a
+        # retry after a failure part-way still finds them all; deleted as the erasure's last step
+        self.erasing = base + ":erasing"
         self.stream = interactions_stream_key(self.shard)
 
     def all_owned(self) -> list[str]:
