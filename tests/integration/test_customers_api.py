@@ -442,3 +442,27 @@ def test_visits_queued_before_a_location_withdrawal_are_not_recorded(rec_client,
     withdrawn = rec_client.get("/v1/customers/cust-withdraws", headers=ADMIN)
     assert withdrawn.status_code in (200, 404), withdrawn.text
     assert withdrawn.status_code == 404 or withdrawn.json()["last_visits"] == []
+
+
+def test_info_logs_name_no_customer(rec_client, redis_sync, caplog):
+    """Ingestion, a merge, an erasure that fails part-way (a 500, logged with its traceback) and
+    its retry, with every logger at INFO: the customers' ids and identifiers never reach the logs."""
+    import logging
+
+    from vicino.services.recommender.adapters.redis_keys import CustomerKeys
+    from vicino.services.runtime.observability import JsonFormatter, quiet_request_logs
+
+    caplog.set_level(logging.INFO)
+    quiet_request_logs()  # as configure_logging sets the services' processes up
+    post(rec_client, [ev("lg-1", customer_id="lg-person-a"), ev("lg-2", customer_id="lg-person-b")])
+    link(rec_client, "lg-person-b", "loyalty_card", "lg-card")
+    link(rec_client, "lg-person-a", "loyalty_card", "lg-card")  # merges them
+    redis_sync.set(CustomerKeys("lg-person-b", 16).identifiers, "not a set")
+    assert rec_client.delete("/v1/customers/lg-person-a", headers=ADMIN).status_code == 500
+    redis_sync.delete(CustomerKeys("lg-person-b", 16).identifiers)
+    assert rec_client.delete("/v1/customers/lg-person-a", headers=ADMIN).status_code == 200
+    formatter = JsonFormatter()
+    text = "\n".join(formatter.format(r) for r in caplog.records)
+    assert "customers merged" in text and "customer erased" in text and "unhandled error" in text, text
+    for needle in ("lg-person", "lg-card"):
+        assert needle not in text, text

@@ -141,7 +141,7 @@ class IdentityService:
         # obeying it). A failure here leaves the data merged; a retry of the link re-applies it.
         await self._harmonise_consent(keep, gone)
         await self.customers.log_merge(gone, keep, now)
-        log.info("customers merged", extra={"fields": {"merged": gone, "into": keep}})
+        log.info("customers merged")  # no ids in logs (the merge log for training has them)
 
     async def _absorb(self, gone: str, keep: str) -> None:
         """Moves everything of `gone` (and of whoever was merged into it) to `keep`. Idempotent."""
