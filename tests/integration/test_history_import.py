@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
 from vicino.services.kernel.clock import FixedClock
+from vicino.services.kernel.ids import is_valid_client_id
 from vicino.services.recommender.adapters.customer_repository import CustomerRepository
 from vicino.services.kernel.contracts.history_file import NON_PRODUCT_CODES, HistoryFileError, read_history
 from vicino.services.kernel.contracts.interaction_log import INTERACTIONS, read_interactions
@@ -266,3 +267,24 @@ def test_cli_import(redis_url, tmp_path, monkeypatch):
     monkeypatch.delenv("VICINO_ADMIN_TOKEN")
     refused = CliRunner().invoke(history_app, ["import", str(SLICE)])
     assert refused.exit_code == 2 and "VICINO_ADMIN_TOKEN" in refused.output
+
+
+def test_customer_ids_the_api_refuses_are_not_imported(redis_url, tmp_path):
+    """An id the API's pattern refuses could never be read or erased through it: such rows are
+    dropped and counted, the others imported."""
+    root = str(tmp_path / "history")
+    path = tmp_path / "ids.csv"
+    path.write_text(
+        "event_id,customer_id,channel,type,item_id,ts\n"
+        "i1,good-1,web,view,sku-1,2026-03-01T10:00:00Z\n"
+        "i2,has space,web,view,sku-1,2026-03-01T10:00:00Z\n"
+        "i3,slash/id,web,view,sku-1,2026-03-01T10:00:00Z\n"
+        "i4,-starts-with-a-symbol,web,view,sku-1,2026-03-01T10:00:00Z\n"
+        f"i5,{'x' * 129},web,view,sku-1,2026-03-01T10:00:00Z\n"
+        "i6,caf\u00e9,web,view,sku-1,2026-03-01T10:00:00Z\n"
+        "i7,good.2@x:y_z,web,view,sku-1,2026-03-01T10:00:00Z\n", encoding="utf-8")
+    report = run_import(redis_url, root, path)
+    assert {k: v for k, v in report.dropped.items() if v} == {"invalid_customer_id": 5}
+    got = read_interactions(root).to_pylist()
+    assert sorted((r["event_id"], r["customer_id"]) for r in got) == [("i1", "good-1"), ("i7", "good.2@x:y_z")]
+    assert all(is_valid_client_id(r["customer_id"]) for r in got)
