@@ -25,12 +25,13 @@ async def export_history(ctx: JobContext, settings: RecommenderSettings) -> dict
 async def apply_pending_erasures(ctx: JobContext, settings: RecommenderSettings) -> dict:
     """Rewrites the log's files still holding rows of erased customers, when the register has
     changed since the last run that finished (a scan of every file otherwise costs for nothing)."""
-    register = await ErasureRegister(ctx.redis).all_digests()
+    register = await ErasureRegister(ctx.redis, settings.erasure_register_key()).all_digests()
     seen = f"{len(register)}:{max(register.values(), default=0.0)!r}"
     last = await ctx.redis.get(ERASURES_APPLIED)
     if last is not None and (last.decode() if isinstance(last, bytes) else last) == seen:
         return {"erased_customers": len(register), "new_since_last_run": False}
-    report = await asyncio.to_thread(apply_erasures, settings.history_dir, register, ctx.progress)
+    report = await asyncio.to_thread(apply_erasures, settings.history_dir, register, ctx.progress,
+                                     key=settings.erasure_register_key())
     await ctx.redis.set(ERASURES_APPLIED, seen)
     return {"erased_customers": len(register), "new_since_last_run": True, **asdict(report)}
 

@@ -102,7 +102,8 @@ def build_visit_consumer(settings: RecommenderSettings, redis, consumer: str) ->
 
 def _decision_repository(settings: RecommenderSettings, redis) -> DecisionRepository:
     wait = ReplicaWait(redis, settings.redis_url, settings.redis_wait_replicas, settings.redis_wait_ms, logging.getLogger("vicino.recommender"))
-    return DecisionRepository(redis, settings.customer_shards, settings.decision_ttl_s, settings.store_cooldown_s, wait)
+    return DecisionRepository(redis, settings.customer_shards, settings.decision_ttl_s, settings.store_cooldown_s, wait,
+                              erasure_key=settings.erasure_register_key())
 
 
 def build_ranker(settings: RecommenderSettings, redis, clock: Clock) -> OfferRanker:

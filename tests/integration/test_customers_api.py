@@ -341,7 +341,12 @@ def test_erasure_leaves_no_trace_in_redis(rec_client, geo_http, redis_sync):
                    hashlib.sha256(b"zz.person@example.org").hexdigest()):
         assert needle not in dump, f"{needle} survived the erasure"
     assert "someone-else" in dump  # others untouched
-    assert redis_sync.hexists(ERASURES, erasure_digest("zz-erase-me"))
+    from vicino.services.kernel.contracts.erasures import legacy_erasure_digest, register_key
+    from tests.conftest import TOKEN_SECRET
+
+    assert redis_sync.hexists(ERASURES, erasure_digest("zz-erase-me", register_key(TOKEN_SECRET)))
+    # keyed: the bare SHA-256 of a guessable id would name the person to anyone who can read Redis
+    assert not redis_sync.hexists(ERASURES, legacy_erasure_digest("zz-erase-me"))
     assert_problem(rec_client.get("/v1/customers/zz-erase-me", headers=ADMIN), 404)
     assert_problem(rec_client.delete("/v1/customers/zz-erase-me", headers=ADMIN), 404, "no data")
     assert_problem(rec_client.get("/v1/customers/zz-erase-me", headers=phone), 401)

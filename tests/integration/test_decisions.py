@@ -488,7 +488,8 @@ def test_what_merges_and_erasure_need_to_call(dset, geo_http, redis_sync):
     async def hooks():
         redis = open_async(dset.redis_url)
         try:
-            repo = DecisionRepository(redis, dset.customer_shards, dset.decision_ttl_s, dset.store_cooldown_s)
+            repo = DecisionRepository(redis, dset.customer_shards, dset.decision_ttl_s, dset.store_cooldown_s,
+                                      erasure_key=dset.erasure_register_key())
             await repo.absorb("cu-e", "cu-k")
             await repo.absorb("cu-e", "cu-k")  # a retried merge
             moved = {k: await redis.zrange(k, 0, -1) for k in keep.all_owned()}

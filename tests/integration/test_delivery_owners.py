@@ -44,7 +44,7 @@ def test_owner_entries_expire_even_when_their_customer_never_returns(redis_url, 
     async def go():
         redis = open_async(redis_url)
         try:
-            repo = DeliveryRepository(redis, SHARDS, SHARDS, RETENTION_S)
+            repo = DeliveryRepository(redis, SHARDS, SHARDS, RETENTION_S, erasure_key=b"k" * 32)
             t0 = time.time() - 3 * 86_400
             old = await _begin(repo, silent, t0)
             assert (await repo.get(old)) is not None
@@ -70,7 +70,7 @@ def test_erasure_drops_owner_entries_whose_records_are_gone(redis_url, redis_syn
     async def go():
         redis = open_async(redis_url)
         try:
-            repo = DeliveryRepository(redis, SHARDS, SHARDS, RETENTION_S)
+            repo = DeliveryRepository(redis, SHARDS, SHARDS, RETENTION_S, erasure_key=b"k" * 32)
             now = time.time()
             ids = [await _begin(repo, erased, now - 10), await _begin(repo, other, now - 5)]
             redis_sync.delete(customer_deliveries_key(erased, SHARDS))  # expired before the erasure

@@ -15,7 +15,7 @@ from vicino.services.kernel.contracts import customer_state as published
 from vicino.services.kernel.contracts.deliveries import (
     DeliveryReceiptV1, customer_deliveries_index_key, customer_deliveries_key, dead_jobs_stream_key,
     delivery_owners_created_key, delivery_owners_key, receipts_stream_key, shard_of_delivery)
-from vicino.services.kernel.contracts.erasures import ERASURES, erasure_digest
+from vicino.services.kernel.contracts.erasures import ERASURES, erasure_digests
 from vicino.services.kernel.contracts.interactions import customer_shard, merged_into_key
 from vicino.services.kernel.contracts.push_jobs import PushJobV1, ended_visits_key
 
@@ -98,6 +98,12 @@ def receipt_of(rec: DeliveryRecord, now: float, status: str | None = None) -> De
                              provider=rec.provider, attempts=rec.attempts, ts=now)
 
 
+def _latest(values) -> float | None:
+    """The erasure time under either digest (keyed, or legacy bare SHA-256), or None."""
+    found = [float(v) for v in values or () if v is not None]
+    return max(found) if found else None
+
+
 def _pairs(reply) -> dict[str, str]:
     """HGETALL as a dict, from redis-py (a dict) or the pipelined client (a flat list)."""
     if isinstance(reply, dict):
@@ -107,11 +113,12 @@ def _pairs(reply) -> dict[str, str]:
 
 class DeliveryRepository:
     def __init__(self, redis, customer_shards: int, event_shards: int, retention_s: float, hot_path=None,
-                 replica_wait: ReplicaWait | None = None) -> None:
+                 replica_wait: ReplicaWait | None = None, *, erasure_key: bytes) -> None:
         """`hot_path`: the client for the per-job commands (`kernel.redis_client.open_hot_path`:
         pipelined on a standalone Redis, where redis-py's per-command cost would dominate).
         `replica_wait`: `replicated` waits for a replica to have a customer's delivery writes."""
         self._r = redis
+        self.erasure_key = erasure_key  # the erasure register's HMAC key (settings.erasure_register_key())
         self._replicated = replica_wait
         self._hot = hot_path or redis
         self.customer_shards = customer_shards
@@ -134,14 +141,12 @@ class DeliveryRepository:
         reg, marketing, erased = await asyncio.gather(
             self._hot.execute_command("HGETALL", published.device_registration_key(device_id, self.event_shards)),
             self._hot.execute_command("HGET", published.consent_key(customer_id), "marketing"),
-            self._hot.execute_command("HGET", ERASURES, erasure_digest(customer_id)))
+            self._hot.execute_command("HMGET", ERASURES, *erasure_digests(customer_id, self.erasure_key)))
         reg = _pairs(reg)
-        return Recipient(reg if reg and "customer_id" in reg else None, _s(marketing) == "1",
-                         float(erased) if erased is not None else None)
+        return Recipient(reg if reg and "customer_id" in reg else None, _s(marketing) == "1", _latest(erased))
 
     async def erased_at(self, customer_id: str) -> float | None:
-        raw = await self._r.hget(ERASURES, erasure_digest(customer_id))
-        return float(raw) if raw is not None else None
+        return _latest(await self._r.hmget(ERASURES, list(erasure_digests(customer_id, self.erasure_key))))
 
     async def begin(self, job: PushJobV1, fresh: DeliveryRecord, now: float) -> tuple[DeliveryRecord, bool, bool]:
         """The job's delivery: the existing one, or `fresh` (created `queued`). Returns (record,

@@ -113,6 +113,11 @@ class CustomerRepository:
         self._record_visit = redis.register_script(_RECORD_VISIT)
 
     @property
+    def erasure_key(self) -> bytes:
+        """The erasure register's HMAC key (kernel.contracts.erasures)."""
+        return self._settings.erasure_register_key()
+
+    @property
     def redis(self):
         return self._r
 

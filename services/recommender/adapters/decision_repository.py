@@ -118,10 +118,12 @@ class Counters:
 
 class DecisionRepository:
     def __init__(self, redis, customer_shards: int, decision_ttl_s: float, store_cooldown_s: float,
-                 replica_wait: ReplicaWait | None = None) -> None:
+                 replica_wait: ReplicaWait | None = None, *, erasure_key: bytes) -> None:
         """`replica_wait`: a recorded decision (with its push job) is on a replica before the
-        geo event is acknowledged, so that a failover cannot lose the push of an acknowledged event."""
+        geo event is acknowledged, so that a failover cannot lose the push of an acknowledged event.
+        `erasure_key`: the erasure register's (`settings.erasure_register_key()`)."""
         self._r = redis
+        self.erasure_key = erasure_key
         self._replicated = replica_wait
         self._shards = customer_shards
         self._ttl = decision_ttl_s
@@ -133,7 +135,7 @@ class DecisionRepository:
         return DecisionKeys(customer_id, self._shards)
 
     async def erased_at(self, customer_id: str) -> float | None:
-        return await ErasureRegister(self._r).erased_at(customer_id)
+        return await ErasureRegister(self._r, self.erasure_key).erased_at(customer_id)
 
     async def counters(self, customer_id: str, visit_id: str, store_id: str, day_start: float, now: float) -> Counters:
         k = self.keys(customer_id)

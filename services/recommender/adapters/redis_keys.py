@@ -4,7 +4,7 @@
   visits, and the interaction stream of the customer's shard, so that ingestion ("seen this event
   id? keep it, log it") is one atomic script per shard.
 - `{idn:NNN}`: the identifier directory (identifier → customer), sharded by identifier.
-- `{erasures}`: the erasure register (SHA-256 of erased customer ids) that the exporter and the
+- `{erasures}`: the erasure register (keyed digests of erased customer ids) that the exporter and the
   partition rewrite consult; `{identity}`: the lock that serialises merges.
 - `{offers}`, `{inv:<store_id>}`, `{rules}`: the offer catalogue, a store's stock, the campaign rules.
 - `{kpis}`: the daily KPI roll-ups (aggregates only: no customer ids).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zlib
 
-from vicino.services.kernel.contracts.erasures import ERASURES, erasure_digest  # noqa: F401  (re-exported)
+from vicino.services.kernel.contracts.erasures import ERASURES, erasure_digest, erasure_digests  # noqa: F401  (re-exported)
 from vicino.services.kernel.contracts.streams import dead_letter_of
 from vicino.services.kernel.contracts.interactions import (customer_shard, customer_shard_tag, interactions_stream_key,
                                                    merged_into_key)

@@ -59,7 +59,7 @@ class Erasure:
             for k in location:
                 location[k] += int(out.get(k, 0))
         now = self.clock.now()
-        await ErasureRegister(self.customers.redis).record(members, now)
+        await ErasureRegister(self.customers.redis, self.customers.erasure_key).record(members, now)
         for m in members:
             for identifier in await self.customers.identifiers(m):
                 await self.customers.forget_identifier(identifier, m)

@@ -26,7 +26,7 @@ class VisitRecorder:
 
     async def handle(self, stream: str, entry_id: str, fields: dict) -> None:
         e = decode_entry(GeofenceEventV1.from_stream_fields, fields, "geofence event v1")
-        erased_at = await ErasureRegister(self.customers.redis).erased_at(e.customer_id)
+        erased_at = await ErasureRegister(self.customers.redis, self.customers.erasure_key).erased_at(e.customer_id)
         if erased_at is not None and erased_at >= e.emitted_at:
             return  # emitted before the customer was erased: keep no trace
         customer = await self.identity.canonical(e.customer_id)
