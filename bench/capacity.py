@@ -209,8 +209,9 @@ def section_pushes(url: str, n: int) -> dict:
     async def run() -> dict:
         r = open_async(url)
         try:
-            decisions = DecisionRepository(r, shards, decision_ttl_s=604_800, store_cooldown_s=21_600)
-            deliveries = DeliveryRepository(r, shards, shards, retention_s=2_592_000)
+            key = b"bench erasure register key......"  # no erasure is looked up by these measures
+            decisions = DecisionRepository(r, shards, decision_ttl_s=604_800, store_cooldown_s=21_600, erasure_key=key)
+            deliveries = DeliveryRepository(r, shards, shards, retention_s=2_592_000, erasure_key=key)
             now = time.time()
             day_start = now - now % 86_400
 

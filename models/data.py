@@ -18,7 +18,6 @@ feature embeddings, as cold customers, and get no row in the artifact).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import scipy.sparse as sp
 
+from vicino.services.kernel.contracts.erasures import erased_at_in
 from vicino.services.kernel.contracts.interactions import CHANNELS, TYPES
 from vicino.services.kernel.contracts.history_file import HistoryFileError, read_history
 from vicino.services.kernel.contracts.interaction_log import read_interactions, read_merges
@@ -51,21 +51,22 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class CustomerPolicy:
-    """`erased`: SHA-256 of a customer id -> erased at (epoch s), the erasure register as read at
-    `erasures_as_of`; `personalised(ids)`: those of `ids` with personalisation consent (None:
+    """`erased`: the erasure register as read at `erasures_as_of` (keyed digest of a customer id ->
+    erased at, epoch s; `key` is the register's HMAC key); `personalised(ids)`: those of `ids` with personalisation consent (None:
     everyone, for a history file outside any deployment)."""
     erased: Mapping[str, float] = field(default_factory=dict)
     erasures_as_of: float = 0.0
     personalised: Callable[[list[str]], Collection[str]] | None = None
+    key: bytes = b""
 
 
-def without_erased(table: pa.Table, erased: Mapping[str, float]) -> tuple[pa.Table, int]:
+def without_erased(table: pa.Table, erased: Mapping[str, float], key: bytes = b"") -> tuple[pa.Table, int]:
     """The rows of customers in `erased` that happened or arrived up to their erasure dropped
     (`ts` or `received_at` <= erased_at: a history file's rows all "arrive" now); and how many."""
     if not erased or table.num_rows == 0:
         return table, 0
     enc = pc.dictionary_encode(table.column("customer_id").combine_chunks())
-    limits = [erased.get(hashlib.sha256(c.encode()).hexdigest()) if c is not None else None
+    limits = [erased_at_in(erased, c, key) if c is not None else None
               for c in enc.dictionary.to_pylist()]
     if all(x is None for x in limits):
         return table, 0
@@ -153,7 +154,7 @@ def _uci_descriptions(path: Path) -> dict[str, str]:
     return out
 
 
-def load_history(data: str | Path, erased: Mapping[str, float] | None = None) -> History:
+def load_history(data: str | Path, erased: Mapping[str, float] | None = None, key: bytes = b"") -> History:
     """A Parquet log root (a directory holding `interactions/`, or a URL), or one history file;
     without the rows of the customers in `erased` (see `without_erased`), before merges apply."""
     s = str(data)
@@ -161,7 +162,7 @@ def load_history(data: str | Path, erased: Mapping[str, float] | None = None) ->
     if "://" in s or p.is_dir():
         if p.is_dir() and not (p / "interactions").is_dir():
             raise DataError(f"{s} is a directory without interactions/: not a Parquet log root")
-        table, dropped = without_erased(read_interactions(s), erased or {})
+        table, dropped = without_erased(read_interactions(s), erased or {}, key)
         merges = read_merges(s)
         table, changed = apply_merges(table, list(zip(merges["merged"].to_pylist(), merges["into"].to_pylist())))
         return History(table, s, "parquet-log", changed, erased_rows=dropped)
@@ -171,7 +172,7 @@ def load_history(data: str | Path, erased: Mapping[str, float] | None = None) ->
         table, report = read_history(p, "auto", received_at=time.time())
     except HistoryFileError as e:
         raise DataError(str(e)) from None
-    kept, dropped = without_erased(table, erased or {})
+    kept, dropped = without_erased(table, erased or {}, key)
     descriptions = _uci_descriptions(p) if report.format == "online-retail" else {}
     if dropped:  # an item only erased customers bought is not known to exist either
         only_theirs = set(pc.unique(table["item_id"]).to_pylist()) - set(pc.unique(kept["item_id"]).to_pylist())

@@ -201,7 +201,7 @@ def train_and_publish(data: str | Path, model_dir: str | Path, *, publish: bool,
     step = lambda name: seconds.__setitem__(name, time.perf_counter() - t)  # noqa: E731
     if progress:
         progress("load", 0, 1)
-    history = load_history(data, policy.erased)
+    history = load_history(data, policy.erased, policy.key)
     events = events_of(history.table)
     learned = set(policy.personalised([u for u in events.user_ids if u is not None])) if policy.personalised is not None else None
     catalog = read_catalog(s.catalog) if s.catalog else None

@@ -169,11 +169,11 @@ def apply_erasures_cmd() -> None:
     async def erased() -> dict:
         redis = await _open_redis(settings)
         try:
-            return await ErasureRegister(redis).all_digests()
+            return await ErasureRegister(redis, settings.erasure_register_key()).all_digests()
         finally:
             await redis.aclose()
 
     register = asyncio.run(erased())
-    r = apply_erasures(settings.history_dir, register)
+    r = apply_erasures(settings.history_dir, register, key=settings.erasure_register_key())
     typer.echo(f"{len(register):,} erased customers; {r.files_scanned:,} files scanned, {r.files_rewritten:,} "
                f"rewritten, {r.files_removed:,} removed (every row erased); {r.rows_dropped:,} rows dropped")

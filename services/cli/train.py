@@ -103,10 +103,19 @@ def _open_redis_or_exit(url: str):
 
 
 def _policy(redis):
+    import os
     import time
+
+    from vicino.services.kernel.contracts.erasures import register_key
 
     from vicino.models.data import CustomerPolicy
     from vicino.services.recommender.adapters.training_inputs import erased_customers, personalised_among
 
     as_of = time.time()  # before the read: an erasure recorded after it is scrubbed from the version later
-    return CustomerPolicy(erased_customers(redis), as_of, lambda ids: personalised_among(redis, ids))
+    secret = os.environ.get("VICINO_TOKEN_SECRET")
+    if not secret:  # the register's digests are keyed: without the key no erased id can be recognised
+        typer.echo("vicino: --redis-url needs the deployment's VICINO_TOKEN_SECRET (or VICINO_ERASURE_KEY with "
+                   "it) to read the erasure register", err=True)
+        raise typer.Exit(2)
+    return CustomerPolicy(erased_customers(redis), as_of, lambda ids: personalised_among(redis, ids),
+                          register_key(secret, os.environ.get("VICINO_ERASURE_KEY")))

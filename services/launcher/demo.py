@@ -66,7 +66,7 @@ def load_demo_recommender(url: str, admin_token: str, env: dict, log_path: Path)
                                       "--publish", "--skip-test"], env=env, stdout=log, stderr=log, timeout=600)
         stocked = _stock_near_duomo(rec, env["VICINO_GEO_URL"], headers)
         link = rec.post(f"/v1/customers/{DEMO_SHOPPER}/identifiers",
-                        json={"kind": "device", "value": DEMO_DEVICE["device_id"]})
+                        json={"kind": "device", "value": DEMO_DEVICE["device_id"], "verified": True})
         link.raise_for_status()
     return {"offers": offers, "stocked_stores": stocked, "customer": link.json()["customer_id"],
             "model_published": trained.returncode == 0}

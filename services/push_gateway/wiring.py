@@ -171,7 +171,8 @@ def build(settings: PushSettings, redis, clock: Clock, registry: CollectorRegist
           draw=None) -> PushContainer:
     repo = DeliveryRepository(redis, settings.customer_shards, settings.event_shards, settings.delivery_retention_s,
                               hot_path=hot_path, replica_wait=ReplicaWait(redis, settings.redis_url, settings.redis_wait_replicas,
-                                                                          settings.redis_wait_ms, log))
+                                                                          settings.redis_wait_ms, log),
+                              erasure_key=settings.erasure_register_key())
     providers = build_providers(settings, clients)
     routes = routing_table(frozenset(providers))
     policy = RetryPolicy(max_attempts=settings.max_attempts, base_s=settings.retry_base_s, max_s=settings.retry_max_s)

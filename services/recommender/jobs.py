@@ -27,12 +27,13 @@ async def export_history(ctx: JobContext, settings: RecommenderSettings) -> dict
 async def apply_pending_erasures(ctx: JobContext, settings: RecommenderSettings) -> dict:
     """Rewrites the log's files still holding rows of erased customers, when the register has
     changed since the last run that finished (a scan of every file otherwise costs for nothing)."""
-    register = await ErasureRegister(ctx.redis).all_digests()
+    register = await ErasureRegister(ctx.redis, settings.erasure_register_key()).all_digests()
     seen = f"{len(register)}:{max(register.values(), default=0.0)!r}"
     last = await ctx.redis.get(ERASURES_APPLIED)
     if last is not None and (last.decode() if isinstance(last, bytes) else last) == seen:
         return {"erased_customers": len(register), "new_since_last_run": False}
-    report = await asyncio.to_thread(apply_erasures, settings.history_dir, register, ctx.progress)
+    report = await asyncio.to_thread(apply_erasures, settings.history_dir, register, ctx.progress,
+                                     key=settings.erasure_register_key())
     await ctx.redis.set(ERASURES_APPLIED, seen)
     return {"erased_customers": len(register), "new_since_last_run": True, **asdict(report)}
 
@@ -51,7 +52,8 @@ async def retrain(ctx: JobContext, settings: RecommenderSettings) -> dict:
         redis = open_sync(settings.redis_url)
         try:
             as_of = time.time()  # before the read: an erasure recorded after it is scrubbed later
-            policy = CustomerPolicy(erased_customers(redis), as_of, lambda ids: personalised_among(redis, ids))
+            policy = CustomerPolicy(erased_customers(redis), as_of, lambda ids: personalised_among(redis, ids),
+                                    settings.erasure_register_key())
             return train_and_publish(settings.history_dir, settings.model_dir, publish=True, settings=TrainSettings(),
                                      progress=ctx.progress, customers=policy, keep=settings.model_keep)
         finally:
@@ -68,14 +70,14 @@ async def retrain(ctx: JobContext, settings: RecommenderSettings) -> dict:
             "pruned": report.pruned}
 
 
-def scrub_model_dir(model_dir: str, register: dict[str, float]) -> dict:
+def scrub_model_dir(model_dir: str, register: dict[str, float], key: bytes) -> dict:
     """Every kept version without the customers of `register` (see `scrub_version`)."""
     from vicino.services.kernel.contracts.model_artifact import ArtifactError, list_versions, scrub_version
 
     removed, unreadable = 0, []
     for version in list_versions(model_dir):
         try:
-            removed += scrub_version(model_dir, version, register)
+            removed += scrub_version(model_dir, version, register, key)
         except (ArtifactError, FileNotFoundError):  # pruned meanwhile, or broken: never served either way
             unreadable.append(version)
     return {"customers_removed": removed, "unreadable_versions": unreadable}
@@ -87,14 +89,14 @@ async def scrub_models(ctx: JobContext, settings: RecommenderSettings) -> dict:
     while an erasure was recorded)."""
     from vicino.services.kernel.contracts.model_artifact import list_versions
 
-    register = await ErasureRegister(ctx.redis).all_digests()
+    register = await ErasureRegister(ctx.redis, settings.erasure_register_key()).all_digests()
     versions = await asyncio.to_thread(list_versions, settings.model_dir)
     seen = hashlib.sha256(f"{len(register)}:{max(register.values(), default=0.0)!r}:{','.join(versions)}"
                           .encode()).hexdigest()
     last = await ctx.redis.get(MODELS_SCRUBBED)
     if last is not None and (last.decode() if isinstance(last, bytes) else last) == seen:
         return {"versions": len(versions), "new_since_last_run": False}
-    report = await asyncio.to_thread(scrub_model_dir, settings.model_dir, register)
+    report = await asyncio.to_thread(scrub_model_dir, settings.model_dir, register, settings.erasure_register_key())
     await ctx.redis.set(MODELS_SCRUBBED, seen)
     return {"versions": len(versions), "new_since_last_run": True, **report}
 

@@ -98,12 +98,14 @@ def build_kpis(settings: RecommenderSettings, redis, clock: Clock) -> Kpis:
 def build_visit_consumer(settings: RecommenderSettings, redis, consumer: str) -> StreamConsumer:
     """The worker that keeps customers' recent visits from the geo service's events."""
     customers = CustomerRepository(redis, settings)
-    return visit_consumer(redis, VisitRecorder(customers, CanonicalIds(customers)), settings.event_shards, consumer)
+    recorder = VisitRecorder(customers, CanonicalIds(customers), PublishedCustomerState(redis, settings.event_shards))
+    return visit_consumer(redis, recorder, settings.event_shards, consumer)
 
 
 def _decision_repository(settings: RecommenderSettings, redis) -> DecisionRepository:
     wait = ReplicaWait(redis, settings.redis_url, settings.redis_wait_replicas, settings.redis_wait_ms, logging.getLogger("vicino.recommender"))
-    return DecisionRepository(redis, settings.customer_shards, settings.decision_ttl_s, settings.store_cooldown_s, wait)
+    return DecisionRepository(redis, settings.customer_shards, settings.decision_ttl_s, settings.store_cooldown_s, wait,
+                              erasure_key=settings.erasure_register_key())
 
 
 def build_ranker(settings: RecommenderSettings, redis, clock: Clock) -> OfferRanker:

@@ -23,6 +23,13 @@ from ..kernel.problems import PROBLEM_MEDIA_TYPE, Problem, describe_validation_e
 log = logging.getLogger("vicino.problems")
 
 
+def _route_of(request: Request) -> str:
+    """The route's template (`/v1/customers/{customer_id}`), never the path itself: a path names
+    customers and devices, and logs must not."""
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or "unmatched route"
+
+
 # the error codes of a Redis that is there but refuses to serve: (what it means, Retry-After s)
 _REFUSALS = {"READONLY": ("a replica, during a failover", 1), "OOM": ("out of memory: maxmemory reached", 30),
              "NOAUTH": ("authentication required", 30), "NOPERM": ("no permission for this user", 30),
@@ -78,7 +85,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _redis_away(request: Request, exc: Exception) -> Response:
         # Redis restarting, a failover, a network cut: nothing was half-written (every write is
         # one script), so the client is told to retry rather than shown a server error
-        log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        log.warning("Redis unavailable on %s %s: %s", request.method, _route_of(request), type(exc).__name__)
         return problem_response(503, "Service unavailable", f"Redis is unavailable ({type(exc).__name__}); "
                                 "nothing was lost, retry shortly", instance=request.url.path,
                                 headers={"Retry-After": "1"})
@@ -94,7 +101,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         if refusal is None:
             return await _unexpected(request, exc)
         what, retry_s = refusal
-        log.error("Redis refused on %s %s: %s", request.method, request.url.path, str(exc)[:200])
+        log.error("Redis refused on %s %s: %s", request.method, _route_of(request), str(exc)[:200])
         return problem_response(503, "Service unavailable", f"Redis refused the command ({what}); nothing of this "
                                 "request was written, retry later", instance=request.url.path,
                                 headers={"Retry-After": str(retry_s)})
@@ -104,7 +111,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s", request.method, _route_of(request))
         return problem_response(500, "Internal error", "an unexpected error occurred; it has been logged",
                                 instance=request.url.path)
 

@@ -25,6 +25,13 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+def quiet_request_logs() -> None:
+    """httpx logs every request's URL at INFO, and our URLs name customers and devices (a call
+    to geo's `/v1/customers/{id}/location-data`): its lines only from WARNING on."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def configure_logging(level: str = "INFO", service: str = "vicino") -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -34,6 +41,7 @@ def configure_logging(level: str = "INFO", service: str = "vicino") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("uvicorn.access").disabled = True  # per-request lines come from metrics instead
+    quiet_request_logs()
     for name in ("uvicorn", "uvicorn.error"):
         lg = logging.getLogger(name)
         lg.handlers = []

@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..kernel.rate_limits import DEVICE, DEVICE_LOCATIONS, KEY, RateLimit
+from ..kernel.contracts.erasures import register_key
 
 _WEAK = {"changeme", "admin", "secret", "password", "token", "test"}
 
@@ -22,6 +23,10 @@ class ServiceSettings(BaseSettings):
                                "replicated by then stays on its master and is logged")
     admin_token: str = Field(..., description="bearer token of the operator (admin endpoints)")
     token_secret: str = Field(..., description="key that signs device tokens; same on every replica")
+    erasure_key: str | None = Field(None, description="HMAC key of the erasure register's digests of erased "
+                                    "customer ids; unset: derived from VICINO_TOKEN_SECRET. Set it (the same on every "
+                                    "service and the CLI) before you ever rotate the token secret: a new key cannot "
+                                    "read the register written with the old one")
     redis_wait_s: float = Field(30.0, ge=0, description="at start, how long to wait for Redis to answer before giving up")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr")
     audit_retention_days: float = Field(90, gt=0, le=3650, description="how long the audit trail keeps each write "
@@ -51,6 +56,16 @@ class ServiceSettings(BaseSettings):
         return {DEVICE_LOCATIONS: RateLimit(self.rate_limit_locations_per_s, self.rate_limit_locations_burst),
                 DEVICE: RateLimit(self.rate_limit_device_per_s, self.rate_limit_device_burst),
                 KEY: RateLimit(self.rate_limit_key_per_s, self.rate_limit_key_burst)}
+
+    def erasure_register_key(self) -> bytes:
+        return register_key(self.token_secret, self.erasure_key)
+
+    @field_validator("erasure_key")
+    @classmethod
+    def _strong_if_set(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) < 16 or v.lower() in _WEAK):
+            raise ValueError("VICINO_ERASURE_KEY must be at least 16 characters and not a default")
+        return v
 
     @field_validator("admin_token", "token_secret")
     @classmethod

@@ -289,8 +289,10 @@ class StreamConsumer:
                 # back off (0.5 s, 1 s, 2 s, ...): a dependency that is briefly away must not turn
                 # good entries into dead letters within a second
                 self._retry_at[key] = time.monotonic() + min(self.retry_base_s * 2 ** (n - 1), 60.0)
+                # the error's class only: its message may name a customer (the dead letter, which an
+                # erasure clears, keeps the whole reason)
                 log.warning("entry failed; will retry", extra={"fields": {"stream": stream, "id": entry_id,
-                                                                          "attempt": n, "error": repr(e)}})
+                                                                          "attempt": n, "error": type(e).__name__}})
                 return False
             await self._bury(stream, entry_id, fields, f"failed {n} times: {e!r}")
         self._attempts.pop(key, None)
@@ -301,7 +303,8 @@ class StreamConsumer:
 
     async def _bury(self, stream: str, entry_id: str, fields: dict, reason: str) -> None:
         self.dead += 1
-        log.error("entry dead-lettered", extra={"fields": {"stream": stream, "id": entry_id, "reason": reason}})
+        log.error("entry dead-lettered", extra={"fields": {"stream": stream, "id": entry_id,
+                                                          "reason": reason.split(":", 1)[0]}})
         await self._r.xadd(self.dead_letter(stream), {**{_s(k): v for k, v in fields.items()},
                                                       "dead_reason": reason[:500], "dead_from": entry_id,
                                                       "dead_group": self.group}, maxlen=100_000, approximate=True)

@@ -140,8 +140,9 @@ def test_bad_batches_get_a_clear_4xx_and_change_nothing(rec_client, rec_settings
 
 # --- identifiers and merges ---------------------------------------------------------------------
 
-def link(client, customer_id, kind, value, status=(200, 201)):
-    r = client.post(f"/v1/customers/{customer_id}/identifiers", headers=ADMIN, json={"kind": kind, "value": value})
+def link(client, customer_id, kind, value, status=(200, 201), verified=True):
+    r = client.post(f"/v1/customers/{customer_id}/identifiers", headers=ADMIN,
+                    json={"kind": kind, "value": value, "verified": verified})
     assert r.status_code in status, r.text
     return r.json()
 
@@ -251,6 +252,39 @@ def test_device_tokens_act_only_for_their_customer(rec_client, geo_http):
     assert_problem(rec_client.get("/v1/customers/cust-a", headers=mine), 401, "replaced")
 
 
+def test_a_device_cannot_tell_an_unknown_identifier_from_someone_elses(rec_client, geo_http):
+    link(rec_client, "cust-other", "loyalty_card", "L-theirs")
+    mine = register_device(geo_http, "phone-q", "cust-q")
+    answers = []
+    for value in ("L-theirs", "L-nobody"):  # linked to another customer / linked to no one
+        item = ev("probe", customer_id=None, identifier={"kind": "loyalty_card", "value": value})
+        r = rec_client.post("/v1/interactions", headers=mine, json=[item])
+        answers.append((r.status_code, r.headers["content-type"], r.content))
+    assert answers[0] == answers[1], answers
+    assert b"not_your_customer" in answers[0][2]
+    # a key still learns which it is (the retailer's systems resolve identifiers anyway)
+    out = post(rec_client, [ev("k", customer_id=None, identifier={"kind": "loyalty_card", "value": "L-nobody"})])
+    assert out["rejected"][0]["reason"] == "unknown_identifier"
+
+
+def test_linking_another_customers_identifier_merges_only_when_verified(rec_client, redis_sync):
+    post(rec_client, [ev("v1", customer_id="v-1"), ev("v2", customer_id="v-2")])
+    link(rec_client, "v-1", "loyalty_card", "card-v1")
+    before = redis_dump(redis_sync)
+    r = rec_client.post("/v1/customers/v-2/identifiers", headers=ADMIN,
+                        json={"kind": "loyalty_card", "value": "card-v1"})
+    assert_problem(r, 409, "verified")
+    r = rec_client.post("/v1/customers/v-2/identifiers", headers=ADMIN,
+                        json={"kind": "loyalty_card", "value": "card-v1", "verified": False})
+    assert_problem(r, 409, "verified")
+    assert redis_dump(redis_sync) == before  # no merge, no link, nothing
+    assert _merged_view(rec_client, "v-2")["customer_id"] == "v-2"
+    # a free identifier links without it; a verified one merges
+    assert link(rec_client, "v-2", "cookie", "cookie-v2", verified=False)["created"] is True
+    out = link(rec_client, "v-2", "loyalty_card", "card-v1", verified=True)
+    assert out["customer_id"] == "v-1" and out["merged"] == ["v-2"]
+
+
 def test_a_merged_customers_phone_still_reaches_the_merged_profile(rec_client, geo_http):
     phone = register_device(geo_http, "phone-z", "z-2")
     post(rec_client, [ev("z", customer_id="z-1")])
@@ -307,10 +341,39 @@ def test_erasure_leaves_no_trace_in_redis(rec_client, geo_http, redis_sync):
                    hashlib.sha256(b"zz.person@example.org").hexdigest()):
         assert needle not in dump, f"{needle} survived the erasure"
     assert "someone-else" in dump  # others untouched
-    assert redis_sync.hexists(ERASURES, erasure_digest("zz-erase-me"))
+    from vicino.services.kernel.contracts.erasures import legacy_erasure_digest, register_key
+    from tests.conftest import TOKEN_SECRET
+
+    assert redis_sync.hexists(ERASURES, erasure_digest("zz-erase-me", register_key(TOKEN_SECRET)))
+    # keyed: the bare SHA-256 of a guessable id would name the person to anyone who can read Redis
+    assert not redis_sync.hexists(ERASURES, legacy_erasure_digest("zz-erase-me"))
     assert_problem(rec_client.get("/v1/customers/zz-erase-me", headers=ADMIN), 404)
     assert_problem(rec_client.delete("/v1/customers/zz-erase-me", headers=ADMIN), 404, "no data")
     assert_problem(rec_client.get("/v1/customers/zz-erase-me", headers=phone), 401)
+
+
+def test_an_erasure_that_failed_part_way_is_finished_by_its_retry(rec_client, redis_sync):
+    """The first attempt fails after the survivor's keys (its list of aliases among them) are gone
+    and before the alias's: the retry must still find the alias and erase it, not answer 404."""
+    from vicino.services.recommender.adapters.redis_keys import CustomerKeys
+
+    post(rec_client, [ev("pw-1", customer_id="pw-a"), ev("pw-2", customer_id="pw-b")])
+    link(rec_client, "pw-b", "loyalty_card", "pw-card")
+    assert link(rec_client, "pw-a", "loyalty_card", "pw-card")["merged"] == ["pw-b"]
+    # Redis refuses the alias's step (a key of the wrong type): the first attempt fails there
+    poison = CustomerKeys("pw-b", 16).identifiers
+    redis_sync.set(poison, "not a set")
+    r = rec_client.delete("/v1/customers/pw-a", headers=ADMIN)
+    assert r.status_code >= 500, r.text
+    assert not redis_sync.exists(CustomerKeys("pw-a", 16).aliases)  # the survivor's part is done
+    redis_sync.delete(poison)
+    r = rec_client.delete("/v1/customers/pw-a", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["erased_customers"] == 2
+    dump = repr(redis_dump(redis_sync))
+    for needle in ("pw-a", "pw-b", "pw-card", "pw-1", "pw-2"):
+        assert needle not in dump, f"{needle} survived the erasure"
+    assert_problem(rec_client.delete("/v1/customers/pw-a", headers=ADMIN), 404, "no data")
 
 
 def test_erasure_of_an_unknown_customer_is_404(rec_client):
@@ -348,3 +411,63 @@ def test_visits_from_geo_events_reach_the_profile(rec_client, rec_settings, geo_
     visits = rec_client.get("/v1/customers/cust-v", headers=ADMIN).json()["last_visits"]
     assert {(v["store_id"], v["left_at"]) for v in visits} == {(s, None) for s in entered}
     assert redis_sync.xlen("vicino:{geo:000}:events:geofence:v1:dead") == 1
+
+
+def test_visits_queued_before_a_location_withdrawal_are_not_recorded(rec_client, rec_settings, geo_http):
+    import asyncio
+
+    from vicino.services.runtime.redis_client import open_async
+    from vicino.services.recommender.wiring import build_visit_consumer
+
+    geo_http.put("/v1/stores/shop-w", json={"type": "Feature", "id": "shop-w", "properties": {"radius_m": 80},
+                                             "geometry": {"type": "Point", "coordinates": [9.30, 45.50]}})
+    entered = {}
+    for customer in ("cust-keeps", "cust-withdraws"):
+        phone = register_device(geo_http, f"phone-{customer}", customer)
+        set_consent(geo_http, customer)
+        entered[customer] = [e for e in fix_until_enter(geo_http, phone, f"phone-{customer}", 45.50, 9.30, "shop-w")
+                             if e["type"] == "enter"]
+        assert entered[customer]
+    # the enter events wait in the streams while the customer withdraws location consent
+    set_consent(geo_http, "cust-withdraws", location=False)
+
+    async def drain():
+        redis = open_async(rec_settings.redis_url)
+        try:
+            consumer = build_visit_consumer(rec_settings, redis, "test-consumer")
+            for _ in range(20):
+                if not await consumer.run_once():
+                    break
+        finally:
+            await redis.aclose()
+
+    asyncio.run(drain())
+    kept = rec_client.get("/v1/customers/cust-keeps", headers=ADMIN).json()["last_visits"]
+    assert {v["store_id"] for v in kept} >= {"shop-w"}
+    withdrawn = rec_client.get("/v1/customers/cust-withdraws", headers=ADMIN)
+    assert withdrawn.status_code in (200, 404), withdrawn.text
+    assert withdrawn.status_code == 404 or withdrawn.json()["last_visits"] == []
+
+
+def test_info_logs_name_no_customer(rec_client, redis_sync, caplog):
+    """Ingestion, a merge, an erasure that fails part-way (a 500, logged with its traceback) and
+    its retry, with every logger at INFO: the customers' ids and identifiers never reach the logs."""
+    import logging
+
+    from vicino.services.recommender.adapters.redis_keys import CustomerKeys
+    from vicino.services.runtime.observability import JsonFormatter, quiet_request_logs
+
+    caplog.set_level(logging.INFO)
+    quiet_request_logs()  # as configure_logging sets the services' processes up
+    post(rec_client, [ev("lg-1", customer_id="lg-person-a"), ev("lg-2", customer_id="lg-person-b")])
+    link(rec_client, "lg-person-b", "loyalty_card", "lg-card")
+    link(rec_client, "lg-person-a", "loyalty_card", "lg-card")  # merges them
+    redis_sync.set(CustomerKeys("lg-person-b", 16).identifiers, "not a set")
+    assert rec_client.delete("/v1/customers/lg-person-a", headers=ADMIN).status_code == 500
+    redis_sync.delete(CustomerKeys("lg-person-b", 16).identifiers)
+    assert rec_client.delete("/v1/customers/lg-person-a", headers=ADMIN).status_code == 200
+    formatter = JsonFormatter()
+    text = "\n".join(formatter.format(r) for r in caplog.records)
+    assert "customers merged" in text and "customer erased" in text and "unhandled error" in text, text
+    for needle in ("lg-person", "lg-card"):
+        assert needle not in text, text

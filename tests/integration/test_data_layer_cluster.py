@@ -56,7 +56,7 @@ def test_the_data_layer_runs_on_redis_cluster(cluster, tmp_path):
             assert phone.status_code == 201
             assert geo.put("/v1/customers/kc-7/consent", json={"location": True, "marketing": True,
                                                               "personalisation": False}).status_code == 200
-            r = rec.post("/v1/customers/kc-3/identifiers", headers=ADMIN, json={"kind": "device", "value": "kphone"})
+            r = rec.post("/v1/customers/kc-3/identifiers", headers=ADMIN, json={"kind": "device", "value": "kphone", "verified": True})
             assert r.status_code == 201 and r.json() == {"customer_id": "kc-3", "identifier": "device:kphone",
                                                          "created": True, "merged": ["kc-7"]}, r.text
             profile = rec.get("/v1/customers/kc-7", headers=ADMIN).json()

@@ -339,16 +339,36 @@ def test_quiet_hours_on_a_fixed_clock(dset, geo_http, redis_sync, hour, minute, 
     assert len(ranker.calls) == (0 if quiet else 1)  # no ranking for a visit that cannot get a push
 
 
-def test_no_marketing_consent_is_suppressed_and_logged(dset, geo_http, redis_sync):
+def test_no_marketing_consent_decides_nothing(dset, geo_http, redis_sync):
     register(geo_http, "ph-nm", "cu-nm", marketing=False)
     clock, ranker = FixedClock(at(12)), ListRanker()
     publish(redis_sync, event("dwell", "ph-nm", "cu-nm", "s-1", "v-1", clock.now() - 1))
-    drain(dset, ranker, clock)
-    [d] = decisions(redis_sync)
-    assert (d.outcome, d.reason, d.offer_id, d.job_id) == ("suppress", "no_marketing_consent", None, None)
-    assert jobs(redis_sync) == [] and ranker.calls == []
+    c = drain(dset, ranker, clock)
+    assert (c.handled, pending(redis_sync)) == (1, 0)
+    # no decision logged either: a visit of a customer who refused marketing is not a record of ours
+    assert decisions(redis_sync) == [] and jobs(redis_sync) == [] and ranker.calls == []
     # nothing counted against the cap
     assert redis_sync.zcard(DecisionKeys("cu-nm", dset.customer_shards).pushes) == 0
+
+
+def test_events_queued_before_a_consent_withdrawal_decide_nothing(dset, geo_http, redis_sync):
+    """Dwell events wait in the stream; then one customer withdraws marketing consent and another
+    location consent (through geo's API); when the worker gets to the events, only the customer
+    who kept both is decided on."""
+    clock = FixedClock(at(12))
+    for n in (1, 2, 3):
+        register(geo_http, f"ph-w{n}", f"cu-w{n}")
+        publish(redis_sync, event("dwell", f"ph-w{n}", f"cu-w{n}", "s-1", f"v-w{n}", clock.now() - 1))
+    for customer, values in (("cu-w2", {"marketing": False}), ("cu-w3", {"location": False})):
+        r = geo_http.put(f"/v1/customers/{customer}/consent",
+                         json={"location": True, "marketing": True, "personalisation": True, **values})
+        assert r.status_code == 200, r.text
+    ranker = ListRanker()
+    c = drain(dset, ranker, clock)
+    assert (c.dead, pending(redis_sync)) == (0, 0)
+    assert [(d.customer_id, d.outcome) for d in decisions(redis_sync)] == [("cu-w1", "send")]
+    assert [j.customer_id for j in jobs(redis_sync)] == ["cu-w1"]
+    assert [call["customer_id"] for call in ranker.calls] == ["cu-w1"]
 
 
 def test_no_eligible_offer(dset, geo_http, redis_sync):
@@ -405,7 +425,7 @@ def test_a_merged_customers_visit_is_decided_for_the_survivor(dset, rec_client, 
     register(geo_http, "ph-m1", "zm-1")
     for customer in ("zm-1", "zm-2"):
         r = rec_client.post(f"/v1/customers/{customer}/identifiers", headers=ADMIN,
-                            json={"kind": "loyalty_card", "value": "card-zm"})
+                            json={"kind": "loyalty_card", "value": "card-zm", "verified": True})
         assert r.status_code in (200, 201), r.text
     clock = FixedClock(at(12))
     publish(redis_sync, event("dwell", "ph-m", "zm-2", "s-1", "v-1", clock.now() - 1))
@@ -472,7 +492,8 @@ def test_what_merges_and_erasure_need_to_call(dset, geo_http, redis_sync):
     async def hooks():
         redis = open_async(dset.redis_url)
         try:
-            repo = DecisionRepository(redis, dset.customer_shards, dset.decision_ttl_s, dset.store_cooldown_s)
+            repo = DecisionRepository(redis, dset.customer_shards, dset.decision_ttl_s, dset.store_cooldown_s,
+                                      erasure_key=dset.erasure_register_key())
             await repo.absorb("cu-e", "cu-k")
             await repo.absorb("cu-e", "cu-k")  # a retried merge
             moved = {k: await redis.zrange(k, 0, -1) for k in keep.all_owned()}

@@ -17,13 +17,17 @@ import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
 from vicino.services.kernel.clock import FixedClock
+from vicino.services.kernel.ids import is_valid_client_id
 from vicino.services.recommender.adapters.customer_repository import CustomerRepository
 from vicino.services.kernel.contracts.history_file import NON_PRODUCT_CODES, HistoryFileError, read_history
 from vicino.services.kernel.contracts.interaction_log import INTERACTIONS, read_interactions
 from vicino.services.recommender.adapters.parquet_log import ParquetLog
 from vicino.services.recommender.adapters.redis_keys import ERASURES, erasure_digest
+from vicino.services.kernel.contracts.erasures import register_key
 from vicino.services.recommender.use_cases.history_import import HistoryImport
-from tests.conftest import FIXTURES, make_rec_settings
+from tests.conftest import FIXTURES, TOKEN_SECRET, make_rec_settings
+
+KEY = register_key(TOKEN_SECRET)  # the erasure register's key, as the services derive it
 
 SLICE = FIXTURES / "online_retail_slice.csv"
 MALFORMED = FIXTURES / "history_malformed.csv"
@@ -163,7 +167,7 @@ def test_reimport_after_an_erasure_drops_the_customer_and_stale_files(redis_sync
     gone = next(iter(next(cs for cs in customers_on.values() if len(cs) == 1)))
     emptied = sum(cs == {gone} for cs in customers_on.values())
     theirs = sum(r["customer_id"] == gone for r in rows)
-    redis_sync.hset(ERASURES, erasure_digest(gone), repr(NOW))
+    redis_sync.hset(ERASURES, erasure_digest(gone, KEY), repr(NOW))
 
     again = run_import(redis_url, root, SLICE)
     assert again.dropped["erased"] == theirs and again.imported == first.imported - theirs
@@ -266,3 +270,38 @@ def test_cli_import(redis_url, tmp_path, monkeypatch):
     monkeypatch.delenv("VICINO_ADMIN_TOKEN")
     refused = CliRunner().invoke(history_app, ["import", str(SLICE)])
     assert refused.exit_code == 2 and "VICINO_ADMIN_TOKEN" in refused.output
+
+
+def test_customer_ids_the_api_refuses_are_not_imported(redis_url, tmp_path):
+    """An id the API's pattern refuses could never be read or erased through it: such rows are
+    dropped and counted, the others imported."""
+    root = str(tmp_path / "history")
+    path = tmp_path / "ids.csv"
+    path.write_text(
+        "event_id,customer_id,channel,type,item_id,ts\n"
+        "i1,good-1,web,view,sku-1,2026-03-01T10:00:00Z\n"
+        "i2,has space,web,view,sku-1,2026-03-01T10:00:00Z\n"
+        "i3,slash/id,web,view,sku-1,2026-03-01T10:00:00Z\n"
+        "i4,-starts-with-a-symbol,web,view,sku-1,2026-03-01T10:00:00Z\n"
+        f"i5,{'x' * 129},web,view,sku-1,2026-03-01T10:00:00Z\n"
+        "i6,caf\u00e9,web,view,sku-1,2026-03-01T10:00:00Z\n"
+        "i7,good.2@x:y_z,web,view,sku-1,2026-03-01T10:00:00Z\n", encoding="utf-8")
+    report = run_import(redis_url, root, path)
+    assert {k: v for k, v in report.dropped.items() if v} == {"invalid_customer_id": 5}
+    got = read_interactions(root).to_pylist()
+    assert sorted((r["event_id"], r["customer_id"]) for r in got) == [("i1", "good-1"), ("i7", "good.2@x:y_z")]
+    assert all(is_valid_client_id(r["customer_id"]) for r in got)
+
+
+def test_an_erasure_recorded_before_the_keyed_register_still_drops_the_customer(redis_sync, redis_url, tmp_path):
+    from vicino.services.kernel.contracts.erasures import legacy_erasure_digest
+
+    root = str(tmp_path / "history")
+    path = tmp_path / "legacy.csv"
+    path.write_text("event_id,customer_id,channel,type,item_id,ts\n"
+                    "l1,legacy-gone,web,view,sku-1,2026-03-01T10:00:00Z\n"
+                    "l2,legacy-kept,web,view,sku-1,2026-03-01T10:00:00Z\n")
+    redis_sync.hset(ERASURES, legacy_erasure_digest("legacy-gone"), repr(NOW))
+    report = run_import(redis_url, root, path)
+    assert report.dropped["erased"] == 1
+    assert read_interactions(root).column("customer_id").to_pylist() == ["legacy-kept"]

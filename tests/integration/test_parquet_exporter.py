@@ -28,6 +28,9 @@ from vicino.services.recommender.adapters.redis_keys import ERASURES, erasure_di
 from vicino.services.recommender.workers.exporter import GROUP, Exporter, ShardKeys
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET, make_rec_settings
 from tests.support import ROOT
+from vicino.services.kernel.contracts.erasures import register_key
+
+KEY = register_key(TOKEN_SECRET)  # the erasure register's key, as the services derive it
 
 SHARDS = 4
 T0 = 1_780_000_000.0  # 2026-05-28 UTC: every test interaction falls on this one day
@@ -240,7 +243,7 @@ def test_entries_deleted_by_an_erasure_after_delivery_are_acknowledged(redis_syn
 def test_rows_of_erased_customers_are_not_exported(redis_sync, redis_url, tmp_path):
     root = str(tmp_path / "history")
     erased_at = T0 + 100
-    redis_sync.hset(ERASURES, erasure_digest("gone"), repr(erased_at))
+    redis_sync.hset(ERASURES, erasure_digest("gone", KEY), repr(erased_at))
     for n in range(5):
         add(redis_sync, interaction(n, "gone", received_at=T0 + 50 + n))       # before the erasure
     add(redis_sync, interaction(5, "gone", received_at=erased_at + 1))           # a new life after it
@@ -385,7 +388,7 @@ def test_cli_export_and_apply_erasures(redis_sync, redis_url, tmp_path, monkeypa
     assert_exactly_once_in_order(root, expected)
 
     # erased after the export: the rewrite takes the customer's rows out of the files
-    redis_sync.hset(ERASURES, erasure_digest("cust-4"), repr(T0 + 10_000))
+    redis_sync.hset(ERASURES, erasure_digest("cust-4", KEY), repr(T0 + 10_000))
     out = CliRunner().invoke(history_app, ["apply-erasures"])
     assert out.exit_code == 0, out.output
     gone = len(expected.pop("cust-4"))
@@ -401,7 +404,7 @@ def test_on_a_redis_cluster(tmp_path):
         rc = RedisCluster.from_url(cluster.url)
         root = str(tmp_path / "history")
         settings = settings_for(cluster.url, root)
-        rc.hset(ERASURES, erasure_digest("cust-3"), repr(T0 + 10_000))
+        rc.hset(ERASURES, erasure_digest("cust-3", KEY), repr(T0 + 10_000))
         expected = add_many(rc, 200)
         expected.pop("cust-3")
 

@@ -240,7 +240,7 @@ def test_apply_erasures_job_rewrites_the_log_only_when_the_register_changed(redi
         client = open_async(redis_url)
         try:
             if customer:
-                await ErasureRegister(client).record([customer], time.time())
+                await ErasureRegister(client, settings.erasure_register_key()).record([customer], time.time())
             return await apply_pending_erasures(JobContext(client), settings)
         finally:
             await client.aclose()

@@ -138,3 +138,33 @@ def test_with_concurrency_one_slow_entry_holds_one_slot_not_the_others(redis_url
     for s in streams:
         assert redis_sync.xpending(s, "g")["pending"] == 0
     assert len(redis_sync.xrange(dead(streams[1]))) == 1  # entry 1 went to the second stream
+
+
+def test_failure_logs_name_the_error_not_its_message(redis_url, redis_sync, caplog):
+    """A handler's error may name a customer: the logs keep its class, the dead letter (which an
+    erasure clears) the whole reason."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    stream = "vicino:{t:001}:s"
+    redis_sync.xadd(stream, {"n": "1"})
+
+    async def failing(stream, entry_id, fields):
+        raise LookupError("customer 'cust-in-a-message' is unknown")
+
+    async def go(r):
+        c = StreamConsumer(r, [stream], "g", "c1", failing, dead_letter=dead, retry_base_s=0.01, max_attempts=2)
+        deadline = time.monotonic() + 5
+        while c.dead == 0 and time.monotonic() < deadline:
+            await c.run_once()
+            await asyncio.sleep(0.02)
+        return c
+
+    from vicino.services.runtime.observability import JsonFormatter
+
+    assert run(redis_url, go).dead == 1
+    text = "\n".join(JsonFormatter().format(r) for r in caplog.records)  # the fields, as the logs show them
+    assert "will retry" in text and "dead-lettered" in text
+    assert "cust-in-a-message" not in text and "LookupError" in text
+    [(_, fields)] = redis_sync.xrange(dead(stream))
+    assert b"cust-in-a-message" in fields[b"dead_reason"]

@@ -15,12 +15,13 @@ from vicino.services.kernel.contracts.history_file import read_history
 from vicino.services.kernel.contracts.interaction_log import INTERACTIONS
 from vicino.services.kernel.contracts.model_artifact import publish, read_version
 from vicino.services.kernel.jobs import JobContext
+from vicino.services.kernel.contracts.erasures import register_key
 from vicino.services.recommender.adapters.erasure_register import ErasureRegister
 from vicino.services.recommender.adapters.parquet_log import ParquetLog
 from vicino.services.recommender.app import create_app
 from vicino.services.recommender.jobs import retrain
 from vicino.services.runtime.redis_client import open_async
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
 SLICE = ROOT / "tests" / "fixtures" / "online_retail_slice.csv"
@@ -52,7 +53,7 @@ def on_redis(url: str, work):
 def test_retrain_forgets_erased_customers_and_gives_rows_only_to_consenting_ones(rec_settings, geo_http, tmp_path):
     table, _ = read_history(SLICE, received_at=NOW - 3600)
     ParquetLog(rec_settings.history_dir).write_partitioned(INTERACTIONS, table, "import-slice")
-    on_redis(rec_settings.redis_url, lambda r: ErasureRegister(r).record([ERASED], NOW - 60))
+    on_redis(rec_settings.redis_url, lambda r: ErasureRegister(r, rec_settings.erasure_register_key()).record([ERASED], NOW - 60))
     for c in CONSENTING:
         consent(geo_http, c, True)
     consent(geo_http, REFUSING, False)
@@ -91,9 +92,10 @@ def test_retrain_forgets_erased_customers_and_gives_rows_only_to_consenting_ones
 def test_vicino_train_with_the_deployments_redis_forgets_erased_customers_of_a_history_file(redis_url, tmp_path):
     from vicino.services.cli import app as cli
 
-    on_redis(redis_url, lambda r: ErasureRegister(r).record([ERASED], NOW))   # the file's rows all predate it
+    on_redis(redis_url, lambda r: ErasureRegister(r, register_key(TOKEN_SECRET)).record([ERASED], NOW))   # the file's rows all predate it
     r = CliRunner().invoke(cli, ["train", "--data", str(SLICE), "--epochs", "2", "--threads", "1", "--skip-test",
-                                 "--model-dir", str(tmp_path / "m"), "--redis-url", redis_url])
+                                 "--model-dir", str(tmp_path / "m"), "--redis-url", redis_url],
+                            env={"VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_ERASURE_KEY": None})
     assert r.exit_code == 0, r.output
     assert "left out 71 rows of erased customers" in r.output
     assert "91 customers without personalisation consent have no learned row" in r.output   # nobody consented here
@@ -102,7 +104,8 @@ def test_vicino_train_with_the_deployments_redis_forgets_erased_customers_of_a_h
     assert m.user_ids == [] and m.data_window["users"] == 91
     assert not set(ONLY_ERASED_BOUGHT) & (set(m.item_ids) | set(m.item_feature_map))
     unreachable = CliRunner().invoke(cli, ["train", "--data", str(SLICE), "--model-dir", str(tmp_path / "m2"),
-                                           "--redis-url", "redis://127.0.0.1:1"])
+                                           "--redis-url", "redis://127.0.0.1:1"],
+                                    env={"VICINO_TOKEN_SECRET": TOKEN_SECRET})
     assert unreachable.exit_code == 1 and "cannot reach Redis" in unreachable.output
 
 

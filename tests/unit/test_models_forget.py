@@ -12,7 +12,9 @@ import pytest
 
 from vicino.models.data import without_erased
 from vicino.models.features import feature_matrix
-from vicino.services.kernel.contracts.erasures import erasure_digest
+from vicino.services.kernel.contracts.erasures import erasure_digest, legacy_erasure_digest
+
+KEY = b"k" * 32  # the register's HMAC key
 from vicino.services.kernel.contracts.interaction_log import INTERACTION_SCHEMA
 from vicino.services.kernel.contracts.model_artifact import (ERASURE_MARGIN_S, Blend, Manifest, current_version,
                                                              list_versions, prune_versions, publish, read_version,
@@ -40,10 +42,13 @@ def test_without_erased_drops_what_happened_or_arrived_before_the_erasure():
     table = log_rows([("gone", "i1", T0, T0), ("gone", "i2", T0 + 50, T0 + 200),  # happened before, arrived after
                       ("gone", "i3", T0 + 300, T0 + 300),                          # the id came back afterwards
                       ("kept", "i1", T0, T0)])
-    kept, dropped = without_erased(table, {erasure_digest("gone"): T0 + 100})
+    kept, dropped = without_erased(table, {erasure_digest("gone", KEY): T0 + 100}, KEY)
     assert dropped == 2
     assert list(zip(kept["customer_id"].to_pylist(), kept["item_id"].to_pylist())) == [("gone", "i3"), ("kept", "i1")]
-    assert without_erased(table, {})[1] == 0 and without_erased(table, {erasure_digest("x"): T0 + 1e6})[1] == 0
+    # a register written before the key (bare SHA-256) is honoured; another key's digest is not
+    assert without_erased(table, {legacy_erasure_digest("gone"): T0 + 100}, KEY)[1] == dropped
+    assert without_erased(table, {erasure_digest("gone", b"another key"): T0 + 100}, KEY)[1] == 0
+    assert without_erased(table, {}, KEY)[1] == 0 and without_erased(table, {erasure_digest("x", KEY): T0 + 1e6}, KEY)[1] == 0
 
 
 def test_customers_without_consent_have_no_identity_column_and_weigh_as_cold_ones():
@@ -78,7 +83,7 @@ def test_scrub_removes_the_id_and_the_row_and_leaves_a_loadable_version(tmp_path
     before = version_stamp(tmp_path, "v1")
     erased_at = T0 + 10
     time.sleep(0.01)  # mtime granularity: the stamp must move
-    assert scrub_version(tmp_path, "v1", {erasure_digest("u2"): erased_at, erasure_digest("nobody"): erased_at}) == 1
+    assert scrub_version(tmp_path, "v1", {erasure_digest("u2", KEY): erased_at, erasure_digest("nobody", KEY): erased_at}, KEY) == 1
     art = read_version(tmp_path, "v1")
     assert art.manifest.user_ids == ["u1", None, "u3"] and "u2" not in art.user_index
     assert art.user_repr[1].tolist() == [0.0, 0.0] and art.user_bias[1] == 0.0
@@ -86,7 +91,7 @@ def test_scrub_removes_the_id_and_the_row_and_leaves_a_loadable_version(tmp_path
     raw = (tmp_path / "v1" / "manifest.json").read_text() + str(np.load(tmp_path / "v1" / "arrays.npz")["user_repr"])
     assert '"u2"' not in raw and "3." not in raw.split("user_repr")[-1]
     assert version_stamp(tmp_path, "v1") != before                    # replicas notice the rewrite
-    assert scrub_version(tmp_path, "v1", {erasure_digest("u2"): erased_at}) == 0   # done once
+    assert scrub_version(tmp_path, "v1", {erasure_digest("u2", KEY): erased_at}, KEY) == 0   # done once
     assert not list(tmp_path.glob("v1/.*"))                            # no temporary file left
 
 
@@ -95,9 +100,9 @@ def test_a_row_learned_after_the_erasure_stays(tmp_path):
     erased_at = T0
     version(tmp_path, "later", ["u1"], erasures_as_of=erased_at + ERASURE_MARGIN_S + 1)
     version(tmp_path, "racing", ["u1"], erasures_as_of=erased_at + ERASURE_MARGIN_S - 1)  # may have missed it
-    register = {erasure_digest("u1"): erased_at}
-    assert scrub_version(tmp_path, "later", register) == 0 and read_version(tmp_path, "later").learned_after(erased_at)
-    assert scrub_version(tmp_path, "racing", register) == 1
+    register = {erasure_digest("u1", KEY): erased_at}
+    assert scrub_version(tmp_path, "later", register, KEY) == 0 and read_version(tmp_path, "later").learned_after(erased_at)
+    assert scrub_version(tmp_path, "racing", register, KEY) == 1
 
 
 def test_prune_keeps_the_published_one_and_the_newest_others(tmp_path):

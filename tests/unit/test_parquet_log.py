@@ -16,6 +16,8 @@ from vicino.services.recommender.adapters.parquet_log import (ParquetLog, apply_
                                                        merges_table)
 from vicino.services.recommender.adapters.redis_keys import erasure_digest
 
+KEY = b"an erasure register key, 32 bytes"
+
 DAY1 = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp()
 
 
@@ -133,7 +135,7 @@ def test_apply_erasures_rewrites_only_files_with_erased_rows(tmp_path):
                                                 CustomerMergedV1(merged="y", into="gone", ts=DAY1 + 30)]), "m")
     before = (pq.read_table(untouched), fsspec.filesystem("file").info(untouched)["mtime"])
 
-    report = apply_erasures(str(tmp_path), {erasure_digest("gone"): repr(erased_at)})
+    report = apply_erasures(str(tmp_path), {erasure_digest("gone", KEY): repr(erased_at)}, key=KEY)
     assert (report.files_scanned, report.files_rewritten, report.files_removed, report.rows_dropped) == (4, 2, 1, 4)
     assert sorted(read_interactions(str(tmp_path)).column("event_id").to_pylist()) == ["g2", "k1", "k2"]
     assert [r["merged"] for r in read_merges(str(tmp_path)).to_pylist()] == ["x"]
@@ -141,7 +143,7 @@ def test_apply_erasures_rewrites_only_files_with_erased_rows(tmp_path):
     assert pq.read_table(untouched).equals(before[0])
     assert fsspec.filesystem("file").info(untouched)["mtime"] == before[1]
     # nothing left to do the second time
-    again = apply_erasures(str(tmp_path), {erasure_digest("gone"): erased_at})
+    again = apply_erasures(str(tmp_path), {erasure_digest("gone", KEY): erased_at}, key=KEY)
     assert (again.files_rewritten, again.files_removed, again.rows_dropped) == (0, 0, 0)
 
 
@@ -152,9 +154,25 @@ def test_memory_filesystem_root():
         write(log, "f", [it("e1"), it("e2", ts=DAY1 + 86_400 * 2)])
         assert read_interactions(root).column("event_id").to_pylist() == ["e1", "e2"]
         assert len(log.files(INTERACTIONS)) == 2
-        report = apply_erasures(root, {erasure_digest("c1"): DAY1 + 86_400})
+        report = apply_erasures(root, {erasure_digest("c1", KEY): DAY1 + 86_400}, key=KEY)
         assert report.rows_dropped == 1 and report.files_removed == 1
         assert read_interactions(root).column("event_id").to_pylist() == ["e2"]
     finally:
         fs = fsspec.filesystem("memory")
         fs.rm(root.removeprefix("memory:/"), recursive=True)
+
+
+def test_apply_erasures_honours_entries_of_a_register_written_before_the_key(tmp_path):
+    """Registers written before the keyed digest hold bare SHA-256s: still honoured (they cannot
+    be converted: the ids behind them are unknown), next to keyed entries."""
+    from vicino.services.kernel.contracts.erasures import legacy_erasure_digest
+
+    log = ParquetLog(str(tmp_path))
+    write(log, "f", [it("o1", "old-erasure"), it("n1", "new-erasure"), it("k1", "kept")])
+    later = DAY1 + 86_400 * 30
+    report = apply_erasures(str(tmp_path), {legacy_erasure_digest("old-erasure"): later,
+                                            erasure_digest("new-erasure", KEY): later}, key=KEY)
+    assert report.rows_dropped == 2
+    assert read_interactions(str(tmp_path)).column("event_id").to_pylist() == ["k1"]
+    # the keyed digest depends on the key: another key's register names no one here
+    assert erasure_digest("new-erasure", b"another key, also 32 bytes long!") != erasure_digest("new-erasure", KEY)

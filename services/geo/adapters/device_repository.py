@@ -3,6 +3,21 @@
 A device's registration carries a copy of its customer's location consent, written whenever
 the consent changes, so that a location request reads registration and visit state in one
 script on one slot and saves with one compare-and-set script that also appends the events.
+
+Consent (`{cust:<id>}`) and the copies (`{geo:NNN}`, one slot per device) live in different
+Cluster slots, so no one script can change them all. A consent change is therefore versioned
+steps (`set_consent`), each one script, ordered so that every moment between them, and a crash
+between them, is as strict as the old or the new consent, never looser:
+1. allocate the change's version (`seq` in the consent hash);
+2. a withdrawal of location consent first turns every device's copy off;
+3. the consent itself, its log entry, and the set of devices, in one script (a change older than
+   the one already applied is not applied: the later change wins everywhere);
+4. every device's copy takes the new value.
+A copy is written only by a version at least as new as its own (`consent_v`), so two concurrent
+changes end with the later one on the consent and on every copy, whatever their interleaving.
+The workers check consent itself (step 3) when they handle an event, so an event geo emitted
+before step 2 is dropped there. A crash after step 2 leaves location off on every device, even
+though the consent still reads as granted until the request is retried.
 """
 from __future__ import annotations
 
@@ -40,11 +55,32 @@ end
 return {1, new_rev}
 """)
 
+# ARGV: location ('1'/'0'), the consent version it comes from. Never on a removed device (no
+# stub), never over a copy from a newer change.
 _SET_COPY = memory_guarded("""
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('HSET', KEYS[1], 'location_consent', ARGV[1])
-end
-return 0
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'consent_v') or '0')
+if tonumber(ARGV[2]) < cur then return 0 end
+redis.call('HSET', KEYS[1], 'location_consent', ARGV[1], 'consent_v', ARGV[2])
+return 1
+""")
+
+# KEYS: consent hash, devices set. Returns {the new change's version, device ids}.
+_NEXT_CONSENT_VERSION = memory_guarded("""
+return {redis.call('HINCRBY', KEYS[1], 'seq', 1), redis.call('SMEMBERS', KEYS[2])}
+""")
+
+# KEYS: consent hash, consent log, devices set. ARGV: version, location, marketing,
+# personalisation, updated_at, log entry JSON. Applies the change unless a newer one already was;
+# returns {applied (0/1), device ids}.
+_APPLY_CONSENT = memory_guarded("""
+local applied = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local members = redis.call('SMEMBERS', KEYS[3])
+if tonumber(ARGV[1]) < applied then return {0, members} end
+redis.call('LPUSH', KEYS[2], ARGV[6])  -- first: a script that fails part-way writes nothing after it
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'location', ARGV[2], 'marketing', ARGV[3], 'personalisation', ARGV[4],
+           'updated_at', ARGV[5])
+return {1, members}
 """)
 
 # Removes a push token only if it is still the registration's (a re-registration may have put a
@@ -111,6 +147,8 @@ class DeviceRepository:
         self._read = hot.register_script(_READ)
         self._save = hot.register_script(_SAVE)
         self._set_copy = redis.register_script(_SET_COPY)
+        self._next_consent_version = redis.register_script(_NEXT_CONSENT_VERSION)
+        self._apply_consent = redis.register_script(_APPLY_CONSENT)
         self._clear_push_token = redis.register_script(_CLEAR_PUSH_TOKEN)
 
     def keys(self, device_id: str) -> DeviceKeys:
@@ -139,22 +177,26 @@ class DeviceRepository:
     async def delete_state(self, device_id: str) -> None:
         await self._r.delete(self.keys(device_id).state)
 
-    async def register(self, reg: Registration) -> Registration | None:
-        """Creates or replaces a registration; returns the previous one."""
+    async def register(self, reg: Registration, consent_version: int = 0) -> Registration | None:
+        """Creates or replaces a registration (its consent copy from `consent_version`); returns
+        the previous one."""
         k = self.keys(reg.device_id)
         previous = await self.get(reg.device_id)
         await self._r.hset(k.registration, mapping={
             "customer_id": reg.customer_id, "platform": reg.platform, "push_token": reg.push_token,
             "timezone": reg.timezone, "token_id": reg.token_id, "registered_at": repr(reg.registered_at),
-            "location_consent": "1" if reg.location_consent else "0"})
+            "location_consent": "1" if reg.location_consent else "0", "consent_v": consent_version})
         await self._r.sadd(CustomerKeys(reg.customer_id).devices, reg.device_id)
         if previous is not None and previous.customer_id != reg.customer_id:
             await self._r.srem(CustomerKeys(previous.customer_id).devices, reg.device_id)
         return previous
 
-    async def set_location_copy(self, device_id: str, location: bool) -> None:
-        # only on a registration that still exists: never resurrect a removed device as a stub
-        await self._set_copy(keys=[self.keys(device_id).registration], args=["1" if location else "0"])
+    async def set_location_copy(self, device_id: str, location: bool, version: int) -> bool:
+        """The device's copy of the location consent of change `version`; False (nothing written)
+        on a removed device or over a copy of a newer change."""
+        out = await self._set_copy(keys=[self.keys(device_id).registration],
+                                   args=["1" if location else "0", version])
+        return bool(int(out))
 
     async def clear_push_token(self, device_id: str, push_token: str, now: float, reason: str) -> bool:
         out = await self._clear_push_token(keys=[self.keys(device_id).registration],
@@ -207,20 +249,40 @@ class DeviceRepository:
         out["updated_at"] = float(g["updated_at"]) if "updated_at" in g else None
         return out
 
-    async def set_consent(self, customer_id: str, values: dict[str, bool], actor: str, now: float) -> list[str]:
-        """Records the consent and its audit entry, mirrors `location` into every device of the
-        customer; returns those device ids."""
+    async def consent_version(self, customer_id: str) -> tuple[bool, int]:
+        """(location consent, the version of the change that set it: 0 if none)."""
+        location, v = await self._r.hmget(CustomerKeys(customer_id).consent, ["location", "v"])
+        return location == b"1", int(v or 0)
+
+    async def next_consent_version(self, customer_id: str) -> tuple[int, list[str]]:
+        """Step 1 of a consent change: its version, and the customer's devices now."""
+        ck = CustomerKeys(customer_id)
+        version, members = await self._next_consent_version(keys=[ck.consent, ck.devices])
+        return int(version), sorted(m.decode() for m in members)
+
+    async def apply_consent(self, customer_id: str, version: int, values: dict[str, bool], actor: str,
+                            now: float) -> tuple[bool, list[str]]:
+        """Step 3: the consent and its log entry, unless a newer change was applied; returns
+        (applied, the customer's devices)."""
         ck = CustomerKeys(customer_id)
         flat = {f: "1" if values[f] else "0" for f in CONSENT_FIELDS}
-        pipe = self._r.pipeline(transaction=False)
-        pipe.hset(ck.consent, mapping={**flat, "updated_at": repr(now)})
-        pipe.lpush(ck.consent_log, orjson.dumps({**flat, "at": now, "by": actor}))
-        pipe.smembers(ck.devices)
-        *_, members = await pipe.execute()
-        devices = sorted(m.decode() for m in members)
-        for device_id in devices:
-            await self.set_location_copy(device_id, values["location"])
-        return devices
+        applied, members = await self._apply_consent(
+            keys=[ck.consent, ck.consent_log, ck.devices],
+            args=[version, flat["location"], flat["marketing"], flat["personalisation"], repr(now),
+                  orjson.dumps({**flat, "at": now, "by": actor})])
+        return bool(int(applied)), sorted(m.decode() for m in members)
+
+    async def set_consent(self, customer_id: str, values: dict[str, bool], actor: str, now: float) -> list[str]:
+        """Records the consent and its audit entry and mirrors `location` into every device of the
+        customer, in the steps the module's docstring orders; returns those device ids."""
+        version, devices = await self.next_consent_version(customer_id)
+        if not values["location"]:
+            for device_id in devices:  # a withdrawal holds on the devices before it is recorded
+                await self.set_location_copy(device_id, False, version)
+        _, members = await self.apply_consent(customer_id, version, values, actor, now)
+        for device_id in members:
+            await self.set_location_copy(device_id, values["location"], version)
+        return members
 
     async def consent_audit(self, customer_id: str, count: int = 100) -> list[dict]:
         """The most recent changes, newest first: the list, then (older) the legacy stream's."""

@@ -32,16 +32,15 @@ class DeviceDirectory:
     async def register(self, device_id: str, customer_id: str, platform: str, push_token: str,
                        timezone: str) -> IssuedToken:
         now = self.clock.now()
-        consent = await self.repo.consent(customer_id)
-        reg = Registration(device_id, customer_id, platform, push_token, timezone, new_id("tok"), now,
-                           consent["location"])
-        previous = await self.repo.register(reg)
+        location, version = await self.repo.consent_version(customer_id)
+        reg = Registration(device_id, customer_id, platform, push_token, timezone, new_id("tok"), now, location)
+        previous = await self.repo.register(reg, version)
         # A consent change that ran between our read and our joining the customer's device set
         # could not update this device's copy: read once more, now that we are in the set (any
-        # later change will find us there and update the copy itself).
-        latest = (await self.repo.consent(customer_id))["location"]
-        if latest != consent["location"]:
-            await self.repo.set_location_copy(device_id, latest)
+        # later change will find us there and update the copy itself; versions keep the newer).
+        latest = await self.repo.consent_version(customer_id)
+        if latest != (location, version):
+            await self.repo.set_location_copy(device_id, *latest)
         if previous is not None and previous.customer_id != customer_id:
             # The phone changed hands: the old owner's visits end (exit events under the old
             # owner, so consumers close them) and must not continue under the new one.

@@ -20,7 +20,8 @@ def customer_state_tag(customer_id: str) -> str:
 
 
 def consent_key(customer_id: str) -> str:
-    """hash: location, marketing, personalisation ("1"/"0"), updated_at"""
+    """hash: location, marketing, personalisation ("1"/"0"), updated_at, v (the version of the
+    change applied), seq (the last version handed out)"""
     return f"vicino:{customer_state_tag(customer_id)}:consent"
 
 
@@ -41,7 +42,8 @@ def customer_devices_key(customer_id: str) -> str:
 
 
 def device_registration_key(device_id: str, shards: int) -> str:
-    """hash: customer_id, platform, push_token, timezone, token_id, registered_at, location_consent"""
+    """hash: customer_id, platform, push_token, timezone, token_id, registered_at, location_consent,
+    consent_v (the version of the consent change the copy comes from)"""
     return f"vicino:{shard_tag(device_shard(device_id, shards))}:device:{device_id}:registration"
 
 

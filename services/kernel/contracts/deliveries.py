@@ -10,7 +10,8 @@ Keys (customer part `vicino:{cs:NNN}:customer:<id>:`):
 - `deliveries`        hash delivery_id -> the delivery record (JSON, with its status history)
 - `deliveries:index`  zset delivery_id -> created_at (newest first listing; retention trimming)
 Per shard: `vicino:{cs:NNN}:push:delivery_owners` hash delivery_id -> customer_id (a delivery id
-is all the app knows), `vicino:{cs:NNN}:push:receipts:v1` stream of `DeliveryReceiptV1`, and
+is all the app knows) and `…:delivery_owners:created` zset delivery_id -> created_at (entries past
+the retention leave both, whether or not their customer comes back), `vicino:{cs:NNN}:push:receipts:v1` stream of `DeliveryReceiptV1`, and
 `vicino:{cs:NNN}:push:jobs:v1:dead` the jobs that can never be sent.
 """
 from __future__ import annotations
@@ -54,6 +55,11 @@ def customer_deliveries_index_key(customer_id: str, shards: int) -> str:
 
 def delivery_owners_key(shard: int) -> str:
     return f"vicino:{customer_shard_tag(shard)}:push:delivery_owners"
+
+
+def delivery_owners_created_key(shard: int) -> str:
+    """zset delivery_id -> created_at of the owners hash above: what expires its entries."""
+    return delivery_owners_key(shard) + ":created"
 
 
 def receipts_stream_key(shard: int) -> str:

@@ -16,9 +16,11 @@ Two formats, told apart by the header (or forced with `fmt`):
 `type`, `ts`; optional: `item_id`, `offer_id`, `store_id`, `quantity`, `value`, `currency`,
 `country`, `received_at`; other columns are ignored. `ts`/`received_at` are ISO 8601 (a time
 without offset is UTC) or epoch seconds; `received_at` defaults to the time of the import. A
-row with an empty `customer_id` is dropped (`no_customer_id`), a repeated `event_id` keeps its
-first row (`duplicate_event_id`); an unknown channel or type, or a missing event id or ts, is
-malformed.
+row with an empty `customer_id` is dropped (`no_customer_id`), and so is one whose id the API's
+id pattern refuses (`invalid_customer_id`, `kernel.ids.CLIENT_ID_PATTERN`: such a customer could
+never be read or erased through the API; refused rather than rewritten, since a rewriting could
+make two customers one), a repeated `event_id` keeps its first row (`duplicate_event_id`); an
+unknown channel or type, or a missing event id or ts, is malformed.
 
 **online-retail**: the UCI Online Retail layout (Chen 2015, doi 10.24432/C5BW33), header
 `InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country`:
@@ -39,7 +41,7 @@ malformed.
 | offer_id, store_id | empty |
 
 Rows dropped, with the first reason that applies, in this order: `no_customer_id` (no
-CustomerID), `non_product_code` (StockCode is one of NON_PRODUCT_CODES: postage POST/DOT/C2,
+CustomerID), `invalid_customer_id` (as above), `non_product_code` (StockCode is one of NON_PRODUCT_CODES: postage POST/DOT/C2,
 manual adjustment M, discount D, samples S, bad-debt adjustment B, BANK CHARGES, AMAZONFEE,
 CRUK commission, PADS (cushion pads sold at 0.001); or a gift voucher `gift_0001_*`; the
 `DCGS*` codes are products sold through the retailer's dotcom shop and are kept),
@@ -72,6 +74,7 @@ import pyarrow.parquet as pq
 
 from vicino.services.kernel.contracts.interaction_log import INTERACTION_SCHEMA, TIMESTAMP
 from vicino.services.kernel.contracts.interactions import CHANNELS, TYPES
+from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 
 FORMATS = ("auto", "vicino", "online-retail")
 NON_PRODUCT_CODES = frozenset({"POST", "DOT", "C2", "M", "D", "S", "B", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS"})
@@ -81,6 +84,8 @@ VICINO_REQUIRED = ("event_id", "customer_id", "channel", "type", "ts")
 MALFORMED_LINES_CAP = 100
 DROP_REASONS = {
     "no_customer_id": "no customer id",
+    "invalid_customer_id": "a customer id the API refuses (CLIENT_ID_PATTERN: 1-128 letters, digits, . _ : @ -, "
+                           "not starting with a symbol): it could never be read or erased through the API",
     "non_product_code": "not a product: postage, carriage, fees, manual adjustments, samples, vouchers",
     "zero_quantity": "quantity 0",
     "negative_quantity": "quantity below 0 outside a cancellation (a stock adjustment)",
@@ -323,6 +328,7 @@ def _map_online_retail(t: pa.Table, received_at: float) -> _Mapped:
     for prefix in NON_PRODUCT_PREFIXES:
         non_product |= _np(pc.starts_with(code, prefix))
     reasons = [("no_customer_id", _np(pc.is_null(customer))),
+               ("invalid_customer_id", _refused_ids(customer)),
                ("non_product_code", non_product),
                ("zero_quantity", q == 0),
                ("negative_quantity", (q < 0) & ~is_return),
@@ -365,8 +371,9 @@ def _map_vicino(t: pa.Table, received_at: float) -> _Mapped:
                  | ~_np(pc.is_in(kind, value_set=pa.array(TYPES)))
                  | _np(pc.is_null(ts)) | bad_ts | bad_at | bad_q | bad_v)
     no_customer = _np(pc.is_null(customer))
+    refused = _refused_ids(customer) & ~no_customer
     # a repeated event id keeps its first usable row
-    usable = ~malformed & ~no_customer
+    usable = ~malformed & ~no_customer & ~refused
     rows = np.flatnonzero(usable)
     firsts = pa.table({"e": pc.take(event_id, pa.array(rows)), "i": pa.array(rows)}).group_by("e", use_threads=False) \
         .aggregate([("i", "min")]).column("i_min")
@@ -376,7 +383,15 @@ def _map_vicino(t: pa.Table, received_at: float) -> _Mapped:
                "item_id": text("item_id"), "offer_id": text("offer_id"), "store_id": text("store_id"),
                "quantity": quantity, "value": value, "currency": text("currency"), "country": text("country"),
                "ts": ts, "received_at": got_at}
-    return _Mapped(columns, malformed, [("no_customer_id", no_customer), ("duplicate_event_id", repeated)])
+    return _Mapped(columns, malformed, [("no_customer_id", no_customer), ("invalid_customer_id", refused),
+                                        ("duplicate_event_id", repeated)])
+
+
+def _refused_ids(customer) -> np.ndarray:
+    """Customer ids the API's id pattern refuses (a null is `no_customer_id`'s, not this). Refused,
+    not rewritten: any rewriting could make two customers one."""
+    ok = pc.fill_null(pc.match_substring_regex(customer, CLIENT_ID_PATTERN), True)
+    return ~_np(ok)
 
 
 def read_history(path: str | Path, fmt: str = "auto", *, received_at: float,

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .erasures import erasure_digest
+from .erasures import erased_at_in
 
 SCHEMA_VERSION = 1
 CURRENT = "CURRENT"
@@ -310,13 +310,14 @@ def _replace_file(path: Path, write) -> None:
         raise
 
 
-def scrub_version(root: str | Path, version: str, erased: Mapping[str, float]) -> int:
-    """Removes from one version every customer of `erased` (SHA-256 digest -> erased at) whose
+def scrub_version(root: str | Path, version: str, erased: Mapping[str, float], key: bytes) -> int:
+    """Removes from one version every customer of `erased` (the erasure register: a digest keyed
+    with `key` -> erased at) whose
     row was learned before the erasure: the id becomes null, the row zeros. Returns how many.
     The manifest is replaced first, then the arrays: each file is whole at every instant."""
     art = read_version(root, version)
     m = art.manifest
-    gone = [n for n, u in enumerate(m.user_ids) if u is not None and (at := erased.get(erasure_digest(u))) is not None
+    gone = [n for n, u in enumerate(m.user_ids) if u is not None and (at := erased_at_in(erased, u, key)) is not None
             and not art.learned_after(float(at))]
     if not gone:
         return 0

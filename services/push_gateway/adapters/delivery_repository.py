@@ -14,8 +14,8 @@ from vicino.services.runtime.redis_client import ReplicaWait
 from vicino.services.kernel.contracts import customer_state as published
 from vicino.services.kernel.contracts.deliveries import (
     DeliveryReceiptV1, customer_deliveries_index_key, customer_deliveries_key, dead_jobs_stream_key,
-    delivery_owners_key, receipts_stream_key, shard_of_delivery)
-from vicino.services.kernel.contracts.erasures import ERASURES, erasure_digest
+    delivery_owners_created_key, delivery_owners_key, receipts_stream_key, shard_of_delivery)
+from vicino.services.kernel.contracts.erasures import ERASURES, erasure_digests
 from vicino.services.kernel.contracts.interactions import customer_shard, merged_into_key
 from vicino.services.kernel.contracts.push_jobs import PushJobV1, ended_visits_key
 
@@ -26,9 +26,11 @@ RECEIPTS_MAXLEN = 1_000_000   # per shard; the KPI roll-ups read them well befor
 DEAD_MAXLEN = 100_000
 TRIM_BATCH = 100              # records past retention dropped per new delivery
 
-# KEYS: deliveries hash, index zset, owners hash, receipts stream, ended visits zset.
-# ARGV: delivery_id, record JSON, created_at, customer_id, receipt JSON, visit_id, retention cutoff,
-# receipts maxlen, retention ms. Returns {record JSON, visit ended (0/1), created (0/1)}.
+# KEYS: deliveries hash, index zset, owners hash, receipts stream, ended visits zset, owners'
+# created zset. ARGV: delivery_id, record JSON, created_at, customer_id, receipt JSON, visit_id,
+# retention cutoff, receipts maxlen, retention ms. Returns {record JSON, visit ended (0/1), created (0/1)}.
+# The shard's owners past retention go too (any customer's: one who never comes back would
+# otherwise stay named there for ever), and a shard that falls silent expires whole.
 _BEGIN = memory_guarded("""
 local ended = redis.call('ZSCORE', KEYS[5], ARGV[6]) and 1 or 0
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -36,17 +38,26 @@ if cur then return {cur, ended, 0} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'v', '1', 'data', ARGV[5])
 local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[7], 'LIMIT', 0, %d)
 for _, id in ipairs(old) do
   redis.call('HDEL', KEYS[1], id)
   redis.call('HDEL', KEYS[3], id)
   redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[6], id)
+end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', '(' .. ARGV[7], 'LIMIT', 0, %d)
+for _, id in ipairs(gone) do
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('ZREM', KEYS[6], id)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[9])
 redis.call('PEXPIRE', KEYS[2], ARGV[9])
+redis.call('PEXPIRE', KEYS[3], ARGV[9])
+redis.call('PEXPIRE', KEYS[6], ARGV[9])
 return {ARGV[2], ended, 1}
-""" % TRIM_BATCH)
+""" % (TRIM_BATCH, TRIM_BATCH))
 
 # KEYS: deliveries hash, receipts stream, dead-letter stream.
 # ARGV: delivery_id, expected rev, record JSON, receipt JSON ('' none), dead job JSON ('' none),
@@ -88,6 +99,12 @@ def receipt_of(rec: DeliveryRecord, now: float, status: str | None = None) -> De
                              provider=rec.provider, attempts=rec.attempts, ts=now)
 
 
+def _latest(values) -> float | None:
+    """The erasure time under either digest (keyed, or legacy bare SHA-256), or None."""
+    found = [float(v) for v in values or () if v is not None]
+    return max(found) if found else None
+
+
 def _pairs(reply) -> dict[str, str]:
     """HGETALL as a dict, from redis-py (a dict) or the pipelined client (a flat list)."""
     if isinstance(reply, dict):
@@ -97,11 +114,12 @@ def _pairs(reply) -> dict[str, str]:
 
 class DeliveryRepository:
     def __init__(self, redis, customer_shards: int, event_shards: int, retention_s: float, hot_path=None,
-                 replica_wait: ReplicaWait | None = None) -> None:
+                 replica_wait: ReplicaWait | None = None, *, erasure_key: bytes) -> None:
         """`hot_path`: the client for the per-job commands (`kernel.redis_client.open_hot_path`:
         pipelined on a standalone Redis, where redis-py's per-command cost would dominate).
         `replica_wait`: `replicated` waits for a replica to have a customer's delivery writes."""
         self._r = redis
+        self.erasure_key = erasure_key  # the erasure register's HMAC key (settings.erasure_register_key())
         self._replicated = replica_wait
         self._hot = hot_path or redis
         self.customer_shards = customer_shards
@@ -124,14 +142,12 @@ class DeliveryRepository:
         reg, marketing, erased = await asyncio.gather(
             self._hot.execute_command("HGETALL", published.device_registration_key(device_id, self.event_shards)),
             self._hot.execute_command("HGET", published.consent_key(customer_id), "marketing"),
-            self._hot.execute_command("HGET", ERASURES, erasure_digest(customer_id)))
+            self._hot.execute_command("HMGET", ERASURES, *erasure_digests(customer_id, self.erasure_key)))
         reg = _pairs(reg)
-        return Recipient(reg if reg and "customer_id" in reg else None, _s(marketing) == "1",
-                         float(erased) if erased is not None else None)
+        return Recipient(reg if reg and "customer_id" in reg else None, _s(marketing) == "1", _latest(erased))
 
     async def erased_at(self, customer_id: str) -> float | None:
-        raw = await self._r.hget(ERASURES, erasure_digest(customer_id))
-        return float(raw) if raw is not None else None
+        return _latest(await self._r.hmget(ERASURES, list(erasure_digests(customer_id, self.erasure_key))))
 
     async def begin(self, job: PushJobV1, fresh: DeliveryRecord, now: float) -> tuple[DeliveryRecord, bool, bool]:
         """The job's delivery: the existing one, or `fresh` (created `queued`). Returns (record,
@@ -141,7 +157,7 @@ class DeliveryRepository:
             keys=[customer_deliveries_key(job.customer_id, self.customer_shards),
                   customer_deliveries_index_key(job.customer_id, self.customer_shards),
                   delivery_owners_key(shard), receipts_stream_key(shard),
-                  ended_visits_key(job.customer_id, self.customer_shards)],
+                  ended_visits_key(job.customer_id, self.customer_shards), delivery_owners_created_key(shard)],
             args=[fresh.delivery_id, fresh.to_json(), repr(fresh.created_at), job.customer_id,
                   receipt_of(fresh, now).model_dump_json(by_alias=True), job.data.visit_id,
                   repr(now - self.retention_s), RECEIPTS_MAXLEN, int(self.retention_s * 1000)])
@@ -170,7 +186,11 @@ class DeliveryRepository:
         if owner is None:
             return None
         raw = await self._r.hget(customer_deliveries_key(_s(owner), self.customer_shards), delivery_id)
-        return DeliveryRecord.from_json(raw) if raw else None
+        if not raw:  # the record expired or was erased: its owner entry goes too
+            await self._r.hdel(delivery_owners_key(shard), delivery_id)
+            await self._r.zrem(delivery_owners_created_key(shard), delivery_id)
+            return None
+        return DeliveryRecord.from_json(raw)
 
     async def for_customer(self, customer_id: str, limit: int) -> list[DeliveryRecord]:
         ids = await self._r.zrevrange(customer_deliveries_index_key(customer_id, self.customer_shards), 0, limit - 1)

@@ -114,6 +114,11 @@ class CustomerRepository:
         self._record_visit = redis.register_script(_RECORD_VISIT)
 
     @property
+    def erasure_key(self) -> bytes:
+        """The erasure register's HMAC key (kernel.contracts.erasures)."""
+        return self._settings.erasure_register_key()
+
+    @property
     def redis(self):
         return self._r
 
@@ -262,6 +267,19 @@ class CustomerRepository:
         k = self.keys(customer_id)
         doomed = [key for key in k.all_owned() if not (keep_pointer and key == k.merged_into)]
         await self._r.delete(*doomed)
+
+    async def mark_erasing(self, members: list[str]) -> None:
+        """Before an erasure deletes anything: each member remembers the whole group."""
+        for m in members:
+            await self._r.sadd(self.keys(m).erasing, *members)
+
+    async def erasing_members(self, customer_id: str) -> list[str]:
+        """The group of an erasure of this customer that started and did not finish."""
+        return sorted(m.decode() for m in await self._r.smembers(self.keys(customer_id).erasing))
+
+    async def clear_erasing(self, members: list[str]) -> None:
+        for m in members:
+            await self._r.delete(self.keys(m).erasing)
 
     async def drop_from_streams(self, customer_ids: set[str], extra_streams: list[str]) -> int:
         """Deletes not-yet-trimmed entries of these customers (erasure) from their interaction

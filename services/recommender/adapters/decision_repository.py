@@ -128,11 +128,14 @@ class Counters:
 
 class DecisionRepository:
     def __init__(self, redis, customer_shards: int, decision_ttl_s: float, store_cooldown_s: float,
-                 replica_wait: ReplicaWait | None = None, *, push_jobs_maxlen: int = PUSH_JOBS_MAXLEN) -> None:
+                 replica_wait: ReplicaWait | None = None, *, erasure_key: bytes,
+                 push_jobs_maxlen: int = PUSH_JOBS_MAXLEN) -> None:
         """`replica_wait`: a recorded decision (with its push job) is on a replica before the
         geo event is acknowledged, so that a failover cannot lose the push of an acknowledged event.
+        `erasure_key`: the erasure register's (`settings.erasure_register_key()`).
         `push_jobs_maxlen`: the push-job streams' last-resort cap (what it trims is counted)."""
         self._r = redis
+        self.erasure_key = erasure_key
         self._push_jobs_maxlen = push_jobs_maxlen
         self._replicated = replica_wait
         self._shards = customer_shards
@@ -145,7 +148,7 @@ class DecisionRepository:
         return DecisionKeys(customer_id, self._shards)
 
     async def erased_at(self, customer_id: str) -> float | None:
-        return await ErasureRegister(self._r).erased_at(customer_id)
+        return await ErasureRegister(self._r, self.erasure_key).erased_at(customer_id)
 
     async def counters(self, customer_id: str, visit_id: str, store_id: str, day_start: float, now: float) -> Counters:
         k = self.keys(customer_id)

@@ -7,7 +7,6 @@ file (erasure, re-import) replaces it whole. Files are zstd-compressed.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 from vicino.services.kernel.contracts.interaction_log import (INTERACTION_SCHEMA, INTERACTIONS, MERGE_SCHEMA, MERGES,
                                                               SCHEMAS, LogReader, day_numbers, epoch_us,
                                                               partition_date)
+from vicino.services.kernel.contracts.erasures import erasure_digests
 from vicino.services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1
 
 _STRING_FIELDS = ("event_id", "customer_id", "channel", "type", "item_id", "offer_id", "store_id", "currency",
@@ -113,9 +113,10 @@ class ParquetLog(LogReader):
 
     # erasure -------------------------------------------------------------------------------------
 
-    def apply_erasures(self, erased: Mapping[str, float | str | bytes], progress=None) -> ErasureReport:
+    def apply_erasures(self, erased: Mapping[str, float | str | bytes], progress=None, *,
+                       key: bytes) -> ErasureReport:
         """Rewrites the files that hold rows of erased customers: interactions whose customer's
-        SHA-256 digest is in `erased` and whose `received_at` <= its erased_at, merges that name
+        digest (keyed with `key`, or a legacy bare SHA-256) is in `erased` and whose `received_at` <= its erased_at, merges that name
         an erased customer with `ts` <= erased_at. Files without such rows are not touched.
 
         Run it beside a live exporter: the exporter only adds files, and drops erased rows itself.
@@ -134,7 +135,7 @@ class ParquetLog(LogReader):
             if progress:
                 progress("files", n, len(work))
             report.files_scanned += 1
-            drop = self._erased_rows(path, SCHEMAS[kind], id_cols, time_col, erased_us)
+            drop = self._erased_rows(path, SCHEMAS[kind], id_cols, time_col, erased_us, key)
             if drop is None:
                 continue
             table = self._read_files([path], SCHEMAS[kind])
@@ -153,15 +154,15 @@ class ParquetLog(LogReader):
         return report
 
     def _erased_rows(self, path: str, schema: pa.Schema, id_cols: tuple[str, ...], time_col: str,
-                     erased_us: dict[str, int]) -> pa.Array | None:
+                     erased_us: dict[str, int], key: bytes) -> pa.Array | None:
         """A boolean mask of the file's rows to drop, or None when there are none."""
         t = pq.read_table(path, filesystem=self._arrow_fs(), columns=[*id_cols, time_col], schema=schema)
         times = pc.cast(t.column(time_col), pa.int64())
         drop = None
         for col in id_cols:
             ids = t.column(col)
-            hits = {c: erased_us[d] for c in pc.unique(ids).to_pylist()
-                    if (d := hashlib.sha256(c.encode()).hexdigest()) in erased_us}
+            hits = {c: max(erased_us[d] for d in found) for c in pc.unique(ids).to_pylist()
+                    if (found := [d for d in erasure_digests(c, key) if d in erased_us])}
             if not hits:
                 continue
             names = pa.array(list(hits))
@@ -173,5 +174,6 @@ class ParquetLog(LogReader):
         return drop.combine_chunks() if isinstance(drop, pa.ChunkedArray) else drop
 
 
-def apply_erasures(root: str, erased: Mapping[str, float | str | bytes], progress=None) -> ErasureReport:
-    return ParquetLog(root).apply_erasures(erased, progress)
+def apply_erasures(root: str, erased: Mapping[str, float | str | bytes], progress=None, *,
+                   key: bytes) -> ErasureReport:
+    return ParquetLog(root).apply_erasures(erased, progress, key=key)

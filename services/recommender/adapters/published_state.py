@@ -30,6 +30,15 @@ class PublishedCustomerState:
     async def consent(self, customer_id: str) -> dict:
         return published.decode_consent(await self._r.hgetall(published.consent_key(customer_id)))
 
+    async def consents(self, purposes: tuple[str, ...], *customer_ids: str) -> bool:
+        """True when every one of `customer_ids` (the event's id and its survivor after a merge:
+        geo keeps consent per id) consents to every purpose, as geo holds it now."""
+        for customer_id in dict.fromkeys(customer_ids):
+            consent = await self.consent(customer_id)
+            if not all(consent[p] for p in purposes):
+                return False
+        return True
+
     async def has_consent_record(self, customer_id: str) -> bool:
         return bool(await self._r.exists(published.consent_key(customer_id)))
 

@@ -4,7 +4,7 @@ the recommender reads or writes them."""
 from __future__ import annotations
 
 from vicino.services.kernel.contracts.deliveries import (customer_deliveries_index_key, customer_deliveries_key,
-                                                  delivery_owners_key)
+                                                         delivery_owners_created_key, delivery_owners_key)
 from vicino.services.kernel.contracts.interactions import customer_shard
 
 
@@ -17,9 +17,18 @@ class PushDeliveryRecords:
         return bool(await self._r.exists(customer_deliveries_key(customer_id, self._shards)))
 
     async def erase(self, customer_id: str) -> int:
+        shard = customer_shard(customer_id, self._shards)
+        owners = delivery_owners_key(shard)
         records = customer_deliveries_key(customer_id, self._shards)
-        ids = await self._r.hkeys(records)
+        ids = {i.decode() if isinstance(i, bytes) else i for i in await self._r.hkeys(records)}
+        # and the owner entries whose records are gone already (expired), found by their value
+        # (the shard's owners hash holds at most the retention's deliveries)
+        name = customer_id.encode()
+        async for delivery_id, owner in self._r.hscan_iter(owners, count=1000):
+            if owner == name:
+                ids.add(delivery_id.decode() if isinstance(delivery_id, bytes) else delivery_id)
         if ids:
-            await self._r.hdel(delivery_owners_key(customer_shard(customer_id, self._shards)), *ids)
+            await self._r.hdel(owners, *ids)
+            await self._r.zrem(delivery_owners_created_key(shard), *ids)
         await self._r.delete(records, customer_deliveries_index_key(customer_id, self._shards))
         return len(ids)

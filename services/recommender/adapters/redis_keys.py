@@ -4,7 +4,7 @@
   visits, and the interaction stream of the customer's shard, so that ingestion ("seen this event
   id? keep it, log it") is one atomic script per shard.
 - `{idn:NNN}`: the identifier directory (identifier → customer), sharded by identifier.
-- `{erasures}`: the erasure register (SHA-256 of erased customer ids) that the exporter and the
+- `{erasures}`: the erasure register (keyed digests of erased customer ids) that the exporter and the
   partition rewrite consult; `{identity}`: the lock that serialises merges.
 - `{offers}`, `{inv:<store_id>}`, `{rules}`: the offer catalogue, a store's stock, the campaign rules.
 - `{kpis}`: the daily KPI roll-ups (aggregates only: no customer ids).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zlib
 
-from vicino.services.kernel.contracts.erasures import ERASURES, erasure_digest  # noqa: F401  (re-exported)
+from vicino.services.kernel.contracts.erasures import ERASURES, erasure_digest, erasure_digests  # noqa: F401  (re-exported)
 from vicino.services.kernel.contracts.streams import dead_letter_of
 from vicino.services.kernel.contracts.interactions import (customer_shard, customer_shard_tag, interactions_stream_key,
                                                    merged_into_key)
@@ -28,7 +28,7 @@ KPI_DAILY = "vicino:{kpis}:daily"  # hash: YYYY-MM-DD -> JSON {date, report, rol
 
 class CustomerKeys:
     __slots__ = ("customer_id", "shard", "history", "events", "seen", "identifiers", "merged_into", "aliases",
-                 "visits", "visit_info", "redeemed", "stream")
+                 "visits", "visit_info", "redeemed", "erasing", "stream")
 
     def __init__(self, customer_id: str, shards: int) -> None:
         self.customer_id = customer_id
@@ -43,6 +43,9 @@ class CustomerKeys:
         self.visits = base + ":visits"            # zset: visit_id -> entered at; the most recent N store visits
         self.visit_info = base + ":visit_info"    # hash: visit_id -> JSON {store_id, entered_at, left_at, ...}
         self.redeemed = base + ":redeemed"        # set: offer ids redeemed
+        # set: every customer of an erasure in progress (the survivor and its aliases), so that a
+        # retry after a failure part-way still finds them all; deleted as the erasure's last step
+        self.erasing = base + ":erasing"
         self.stream = interactions_stream_key(self.shard)
 
     def all_owned(self) -> list[str]:

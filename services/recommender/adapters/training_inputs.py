@@ -15,7 +15,7 @@ def _text(x) -> str:
 
 
 def erased_customers(redis) -> dict[str, float]:
-    """The erasure register: SHA-256 of a customer id -> erased at."""
+    """The erasure register: keyed digest of a customer id -> erased at (`erased_at_in` reads it)."""
     return {_text(k): float(v) for k, v in redis.hscan_iter(ERASURES, count=10_000)}
 
 

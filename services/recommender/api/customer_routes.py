@@ -32,6 +32,9 @@ class IdentifierBody(BaseModel):
 
     kind: Literal["device", "loyalty_card", "email", "email_sha256", "cookie"]
     value: str
+    verified: bool = Field(False, description="the person proved they hold the identifier (a card scanned at the "
+                                             "till, an e-mail confirmed by a link): only then does linking an "
+                                             "identifier of another customer merge the two; otherwise 409")
 
 
 class InteractionBatchIn(BaseModel):
@@ -78,12 +81,14 @@ async def post_interactions(body: JsonBody, p: InteractionWriterDep, c: Containe
 
 
 @router.post("/customers/{customer_id}/identifiers", tags=["customers"],
-             summary="link an identifier; if it belongs to another customer, the two are merged",
+             summary="link an identifier; if it belongs to another customer and `verified` is true, the two are "
+                     "merged (409 otherwise)",
              responses={**BODY_PROBLEMS, 200: {"model": IdentifierLinkOut, "description": "already linked"},
                         201: {"model": IdentifierLinkOut, "description": "linked"}})
 async def link_identifier(customer_id: CustomerId, body: IdentifierBody, _: AppBackendDep, c: ContainerDep) -> Response:
     identifier = _identifier(body.kind, body.value)
-    result = await c.identity.link(customer_id, identifier)
+    # keys only (app_backend): a device token cannot link, so it cannot probe who holds an identifier
+    result = await c.identity.link(customer_id, identifier, verified=body.verified)
     return _json({"customer_id": result.customer_id, "identifier": identifier, "created": result.created,
                   "merged": result.merged}, 201 if result.created else 200)
 

@@ -67,7 +67,8 @@ class RanksOffers(Protocol):
 @dataclass(frozen=True)
 class Outcome:
     """What became of one event: `kind` is decided, duplicate (the visit already had its
-    decision), ended (an exit, recorded), ignored (not an event decided on, or an erased customer)."""
+    decision), ended (an exit, recorded), ignored (not an event decided on, an erased customer,
+    or one without location and marketing consent: nothing is logged for them)."""
 
     kind: str
     decision: DecisionV1 | None = None
@@ -105,6 +106,10 @@ class VisitDecisions:
         return self._count(await self._decide(e, customer))
 
     async def _decide(self, e: GeofenceEventV1, customer: str) -> Outcome:
+        # consent as geo holds it now, not as it was when the event was queued: a visit seen after
+        # the customer withdrew location or marketing consent is decided on by no one
+        if not await self.published.consents(("location", "marketing"), e.customer_id, customer):
+            return Outcome("ignored")
         reg = await self.published.registration(e.device_id)
         # a device removed or handed to someone else: geo ends its visits, so does the decision
         device_theirs = reg is not None and bool(reg.get("push_token")) and (

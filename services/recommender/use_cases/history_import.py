@@ -65,7 +65,7 @@ class HistoryImport:
 
     async def _without_erased(self, table: pa.Table, report: ImportReport) -> pa.Table:
         customers = pc.unique(table.column("customer_id")).to_pylist()
-        erased_at = await ErasureRegister(self._r).erased_among(customers)
+        erased_at = await ErasureRegister(self._r, self.customers.erasure_key).erased_among(customers)
         erased = {c: round(at * 1_000_000) for c, at in erased_at.items()}  # µs, as the ts column
         report.dropped["erased"] = 0
         if not erased:

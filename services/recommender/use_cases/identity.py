@@ -30,6 +30,10 @@ MAX_HOPS = 32
 LOCK_TTL_MS = 30_000
 
 
+class IdentifierTaken(Conflict):
+    """A link that would merge two customers without the caller vouching for it (409)."""
+
+
 @dataclass
 class LinkResult:
     customer_id: str                 # the customer the identifier now belongs to
@@ -83,7 +87,11 @@ class IdentityService:
         holder = await self.owner(identifier)
         return None if holder is None else await self.canonical(holder)
 
-    async def link(self, customer_id: str, identifier: str) -> LinkResult:
+    async def link(self, customer_id: str, identifier: str, *, verified: bool = False) -> LinkResult:
+        """Links `identifier` to the customer. If it belongs to another customer, the two are
+        merged only when the caller vouches that the person proved they hold it (`verified`: a
+        card scanned at the till, an e-mail confirmed by a link); otherwise `IdentifierTaken`
+        and nothing changes, so typing someone else's card number merges no one."""
         async with self._merge_lock():
             target = await self.canonical(customer_id)
             holder = await self.owner(identifier)
@@ -92,6 +100,9 @@ class IdentityService:
                 if holder == target:
                     return LinkResult(target, identifier, created=True)
             other = await self.canonical(holder)
+            if other != target and not verified:
+                raise IdentifierTaken("the identifier belongs to another customer; link it with \"verified\": "
+                                      "true, once the person has proved they hold it, to merge the two")
             recorded = False
             if await self.customers.identifier_owner(identifier) is None:
                 # a device known only from its registration: record the link explicitly
@@ -130,7 +141,7 @@ class IdentityService:
         # obeying it). A failure here leaves the data merged; a retry of the link re-applies it.
         await self._harmonise_consent(keep, gone)
         await self.customers.log_merge(gone, keep, now)
-        log.info("customers merged", extra={"fields": {"merged": gone, "into": keep}})
+        log.info("customers merged")  # no ids in logs (the merge log for training has them)
 
     async def _absorb(self, gone: str, keep: str) -> None:
         """Moves everything of `gone` (and of whoever was merged into it) to `keep`. Idempotent."""

@@ -60,13 +60,16 @@ class InteractionIngest:
                 self._reject(report, verdict)
                 continue
             customer = await self._customer_of(verdict, cache)
+            if own is not None and (customer is None or (
+                    customer != own and await self.identity.canonical(customer) != own)):
+                # one answer for "linked to no one" and "linked to someone else": a phone must not
+                # learn whether an e-mail or a card belongs to a customer
+                self._reject(report, Rejection(n, verdict.event_id, "not_your_customer",
+                                               "a device token may only send its own customer's interactions"))
+                continue
             if customer is None:
                 self._reject(report, Rejection(n, verdict.event_id, "unknown_identifier",
                                                f"identifier {verdict.identifier!r} is linked to no customer"))
-                continue
-            if own is not None and customer != own and await self.identity.canonical(customer) != own:
-                self._reject(report, Rejection(n, verdict.event_id, "not_your_customer",
-                                               "a device token may only send its own customer's interactions"))
                 continue
             resolved.append((verdict, customer))
         await self._store(resolved, now, report)

@@ -49,7 +49,7 @@ class OfferRanker:
         self.customers = customers
         self.models = models
         self.clock = clock
-        self.erasures = ErasureRegister(customers.redis)
+        self.erasures = ErasureRegister(customers.redis, customers.erasure_key)
         self._prepared: tuple[tuple, PreparedOffers] | None = None
 
     async def rank(self, customer: str, *, personalisation: bool, store_id: str | None, channel: str, k: int,

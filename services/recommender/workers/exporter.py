@@ -186,6 +186,7 @@ class Exporter:
         self.flush_rows = settings.export_flush_rows
         self.flush_s = settings.export_flush_s
         self.parquet = ParquetLog(log_root or settings.history_dir)
+        self.erasure_key = settings.erasure_register_key()
         self.lease_ms = int(lease_ttl_s * 1000)
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._fault = fault or (lambda stage: None)
@@ -404,7 +405,7 @@ class Exporter:
         ids = sorted({i.customer_id for i in interactions} | {m.merged for m in merges} | {m.into for m in merges})
         if not ids:
             return interactions, merges
-        erased = await ErasureRegister(self._r).erased_among(ids)
+        erased = await ErasureRegister(self._r, self.erasure_key).erased_among(ids)
         if not erased:
             return interactions, merges
         kept_i = [i for i in interactions if not (i.customer_id in erased and i.received_at <= erased[i.customer_id])]
