@@ -59,16 +59,14 @@ def test_a_flapping_device_cannot_flood_the_stream_other_devices_share(redis_url
             body = _post(client, flappy, "flappy-phone",
                          [fix(*(INSIDE if i % 2 == 0 else FAR), base + i * 1e-6) for i in range(500)])
             total += len(body["events"])
-            capped = [i for i in body["ignored"] if i["reason"] == "transition_rate"]
-            assert capped, body["ignored"][:3]
-            n_capped += len(capped)
+            n_capped += sum(1 for i in body["ignored"] if i["reason"] == "transition_rate")
             assert body["accepted"] + len(body["ignored"]) == 500
-        assert total == 30  # the cap, for the minute of server time all four requests fell in
-        assert len(stream_events(redis_sync, "flappy-phone", shards=1)) == 30
 
         # the other device's visit is untouched: its enter is still in the stream, and it goes on
         calm_events = stream_events(redis_sync, "calm-phone", shards=1)
         assert [e.type for e in calm_events] == ["enter"]
+        assert total == 30  # the cap, for the minute of server time all four requests fell in
+        assert len(stream_events(redis_sync, "flappy-phone", shards=1)) == 30
         dwell = _post(client, calm, "calm-phone", [fix(*INSIDE, t0 + 120)])
         assert [(e["type"], e["visit_id"]) for e in dwell["events"]] == [("dwell", entered["events"][0]["visit_id"])]
 
@@ -79,3 +77,70 @@ def test_a_flapping_device_cannot_flood_the_stream_other_devices_share(redis_url
         clock.advance(60)
         back = _post(client, flappy, "flappy-phone", [fix(*INSIDE, t0 + 5), fix(*FAR, t0 + 6)])
         assert [e["type"] for e in back["events"]] == ["enter", "exit"]
+
+
+# --- the exit sweep -------------------------------------------------------------------------------
+
+def _open_visits(redis_sync, device_id, shards=16):
+    return redis_sync.zscore(open_visits_key(device_shard(device_id, shards)), device_id)
+
+
+def test_a_silent_phone_s_visit_ends_with_a_timeout_exit(redis_url, redis_sync, admin):
+    clock = FixedClock(time.time())
+    with _app(redis_url, clock, exit_timeout_s=900, exit_sweep_interval_s=0.05) as client:
+        _duomo(client, admin)
+        silent, active = register(client, "silent-phone", "cust-s"), register(client, "active-phone", "cust-a")
+        t0 = clock.now() - 60
+        visit = _post(client, silent, "silent-phone", [fix(*INSIDE, t0), fix(*INSIDE, t0 + 30)])["events"][0]
+        _post(client, active, "active-phone", [fix(*INSIDE, t0)])
+        assert _open_visits(redis_sync, "silent-phone") == t0 + 30
+        clock.advance(700)
+        _post(client, active, "active-phone", [fix(*INSIDE, t0 + 700)])  # still there, still reporting
+        clock.advance(300)  # now t0 + 1060: 1030 s since the silent phone was last seen inside
+
+        exits = wait_until(lambda: [e for e in stream_events(redis_sync, "silent-phone") if e.type == "exit"],
+                           10.0, what="the sweep's exit")
+        assert [(e.visit_id, e.exit_reason, e.dwell_s, e.ts, e.customer_id) for e in exits] == [
+            (visit["visit_id"], "timeout", 30.0, t0 + 30 + 900, "cust-s")]
+        assert exits[0].emitted_at == clock.now()
+        assert _open_visits(redis_sync, "silent-phone") is None
+        assert [e.type for e in stream_events(redis_sync, "active-phone")] == ["enter", "dwell"]
+        assert _open_visits(redis_sync, "active-phone") == t0 + 700
+        wait_until(lambda: sample(metrics(client), "vicino_geo_visits_timed_out_total") == 1, 5.0, what="the metric")
+
+        # the phone reports again: a new visit, not the old one resumed
+        back = _post(client, silent, "silent-phone", [fix(*INSIDE, t0 + 1050)])
+        assert [e["type"] for e in back["events"]] == ["enter"] and back["events"][0]["visit_id"] != visit["visit_id"]
+        # and once it leaves, the sorted set forgets it
+        _post(client, silent, "silent-phone", [fix(*FAR, t0 + 1055)])
+        assert _open_visits(redis_sync, "silent-phone") is None
+
+
+def test_two_replicas_sweeping_at_once_end_a_visit_once(redis_url, redis_sync, admin):
+    clock = FixedClock(time.time())
+    with _app(redis_url, clock, exit_sweep_interval_s=3600) as client:  # the app's own sweep stays asleep
+        _duomo(client, admin)
+        phones = {f"phone-{i}": register(client, f"phone-{i}", f"cust-{i}") for i in range(6)}
+        t0 = clock.now() - 10
+        for device_id, headers in phones.items():
+            _post(client, headers, device_id, [fix(*INSIDE, t0)])
+        client.delete("/v1/devices/phone-5", headers=admin)  # its visit ends now, and its sweep entry goes
+        assert _open_visits(redis_sync, "phone-5") is None
+        clock.advance(client.app.state.container.settings.exit_timeout_s + 60)
+
+        container = client.app.state.container
+
+        async def both():
+            other = ExitSweep(DeviceRepository(container.redis, container.settings.event_shards,
+                                               container.settings.events_maxlen),
+                              container.sweep.policy, clock, container.settings.device_state_ttl_s,
+                              container.settings.event_shards)
+            return await asyncio.gather(container.sweep.sweep_once(), other.sweep_once())
+
+        mine, theirs = client.portal.call(both)
+        assert len(mine) + len(theirs) == 5
+        for device_id in list(phones)[:5]:
+            events = stream_events(redis_sync, device_id)
+            assert [(e.type, e.exit_reason) for e in events] == [("enter", None), ("exit", "timeout")], device_id
+        assert [e.exit_reason for e in stream_events(redis_sync, "phone-5")] == [None, "device_removed"]
+        assert client.portal.call(container.sweep.sweep_once) == []  # nothing left to end
