@@ -1,9 +1,11 @@
-"""Two guards on the geofence event streams, through the app on real Redis: a device flapping
-in and out of a fence cannot flood its shard's stream (the per-device transition cap), and the
-visits of phones that go silent end with an `exit`, reason `timeout` (the exit sweep)."""
+"""Geo guards of issue 15, through the app on real Redis: a device flapping in and out of a
+fence cannot flood its shard's event stream (the per-device transition cap); the visits of
+phones that go silent end with an `exit`, reason `timeout` (the exit sweep); and the nearby
+stores query is bounded and equal to the brute force."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 from fastapi.testclient import TestClient
@@ -11,13 +13,14 @@ from fastapi.testclient import TestClient
 from vicino.services.geo.adapters.device_repository import DeviceRepository
 from vicino.services.geo.adapters.redis_keys import open_visits_key
 from vicino.services.geo.app import create_app
+from vicino.services.geo.domain.geojson_codec import store_from_feature
 from vicino.services.geo.use_cases.exit_sweep import ExitSweep
 from vicino.services.kernel.clock import FixedClock
 from vicino.services.kernel.contracts.geofence_events import device_shard
 
 from tests.conftest import circle_store, fix, make_settings, register
 from tests.integration.test_bulk_and_metrics import metrics, sample
-from tests.support import stream_events, wait_until
+from tests.support import assert_problem, stream_events, wait_until
 
 LOC = "/v1/locations"
 STORE_LAT, STORE_LON = 45.4642, 9.1900
@@ -144,3 +147,26 @@ def test_two_replicas_sweeping_at_once_end_a_visit_once(redis_url, redis_sync, a
             assert [(e.type, e.exit_reason) for e in events] == [("enter", None), ("exit", "timeout")], device_id
         assert [e.exit_reason for e in stream_events(redis_sync, "phone-5")] == [None, "device_removed"]
         assert client.portal.call(container.sweep.sweep_once) == []  # nothing left to end
+
+
+# --- GET /v1/stores: bounded, and equal to the brute force --------------------------------------
+
+def test_nearby_stores_are_bounded_and_equal_to_the_brute_force(client, admin):
+    rng = random.Random(15)
+    features = [circle_store(f"st-{i:04d}", STORE_LAT + rng.gauss(0, 0.15), STORE_LON + rng.gauss(0, 0.2),
+                             rng.choice([30, 80, 200, 1000])) for i in range(2500)]
+    r = client.post("/v1/stores", headers=admin, json={"type": "FeatureCollection", "features": features})
+    assert r.status_code == 200 and r.json()["created"] == 2500, r.text[:300]
+    stores = [store_from_feature(f)[0] for f in features]
+    for q in range(6):
+        lat, lon = STORE_LAT + rng.uniform(-0.2, 0.2), STORE_LON + rng.uniform(-0.2, 0.2)
+        for radius, limit in ((500, 50), (50_000, 20), (50_000, 500)):
+            got = client.get("/v1/stores", headers=admin, params={"lat": lat, "lon": lon, "radius_m": radius,
+                                                                   "limit": limit})
+            assert got.status_code == 200, got.text[:300]
+            brute = sorted(((max(0.0, s.fence.distance_outside_m(lat, lon)), s.store_id) for s in stores))
+            brute = [(sid, round(d, 2)) for d, sid in brute if d <= radius][:limit]
+            assert [(s["store_id"], s["distance_m"]) for s in got.json()] == brute
+    for params, word in (({"radius_m": 50_001}, "radius_m"), ({"radius_m": 1e9}, "radius_m"), ({"limit": 501}, "limit")):
+        r = client.get("/v1/stores", headers=admin, params={"lat": STORE_LAT, "lon": STORE_LON, **params})
+        assert_problem(r, 422, word)
