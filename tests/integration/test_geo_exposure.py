@@ -75,6 +75,8 @@ def test_a_flapping_device_cannot_flood_the_stream_other_devices_share(redis_url
 
         m = metrics(client)
         assert sample(m, "vicino_geo_fixes_total", outcome="transition_rate") == n_capped >= 900
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["IgnoredFix"]
+        assert "transition_rate" in schema["properties"]["reason"]["enum"]  # the documented reasons
 
         # a minute later the device has a fresh allowance (it is capped, not banned)
         clock.advance(60)

@@ -60,7 +60,7 @@ class LocationBatchIn(BaseModel):
 
 class IgnoredFix(BaseModel):
     index: int
-    reason: Literal["duplicate", "out_of_order", "low_accuracy", "no_location_consent"]
+    reason: Literal["duplicate", "out_of_order", "low_accuracy", "no_location_consent", "transition_rate"]
 
 
 class VisitEventOut(BaseModel):
