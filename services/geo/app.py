@@ -39,14 +39,17 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
             stop = asyncio.Event()
             await container.sync.load_all()
             follower = asyncio.create_task(container.sync.follow(stop), name="store-index-follow")
+            sweeper = asyncio.create_task(container.sweep.run(stop, settings.exit_sweep_interval_s,
+                                                              metrics.count_swept), name="exit-sweep")
             log.info("geo service ready", extra={"fields": {"stores": len(container.sync.index)}})
             try:
                 yield
             finally:
                 stop.set()
-                follower.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await follower
+                for task in (follower, sweeper):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
 
     app = FastAPI(title="Vicino geo service", version="1", lifespan=lifespan,
                   description="Location fixes in, store visits (enter / dwell / exit) out. "

@@ -10,7 +10,13 @@ class GeoSettings(ServiceSettings):
     # redis_url, admin_token, token_secret, redis_wait_s, log_level: see ServiceSettings
     dwell_s: float = Field(300.0, gt=0, description="default dwell threshold when a store sets none")
     exit_buffer_m: float = Field(30.0, ge=0, description="a visit ends only this far outside the fence")
-    exit_timeout_s: float = Field(900.0, gt=0, description="a visit ends after this long without an inside fix")
+    exit_timeout_s: float = Field(900.0, gt=0, description="a visit ends after this long without an inside fix "
+                                  "(found by the next fix, or by the exit sweep when no fix comes)")
+    exit_sweep_interval_s: float = Field(30.0, gt=0, le=3600, description="how often each replica ends the visits "
+                                         "of silent phones (exit, reason timeout)")
+    max_transitions_per_min: int = Field(30, ge=1, le=10_000, description="visit events one device may cause per "
+                                         "minute of server time; fixes that would cause more are ignored "
+                                         "(reason transition_rate)")
     max_accuracy_m: float = Field(200.0, gt=0, description="less accurate fixes cause no transition")
     max_fix_age_s: float = Field(86_400.0, gt=0, description="fixes older than this are refused")
     max_future_s: float = Field(300.0, ge=0, description="fixes further ahead of the server clock are refused")

@@ -17,6 +17,7 @@ from .adapters.store_repository import StoreRepository
 from .domain.transitions import TransitionPolicy
 from .settings import GeoSettings
 from .use_cases.devices import DeviceDirectory
+from .use_cases.exit_sweep import ExitSweep
 from .use_cases.index_sync import IndexSync
 from .use_cases.manage_stores import StoreCatalogue
 from .use_cases.report_fixes import FixReport, FixReporter, RecentDevices
@@ -30,6 +31,8 @@ class GeoMetrics:
         self.events = Counter("vicino_geo_events_total", "Visit events emitted", ["type"], registry=registry)
         self._fixes = LabelledChildren(self.fixes)
         self._events = LabelledChildren(self.events)
+        self.timed_out = Counter("vicino_geo_visits_timed_out_total",
+                                 "Visits ended by the exit sweep (no fix for the exit timeout)", registry=registry)
         stores = Gauge("vicino_geo_index_stores", "Stores in this replica's index", registry=registry)
         stores.set_function(lambda: len(sync().index) if sync() else 0)
         cells = Gauge("vicino_geo_index_cells", "H3 cells in this replica's index", registry=registry)
@@ -44,6 +47,10 @@ class GeoMetrics:
             self._fixes(item["reason"]).inc()
         for e in report.events:
             self._events(e.type).inc()
+
+    def count_swept(self, exits: list) -> None:
+        self._events("exit").inc(len(exits))
+        self.timed_out.inc(len(exits))
 
 
 @dataclass
@@ -60,6 +67,7 @@ class GeoContainer:
     devices_repo: DeviceRepository
     directory: DeviceDirectory
     reporter: FixReporter
+    sweep: ExitSweep
     metrics: GeoMetrics
 
 
@@ -70,7 +78,8 @@ def build(settings: GeoSettings, redis, clock: Clock, registry: CollectorRegistr
     devices = DeviceRepository(redis, settings.event_shards, settings.events_maxlen, hot_path)
     signer = TokenSigner(settings.token_secret)
     policy = TransitionPolicy(dwell_s=settings.dwell_s, exit_buffer_m=settings.exit_buffer_m,
-                              exit_timeout_s=settings.exit_timeout_s, max_accuracy_m=settings.max_accuracy_m)
+                              exit_timeout_s=settings.exit_timeout_s, max_accuracy_m=settings.max_accuracy_m,
+                              max_transitions_per_min=settings.max_transitions_per_min)
     return GeoContainer(
         settings=settings, clock=clock, redis=redis, signer=signer, registry=registry, sync=sync,
         access=Authenticator(redis, settings.admin_token, signer, settings.token_secret,
@@ -80,5 +89,6 @@ def build(settings: GeoSettings, redis, clock: Clock, registry: CollectorRegistr
         directory=DeviceDirectory(devices, signer, clock, settings.device_token_ttl_s),
         reporter=FixReporter(devices, sync, policy, clock, settings.device_state_ttl_s,
                              RecentDevices(settings.device_cache_size)),
+        sweep=ExitSweep(devices, policy, clock, settings.device_state_ttl_s, settings.event_shards),
         metrics=metrics,
     )

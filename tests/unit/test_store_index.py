@@ -700,3 +700,88 @@ def test_batch_covering_equals_one_by_one_covering():
     for f, cells in zip(fences, batch):
         assert sorted(cells) == sorted(cover(f))
         assert len(cells) == len(set(cells)) and cells
+
+
+def _nearby_brute(stores, lat, lon, radius, limit):
+    every = sorted(((s, max(0.0, s.fence.distance_outside_m(lat, lon))) for s in stores),
+                   key=lambda p: (p[1], p[0].store_id))
+    return [(s.store_id, d) for s, d in every if d <= radius][:limit]
+
+
+def _random_catalogue(rng: random.Random, n: int, sites) -> list[Store]:
+    """n stores around a few sites (dense, up to ~60 km out): circles of 10 m-10 km, and
+    polygons (rectangles and 5-12-gons) of 20 m-20 km; a few tied at one place."""
+    out = []
+    for i in range(n):
+        lat0, lon0 = sites[i % len(sites)]
+        dlat, dlon = offset_deg(lat0, rng.gauss(0, 15_000), rng.gauss(0, 15_000))
+        lat, lon = max(-84.0, min(84.0, lat0 + dlat)), (lon0 + dlon + 180.0) % 360.0 - 180.0
+        if i % 97 == 0:
+            lat, lon = lat0, lon0  # several stores sharing one centre
+        kind = rng.random()
+        if kind < 0.75:
+            out.append(make_store(circle_feature(f"r{i:05d}", lat, lon, rng.choice([10, 30, 80, 200, 1000, 10_000]))))
+            continue
+        if kind < 0.9:
+            ring = rect_ring(lat, lon, rng.uniform(20, 3000), rng.uniform(20, 3000))
+        else:
+            ring = regular_ring(lat, lon, rng.uniform(30, 20_000), rng.randint(5, 12))
+        ring = [[(x + 180.0) % 360.0 - 180.0, y] for x, y in ring]  # a ring across the antimeridian, wrapped
+        out.append(make_store(polygon_feature(f"r{i:05d}", [ring])))
+    return out
+
+
+@pytest.mark.parametrize("sites", [
+    [(45.4642, 9.19), (45.07, 7.69)],              # Milano and Torino, ~125 km apart
+    [(69.65, 18.96), (-33.87, 151.21)],            # far north (Tromsø) and the southern hemisphere
+    [(-17.7, 179.9), (64.8, -179.95)],             # both sides of the antimeridian (Fiji, Chukotka)
+], ids=["lombardy", "north-and-south", "antimeridian"])
+def test_nearby_equals_brute_force_on_thousands_of_random_stores(sites):
+    rng = random.Random(zlib.crc32(repr(sites).encode()))
+    stores = _random_catalogue(rng, 3000, sites)
+    index = StoreIndex()
+    for s in stores:
+        index.upsert(s, [])  # no cells: nearby reads its own buckets, not the fix lookup table
+    for q in range(25):
+        lat0, lon0 = sites[q % len(sites)]
+        dlat, dlon = offset_deg(lat0, rng.gauss(0, 25_000), rng.gauss(0, 25_000))
+        lat, lon = lat0 + dlat, (lon0 + dlon + 180.0) % 360.0 - 180.0
+        for radius, limit in ((0, 5), (300, 10), (5000, 50), (50_000, 1), (50_000, 50), (50_000, 500)):
+            got = [(s.store_id, d) for s, d in index.nearby(lat, lon, radius, limit)]
+            assert got == _nearby_brute(stores, lat, lon, radius, limit), (lat, lon, radius, limit)
+    # and after changes: stores removed, moved, added
+    for s in stores[::7]:
+        index.remove(s.store_id)
+    moved = [make_store(circle_feature(s.store_id, s.fence.centre[0] + 0.05, s.fence.centre[1], 500)) for s in stores[1::7]]
+    for s in moved:
+        index.upsert(s, [])
+    current = {s.store_id: s for s in stores if s.store_id not in {x.store_id for x in stores[::7]}}
+    current.update({s.store_id: s for s in moved})
+    for q in range(10):
+        lat, lon = sites[q % len(sites)]
+        assert [(s.store_id, d) for s, d in index.nearby(lat, lon, 50_000, 200)] == \
+            _nearby_brute(list(current.values()), lat, lon, 50_000, 200)
+
+
+class _CountingCircle(CircleFence):
+    """A circle fence that counts its exact distance evaluations."""
+
+    evaluations = 0
+
+    def distance_outside_m(self, lat: float, lon: float) -> float:
+        type(self).evaluations += 1
+        return super().distance_outside_m(lat, lon)
+
+
+def test_nearby_work_follows_the_limit_not_the_stores_in_the_radius():
+    rng = random.Random(5)
+    index = StoreIndex()
+    for i in range(5000):  # all within ~30 km of the point
+        dlat, dlon = offset_deg(45.4642, rng.uniform(-20_000, 20_000), rng.uniform(-20_000, 20_000))
+        store = make_store(circle_feature(f"c{i}", 45.4642 + dlat, 9.19 + dlon, 50))
+        store.fence = _CountingCircle(store.fence.lat, store.fence.lon, store.fence.radius_m)
+        index.upsert(store, [])
+    _CountingCircle.evaluations = 0
+    got = index.nearby(45.4642, 9.19, 50_000, 20)
+    assert len(got) == 20
+    assert _CountingCircle.evaluations <= 40  # not one per store within the radius (5,000)

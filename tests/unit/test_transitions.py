@@ -21,7 +21,7 @@ from vicino.services.geo.domain.geojson_codec import store_from_feature
 from vicino.services.geo.domain.store_index import StoreIndex
 from vicino.services.geo.domain.stores import Store
 from vicino.services.geo.domain.transitions import (DeviceState, Fix, Ignored, TransitionPolicy, close_all,
-                                             evaluate)
+                                             Visit, evaluate, expire_silent)
 
 M_PER_DEG = 6_371_008.8 * math.pi / 180.0
 LAT0, LON0 = 45.4642, 9.1900  # Milano, Duomo
@@ -490,3 +490,87 @@ def test_state_json_round_trip_is_lossless():
     back = DeviceState.from_json(raw)
     assert back == out.state
     assert DeviceState.from_json(None) == DeviceState() == DeviceState.from_json({})
+
+
+# ---------------------------------------------------------------------------------------------
+# the transition cap (per device, per minute of server time)
+
+MINUTE = (T0 // 60 + 60) * 60  # server time: the cap counts its minutes, not the fixes' clock
+NOW = MINUTE + 10
+
+
+def _flapping(t0, n, step=1e-6, first_index=0):
+    """n fixes alternating inside one store and far from it, `step` seconds apart."""
+    return [fix_at(0, 0, t0 + i * step, index=first_index + i) if i % 2 == 0 else
+            fix_at(2000, 0, t0 + i * step, index=first_index + i) for i in range(n)]
+
+
+@pytest.mark.parametrize("cap", [1, 7, 30])
+def test_a_flapping_phone_makes_at_most_the_cap_of_transitions_per_minute(one_store, cap):
+    policy = TransitionPolicy(max_transitions_per_min=cap)
+    out = evaluate(DeviceState(), _flapping(T0, 500), one_store, policy, minter(), now=NOW)
+    assert len(out.transitions) == cap
+    assert [t.type for t in out.transitions] == (["enter", "exit"] * cap)[:cap]
+    capped = [i for i in out.ignored if i.reason == "transition_rate"]
+    # every fix that would have made a transition is refused; the others (inside an open visit,
+    # or outside with none) change nothing and are accepted
+    assert len(capped) == 250 - cap // 2 and out.accepted == 500 - len(capped)
+    # the same minute, in a later request (state saved and read back): nothing more
+    state = DeviceState.from_json(json.loads(json.dumps(out.state.to_json())))
+    more = evaluate(state, _flapping(T0 + 1, 100, first_index=500), one_store, policy, minter(), now=MINUTE + 59.9)
+    assert more.transitions == [] and {i.reason for i in more.ignored} == {"transition_rate"}
+    # the next minute: a fresh allowance
+    nxt = evaluate(more.state, _flapping(T0 + 2, 100, first_index=600), one_store, policy, minter(), now=MINUTE + 60)
+    assert len(nxt.transitions) == cap
+
+
+def test_a_capped_fix_leaves_no_trace_in_the_visits(one_store):
+    # one fix left with a budget of 0 would exit: it is ignored whole, the visit stays open as it was
+    policy = TransitionPolicy(max_transitions_per_min=1)
+    out = evaluate(DeviceState(), [fix_at(0, 0, T0), fix_at(2000, 0, T0 + 10, index=1)], one_store, policy,
+                   minter(), now=NOW)
+    assert kinds(out.transitions) == [("enter", "s")]
+    assert out.ignored == [Ignored(1, "transition_rate")]
+    assert list(out.state.visits) == ["s"] and out.state.visits["s"].last_inside_at == T0
+    assert out.state.last_ts == T0 + 10  # like any ignored fix, it is not replayed later
+
+
+def test_a_fix_that_would_overrun_the_cap_is_dropped_whole():
+    # two overlapping stores: entering both takes two transitions; with one left, neither happens
+    index = StoreIndex([circle("a", radius_m=100), circle("b", dx=50, radius_m=100)])
+    policy = TransitionPolicy(max_transitions_per_min=3)
+    state = DeviceState(rate_minute=int(NOW // 60), rate_used=2)
+    out = evaluate(state, [fix_at(20, 0, T0)], index, policy, minter(), now=NOW)
+    assert out.transitions == [] and out.state.visits == {} and out.ignored == [Ignored(0, "transition_rate")]
+
+
+def test_no_cap_without_a_server_time(one_store):
+    out = run(one_store, _flapping(T0, 200))
+    assert len(out.transitions) == 200 and out.ignored == []
+
+
+def test_a_real_walk_stays_under_the_default_cap():
+    # a phone walking past 20 shops one fix a second: far fewer transitions than the default cap
+    index = StoreIndex([circle(f"s{i}", dx=i * 150, radius_m=40) for i in range(20)])
+    fixes = [fix_at(i * 1.4, 0, T0 + i, index=i) for i in range(60)]
+    out = evaluate(DeviceState(), fixes, index, POLICY, minter(), now=NOW)
+    assert out.transitions and not [i for i in out.ignored if i.reason == "transition_rate"]
+
+
+# ---------------------------------------------------------------------------------------------
+# expire_silent (the exit sweep)
+
+
+def test_expire_silent_ends_only_visits_past_the_timeout():
+    index = StoreIndex([circle("a", radius_m=100), circle("b", dx=5000, radius_m=100)])
+    state = DeviceState(T0 + 500, {"a": Visit("visit-a", T0, T0 + 100), "b": Visit("visit-b", T0 + 400, T0 + 500)})
+    assert state.silent_since() == T0 + 100
+    assert expire_silent(state, T0 + 100 + POLICY.exit_timeout_s, POLICY) == []  # not more than the timeout yet
+    out = expire_silent(state, T0 + 100 + POLICY.exit_timeout_s + 1, POLICY)
+    assert [(t.type, t.store_id, t.visit_id, t.exit_reason, t.dwell_s, t.ts) for t in out] == [
+        ("exit", "a", "visit-a", "timeout", 100.0, T0 + 100 + POLICY.exit_timeout_s)]
+    assert list(state.visits) == ["b"] and state.silent_since() == T0 + 500
+    # a fix after the timeout starts a new visit
+    back = run(index, [fix_at(0, 0, T0 + 2000)], state=state)
+    assert ("enter", "a") in kinds(back.transitions)
+    assert back.state.visits["a"].visit_id != "visit-a"

@@ -27,7 +27,8 @@ import orjson
 
 from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1
 
-from .redis_keys import CustomerKeys, DeviceKeys, all_event_streams
+from ..domain.transitions import DeviceState
+from .redis_keys import CustomerKeys, DeviceKeys, all_event_streams, open_visits_key
 from ...runtime.redis_scripts import memory_guarded
 
 _READ = """
@@ -49,11 +50,27 @@ end
 local new_rev = tonumber(rev) + 1
 redis.call('HSET', KEYS[1], 'r', new_rev, 's', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-for i = 6, #ARGV do
+-- the shard's open visits by last-inside time, for the exit sweep
+if ARGV[6] == '' then
+  redis.call('ZREM', KEYS[4], ARGV[7])
+else
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[7])
+end
+for i = 8, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'v', '1', 'event', ARGV[i])
 end
 return {1, new_rev}
 """)
+
+# The sweep found nothing to end for a device it was told was silent (its state expired, its
+# consent or registration went): forget it, unless a save has since moved its entry on.
+_FORGET_SILENT = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
 
 # ARGV: location ('1'/'0'), the consent version it comes from. Never on a removed device (no
 # stub), never over a copy from a newer change.
@@ -149,6 +166,7 @@ class DeviceRepository:
         self._set_copy = redis.register_script(_SET_COPY)
         self._next_consent_version = redis.register_script(_NEXT_CONSENT_VERSION)
         self._apply_consent = redis.register_script(_APPLY_CONSENT)
+        self._forget_silent = redis.register_script(_FORGET_SILENT)
         self._clear_push_token = redis.register_script(_CLEAR_PUSH_TOKEN)
 
     def keys(self, device_id: str) -> DeviceKeys:
@@ -167,15 +185,29 @@ class DeviceRepository:
         """Saves only if the revision is still `expected_rev` and the registration still has this
         token id and location consent; otherwise returns the current snapshot, in the same trip."""
         k = self.keys(device_id)
-        args = [expected_rev, orjson.dumps(state), int(ttl_s * 1000), self._events_maxlen, token_id]
+        silent_since = DeviceState.from_json(state).silent_since()
+        args = [expected_rev, orjson.dumps(state), int(ttl_s * 1000), self._events_maxlen, token_id,
+                "" if silent_since is None else repr(silent_since), device_id]
         args += [e.model_dump_json(by_alias=True) for e in events]
-        out = await self._save(keys=[k.state, k.events, k.registration], args=args)
+        out = await self._save(keys=[k.state, k.events, k.registration, k.open_visits], args=args)
         if int(out[0]) == 1:
             return SaveResult(True, str(int(out[1])), None)
         return SaveResult(False, "", _snapshot(device_id, out[1], out[2]))
 
     async def delete_state(self, device_id: str) -> None:
-        await self._r.delete(self.keys(device_id).state)
+        k = self.keys(device_id)
+        await self._r.delete(k.state)
+        await self._r.zrem(k.open_visits, device_id)
+
+    async def silent_devices(self, shard: int, before: float, count: int) -> list[str]:
+        """Up to `count` devices of a shard with an open visit not seen inside since `before`."""
+        raw = await self._r.zrangebyscore(open_visits_key(shard), "-inf", f"({before!r}", start=0, num=count)
+        return [m.decode() for m in raw]
+
+    async def forget_silent(self, device_id: str, before: float) -> bool:
+        """Drops a device from its shard's open visits if its entry is still older than `before`."""
+        return bool(int(await self._forget_silent(keys=[self.keys(device_id).open_visits],
+                                                  args=[device_id, repr(before)])))
 
     async def register(self, reg: Registration, consent_version: int = 0) -> Registration | None:
         """Creates or replaces a registration (its consent copy from `consent_version`); returns

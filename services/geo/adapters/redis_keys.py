@@ -2,8 +2,9 @@
 
 - `{stores}`: all stores and their change log share one slot, so a bulk upsert and the change
   entry that announces it are one transaction.
-- `{geo:NNN}`: a device's registration, its visit state and the geofence event stream of its
-  shard share one slot, so "compare state, save state, append events" is one atomic script.
+- `{geo:NNN}`: a device's registration, its visit state, the geofence event stream of its
+  shard and the shard's open visits share one slot, so "compare state, save state, append
+  events" is one atomic script.
 - `{cust:<id>}`: a customer's consent, its audit trail and the set of their devices.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from vicino.services.kernel.contracts.stores import STORES_CHANGES, STORES_FEATU
 
 
 class DeviceKeys:
-    __slots__ = ("registration", "state", "events")
+    __slots__ = ("registration", "state", "events", "open_visits")
 
     def __init__(self, device_id: str, shards: int) -> None:
         shard = device_shard(device_id, shards)
@@ -24,6 +25,13 @@ class DeviceKeys:
         self.registration = published.device_registration_key(device_id, shards)  # hash
         self.state = f"vicino:{tag}:device:{device_id}:visits"               # hash {r: rev, s: state}
         self.events = events_stream_key(shard)
+        self.open_visits = open_visits_key(shard)
+
+
+def open_visits_key(shard: int) -> str:
+    """Sorted set of the shard's devices with an open visit, scored by their oldest last-inside
+    time (fix time): what the exit sweep reads to end the visits of phones gone silent."""
+    return f"vicino:{shard_tag(shard)}:open-visits"
 
 
 def all_event_streams(shards: int) -> list[str]:

@@ -18,9 +18,9 @@ from ..domain.transitions import Fix
 from ..wiring import GeoContainer
 from .deps import (AppBackendDep, ConsentReaderDep, ConsentWriterDep, ContainerDep, DeviceReaderDep, OperatorDep,
                    StoreReaderDep, SupportDep, device_claims)
-from .schemas import (BODY_PROBLEMS, FEATURE_SCHEMA, PROBLEMS, BulkStoresOut, ConsentIn, ConsentOut, DeviceIn,
-                      DeviceOut, DeviceRegistrationOut, LocationBatchIn, LocationDataErasureOut, LocationResultOut,
-                      NearbyStoreOut, PushTokenRevocationIn, PushTokenRevocationOut, problem)
+from .schemas import (BODY_PROBLEMS, FEATURE_SCHEMA, MAX_NEARBY_LIMIT, MAX_NEARBY_RADIUS_M, PROBLEMS, BulkStoresOut,
+                      ConsentIn, ConsentOut, DeviceIn, DeviceOut, DeviceRegistrationOut, LocationBatchIn,
+                      LocationDataErasureOut, LocationResultOut, NearbyStoreOut, PushTokenRevocationIn, PushTokenRevocationOut, problem)
 
 router = APIRouter(prefix="/v1", responses=PROBLEMS)
 _FEATURE = {"application/json": {"schema": FEATURE_SCHEMA}}
@@ -121,12 +121,17 @@ async def delete_store(store_id: StoreId, _: OperatorDep, c: ContainerDep) -> Re
 
 
 @router.get("/stores", tags=["stores"], summary="stores near a point, nearest fence first",
-            response_model=list[NearbyStoreOut])
+            response_model=list[NearbyStoreOut],
+            responses={422: problem(f"radius_m above {MAX_NEARBY_RADIUS_M:,} m, limit above {MAX_NEARBY_LIMIT}, "
+                                    "or a coordinate out of range")})
 async def nearby_stores(_: StoreReaderDep, c: ContainerDep,
                         lat: Annotated[float, Query(ge=-90, le=90, allow_inf_nan=False)],
                         lon: Annotated[float, Query(ge=-180, le=180, allow_inf_nan=False)],
-                        radius_m: Annotated[float, Query(gt=0, le=50_000, allow_inf_nan=False)] = 1000,
-                        limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
+                        radius_m: Annotated[float, Query(gt=0, le=MAX_NEARBY_RADIUS_M, allow_inf_nan=False,
+                                                         description="metres from the point to a fence")] = 1000,
+                        limit: Annotated[int, Query(ge=1, le=MAX_NEARBY_LIMIT)] = 50) -> Response:
+    # Bounded work, on the event loop: the index reads the buckets near the point and measures
+    # exactly only until `limit` answers are sure (see StoreIndex.nearby).
     found = c.sync.index.nearby(lat, lon, radius_m, limit)
     return _json([{"store_id": s.store_id, "distance_m": round(d, 2), "feature": s.feature} for s, d in found])
 

@@ -14,6 +14,8 @@ from vicino.services.runtime.http_problems import BODY_PROBLEMS, problem  # noqa
 
 ClientId = Annotated[str, StringConstraints(pattern=CLIENT_ID_PATTERN)]
 MAX_FIXES = 500
+MAX_NEARBY_RADIUS_M = 50_000  # GET /v1/stores: farther is refused (422)
+MAX_NEARBY_LIMIT = 500
 
 
 def _epoch(value: Any) -> float:
@@ -59,7 +61,7 @@ class LocationBatchIn(BaseModel):
 
 class IgnoredFix(BaseModel):
     index: int
-    reason: Literal["duplicate", "out_of_order", "low_accuracy", "no_location_consent"]
+    reason: Literal["duplicate", "out_of_order", "low_accuracy", "no_location_consent", "transition_rate"]
 
 
 class VisitEventOut(BaseModel):

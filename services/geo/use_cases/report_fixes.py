@@ -87,8 +87,8 @@ class FixReporter:
                                  detail="the customer has not consented to location processing; nothing was processed or stored")
             state = DeviceState.from_json(snap.state)
             before = state.last_ts
-            outcome = evaluate(state, fixes, self.sync.index, self.policy, _mint_visit_id)
             now = self.clock.now()
+            outcome = evaluate(state, fixes, self.sync.index, self.policy, _mint_visit_id, now)
             events = [GeofenceEventV1(event_id=new_id("gev"), type=t.type, device_id=device_id,
                                       customer_id=reg.customer_id, store_id=t.store_id, visit_id=t.visit_id,
                                       ts=t.ts, emitted_at=now, dwell_s=t.dwell_s, exit_reason=t.exit_reason)
