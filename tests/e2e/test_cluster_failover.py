@@ -1,7 +1,8 @@
 """A Redis Cluster master dies under the stack (issue #14): a 3-master, 3-replica cluster of real
 redis-servers (`cluster-node-timeout 2000`, AOF every second), every service a process of its own
 whose `VICINO_REDIS_URL` names only the master that will be killed, phones dwelling at stores,
-and that master SIGKILLed after half of them have entered. Each master is killed in turn.
+and that master SIGKILLed after half of them have entered. The first and the last master are
+killed, each in a run of its own.
 
 Required: every phone's visit ends as exactly one push (none lost, none twice); every process
 (geo, recommender, recommender-worker, push gateway, scheduler) is ready again within 10 s of the
@@ -112,7 +113,8 @@ def ready_again(urls: dict, deadline_s: float) -> dict[str, float]:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("victim", [0, 1, 2], ids=["master-0", "master-1", "master-2"])
+# two of the three masters, for the suite's time budget: the seed node dies either way
+@pytest.mark.parametrize("victim", [0, 2], ids=["master-0", "master-2"])
 def test_a_master_killed_mid_visits_loses_and_doubles_no_push(victim, tmp_path, fcm):
     cluster = EmbeddedRedisCluster(tmp_path / "cluster", replicas=1, node_timeout_ms=2000).start()
     try:

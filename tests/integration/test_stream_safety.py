@@ -239,7 +239,7 @@ def test_the_push_jobs_last_resort_cap_counts_what_it_trims_and_the_consumer_say
     async def main():
         client = open_async(redis_url)
         try:
-            repo = DecisionRepository(client, 1, 3600, 0, push_jobs_maxlen=100)
+            repo = DecisionRepository(client, 1, 3600, 0, erasure_key=b"k" * 32, push_jobs_maxlen=100)
             lag = StreamLagCollector(client, [(jobs, PUSH_GATEWAY_GROUP)])
             await lag.refresh()  # before: nothing trimmed
             for i in range(350):

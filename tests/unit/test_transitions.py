@@ -152,7 +152,7 @@ def walks(draw):
     return n, steps, accs, gaps, cuts, shuffles, serialise, resend, removed, start, t_start
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(walk=walks())
 def test_random_walks_keep_visits_well_formed(walk):
     n, steps, accs, gaps, cuts, shuffles, serialise, resend, removed, start, t_start = walk
