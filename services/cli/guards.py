@@ -18,6 +18,17 @@ def settings_or_exit(cls):
         raise typer.Exit(2)
 
 
+# the `--token` option of the commands that call a running stack as admin
+ADMIN_TOKEN_OPTION = typer.Option(None, envvar="VICINO_ADMIN_TOKEN",
+                                  help="admin token (default: the one `vicino up` keeps in VICINO_DATA_DIR)")
+
+
+def json_or_raise(r):
+    """The answer's JSON; an error status raises (call_api_or_exit turns it into one line and exit 1)."""
+    r.raise_for_status()
+    return r.json()
+
+
 def admin_token_or_exit(token: str | None) -> str:
     """The given token, else the one `vicino up` keeps in VICINO_DATA_DIR, else a clear exit."""
     if token is not None:

@@ -10,19 +10,13 @@ from typing import List, Optional
 
 import typer
 
-from vicino.services.cli.guards import admin_token_or_exit, call_api_or_exit
+from vicino.services.cli.guards import ADMIN_TOKEN_OPTION, admin_token_or_exit, call_api_or_exit, json_or_raise
 from vicino.services.kernel.roles import ROLES
 
 keys_app = typer.Typer(help="API keys with roles: create, list, revoke.", no_args_is_help=True)
 
 URL = typer.Option("http://127.0.0.1:8000", envvar="VICINO_URL", help="base URL of the stack (the geo service)")
-TOKEN = typer.Option(None, envvar="VICINO_ADMIN_TOKEN",
-                     help="admin token (default: the one `vicino up` keeps in VICINO_DATA_DIR)")
-
-
-def _ok(r):
-    r.raise_for_status()
-    return r.json()
+TOKEN = ADMIN_TOKEN_OPTION
 
 
 @keys_app.command("create")
@@ -35,7 +29,7 @@ def create(name: str = typer.Argument(..., help="who or what the key is for"),
         typer.echo(f"vicino: unknown role(s) {', '.join(unknown)}; the roles are {', '.join(ROLES)}", err=True)
         raise typer.Exit(2)
     body = call_api_or_exit(url, admin_token_or_exit(token),
-                            lambda c: _ok(c.post("/v1/keys", json={"name": name, "roles": role})))
+                            lambda c: json_or_raise(c.post("/v1/keys", json={"name": name, "roles": role})))
     typer.echo(f"key_id  {body['key_id']}\nroles   {', '.join(body['roles'])}\nkey     {body['key']}")
     typer.echo("(the key is shown this once: keep it in your secret store)", err=True)
 
@@ -43,7 +37,7 @@ def create(name: str = typer.Argument(..., help="who or what the key is for"),
 @keys_app.command("list")
 def list_keys(url: str = URL, token: Optional[str] = TOKEN) -> None:
     """Every key: id, name, roles, when made and when revoked (never a secret)."""
-    keys = call_api_or_exit(url, admin_token_or_exit(token), lambda c: _ok(c.get("/v1/keys")))
+    keys = call_api_or_exit(url, admin_token_or_exit(token), lambda c: json_or_raise(c.get("/v1/keys")))
     typer.echo(f"{'key_id':<20} {'roles':<28} {'revoked':<8} name")
     for k in keys:
         typer.echo(f"{k['key_id']:<20} {','.join(k['roles']):<28} {'yes' if k['revoked_at'] else 'no':<8} {k['name']}")
@@ -52,5 +46,5 @@ def list_keys(url: str = URL, token: Optional[str] = TOKEN) -> None:
 @keys_app.command("revoke")
 def revoke(key_id: str = typer.Argument(...), url: str = URL, token: Optional[str] = TOKEN) -> None:
     """Revoke a key: every replica refuses it from the next request on."""
-    call_api_or_exit(url, admin_token_or_exit(token), lambda c: _ok(c.delete(f"/v1/keys/{key_id}")))
+    call_api_or_exit(url, admin_token_or_exit(token), lambda c: json_or_raise(c.delete(f"/v1/keys/{key_id}")))
     typer.echo(f"revoked {key_id}")

@@ -12,18 +12,12 @@ from typing import Optional
 
 import typer
 
-from vicino.services.cli.guards import admin_token_or_exit, call_api_or_exit
+from vicino.services.cli.guards import ADMIN_TOKEN_OPTION, admin_token_or_exit, call_api_or_exit, json_or_raise
 
 models_app = typer.Typer(help="Model versions: list, roll back, prune.", no_args_is_help=True)
 
 URL = typer.Option("http://127.0.0.1:8001", envvar="VICINO_RECOMMENDER_URL", help="base URL of the recommender service")
-TOKEN = typer.Option(None, envvar="VICINO_ADMIN_TOKEN",
-                     help="admin token (default: the one `vicino up` keeps in VICINO_DATA_DIR)")
-
-
-def _ok(r):
-    r.raise_for_status()
-    return r.json()
+TOKEN = ADMIN_TOKEN_OPTION
 
 
 def _when(t: float | None) -> str:
@@ -33,7 +27,7 @@ def _when(t: float | None) -> str:
 @models_app.command("list")
 def list_models(url: str = URL, token: Optional[str] = TOKEN) -> None:
     """Every kept version: created, customers with a learned row, items, rows trained on, gate."""
-    body = call_api_or_exit(url, admin_token_or_exit(token), lambda c: _ok(c.get("/v1/models")))
+    body = call_api_or_exit(url, admin_token_or_exit(token), lambda c: json_or_raise(c.get("/v1/models")))
     typer.echo(f"  {'version':<26} {'created (UTC)':<17} {'users':>8} {'items':>7} {'rows':>10} gate")
     for v in body["versions"]:
         gate = "-" if v.get("gate_passed") is None else ("passed" if v["gate_passed"] else "refused")
@@ -49,7 +43,7 @@ def list_models(url: str = URL, token: Optional[str] = TOKEN) -> None:
 def rollback(version: str = typer.Argument(..., help="a kept version (see `vicino models list`)"),
              url: str = URL, token: Optional[str] = TOKEN) -> None:
     """Publish a kept version: every replica and worker switches to it within VICINO_MODEL_POLL_S."""
-    body = call_api_or_exit(url, admin_token_or_exit(token), lambda c: _ok(c.post(f"/v1/models/{version}/rollback")))
+    body = call_api_or_exit(url, admin_token_or_exit(token), lambda c: json_or_raise(c.post(f"/v1/models/{version}/rollback")))
     typer.echo(f"published {body['current']} (was {body['previous'] or 'none'})")
 
 
@@ -59,6 +53,6 @@ def prune(keep: Optional[int] = typer.Option(None, min=1, max=1000, help="versio
           url: str = URL, token: Optional[str] = TOKEN) -> None:
     """Delete all but the newest versions; the published one always stays."""
     params = {"keep": keep} if keep is not None else {}
-    body = call_api_or_exit(url, admin_token_or_exit(token), lambda c: _ok(c.post("/v1/models/prune", params=params)))
+    body = call_api_or_exit(url, admin_token_or_exit(token), lambda c: json_or_raise(c.post("/v1/models/prune", params=params)))
     typer.echo(f"removed {len(body['removed'])}: {', '.join(body['removed']) or '-'}")
     typer.echo(f"kept {len(body['kept'])}: {', '.join(body['kept'])}")

@@ -259,3 +259,45 @@ def test_the_push_jobs_last_resort_cap_counts_what_it_trims_and_the_consumer_say
     assert int(r.get(trimmed_unconsumed_key(jobs))) == 350 - length == got["vicino_stream_trimmed_unconsumed_total"]
     (warning,) = [rec for rec in caplog.records if "trimmed before every consumer group" in rec.getMessage()]
     assert warning.fields["stream"] == jobs and warning.fields["trimmed"] == 350 - length
+
+
+def test_geos_last_resort_cap_counts_what_it_trims(redis_url):
+    """Geo's own cap on its event streams (far above `trim_streams`' hard cap, a last resort when
+    housekeeping is not running) trims entries no group may have read: each trim is counted in
+    the stream's trimmed-unconsumed counter, on both paths that append events."""
+    from vicino.services.geo.adapters.device_repository import DeviceRepository
+    from vicino.services.geo.domain.transitions import DeviceState
+    from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1
+
+    r = redis_lib.Redis.from_url(redis_url)
+    stream = events_stream_key(0)
+    r.xgroup_create(stream, RECOMMENDER_VISITS_GROUP, id="0", mkstream=True)  # a consumer that reads nothing
+    now = time.time()
+
+    def events(n: int, start: int) -> list[GeofenceEventV1]:
+        return [GeofenceEventV1(event_id=f"e-{i}", type="enter" if i % 2 == 0 else "exit", device_id="ph-cap",
+                                customer_id="cu-cap", store_id="s-1", visit_id=f"v-{i}", ts=now, emitted_at=now)
+                for i in range(start, start + n)]
+
+    async def main():
+        client = open_async(redis_url)
+        try:
+            repo = DeviceRepository(client, 1, 100)
+            reg = repo.keys("ph-cap").registration
+            await client.hset(reg, mapping={"customer_id": "cu-cap", "token_id": "t1", "location_consent": "1"})
+            rev = "0"
+            for batch in range(6):  # the save script's path: 300 events in batches of 50
+                saved = await repo.save_state("ph-cap", rev, DeviceState().to_json(), 60, events(50, 50 * batch), "t1")
+                assert saved.saved, batch
+                rev = saved.rev
+            after_saves = int(await client.get(trimmed_unconsumed_key(stream)) or 0)
+            await repo.append_events("ph-cap", events(150, 300))  # the Python path (consent withdrawal's exits)
+            return after_saves
+        finally:
+            await client.aclose()
+
+    after_saves = asyncio.run(main())
+    length = r.xlen(stream)
+    assert 100 <= length < 450
+    assert 0 < after_saves < 300
+    assert int(r.get(trimmed_unconsumed_key(stream))) == 450 - length  # every entry trimmed is counted

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import orjson
 
 from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1
+from vicino.services.kernel.contracts.streams import trimmed_unconsumed_key
 
 from ..domain.transitions import DeviceState
 from .redis_keys import CustomerKeys, DeviceKeys, all_event_streams, open_visits_key
@@ -57,7 +58,13 @@ else
   redis.call('ZADD', KEYS[4], ARGV[6], ARGV[7])
 end
 for i = 8, #ARGV do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'v', '1', 'event', ARGV[i])
+  redis.call('XADD', KEYS[2], '*', 'v', '1', 'event', ARGV[i])
+end
+-- the last-resort cap (the scheduler's trim_streams keeps streams far below it): what it trims
+-- no consumer may have read yet, so it is counted (KEYS[5], the stream's trimmed-unconsumed)
+if #ARGV >= 8 and redis.call('XLEN', KEYS[2]) > tonumber(ARGV[4]) then
+  local trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[4])
+  if trimmed > 0 then redis.call('INCRBY', KEYS[5], trimmed) end
 end
 return {1, new_rev}
 """)
@@ -189,7 +196,8 @@ class DeviceRepository:
         args = [expected_rev, orjson.dumps(state), int(ttl_s * 1000), self._events_maxlen, token_id,
                 "" if silent_since is None else repr(silent_since), device_id]
         args += [e.model_dump_json(by_alias=True) for e in events]
-        out = await self._save(keys=[k.state, k.events, k.registration, k.open_visits], args=args)
+        out = await self._save(keys=[k.state, k.events, k.registration, k.open_visits,
+                                     trimmed_unconsumed_key(k.events)], args=args)
         if int(out[0]) == 1:
             return SaveResult(True, str(int(out[1])), None)
         return SaveResult(False, "", _snapshot(device_id, out[1], out[2]))
@@ -243,7 +251,11 @@ class DeviceRepository:
     async def append_events(self, device_id: str, events: list[GeofenceEventV1]) -> None:
         stream = self.keys(device_id).events
         for e in events:
-            await self._r.xadd(stream, e.to_stream_fields(), maxlen=self._events_maxlen, approximate=True)
+            await self._r.xadd(stream, e.to_stream_fields())
+        if await self._r.xlen(stream) > self._events_maxlen:  # the last-resort cap, counted (see _SAVE)
+            trimmed = await self._r.xtrim(stream, maxlen=self._events_maxlen, approximate=True)
+            if trimmed:
+                await self._r.incrby(trimmed_unconsumed_key(stream), trimmed)
 
     async def drop_events_of(self, customer_id: str, device_ids: set[str]) -> int:
         """Deletes, from every event stream, the events of this customer or these devices (erasure).
