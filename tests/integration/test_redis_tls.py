@@ -76,6 +76,19 @@ def _ping_both(url: str) -> list:
     return asyncio.run(go())
 
 
+
+def report_until_events(geo, device: dict) -> list[dict]:
+    """Fixes of dev-1 at the store (45.0, 9.0) until one answer carries events (the store reaches
+    the index through its change log): those events, or [] after 50 tries."""
+    for _ in range(50):
+        r = geo.post("/v1/locations", headers=device, json={"device_id": "dev-1", "fixes": [
+            {"lat": 45.0, "lon": 9.0, "accuracy_m": 5, "ts": time.time()}]})
+        assert r.status_code == 200, r.text
+        if r.json()["events"]:
+            return r.json()["events"]
+        time.sleep(0.2)
+    return []
+
 def test_the_server_takes_only_tls_with_a_client_certificate(tls_redis):
     """The fixture is what it says: no plaintext, no TLS without a client certificate."""
     with pytest.raises(redis_lib.ConnectionError):
@@ -97,16 +110,7 @@ def test_geo_serves_over_tls_with_an_acl_user(tls_redis, tmp_path):
         device = {"Authorization": f"Bearer {r.json()['token']}"}
         assert geo.put("/v1/customers/cust-1/consent", json={"location": True, "marketing": True,
                                                            "personalisation": True}).status_code == 200
-        events = []
-        for _ in range(50):  # the store reaches the replica's index through its change log
-            r = geo.post("/v1/locations", headers=device, json={"device_id": "dev-1", "fixes": [
-                {"lat": 45.0, "lon": 9.0, "accuracy_m": 5, "ts": time.time()}]})
-            assert r.status_code == 200, r.text
-            events += r.json()["events"]
-            if events:
-                break
-            time.sleep(0.2)
-        assert [e["type"] for e in events] == ["enter"]
+        assert [e["type"] for e in report_until_events(geo, device)] == ["enter"]
         with redis_lib.Redis.from_url(tls_redis.url) as admin:
             clients = admin.client_list()
         users = {c["user"] for c in clients}
@@ -164,16 +168,7 @@ def test_geo_serves_on_a_redis_cluster_over_tls(tmp_path):
         with TestClient(create_geo(settings), raise_server_exceptions=False) as geo:
             assert geo.put("/v1/stores/s1", headers=ADMIN, json=circle_store("s1", 45.0, 9.0)).status_code == 201
             device = register(geo, "dev-1", "cust-1")
-            events = []
-            for _ in range(50):  # the store reaches the index through its change log
-                r = geo.post("/v1/locations", headers=device, json={"device_id": "dev-1", "fixes": [
-                    {"lat": 45.0, "lon": 9.0, "accuracy_m": 5, "ts": time.time()}]})
-                assert r.status_code == 200, r.text
-                events += r.json()["events"]
-                if events:
-                    break
-                time.sleep(0.2)
-            assert [e["type"] for e in events] == ["enter"]
+            assert [e["type"] for e in report_until_events(geo, device)] == ["enter"]
             for node in cluster.nodes:  # every master served the app, as the ACL user
                 with node.client() as admin:
                     me = admin.client_id()
