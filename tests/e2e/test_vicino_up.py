@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VICINO = Path(sys.executable).with_name("vicino")
 DUOMO = (45.4642, 9.19)
-BANNER_TIMEOUT_S = 90
+BANNER_TIMEOUT_S = 180  # a hang guard: the demo imports history and trains; 2 shared cores
 STOP_TIMEOUT_S = 20
 
 
