@@ -25,7 +25,7 @@ def test_the_readme_lists_every_device_route_with_who_may_call_it():
     from testbed.processes import ADMIN_TOKEN, TOKEN_SECRET
 
     app = create_app(GeoSettings(redis_url="redis://127.0.0.1:1", admin_token=ADMIN_TOKEN, token_secret=TOKEN_SECRET))
-    section = README.split("## HTTP API (geo service)")[1].split("\n## ")[0]
+    section = README.split("\n### Geo service\n")[1].split("\n### ")[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
