@@ -1,0 +1,153 @@
+// The SDK against a real stack (`vicino up`, empty, started by tests/e2e/test_sdk.py): no mock of
+// ours anywhere. The tests run in order, one device each.
+import assert from "node:assert/strict";
+import { mkdtemp, readdir, readFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { test } from "node:test";
+import { fileURLToPath } from "node:url";
+
+import {
+  type BatchReport, type DeviceOut, type FetchLike, type Fix, type RetryEvent, VicinoAppBackend, VicinoAuthError,
+  Transport, VicinoClient, type VicinoClientOptions, VicinoHttpError, instantMs,
+} from "../../src/index.js";
+import { FileStorage } from "../../src/node.js";
+import { putStore, redisOutage, stackFromEnv, until } from "../support/stack.js";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+const stack = stackFromEnv();
+const backend = new VicinoAppBackend({ baseUrl: stack.baseUrl, apiKey: stack.appBackendKey });
+const STORE = { id: "sdk-store", lat: 45.0, lon: 9.0 };
+const AWAY = { lat: 45.01, lon: 9.0 }; // 1.1 km north of it
+const nowS = () => Date.now() / 1000;
+
+async function register(name: string): Promise<DeviceOut> {
+  return backend.registerDevice({ device_id: `sdk-${name}`, customer_id: `sdk-customer-${name}`, platform: "android",
+    push_token: `fcm-sdk-${name}-token`, timezone: "Europe/Rome" });
+}
+
+function client(reg: DeviceOut, extra: Partial<VicinoClientOptions> = {}): VicinoClient {
+  return new VicinoClient({ baseUrl: stack.baseUrl, deviceId: reg.device_id, customerId: reg.customer_id,
+    token: reg.token, tokenExpiresAt: reg.token_expires_at, ...extra });
+}
+
+/** Asks the server how it sees one more fix at `ts` (the SDK's queue would drop it as a duplicate):
+ * proves which fix it processed last. */
+async function probe(token: string, deviceId: string, ts: number): Promise<string | undefined> {
+  const answer = await new Transport({ baseUrl: stack.baseUrl }).call("POST /v1/locations", {
+    body: { device_id: deviceId, fixes: [{ ...AWAY, accuracy_m: 10, ts }] }, authorization: () => token });
+  return answer.accepted ? "accepted" : answer.ignored[0]?.reason;
+}
+
+test("setup: a store, and the front door's OpenAPI is the SDK's snapshot", async () => {
+  await putStore(stack, STORE.id, STORE.lat, STORE.lon);
+  const live = await (await fetch(`${stack.baseUrl}/openapi.json`)).json();
+  const snapshot = JSON.parse(await readFile(join(ROOT, "openapi.json"), "utf8"));
+  assert.deepEqual(live, snapshot, "clients/typescript/openapi.json is stale against the front door's /openapi.json: " +
+    "run `.venv/bin/python clients/typescript/scripts/update_openapi.py` and commit both files");
+});
+
+test("consent screens: the device sets and reads its customer's consent, and no one else's", async () => {
+  const reg = await register("consent");
+  const c = client(reg);
+  const set = await c.setConsent({ location: true, marketing: false, personalisation: true });
+  assert.equal(set.location, true);
+  const got = await c.getConsent();
+  assert.deepEqual([got.location, got.marketing, got.personalisation], [true, false, true]);
+  assert.ok(got.history && got.history.length >= 1, "kept with an audit trail");
+  const stranger = client({ ...reg, customer_id: "sdk-customer-backlog" });
+  await assert.rejects(stranger.getConsent(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "forbidden");
+});
+
+test("2,000 fixes after an offline hour arrive once and in order, through a killed app and a 429", async () => {
+  const reg = await register("backlog");
+  await backend.setConsent(reg.customer_id, { location: true, marketing: false, personalisation: false });
+  const dir = await mkdtemp(join(tmpdir(), "vicino-sdk-backlog-"));
+  // an hour offline: a fix every 1.8 s, outside, 21 minutes at the store, outside again
+  const start = nowS() - 3600;
+  const fixes: Fix[] = Array.from({ length: 2000 }, (_, i) => {
+    const inside = i >= 600 && i < 1300;
+    return { ...(inside ? STORE : AWAY), accuracy_m: 10, ts: Math.round((start + i * 1.8) * 1000) / 1000 };
+  });
+  const offline: FetchLike = async () => { throw new TypeError("fetch failed"); };
+  const failures: unknown[] = [];
+  const first = client(reg, { storage: new FileStorage(dir), fetch: offline, retry: { maxAttempts: 1 },
+    fixes: { flushIntervalMs: 20, onError: (e) => failures.push(e) } });
+  first.start();
+  for (let i = 0; i < fixes.length; i += 100) {
+    await first.addFix(fixes.slice(i, i + 100)); // collected over the hour, a piece at a time
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  await until("a failed flush while offline", 5000, async () => (failures.length ? true : undefined));
+  first.stop(); // the app is killed: `first` is never used again
+
+  const batches: BatchReport[] = [];
+  const retries: RetryEvent[] = [];
+  const second = client(reg, { storage: new FileStorage(dir), onRetry: (e) => retries.push(e),
+    fixes: { onBatch: (b) => batches.push(b) } });
+  assert.equal(await second.fixes.pending(), 2000);
+  const result = await second.flush();
+  assert.deepEqual(result, { batches: 4, accepted: 2000, ignored: 0, pending: 0 });
+  assert.deepEqual(batches.map((b) => b.fixes.length), [500, 500, 500, 500]);
+  const sent = batches.flatMap((b) => b.fixes.map((f) => f.ts));
+  assert.deepEqual(sent, fixes.map((f) => f.ts), "every fix once, in order");
+  // the visit the server saw: one enter at the first fix inside, a dwell, one exit at the first fix outside
+  const events = batches.flatMap((b) => b.result.events);
+  assert.deepEqual(events.map((e) => e.type), ["enter", "dwell", "exit"]);
+  assert.equal(new Set(events.map((e) => e.visit_id)).size, 1);
+  assert.equal(instantMs(events[0].ts), (fixes[600].ts as number) * 1000);
+  assert.equal(instantMs(events[2].ts), (fixes[1300].ts as number) * 1000);
+  // the server's own record: its last processed fix is the last one sent (nothing after, nothing twice)
+  const last = fixes[1999].ts as number;
+  assert.equal(await probe(reg.token, reg.device_id, last), "duplicate");
+  assert.equal(await probe(reg.token, reg.device_id, fixes[1000].ts as number), "out_of_order");
+  // the stack limits this device to 2 location requests at once, then 1/s: the rest waited as told
+  const limited = retries.filter((r) => r.error instanceof VicinoHttpError && r.error.status === 429);
+  assert.ok(limited.length >= 1, `no 429 among ${retries.length} retries`);
+  for (const r of limited) assert.ok(r.delayMs >= (r.error as VicinoHttpError).retryAfterMs!, "waited less than Retry-After");
+  assert.deepEqual(await readdir(dir), [encodeURIComponent(`vicino.${reg.device_id}.fixes.index`)], "storage emptied");
+});
+
+test("a 503 storm (Redis stopped for 3 s) loses nothing", async () => {
+  const reg = await register("storm");
+  await backend.setConsent(reg.customer_id, { location: true, marketing: false, personalisation: false });
+  const retries: RetryEvent[] = [];
+  const batches: BatchReport[] = [];
+  const c = client(reg, { onRetry: (e) => retries.push(e), fixes: { onBatch: (b) => batches.push(b) } });
+  const start = nowS() - 1200;
+  const fixes = Array.from({ length: 1000 }, (_, i) => ({ ...AWAY, accuracy_m: 10, ts: start + i }));
+  await c.addFix(fixes);
+  await redisOutage(stack, 3);
+  const t0 = Date.now();
+  const result = await c.flush();
+  const took = Date.now() - t0;
+  assert.deepEqual(result, { batches: 2, accepted: 1000, ignored: 0, pending: 0 });
+  const unavailable = retries.filter((r) => r.error instanceof VicinoHttpError && r.error.status === 503);
+  assert.ok(unavailable.length >= 2, `503s seen: ${unavailable.length}; retries: ${retries.map((r) => r.error.message)}`);
+  for (const r of unavailable) assert.ok(r.delayMs >= 1000, "Retry-After: 1 not honoured");
+  assert.ok(took >= 2000, `the flush went through ${took} ms after Redis stopped for 3 s`);
+  assert.equal(await probe(reg.token, reg.device_id, start + 999), "duplicate");
+});
+
+test("a replaced or removed device token surfaces as VicinoAuthError; the queue keeps its fixes", async () => {
+  const reg = await register("revoked");
+  await backend.setConsent(reg.customer_id, { location: true, marketing: false, personalisation: false });
+  const refusals: VicinoAuthError[] = [];
+  const c = client(reg, { onAuthError: (e) => refusals.push(e) });
+  await c.addFix({ ...AWAY, accuracy_m: 10, ts: nowS() - 60 });
+  assert.equal((await c.flush()).accepted, 1);
+  const again = await register("revoked"); // the app backend registers the device again: the old token stops
+  assert.equal(again.rotated, true);
+  await c.addFix({ ...AWAY, accuracy_m: 10, ts: nowS() - 30 });
+  await assert.rejects(c.flush(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked" && e.status === 401);
+  assert.equal(refusals.length, 1);
+  assert.ok(c.fixes.paused);
+  assert.equal(await c.fixes.pending(), 1, "kept for the new token");
+  c.setToken(again.token, again.token_expires_at);
+  assert.equal((await c.flush()).accepted, 1);
+  await backend.deleteDevice(reg.device_id); // removed: its token stops
+  await c.addFix({ ...AWAY, accuracy_m: 10, ts: nowS() - 10 });
+  await assert.rejects(c.flush(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked");
+  const expired = client({ ...reg, token: stack.expiredToken });
+  await assert.rejects(expired.getConsent(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "token_expired");
+});
