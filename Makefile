@@ -48,6 +48,7 @@ bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.capacity
 	$(BIN)/python -m bench.replica_wait
 	$(BIN)/python -m bench.rate_limit
+	$(BIN)/python -m bench.front_door
 
 DURATION ?= 60
 

@@ -116,7 +116,9 @@ def test_jobs_api(redis_url):
         jobs = {j["name"]: j for j in c.get("/v1/jobs", headers=ADMIN).json()["jobs"]}
         assert set(jobs) == {"tick", "boom", "slow"}
         assert jobs["slow"]["schedule"] == "off" and jobs["tick"]["schedule"] == "every 10s"
-        assert jobs["tick"]["last_run"] is None and jobs["tick"]["next_run_at"] is None  # not firing here
+        # the next occurrence is the schedule's, the same on every replica, firing here or not
+        assert jobs["tick"]["last_run"] is None and jobs["tick"]["next_run_at"] % 10 == 0
+        assert jobs["tick"]["next_run_at"] > time.time() - 1 and jobs["slow"]["next_run_at"] is None
 
         assert c.post("/v1/jobs/slow/runs", headers=ADMIN).status_code == 202
         wait_until(lambda: c.get("/v1/jobs", headers=ADMIN).json()["jobs"][1]["running"] is not None, 5, 0.02,
