@@ -26,6 +26,7 @@ import redis as redis_lib
 
 from vicino.services.kernel.auth import DeviceClaims, TokenSigner
 from vicino.services.launcher.embedded_redis import EmbeddedRedis
+from vicino.services.launcher.stack_file import read_stack_file
 from tests.support import ROOT, free_port, port_open, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +57,7 @@ def node_and_npm() -> tuple[str, str]:
 
 
 class Stack:
-    """One `vicino up` (its own process group), its banner and its data directory."""
+    """One `vicino up` (its own process group): the front door on VICINO_PORT, its stack file."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.port = free_port()
@@ -78,9 +79,10 @@ class Stack:
             return "Ctrl-C stops everything" in self.log_path.read_text(errors="replace")
 
         wait_until(banner, 120, 0.1, "the `vicino up` banner")
-        text = self.log_path.read_text(errors="replace")
-        self.redis_url = re.search(r"redis\s+(redis://127\.0\.0\.1:\d+/0)", text).group(1)
-        self.redis_port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        running = read_stack_file(self.data_dir)
+        assert running is not None and running["front_url"] == self.base_url, running
+        self.redis_url = running["redis_url"]
+        self.redis_port = int(urlsplit(self.redis_url).port)
         secrets = orjson.loads((self.data_dir / "secrets.json").read_bytes())
         self.admin_token, self.token_secret = secrets["admin_token"], secrets["token_secret"]
 
