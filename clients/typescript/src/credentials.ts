@@ -25,7 +25,7 @@ export class Credentials {
   private readonly refreshBeforeMs: number;
   private readonly refreshRetryMs: number;
   private readonly now: () => number;
-  /** the last refusal of this token; cleared by `set()` */
+  /** the last refusal of this token (by a refresh or a call); cleared by `set()` */
   refused?: VicinoAuthError;
   /** the last failed refresh (not a refusal), for diagnostics */
   lastRefreshError?: VicinoError;
@@ -49,16 +49,16 @@ export class Credentials {
     this.notBefore = 0;
   }
 
-  /** The token to send now, refreshed first when due (one refresh at a time). */
+  /**
+   * The token to send now, refreshed first when due (one refresh at a time). A refresh that fails
+   * leaves the current token in use: it still works until it expires (or, once a refresh got
+   * through but its answer was lost, until the server's grace period ends); if the server then
+   * refuses it, the call that used it says so with a VicinoAuthError.
+   */
   async bearer(): Promise<string> {
     const now = this.now();
     if (now >= this.current.expiresAt - this.refreshBeforeMs && now >= this.notBefore) {
-      try {
-        await this.refreshNow();
-      } catch (e) {
-        if (e instanceof VicinoAuthError) throw e;
-        // a refresh that did not get through: the current token still works until it expires
-      }
+      await this.refreshNow().catch(() => undefined);
     }
     return this.current.token;
   }
@@ -75,9 +75,14 @@ export class Credentials {
           await this.options.onTokenRefreshed?.({ ...fresh });
         }
       } catch (e) {
-        if (e instanceof VicinoAuthError) this.refused = e;
-        else this.lastRefreshError = e as VicinoError;
-        this.notBefore = this.now() + this.refreshRetryMs;
+        if (e instanceof VicinoAuthError) {
+          // this token may not refresh (expired, already refreshed, revoked): no point asking again
+          this.refused = e;
+          this.notBefore = Infinity;
+        } else {
+          this.lastRefreshError = e as VicinoError;
+          this.notBefore = this.now() + this.refreshRetryMs;
+        }
         throw e;
       }
     })().finally(() => { this.refreshing = undefined; });

@@ -37,12 +37,17 @@ test("a refresh that does not get through keeps the current token and waits befo
   assert.equal(calls, 2);
 });
 
-test("a refused refresh is a VicinoAuthError; set() takes a token from elsewhere", async () => {
-  const c = new Credentials({ token: "t0", expiresAt: 0 }, async () => {
-    throw new VicinoAuthError("POST /v1/devices/{device_id}/token", 401, problem(401, "token expired"), "token_expired");
-  }, { now: () => 1 });
-  await assert.rejects(c.bearer(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "token_expired");
-  assert.equal(c.refused?.reason, "token_expired");
+test("a refused refresh keeps the current token in use and is not asked again; set() takes a new one", async () => {
+  let calls = 0;
+  const c = new Credentials({ token: "t0", expiresAt: 2 * DAY }, async () => {
+    calls++;
+    throw new VicinoAuthError("POST /v1/devices/{device_id}/token", 401, problem(401, "this token was already refreshed"), "revoked");
+  }, { now: () => DAY });
+  assert.equal(await c.bearer(), "t0", "still valid: the calls go on with it until the server refuses it");
+  assert.equal(await c.bearer(), "t0");
+  assert.equal(calls, 1);
+  assert.equal(c.refused?.reason, "revoked");
+  await assert.rejects(c.refreshNow(), (e: unknown) => e instanceof VicinoAuthError, "asked explicitly: the refusal");
   c.set({ token: "new", expiresAt: 40 * DAY });
   assert.equal(c.refused, undefined);
   assert.equal(await c.bearer(), "new");
