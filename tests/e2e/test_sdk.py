@@ -1,6 +1,6 @@
 """The TypeScript SDK (clients/typescript) against a real stack: `vicino up` on free ports, empty
-(VICINO_DEMO=0), then `npm ci` (when node_modules is missing), `npm run build` and `npm test`,
-which runs the SDK's unit tests and its integration tests against this stack. The stack's URL and
+(VICINO_DEMO=0); meanwhile `npm ci` (when node_modules is missing), `npm run build` and the SDK's
+unit tests; then its integration tests against this stack (`npm test` is both). The stack's URL and
 keys reach the Node tests through the environment; a small fault controller on loopback lets them
 stop the stack's Redis for a few seconds (the 503 storm). Node (>= 18) and npm are required: the
 test fails, never skips, without them."""
@@ -164,14 +164,16 @@ def run(cmd: list[str], env: dict | None = None, timeout: float = NPM_TIMEOUT_S)
 
 
 def test_the_typescript_sdk_against_a_real_stack(tmp_path):
-    node, npm = node_and_npm()
+    _, npm = node_and_npm()
     t0 = time.monotonic()
     stack = Stack(tmp_path)
     faults = FaultController()
+    proc: subprocess.Popen | None = None
     try:
         if not (SDK / "node_modules" / ".package-lock.json").exists():
             run([npm, "ci", "--no-audit", "--no-fund"])
-        run([npm, "run", "build"])
+        run([npm, "run", "build"])  # while the stack starts
+        unit = run([npm, "run", "test:unit"])
         built = time.monotonic()
         stack.wait_ready()
         expired = TokenSigner(stack.token_secret).issue(
@@ -184,15 +186,13 @@ def test_the_typescript_sdk_against_a_real_stack(tmp_path):
         up = time.monotonic()
         out = tmp_path / "npm-test.log"
         with open(out, "wb") as log:
-            proc = subprocess.Popen([npm, "test"], cwd=SDK, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen([npm, "run", "test:integration"], cwd=SDK, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
             deadline = time.monotonic() + TEST_TIMEOUT_S
             outages = 0
             while proc.poll() is None:
                 if time.monotonic() > deadline:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    pytest.fail(f"npm test still running after {TEST_TIMEOUT_S} s:\n{out.read_text()[-6000:]}")
+                    pytest.fail(f"the integration tests still run after {TEST_TIMEOUT_S} s:\n{out.read_text()[-6000:]}")
                 try:
                     seconds, done = faults.requests.get(timeout=0.05)
                 except queue.Empty:
@@ -204,11 +204,17 @@ def test_the_typescript_sdk_against_a_real_stack(tmp_path):
                 time.sleep(max(0.0, seconds - (time.monotonic() - stopped_at)))
                 stack.start_redis(data)
         text = out.read_text(errors="replace")
-        print(f"\nSDK: build {built - t0:.1f} s (stack starting meanwhile), stack ready {up - t0:.1f} s, "
-              f"npm test {time.monotonic() - up:.1f} s, {outages} Redis outage(s)\n" + text[-3000:])
-        assert proc.returncode == 0, f"npm test failed ({proc.returncode}):\n{text[-8000:]}"
+        print(f"\nSDK: build and unit tests {built - t0:.1f} s (the stack starting meanwhile), stack ready "
+              f"{up - t0:.1f} s, integration tests {time.monotonic() - up:.1f} s, {outages} Redis outage(s)\n"
+              + unit.stdout[-1500:] + text[-3000:])
+        assert proc.returncode == 0, f"npm run test:integration failed ({proc.returncode}):\n{text[-8000:]}"
         assert outages == 1, "the 503 storm test did not stop Redis"
-        assert re.search(r"ℹ fail 0", text) and not re.search(r"ℹ (skipped|todo|cancelled) [1-9]", text), text[-3000:]
+        for report in (unit.stdout, text):  # nothing skipped or left out
+            assert re.search(r"ℹ fail 0", report) and re.search(r"ℹ pass [1-9]", report), report[-3000:]
+            assert not re.search(r"ℹ (skipped|todo|cancelled) [1-9]", report), report[-3000:]
     finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         faults.close()
         stack.stop()

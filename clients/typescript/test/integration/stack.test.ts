@@ -12,7 +12,7 @@ import {
   Transport, VicinoClient, type VicinoClientOptions, VicinoHttpError, instantMs,
 } from "../../src/index.js";
 import { FileStorage } from "../../src/node.js";
-import { putStore, redisOutage, stackFromEnv, until } from "../support/stack.js";
+import { api, putStore, redisOutage, stackFromEnv, until } from "../support/stack.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 const stack = stackFromEnv();
@@ -150,4 +150,31 @@ test("a replaced or removed device token surfaces as VicinoAuthError; the queue 
   await assert.rejects(c.flush(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked");
   const expired = client({ ...reg, token: stack.expiredToken });
   await assert.rejects(expired.getConsent(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "token_expired");
+});
+
+test("a push opened: a visit becomes a delivery, and its open is recorded once", async () => {
+  const store = { id: "sdk-offer-store", lat: 45.2, lon: 9.2 };
+  await putStore(stack, store.id, store.lat, store.lon);
+  const offer = await api(stack, stack.operatorKey, "PUT", "/v1/offers/sdk-offer", {
+    offer_id: "sdk-offer", title: "10% off candles", item_ids: ["sdk-item"], category: "CANDLE", price: 10,
+    currency: "EUR", valid_from: nowS() - 3600, valid_to: nowS() + 86_400, store_ids: [store.id] });
+  assert.ok(offer.status < 300, JSON.stringify(offer.body));
+  const reg = await register("opener");
+  await backend.setConsent(reg.customer_id, { location: true, marketing: true, personalisation: false });
+  const c = client(reg);
+  await c.addFix({ lat: store.lat, lon: store.lon, accuracy_m: 5, ts: nowS() - 1 });
+  await c.fixes.flush();
+  const delivery = await until("a delivery sent for the visit", 30_000, async () => {
+    const r = await api(stack, stack.supportKey, "GET", `/v1/deliveries?device_id=${reg.device_id}`);
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    return (r.body.deliveries as { delivery_id: string; status: string; store_id: string }[])
+      .find((d) => d.status === "sent" && d.store_id === store.id);
+  });
+  const opened = await c.reportOpened(delivery.delivery_id);
+  assert.ok(opened.opened_at, "recorded");
+  const again = await c.reportOpened(delivery.delivery_id);
+  assert.equal(again.opened_at, opened.opened_at, "once");
+  const other = client(await register("not-the-recipient"));
+  await assert.rejects(other.reportOpened(delivery.delivery_id),
+    (e: unknown) => e instanceof VicinoAuthError && e.reason === "forbidden");
 });
