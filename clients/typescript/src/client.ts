@@ -3,8 +3,9 @@
 import { Credentials, type DeviceToken } from "./credentials.js";
 import { VicinoAuthError } from "./errors.js";
 import { type Fix, FixQueue, type FixQueueOptions, type FlushResult } from "./fix-queue.js";
-import type { ConsentIn, ConsentOut, DeliveryOut, FixIn, LocationResultOut } from "./generated/types.js";
-import type { OperationKey } from "./operations.js";
+import type {
+  ConsentIn, ConsentOut, DeliveryOut, FixIn, LocationResultOut, OperationKey, PushTokenOut,
+} from "./generated/types.js";
 import { type RegionSet, RegionSync, type RegionSyncOptions, type RegionsAnswer } from "./regions.js";
 import { MemoryStorage, type KeyValueStorage } from "./storage.js";
 import { instantMs } from "./times.js";
@@ -95,10 +96,14 @@ export class VicinoClient {
     return this.regions.update(lat, lon);
   }
 
-  /** FCM or APNs handed the app a new push token (the device token stays). */
-  async updatePushToken(pushToken: string): Promise<void> {
-    await this.device("PUT /v1/devices/{device_id}/push-token", {
-      path: { device_id: this.deviceId }, body: { push_token: pushToken } });
+  /**
+   * FCM or APNs handed the app a new push token (the device token stays). A token that is not one
+   * of the device's platform is a VicinoHttpError 422.
+   */
+  updatePushToken(pushToken: string): Promise<PushTokenOut> {
+    // 409: the device was registered again or removed meanwhile: retried (then a refusal says which)
+    return this.device("PUT /v1/devices/{device_id}/push-token", {
+      path: { device_id: this.deviceId }, body: { push_token: pushToken }, retryAlso: [409] });
   }
 
   getConsent(): Promise<ConsentOut> {

@@ -75,6 +75,6 @@ export function authFailure(status: number, detail: string | undefined, deviceGo
   if (status !== 401) return undefined;
   const d = (detail ?? "").toLowerCase();
   if (d.includes("expired")) return "token_expired";
-  if (/replaced|revoked|removed|unregistered|not registered/.test(d)) return "revoked";
+  if (/replaced|revoked|removed|unregistered|not registered|already refreshed/.test(d)) return "revoked";
   return "invalid";
 }

@@ -2,26 +2,16 @@
 // at most 20 regions per app, Android 100 geofences), and the circle around the point of the
 // last sync that the phone may roam inside before it needs to ask again. Kept in storage, so a
 // relaunched app knows what the OS is watching and when to ask again.
+import type { RegionOut, RegionsOut } from "./generated/types.js";
 import { MemoryStorage, type KeyValueStorage } from "./storage.js";
 
-/** One store's fence as a circle that encloses it (as the server sends it, extra fields kept). */
-export interface Region {
-  store_id: string;
-  lat: number;
-  lon: number;
-  radius_m: number;
-  [key: string]: unknown;
-}
+/** One store's fence as a circle that encloses it: `store_id`, `lat`, `lon`, `radius_m`, `distance_m`. */
+export type Region = RegionOut;
 
-export interface RegionsAnswer {
-  regions: Region[];
-  resync_radius_m: number;
-}
+/** The server's answer: the regions, nearest first, and the resync circle (centre `lat`, `lon`). */
+export type RegionsAnswer = RegionsOut;
 
-export interface RegionSet extends RegionsAnswer {
-  /** where the phone was when it asked (the centre of the resync circle) */
-  lat: number;
-  lon: number;
+export interface RegionSet extends RegionsOut {
   /** epoch ms */
   fetchedAt: number;
 }
@@ -96,7 +86,7 @@ export class RegionSync {
   sync(lat: number, lon: number): Promise<RegionSet> {
     this.syncing ??= (async () => {
       const answer = await this.fetchRegions(lat, lon, this.limit);
-      const set: RegionSet = { ...answer, lat, lon, fetchedAt: this.now() };
+      const set: RegionSet = { ...answer, fetchedAt: this.now() };
       await this.storage.setItem(this.key, JSON.stringify(set));
       this.set = set;
       await this.options.onChange?.(set);

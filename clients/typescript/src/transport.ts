@@ -1,7 +1,7 @@
 // HTTP to one base URL (the front door): typed by the generated `Operations`, with problem+json
 // errors turned into the SDK's error tree and retries on what is worth retrying.
 import { authFailure, type Problem, VicinoAuthError, type VicinoError, VicinoHttpError, VicinoNetworkError } from "./errors.js";
-import type { OperationKey, Operations } from "./operations.js";
+import type { OperationKey, Operations } from "./generated/types.js";
 import { DEFAULT_RETRY, parseRetryAfter, RETRYABLE_STATUSES, type RetryPolicy, retryDelayMs } from "./retry.js";
 
 export type FetchLike = (input: string, init: {

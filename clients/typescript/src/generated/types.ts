@@ -152,7 +152,8 @@ export interface DeviceOut {
   customer_id: string;
   platform: string;
   token: string;
-  token_expires_at: number;
+  /** RFC 3339, UTC */
+  token_expires_at: string;
   /** true when an earlier registration (and its token) was replaced */
   rotated: boolean;
 }
@@ -162,8 +163,18 @@ export interface DeviceRegistrationOut {
   customer_id: string;
   platform: string;
   timezone: string;
-  registered_at: number;
+  registered_at: string;
   location_consent: boolean;
+}
+
+export interface DeviceTokenOut {
+  device_id: string;
+  /** the new device token: send it from now on */
+  token: string;
+  /** RFC 3339, UTC; refresh before then */
+  token_expires_at: string;
+  /** the token presented keeps working until then (the grace period), but may not refresh again */
+  previous_token_valid_until: string;
 }
 
 export interface ExcludedOut {
@@ -450,6 +461,17 @@ export interface PruneOut {
   kept: string[];
 }
 
+export interface PushTokenIn {
+  /** the platform's new push token (checked for the device's platform: kernel.contracts.push_tokens) */
+  push_token: string;
+}
+
+export interface PushTokenOut {
+  device_id: string;
+  platform: string;
+  push_token_updated_at: string;
+}
+
 export interface PushTokenRevocationIn {
   /** SHA-256 (hex) of the refused token */
   push_token_sha256: string;
@@ -473,6 +495,27 @@ export interface RankingOut {
   offers: {
     [key: string]: unknown;
   }[];
+}
+
+export interface RegionOut {
+  store_id: string;
+  /** centre of a circle that encloses the store's whole fence */
+  lat: number;
+  lon: number;
+  radius_m: number;
+  /** from the point to the fence (0 inside it) */
+  distance_m: number;
+}
+
+export interface RegionsOut {
+  device_id: string;
+  /** the point asked about: the centre of the resync circle */
+  lat: number;
+  lon: number;
+  /** ask again when the phone leaves this circle; no store left out of `regions` reaches into it (0: ask again on any move) */
+  resync_radius_m: number;
+  /** the nearest stores' fences as circles, nearest fence first */
+  regions: RegionOut[];
 }
 
 export interface RollbackOut {
@@ -615,7 +658,7 @@ export interface Operations {
     body: never;
     response: DeliveryOut;
   };
-  /** register a device (or re-register: rotates its token and push token) */
+  /** register a device (or re-register: rotates its token and push token, and revokes every earlier token at once) */
   "POST /v1/devices": {
     path: Record<string, never>;
     query: Record<string, never>;
@@ -629,12 +672,19 @@ export interface Operations {
     body: never;
     response: DeviceRegistrationOut;
   };
-  /** unregister a device: its visits end, its tokens stop working */
+  /** unregister a device (the app's server, or the device itself when its user logs out): its visits end, all its tokens stop working */
   "DELETE /v1/devices/{device_id}": {
     path: { device_id: string };
     query: Record<string, never>;
     body: never;
     response: void;
+  };
+  /** the device's new push token (FCM or APNs rotated it); the device token stays as it is */
+  "PUT /v1/devices/{device_id}/push-token": {
+    path: { device_id: string };
+    query: Record<string, never>;
+    body: PushTokenIn;
+    response: PushTokenOut;
   };
   /** remove the device's push token if it is the one named (a provider declared it dead) */
   "POST /v1/devices/{device_id}/push-token/revocations": {
@@ -642,6 +692,20 @@ export interface Operations {
     query: Record<string, never>;
     body: PushTokenRevocationIn;
     response: PushTokenRevocationOut;
+  };
+  /** region sync: the nearest stores' fences as circles to monitor, and the resync radius */
+  "GET /v1/devices/{device_id}/regions": {
+    path: { device_id: string };
+    query: { lat: number; lon: number; limit?: number };
+    body: never;
+    response: RegionsOut;
+  };
+  /** a fresh device token, before this one expires; this one keeps working for the grace period (VICINO_TOKEN_GRACE_S), and only the newest token may refresh */
+  "POST /v1/devices/{device_id}/token": {
+    path: { device_id: string };
+    query: Record<string, never>;
+    body: never;
+    response: DeviceTokenOut;
   };
   /** which customer an identifier belongs to (e.g. a loyalty card scanned at the till) */
   "GET /v1/identifiers/{kind}/{value}": {

@@ -8,8 +8,9 @@ import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 
 import {
-  type BatchReport, type DeviceOut, type FetchLike, type Fix, type RetryEvent, VicinoAppBackend, VicinoAuthError,
-  Transport, VicinoClient, type VicinoClientOptions, VicinoHttpError, instantMs,
+  type BatchReport, type DeviceOut, type DeviceToken, type FetchLike, type Fix, type RegionSet, type RetryEvent,
+  Transport, VicinoAppBackend, VicinoAuthError, VicinoClient, type VicinoClientOptions, VicinoHttpError, distanceM,
+  instantMs,
 } from "../../src/index.js";
 import { FileStorage } from "../../src/node.js";
 import { api, putStore, redisOutage, stackFromEnv, until } from "../support/stack.js";
@@ -150,6 +151,73 @@ test("a replaced or removed device token surfaces as VicinoAuthError; the queue 
   await assert.rejects(c.flush(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked");
   const expired = client({ ...reg, token: stack.expiredToken });
   await assert.rejects(expired.getConsent(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "token_expired");
+});
+
+test("region sync: the nearest fences as enclosing circles, asked again only outside the resync circle", async () => {
+  const reg = await register("regions");
+  await backend.setConsent(reg.customer_id, { location: true, marketing: false, personalisation: false });
+  const storage = new FileStorage(await mkdtemp(join(tmpdir(), "vicino-sdk-regions-")));
+  const changes: RegionSet[] = [];
+  const c = client(reg, { storage, regions: { limit: 19, onChange: (s) => { changes.push(s); } } });
+  const near = { lat: STORE.lat + 0.002, lon: STORE.lon }; // 222 m north of the store
+  const set = await c.syncRegions(near.lat, near.lon);
+  assert.ok(set, "the first sync asks");
+  assert.equal(set.regions[0].store_id, STORE.id, "nearest first");
+  const r = set.regions[0];
+  assert.ok(distanceM(r.lat, r.lon, STORE.lat, STORE.lon) + 50 <= r.radius_m + 0.5, "the circle encloses the 50 m fence");
+  assert.ok(set.resync_radius_m > 0 && set.resync_radius_m < 200_000, String(set.resync_radius_m));
+  assert.equal(await c.syncRegions(near.lat + 0.0001, near.lon), undefined, "11 m further: no request");
+  const relaunched = client(reg, { storage });
+  assert.equal((await relaunched.regions.current())?.regions[0].store_id, STORE.id, "kept for the next launch");
+  const far = distanceM(near.lat, near.lon, near.lat + 1, near.lon) > set.resync_radius_m;
+  assert.ok(far && await relaunched.syncRegions(near.lat + 1, near.lon), "outside the resync circle: asked again");
+  assert.equal(changes.length, 1);
+  const noConsent = await register("regions-no-consent");
+  await assert.rejects(client(noConsent).fetchRegions(near.lat, near.lon),
+    (e: unknown) => e instanceof VicinoHttpError && e.status === 409);
+});
+
+test("push-token rotation: the new token is taken, a token not of the platform refused", async () => {
+  const reg = await register("push-token");
+  const c = client(reg);
+  const out = await c.updatePushToken("fcm-rotated-token:abc_123");
+  assert.deepEqual([out.device_id, out.platform], [reg.device_id, "android"]);
+  assert.ok(instantMs(out.push_token_updated_at) > 0);
+  await assert.rejects(c.updatePushToken("not a token"), (e: unknown) => e instanceof VicinoHttpError && e.status === 422);
+  assert.equal((await c.getConsent()).customer_id, reg.customer_id, "the device token was left as it was");
+});
+
+test("token refresh before expiry: the new token is handed over, the old one works through the grace", async () => {
+  const reg = await register("refresh");
+  const kept: DeviceToken[] = [];
+  const c = client(reg, { refreshBeforeMs: 31 * 86_400_000, onTokenRefreshed: (t) => { kept.push(t); } });
+  await c.getConsent(); // due (31 days before a 30-day expiry): refreshed first
+  assert.equal(kept.length, 1);
+  assert.notEqual(kept[0].token, reg.token);
+  assert.ok(kept[0].expiresAt > Date.now() + 29 * 86_400_000);
+  assert.equal(c.credentials.token.token, kept[0].token);
+  const old = client(reg, { refreshBeforeMs: 0 });
+  assert.equal((await old.getConsent()).customer_id, reg.customer_id, "the old token, within its grace");
+  await assert.rejects(old.refreshToken(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked",
+    "only the newest token may refresh");
+  const again = await c.refreshToken();
+  assert.notEqual(again.token, kept[0].token);
+});
+
+test("logout: queued fixes sent, the device removed with its own token, the queue and regions forgotten", async () => {
+  const reg = await register("logout");
+  await backend.setConsent(reg.customer_id, { location: true, marketing: false, personalisation: false });
+  const dir = await mkdtemp(join(tmpdir(), "vicino-sdk-logout-"));
+  const batches: BatchReport[] = [];
+  const c = client(reg, { storage: new FileStorage(dir), fixes: { onBatch: (b) => batches.push(b) } });
+  await c.syncRegions(AWAY.lat, AWAY.lon);
+  await c.addFix([{ ...AWAY, accuracy_m: 10, ts: nowS() - 20 }, { ...AWAY, accuracy_m: 10, ts: nowS() - 10 }]);
+  await c.logout();
+  assert.equal(batches.reduce((n, b) => n + b.result.accepted, 0), 2, "sent before the device went");
+  assert.deepEqual(await readdir(dir), [], "nothing of the device left on the phone");
+  await assert.rejects(c.getConsent(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked");
+  await c.logout(); // already removed: done
+  await assert.rejects(backend.deleteDevice(reg.device_id), (e: unknown) => e instanceof VicinoHttpError && e.status === 404);
 });
 
 test("a push opened: a visit becomes a delivery, and its open is recorded once", async () => {

@@ -15,7 +15,8 @@ test("asks again only outside the resync circle or when stale; the set survives 
   const changes: number[] = [];
   const fetchRegions = async (lat: number, lon: number, limit: number) => {
     asked.push([lat, lon, limit]);
-    return { regions: [{ store_id: "s1", lat: 45.001, lon: 9, radius_m: 60 }], resync_radius_m: 1000 };
+    return { device_id: "d1", lat, lon, resync_radius_m: 1000,
+      regions: [{ store_id: "s1", lat: 45.001, lon: 9, radius_m: 60, distance_m: 51 }] };
   };
   const sync = new RegionSync(fetchRegions, { storage, now: () => now, onChange: (s) => { changes.push(s.fetchedAt); } });
   assert.ok(await sync.needsSync(45, 9));

@@ -57,6 +57,7 @@ test("401/403 stop at once with a typed reason the app can act on", async () => 
     [401, "token expired; register the device again for a new one", "token_expired"],
     [401, "this device token was replaced by a newer registration", "revoked"],
     [401, "this device token was revoked (the device was removed or registered again)", "revoked"],
+    [401, "this device token was already refreshed: only the newest token may be refreshed", "revoked"],
     [401, "invalid token signature", "invalid"],
     [403, "a device token may only act for its own customer", "forbidden"],
   ];
