@@ -126,23 +126,32 @@ export class VicinoClient {
   }
 
   /**
-   * The user signs out: queued fixes are sent first (until `deadline`, default 10 s; what is left
-   * is dropped), then the device is removed (its visits end, its tokens stop) and the queue and
-   * regions are forgotten. A device already removed counts as done.
+   * The user signs out: queued fixes are sent first (until `deadline`, default 10 s from now; what
+   * is left is dropped), then the device is removed with its own token (its visits end, its tokens
+   * stop; retried until 10 s after `deadline`), and the queue and regions are forgotten on the
+   * phone in any case. A device already removed counts as done. Rejects when the server could not
+   * be told (offline): the app's backend can remove the device (DELETE /v1/devices/{id}).
    */
   async logout(options: { sendQueued?: boolean; deadline?: number } = {}): Promise<void> {
     this.stop();
-    if (options.sendQueued ?? true) {
-      await this.fixes.flush({ deadline: options.deadline ?? this.transport.now() + 10_000 }).catch(() => undefined);
-    }
+    const deadline = options.deadline ?? this.transport.now() + 10_000;
     try {
+      if (options.sendQueued ?? true) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const late = new Promise<void>((resolve) => { timer = setTimeout(resolve, Math.max(0, deadline - this.transport.now())); });
+        // a flush under way (the timer's) has no deadline of its own: stop waiting for it at ours
+        await Promise.race([this.fixes.flush({ deadline }).catch(() => undefined), late]);
+        clearTimeout(timer);
+      }
       await this.transport.call("DELETE /v1/devices/{device_id}", {
-        path: { device_id: this.deviceId }, authorization: () => this.credentials.token.token, deviceScoped: true });
+        path: { device_id: this.deviceId }, authorization: () => this.credentials.token.token, deviceScoped: true,
+        deadline: deadline + 10_000 });
     } catch (e) {
       if (!(e instanceof VicinoAuthError && e.reason === "revoked")) throw e;
+    } finally {
+      await this.fixes.clear();
+      await this.regions.clear();
     }
-    await this.fixes.clear();
-    await this.regions.clear();
   }
 
   // --- internals -------------------------------------------------------------------------

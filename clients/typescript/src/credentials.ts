@@ -57,7 +57,9 @@ export class Credentials {
    */
   async bearer(): Promise<string> {
     const now = this.now();
-    if (now >= this.current.expiresAt - this.refreshBeforeMs && now >= this.notBefore) {
+    // an expired token cannot refresh (the server says to register again): the call will say so
+    const due = now >= this.current.expiresAt - this.refreshBeforeMs && now < this.current.expiresAt;
+    if (due && now >= this.notBefore) {
       await this.refreshNow().catch(() => undefined);
     }
     return this.current.token;

@@ -82,6 +82,17 @@ interface Segment {
 interface Batch {
   ids: number[];
   fixes: FixIn[];
+  /** the queue's generation when the batch was taken: a `clear()` since makes it moot */
+  generation: number;
+}
+
+/** Runs an app callback; its failure is the app's and must not stop the queue: rethrown apart. */
+function callBack(fn: () => void): void {
+  try {
+    fn();
+  } catch (e) {
+    setTimeout(() => { throw e; }, 0);
+  }
 }
 
 function fixKey(f: FixIn): string {
@@ -131,6 +142,7 @@ export class FixQueue {
   private readonly pendingKeys = new Map<string, number>();
   private readonly recentKeys = new Set<string>();
   private chain: Promise<unknown> = Promise.resolve();
+  private generation = 0;
   private loading?: Promise<void>;
   private draining?: Promise<FlushResult>;
   private timer?: ReturnType<typeof setInterval>;
@@ -233,13 +245,14 @@ export class FixQueue {
       this.segments = [];
       this.pendingKeys.clear();
       this.recentKeys.clear();
+      this.generation++; // a batch in flight must not write its index back
     });
   }
 
   // --- internals -------------------------------------------------------------------------
 
   private background(): void {
-    this.flush().catch((e: VicinoError) => this.options.onError?.(e));
+    this.flush().catch((e: VicinoError) => callBack(() => this.options.onError?.(e)));
   }
 
   private count(): number {
@@ -312,10 +325,11 @@ export class FixQueue {
       ids.push(s.id);
       fixes.push(...s.fixes);
     }
-    return ids.length ? { ids, fixes } : undefined;
+    return ids.length ? { ids, fixes, generation: this.generation } : undefined;
   }
 
   private async remove(batch: Batch): Promise<void> {
+    if (batch.generation !== this.generation) return;
     const gone = new Set(batch.ids);
     for (const id of batch.ids) await this.storage.removeItem(this.segKey(id));
     const kept = this.segments.filter((s) => !gone.has(s.id));
@@ -336,11 +350,11 @@ export class FixQueue {
   /** Removes the fixes of `batch` at `indices` (refused by the server) from their segments. */
   private async drop(batch: Batch, indices: Set<number>): Promise<FixIn[]> {
     const dropped: FixIn[] = [];
+    if (batch.generation !== this.generation) return dropped;
     let i = 0;
     const emptied = new Set<number>();
     for (const id of batch.ids) {
-      const seg = this.segments.find((s) => s.id === id);
-      if (!seg) continue; // cleared meanwhile (logout)
+      const seg = this.segments.find((s) => s.id === id)!;
       const kept = seg.fixes.filter((f) => {
         const bad = indices.has(i++);
         if (bad) dropped.push(f);
@@ -377,7 +391,7 @@ export class FixQueue {
           const refused = refusedIndices(e, batch.fixes.length);
           if (refused.size) { // those fixes can never be accepted; the others are sent again
             const dropped = await this.locked(() => this.drop(batch, refused));
-            this.options.onDropped?.(dropped, e.problem.detail ?? "refused");
+            callBack(() => this.options.onDropped?.(dropped, (e as VicinoHttpError).problem.detail ?? "refused"));
             continue;
           }
         }
@@ -387,7 +401,7 @@ export class FixQueue {
       out.batches++;
       out.accepted += result.accepted;
       out.ignored += result.ignored.length;
-      this.options.onBatch?.({ fixes: batch.fixes, result });
+      callBack(() => this.options.onBatch?.({ fixes: batch.fixes, result }));
     }
     out.pending = this.count();
     return out;

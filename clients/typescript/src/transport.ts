@@ -66,8 +66,8 @@ export class Transport {
     if (!/^https?:\/\//.test(options.baseUrl)) throw new TypeError(`baseUrl must be http(s): ${options.baseUrl}`);
     this.baseUrl = options.baseUrl.replace(/\/+$/, "");
     const globalFetch = (globalThis as { fetch?: FetchLike }).fetch;
-    const f = options.fetch ?? globalFetch;
-    if (!f) throw new TypeError("no fetch: pass `fetch` in the options");
+    if (!options.fetch && !globalFetch) throw new TypeError("no fetch: pass `fetch` in the options");
+    // called as a plain function: browsers refuse `fetch` called as a method of another object
     this.fetchImpl = options.fetch ?? ((input, init) => globalFetch!(input, init));
     this.timeoutMs = options.timeoutMs ?? 30_000;
     this.policy = { ...DEFAULT_RETRY, ...options.retry };
@@ -144,7 +144,11 @@ export class Transport {
       clearTimeout(timer);
     }
     if (status >= 200 && status < 300) {
-      return (text ? JSON.parse(text) : undefined) as Operations[K]["response"];
+      try {
+        return (text ? JSON.parse(text) : undefined) as Operations[K]["response"];
+      } catch {
+        throw new VicinoHttpError(operation, status, { status, detail: `an answer that is not JSON: ${text.slice(0, 100)}` });
+      }
     }
     let problem: Problem;
     try {

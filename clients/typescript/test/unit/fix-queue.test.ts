@@ -164,6 +164,21 @@ test("clear() forgets everything, in storage too", async () => {
   assert.equal(await new FixQueue(new FixServer(), { storage }).pending(), 0);
 });
 
+test("clear() while a batch is in flight: nothing is written back afterwards", async () => {
+  const storage = new MemoryStorage();
+  const server = new FixServer();
+  let release!: () => void;
+  const gate = new Promise<void>((r) => { release = r; });
+  const q = new FixQueue({ send: async (f) => { await gate; return server.send(f); } }, { storage });
+  await q.add(fixesAt(T0, 10));
+  const flushing = q.flush();
+  await new Promise((r) => setTimeout(r, 10));
+  await q.clear(); // logout, while the timer's flush waits for its answer
+  release();
+  await flushing;
+  assert.deepEqual(storage.keys(), []);
+});
+
 async function waitFor(cond: () => boolean, timeoutMs = 3000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!cond()) {
