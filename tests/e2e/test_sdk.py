@@ -218,3 +218,9 @@ def test_the_typescript_sdk_against_a_real_stack(tmp_path):
             proc.wait()
         faults.close()
         stack.stop()
+
+
+def test_without_node_the_sdk_test_fails_naming_node(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(pytest.fail.Exception, match="Node.js >= 18 and npm are needed.*node is not on PATH"):
+        node_and_npm()
