@@ -144,8 +144,11 @@ class Stack:
                     "VICINO_GEO_URL": self.url_of("geo"), "VICINO_RECOMMENDER_URL": self.url_of("recommender"),
                     "VICINO_HISTORY_DIR": os.environ.get("VICINO_HISTORY_DIR", str(self.data_dir / "history")),
                     "VICINO_MODEL_DIR": os.environ.get("VICINO_MODEL_DIR", str(self.data_dir / "models"))}
-        for service, offset in SERVICES:
+        # all at once (they need each other only per request, not to be ready): the stack is up
+        # in the time of its slowest service, not the sum
+        for service, _offset in SERVICES:
             self.children[service] = self._spawn(service)
+        for service, _offset in SERVICES:
             _wait_ready(service, self.url_of(service), self.children[service], 120,
                         self.data_dir / "logs" / f"{service}.log")
         write_stack_file(self.data_dir, front_url=self.base_url,
