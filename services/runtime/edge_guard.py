@@ -10,11 +10,14 @@ how large a body they may send, all decided before one byte of the body is read.
   The bulk limit of a route applies only to a caller that holds one of its roles; everyone else
   gets the default.
 
-Refusals before the body close the connection (`Connection: close`): the server does not
-drain an upload it refused.
+Refusals before the body close the connection (`Connection: close`). A refused body of up to
+`DRAIN_MAX_BYTES` is read and thrown away first (within `DRAIN_MAX_S`): a reverse proxy that is
+still sending it (nginx, the Ingress) would otherwise meet a reset and answer 502 instead of our
+401, 403, 413 or 429; a larger one is not read, and its sender may see the reset.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +35,8 @@ from .http_problems import problem_response, redis_refusal
 log = logging.getLogger("vicino.edge")
 
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+DRAIN_MAX_BYTES = 4 * 1024 * 1024
+DRAIN_MAX_S = 5.0
 _REDIS_AWAY = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)
 
 
@@ -67,7 +72,8 @@ class EdgeGuard:
                 try:
                     principal = await access.principal(authorization, clock.now() if clock else time.time())
                 except Problem as e:
-                    return await _refuse(scope, send, e.status, e.title, e.detail, e.headers, close=True)
+                    return await _refuse(scope, send, e.status, e.title, e.detail, e.headers, close=True,
+                                         receive=receive)
                 except RedisError as e:  # reading an API key: the same 503 as the routes answer
                     refusal = None if isinstance(e, _REDIS_AWAY) else redis_refusal(e)
                     if refusal is None and not isinstance(e, _REDIS_AWAY):
@@ -77,12 +83,13 @@ class EdgeGuard:
                     log.warning("Redis %s while authenticating %s %s", what, method, path)
                     return await _refuse(scope, send, 503, "Service unavailable",
                                          f"Redis is {what}; nothing was done, retry shortly",
-                                         {"Retry-After": str(retry_s)}, close=True)
+                                         {"Retry-After": str(retry_s)}, close=True, receive=receive)
                 scope.setdefault("state", {})[EDGE_PRINCIPAL] = (authorization, principal)
                 if access.limiter is not None:
                     refused = await _over_limit(access.limiter, principal, method, path)
                     if refused is not None:
-                        return await _refuse(scope, send, 429, "Too many requests", *refused, close=False)
+                        return await _refuse(scope, send, 429, "Too many requests", *refused, close=False,
+                                             receive=receive)
                 bulk = self.bulk.get((method, path))
                 if bulk is not None and (principal.admin or principal.roles & bulk.roles):
                     limit = bulk.max_bytes
@@ -95,7 +102,7 @@ class EdgeGuard:
                 except ValueError:
                     return await _refuse(scope, send, 400, "Bad request", "invalid Content-Length header", close=True)
                 if length > limit:
-                    return await _too_large(scope, send, limit)
+                    return await _too_large(scope, send, limit, receive)
                 # the server delivers no more than the declared length: nothing to count
                 return await self.app(scope, receive, send)
         await self._counted(scope, receive, send, limit)
@@ -157,12 +164,46 @@ async def _over_limit(limiter, principal: Principal, method: str, path: str):
             f"retry in {verdict.retry_after_s} s", verdict.headers(limit))
 
 
-async def _too_large(scope, send, limit: int) -> None:
-    await _refuse(scope, send, 413, "Payload too large", f"request body exceeds {limit} bytes", close=True)
+async def _too_large(scope, send, limit: int, receive=None) -> None:
+    await _refuse(scope, send, 413, "Payload too large", f"request body exceeds {limit} bytes", close=True,
+                  receive=receive)
+
+
+def _declared_length(scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _drain(scope, receive) -> None:
+    """Read and drop a refused request's body, if it is small enough to be worth it (see above)."""
+    if scope["method"] in NO_BODY_METHODS:
+        return
+    length = _declared_length(scope)
+    if length is not None and (length == 0 or length > DRAIN_MAX_BYTES):
+        return
+    read = 0
+    try:
+        async with asyncio.timeout(DRAIN_MAX_S):
+            while read <= DRAIN_MAX_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                read += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        return
 
 
 async def _refuse(scope, send, status: int, title: str, detail: str, headers: dict | None = None, *,
-                  close: bool) -> None:
+                  close: bool, receive=None) -> None:
+    if receive is not None:
+        await _drain(scope, receive)
     response = problem_response(status, title, detail, instance=scope["path"], headers=headers)
     if close:
         response.headers["connection"] = "close"
