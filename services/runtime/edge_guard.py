@@ -67,7 +67,7 @@ class EdgeGuard:
                 try:
                     principal = await access.principal(authorization, clock.now() if clock else time.time())
                 except Problem as e:
-                    return await _refuse(scope, send, e.status, e.title, e.detail, e.headers, close=True)
+                    return await _refuse(scope, send, e.status, e.title, e.detail, e.headers, close=True, code=e.code)
                 except RedisError as e:  # reading an API key: the same 503 as the routes answer
                     refusal = None if isinstance(e, _REDIS_AWAY) else redis_refusal(e)
                     if refusal is None and not isinstance(e, _REDIS_AWAY):
@@ -162,8 +162,8 @@ async def _too_large(scope, send, limit: int) -> None:
 
 
 async def _refuse(scope, send, status: int, title: str, detail: str, headers: dict | None = None, *,
-                  close: bool) -> None:
-    response = problem_response(status, title, detail, instance=scope["path"], headers=headers)
+                  close: bool, code: str | None = None) -> None:
+    response = problem_response(status, title, detail, instance=scope["path"], headers=headers, code=code)
     if close:
         response.headers["connection"] = "close"
     await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
