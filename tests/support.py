@@ -9,12 +9,14 @@ import httpx
 from vicino.services.runtime.api_keys import AUDIT, KEYS
 from testbed.processes import ROOT, free_port, port_open, served_service, stop_process, wait_until  # noqa: F401
 from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1, device_shard, events_stream_key
+from vicino.services.kernel.problems import REFUSAL_CODES
 
 PROBLEM = "application/problem+json"
 
 
-def assert_problem(r: httpx.Response, status: int, *needles: str) -> dict:
-    """A problem+json answer with this status whose `detail` mentions every needle (case-insensitive)."""
+def assert_problem(r: httpx.Response, status: int, *needles: str, code: str | None = None) -> dict:
+    """A problem+json answer with this status whose `detail` mentions every needle (case-insensitive)
+    and whose `code` is `code`. Every 401 and 403 must carry a documented code, asked for or not."""
     assert r.status_code == status, f"expected {status}, got {r.status_code}: {r.text[:500]}"
     assert r.headers["content-type"].split(";")[0] == PROBLEM, r.headers.get("content-type")
     body = r.json()
@@ -23,6 +25,11 @@ def assert_problem(r: httpx.Response, status: int, *needles: str) -> dict:
     assert isinstance(detail, str) and detail.strip(), body
     for n in needles:
         assert n.lower() in detail.lower(), f"{n!r} not in detail {detail!r}"
+    if status in (401, 403):
+        assert body.get("code") in REFUSAL_CODES, f"a {status} without a documented code: {body}"
+        assert REFUSAL_CODES[body["code"]].startswith(f"{status}:"), f"{body['code']} is not a {status}: {body}"
+    if code is not None:
+        assert body.get("code") == code, f"expected code {code!r}: {body}"
     return body
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from .problems import Forbidden, Unauthorized
+from .problems import (CREDENTIALS_MISSING, FORBIDDEN_ROLE, TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_REVOKED, Forbidden,
+                       Unauthorized)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,33 +78,33 @@ class TokenSigner:
             self._verified[token] = claims
         if claims.expires_at <= now:
             raise Unauthorized("token expired; register the device again for a new one "
-                               "(a device token can be refreshed only before it expires)")
+                               "(a device token can be refreshed only before it expires)", code=TOKEN_EXPIRED)
         return claims
 
     def _verify_signature(self, token: str) -> DeviceClaims:
         try:
             version, payload, sig = token.split(".")
         except ValueError:
-            raise Unauthorized("malformed bearer token") from None
+            raise Unauthorized("malformed bearer token", code=TOKEN_INVALID) from None
         if version != "v1":
-            raise Unauthorized("unknown token version")
+            raise Unauthorized("unknown token version", code=TOKEN_INVALID)
         expected = _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
         if not hmac.compare_digest(expected, sig):
-            raise Unauthorized("invalid token signature")
+            raise Unauthorized("invalid token signature", code=TOKEN_INVALID)
         try:
             raw = orjson.loads(_unb64(payload))
             claims = DeviceClaims(str(raw["d"]), str(raw["c"]), str(raw["j"]), float(raw["e"]))
         except Exception:
-            raise Unauthorized("malformed token payload") from None
+            raise Unauthorized("malformed token payload", code=TOKEN_INVALID) from None
         return claims
 
 
 def parse_bearer(header: str | None) -> str:
     if not header:
-        raise Unauthorized("missing Authorization: Bearer <token>")
+        raise Unauthorized("missing Authorization: Bearer <token>", code=CREDENTIALS_MISSING)
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
-        raise Unauthorized("Authorization header must be 'Bearer <token>'")
+        raise Unauthorized("Authorization header must be 'Bearer <token>'", code=TOKEN_INVALID)
     return value.strip()
 
 
@@ -118,12 +119,18 @@ def require_roles(p: Principal, accepted: frozenset[str], *, devices: bool = Fal
     if p.device is not None:
         if devices:
             return p
-        raise Forbidden(f"this endpoint needs an API key with the role {needed}; a device token may not call it")
+        raise Forbidden(f"this endpoint needs an API key with the role {needed}; a device token may not call it",
+                        code=FORBIDDEN_ROLE)
     if p.admin or p.roles & accepted:
         return p
     held = ", ".join(sorted(p.roles)) or "none"
-    raise Forbidden(f"this endpoint needs the role {needed}; this key holds {held}")
+    raise Forbidden(f"this endpoint needs the role {needed}; this key holds {held}", code=FORBIDDEN_ROLE)
 
 
 REPLACED_TOKEN = ("this device token was revoked: replaced by a newer registration or by a refresh whose grace "
                   "period has ended, or the device was removed; register the device again for a new one")
+
+
+def revoked_token() -> Unauthorized:
+    """The refusal of a signed, unexpired device token that its device no longer accepts."""
+    return Unauthorized(REPLACED_TOKEN, code=TOKEN_REVOKED)

@@ -1,6 +1,9 @@
 """The error tree, shared by every service: domain and adapter code raise `Problem` subclasses,
 each naming its HTTP status and title; `vicino.services.runtime.http_problems` renders them (and
 FastAPI's own validation errors) as RFC 9457 `application/problem+json`.
+
+A refusal also carries a stable `code` (an RFC 9457 extension member): clients switch on it,
+never on the words of `detail`, which are for people and may change. Every 401 and 403 has one.
 """
 from __future__ import annotations
 
@@ -9,15 +12,47 @@ from typing import Any
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
+# The `code` of a refusal: what the client should do about it. Part of the public API (README,
+# "Refusal codes"): a code may be added, never renamed or given another meaning.
+TOKEN_EXPIRED = "token_expired"
+TOKEN_REVOKED = "token_revoked"
+TOKEN_ALREADY_REFRESHED = "token_already_refreshed"
+TOKEN_INVALID = "token_invalid"
+CREDENTIALS_MISSING = "credentials_missing"
+FORBIDDEN_ROLE = "forbidden_role"
+DEVICE_TOKEN_REQUIRED = "device_token_required"
+NOT_OWN_DEVICE = "not_own_device"
+NOT_OWN_CUSTOMER = "not_own_customer"
+CONSENT_REQUIRED = "consent_required"
+
+REFUSAL_CODES = {
+    TOKEN_EXPIRED: "401: the device token expired; the app backend registers the device again",
+    TOKEN_REVOKED: "401: the device token was replaced by a newer registration, refreshed past its grace "
+                   "period, or the device was removed; register again (or stay signed out)",
+    TOKEN_ALREADY_REFRESHED: "401: only the newest device token may be refreshed; this one still works for "
+                             "other calls until its grace ends",
+    TOKEN_INVALID: "401: not a credential of this deployment (malformed, bad signature, unknown or revoked key)",
+    CREDENTIALS_MISSING: "401: no Authorization: Bearer header",
+    FORBIDDEN_ROLE: "403: the credential is valid but lacks the role (a device token on a key's route)",
+    DEVICE_TOKEN_REQUIRED: "403: only a device token may do this (an API key may not)",
+    NOT_OWN_DEVICE: "403: a device token acting for another device (or its deliveries)",
+    NOT_OWN_CUSTOMER: "403: a device token acting for another customer",
+    CONSENT_REQUIRED: "409: the customer has not consented to location processing",
+}
+
+
 class Problem(Exception):
     status = 400
     title = "Bad request"
 
-    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None, headers: dict | None = None):
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None, headers: dict | None = None,
+                 code: str | None = None):
         super().__init__(detail)
+        assert code is None or code in REFUSAL_CODES, code  # a code is documented before it is used
         self.detail = detail
         self.errors = errors
         self.headers = headers
+        self.code = code
 
 
 class InvalidInput(Problem):
@@ -26,17 +61,22 @@ class InvalidInput(Problem):
 
 
 class Unauthorized(Problem):
+    """Who is calling is unknown or no longer valid; `code` (required) says which way."""
     status = 401
     title = "Unauthorized"
 
-    def __init__(self, detail: str, **kw: Any):
+    def __init__(self, detail: str, *, code: str, **kw: Any):
         kw.setdefault("headers", {"WWW-Authenticate": "Bearer"})
-        super().__init__(detail, **kw)
+        super().__init__(detail, code=code, **kw)
 
 
 class Forbidden(Problem):
+    """The caller is known but may not do this; `code` (required) says why."""
     status = 403
     title = "Forbidden"
+
+    def __init__(self, detail: str, *, code: str, **kw: Any):
+        super().__init__(detail, code=code, **kw)
 
 
 class NotFound(Problem):

@@ -23,7 +23,7 @@ import orjson
 from fastapi import Depends
 
 from ..kernel.auth import ADMIN, Principal, TokenSigner, is_admin_token, parse_bearer, require_roles
-from ..kernel.problems import NotFound, Unauthorized
+from ..kernel.problems import TOKEN_INVALID, NotFound, Unauthorized
 from ..kernel.roles import KeyRecord, check_roles, new_key, secret_hash, service_key, split_key
 from .rate_limit import RateLimiter
 
@@ -92,12 +92,12 @@ class KeyStore:
     async def authenticate(self, token: str) -> KeyRecord:
         parts = split_key(token)
         if parts is None:
-            raise Unauthorized("unknown bearer token")
+            raise Unauthorized("unknown bearer token", code=TOKEN_INVALID)
         rec = await self.get(parts[0])
         # one answer for an unknown id, a wrong secret and a revoked key: none says which
         if rec is None or rec.revoked_at is not None or not hmac.compare_digest(
                 rec.hash, secret_hash(self._secret, parts[0], parts[1])):
-            raise Unauthorized("unknown or revoked API key")
+            raise Unauthorized("unknown or revoked API key", code=TOKEN_INVALID)
         return rec
 
 

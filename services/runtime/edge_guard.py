@@ -73,7 +73,7 @@ class EdgeGuard:
                     principal = await access.principal(authorization, clock.now() if clock else time.time())
                 except Problem as e:
                     return await _refuse(scope, send, e.status, e.title, e.detail, e.headers, close=True,
-                                         receive=receive)
+                                         receive=receive, code=e.code)
                 except RedisError as e:  # reading an API key: the same 503 as the routes answer
                     refusal = None if isinstance(e, _REDIS_AWAY) else redis_refusal(e)
                     if refusal is None and not isinstance(e, _REDIS_AWAY):
@@ -201,10 +201,10 @@ async def _drain(scope, receive) -> None:
 
 
 async def _refuse(scope, send, status: int, title: str, detail: str, headers: dict | None = None, *,
-                  close: bool, receive=None) -> None:
+                  close: bool, receive=None, code: str | None = None) -> None:
     if receive is not None:
         await _drain(scope, receive)
-    response = problem_response(status, title, detail, instance=scope["path"], headers=headers)
+    response = problem_response(status, title, detail, instance=scope["path"], headers=headers, code=code)
     if close:
         response.headers["connection"] = "close"
     await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})

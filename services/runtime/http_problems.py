@@ -53,8 +53,10 @@ def redis_refusal(exc: Exception) -> tuple[str, int] | None:
 
 
 def problem_response(status: int, title: str, detail: str, *, instance: str | None = None,
-                     errors: list | None = None, headers: dict | None = None) -> Response:
+                     errors: list | None = None, headers: dict | None = None, code: str | None = None) -> Response:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    if code:
+        body["code"] = code
     if instance:
         body["instance"] = instance
     if errors:
@@ -66,7 +68,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
         return problem_response(exc.status, exc.title, exc.detail, instance=request.url.path,
-                                errors=exc.errors, headers=exc.headers)
+                                errors=exc.errors, headers=exc.headers, code=exc.code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -124,6 +126,9 @@ class ProblemOut(BaseModel):
     title: str
     status: int
     detail: str
+    # documented only (never built): a plain optional string, as it is inlined in every error answer
+    code: str = Field(None, description="a refusal's stable reason, for programs (`detail` is for people): every "
+                      "401 and 403 has one, e.g. `token_revoked`; README, \"Refusal codes\"")
     instance: str | None = Field(None, description="the request path")
     errors: list[dict] | None = Field(None, description="one item per invalid field, when there are several")
 

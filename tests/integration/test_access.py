@@ -5,9 +5,14 @@ unknown or revoked key a 401; services call each other with keys of their own; e
 a key lands in the audit trail, with a person's id only as a keyed hash."""
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+
+from vicino.services.kernel.clock import FixedClock
+from vicino.services.kernel.problems import REFUSAL_CODES
 
 from vicino.services.kernel.roles import ROLES, service_key
 from vicino.services.push_gateway.app import create_app as create_push
@@ -16,7 +21,7 @@ from vicino.services.recommender.app import create_app as create_recommender
 from vicino.services.scheduler.app import create_app as create_scheduler
 from vicino.services.scheduler.settings import SchedulerSettings
 from vicino.services.geo.app import create_app as create_geo
-from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET, circle_store, register
+from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET, circle_store, fix, register
 from tests.support import assert_problem, redis_dump
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -49,12 +54,13 @@ def test_keys_are_made_once_listed_without_secret_and_revoked_at_once_on_every_r
         assert b.put("/v1/stores/s1", headers=bearer(key), json=store).status_code == 201
         assert a.delete(f"/v1/keys/{key_id}", headers=ADMIN).json()["revoked_at"] is not None
         # ... and refuses it the moment it is revoked: no cache to wait out
-        assert_problem(b.put("/v1/stores/s1", headers=bearer(key), json=store), 401, "unknown or revoked")
+        assert_problem(b.put("/v1/stores/s1", headers=bearer(key), json=store), 401, "unknown or revoked",
+                       code="token_invalid")
         # a wrong secret for a real key id, and a made-up key, get the same answer
         assert_problem(b.get("/v1/stores/s1", headers=bearer(f"vk_{key_id}_{'x' * 43}")), 401, "unknown or revoked")
         assert_problem(b.get("/v1/stores/s1", headers=bearer("vk_nosuchkey_" + "y" * 43)), 401, "unknown or revoked")
-        assert_problem(b.get("/v1/stores/s1", headers=bearer("garbage")), 401)
-        assert_problem(b.get("/v1/stores/s1"), 401, "missing")
+        assert_problem(b.get("/v1/stores/s1", headers=bearer("garbage")), 401, code="token_invalid")
+        assert_problem(b.get("/v1/stores/s1"), 401, "missing", code="credentials_missing")
         assert_problem(a.delete("/v1/keys/nosuchkey", headers=ADMIN), 404, "nosuchkey")
 
 
@@ -79,7 +85,7 @@ def test_each_role_opens_its_routes_and_no_other(client):
     store = circle_store("s1", 45.0, 9.0)
     # stores: written by the operator; read by the operator and the analyst
     assert_problem(client.put("/v1/stores/s1", headers=bearer(analyst), json=store), 403, "role admin or operator",
-                   "holds analyst")
+                   "holds analyst", code="forbidden_role")
     assert client.put("/v1/stores/s1", headers=bearer(operator), json=store).status_code == 201
     assert client.get("/v1/stores/s1", headers=bearer(analyst)).status_code == 200
     assert_problem(client.get("/v1/stores/s1", headers=bearer(support)), 403, "analyst")
@@ -104,15 +110,57 @@ def test_each_role_opens_its_routes_and_no_other(client):
     assert client.get("/v1/customers/c1/consent", headers=bearer(both)).status_code == 200
     # a key is not a device: it cannot report fixes
     assert_problem(client.post("/v1/locations", headers=bearer(app_backend),
-                               json={"device_id": "d1", "fixes": []}), 403, "device token")
+                               json={"device_id": "d1", "fixes": []}), 403, "device token", code="device_token_required")
 
 
 def test_device_tokens_keep_their_own_rules(client):
     dev = register(client, "d1", "c1")
     assert client.get("/v1/customers/c1/consent", headers=dev).status_code == 200
-    assert_problem(client.get("/v1/customers/c2/consent", headers=dev), 403, "own customer")
+    assert_problem(client.get("/v1/customers/c2/consent", headers=dev), 403, "own customer", code="not_own_customer")
     assert_problem(client.put("/v1/stores/s1", headers=dev, json=circle_store("s1", 45.0, 9.0)), 403,
-                   "role admin or operator", "device token may not")
+                   "role admin or operator", "device token may not", code="forbidden_role")
+
+
+def test_every_refusal_code_is_answered_where_documented(settings, redis_url):
+    """Each documented refusal code, produced by the refusal it names (the words of `detail` are
+    for people; clients switch on `code`), and each 401 and 403 carries one (`assert_problem`)."""
+    clock = FixedClock(time.time())
+    seen = set()
+
+    def refused(r, status: int, code: str) -> None:
+        assert_problem(r, status, code=code)
+        seen.add(code)
+
+    with TestClient(create_geo(settings, clock=clock), raise_server_exceptions=False) as geo:
+        key_id, analyst = make_key(geo, "analyst")
+        store = circle_store("s1", 45.0, 9.0)
+        refused(geo.get("/v1/stores/s1"), 401, "credentials_missing")
+        for wrong in ("garbage", "v1.e30.bad-signature", "v2.a.b", "v1.only-two", f"vk_{key_id}_{'x' * 43}"):
+            refused(geo.get("/v1/stores/s1", headers=bearer(wrong)), 401, "token_invalid")
+        refused(geo.get("/v1/stores/s1", headers={"Authorization": f"Basic {ADMIN_TOKEN}"}), 401, "token_invalid")
+        refused(geo.put("/v1/stores/s1", headers=bearer(analyst), json=store), 403, "forbidden_role")
+        dev = register(geo, "d1", "c1", consent=False)
+        refused(geo.put("/v1/stores/s1", headers=dev, json=store), 403, "forbidden_role")
+        refused(geo.post("/v1/locations", headers=bearer(analyst), json={"device_id": "d1", "fixes": []}), 403,
+                "device_token_required")
+        refused(geo.post("/v1/devices/d1/token", headers=ADMIN), 403, "device_token_required")
+        refused(geo.get("/v1/devices/d2", headers=dev), 403, "not_own_device")
+        refused(geo.post("/v1/locations", headers=dev, json={"device_id": "d2", "fixes": [fix(45.0, 9.0)]}), 403,
+                "not_own_device")
+        refused(geo.get("/v1/customers/c2/consent", headers=dev), 403, "not_own_customer")
+        refused(geo.get("/v1/devices/d1/regions", headers=dev, params={"lat": 45.0, "lon": 9.0}), 409,
+                "consent_required")
+        newer = bearer(geo.post("/v1/devices/d1/token", headers=dev).json()["token"])
+        refused(geo.post("/v1/devices/d1/token", headers=dev), 401, "token_already_refreshed")
+        register(geo, "d1", "c1")  # registered again: both tokens are revoked at once
+        for old in (dev, newer):
+            refused(geo.get("/v1/devices/d1", headers=old), 401, "token_revoked")
+            refused(geo.post("/v1/locations", headers=old, json={"device_id": "d1", "fixes": [fix(45.0, 9.0)]}), 401,
+                    "token_revoked")
+        current = register(geo, "d1", "c1")
+        clock.advance(31 * 86_400)  # past the 30 days of a device token
+        refused(geo.get("/v1/devices/d1", headers=current), 401, "token_expired")
+    assert seen == set(REFUSAL_CODES), "a documented code no refusal answers"
 
 
 def test_every_v1_operation_of_every_service_declares_who_may_call_it(settings, rec_settings, redis_url):

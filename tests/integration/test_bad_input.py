@@ -224,9 +224,10 @@ def test_deeply_nested_json_is_a_client_error(client, world, admin, unchanged):
 
 
 def test_unknown_device(client, world, redis_sync, unchanged):
+    # a signed token of a device with no registration: its credential failed (401), as on every route
     redis_sync.delete(DeviceKeys("dev-1", 16).registration)
     with unchanged():
-        assert_problem(client.post(LOC, headers=world, json=batch(fix(45.0, 9.0))), 404, "dev-1", "not registered")
+        assert_problem(client.post(LOC, headers=world, json=batch(fix(45.0, 9.0))), 401, "revoked", code="token_revoked")
 
 
 # tokens --------------------------------------------------------------------------------------------

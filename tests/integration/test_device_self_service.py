@@ -128,14 +128,14 @@ def test_only_the_newest_token_may_refresh(geo, clock, redis_sync):
     # the replaced token still works, but may not start a second chain
     before = registration(redis_sync, "phone-s")
     body = assert_problem(refresh(geo, "phone-s", first), 401, "already refreshed", "only the newest",
-                          "register the device again")
+                          "register the device again", code="token_already_refreshed")
     assert registration(redis_sync, "phone-s") == before
     assert parse_instant(body["detail"].split("until ")[1].split(")")[0]) == pytest.approx(clock.now() + GRACE_S, abs=0.01)
     assert reports(geo, first, "phone-s", clock) == 200
     # the newest refreshes; the first token, two refreshes behind, stops at once (one grace at a time)
     third = bearer(refresh(geo, "phone-s", second).json()["token"])
-    assert_problem(refresh(geo, "phone-s", first), 401, "revoked")
-    assert_problem(geo.get("/v1/devices/phone-s", headers=first), 401, "revoked")
+    assert_problem(refresh(geo, "phone-s", first), 401, "revoked", code="token_revoked")
+    assert_problem(geo.get("/v1/devices/phone-s", headers=first), 401, "revoked", code="token_revoked")
     for headers in (second, third):
         assert reports(geo, headers, "phone-s", clock) == 200
 
@@ -153,7 +153,7 @@ def test_concurrent_refreshes_with_one_token_make_exactly_one_new_token(geo):
 def test_an_expired_token_cannot_refresh(geo, clock):
     token = register(geo, "phone-x", "cust-x")
     clock.advance(TTL_S + 1)
-    assert_problem(refresh(geo, "phone-x", token), 401, "expired", "register the device again")
+    assert_problem(refresh(geo, "phone-x", token), 401, "expired", "register the device again", code="token_expired")
 
 
 def test_registering_again_revokes_every_token_at_once(geo, clock):
@@ -268,12 +268,15 @@ def test_a_device_logs_out_its_visits_end_and_all_its_tokens_stop(geo, clock, re
     assert not redis_sync.exists(DeviceKeys("phone-l", 16).state)
     assert not redis_sync.sismember("vicino:{cust:cust-l}:devices", "phone-l")
     for headers in (first, second):
-        assert_problem(geo.get("/v1/devices/phone-l", headers=headers), 401, "revoked")
-        assert_problem(geo.delete("/v1/devices/phone-l", headers=headers), 401, "revoked")
-        assert_problem(refresh(geo, "phone-l", headers), 401, "revoked")
+        assert_problem(geo.get("/v1/devices/phone-l", headers=headers), 401, "revoked", code="token_revoked")
+        assert_problem(geo.delete("/v1/devices/phone-l", headers=headers), 401, "revoked", code="token_revoked")
+        assert_problem(refresh(geo, "phone-l", headers), 401, "revoked", code="token_revoked")
         assert_problem(geo.put("/v1/devices/phone-l/push-token", headers=headers, json={"push_token": "x"}), 401,
-                       "revoked")
-        assert reports(geo, headers, "phone-l", clock) == 404  # the location route: "not registered"
+                       "revoked", code="token_revoked")
+        # the location route too (it answered 404 "not registered" once: the token is what failed)
+        r = geo.post("/v1/locations", headers=headers, json={"device_id": "phone-l", "fixes": [fix(45.0, 9.0, clock.now() - 1)]})
+        assert_problem(r, 401, "revoked", code="token_revoked")
+        assert r.headers["WWW-Authenticate"] == "Bearer"
     assert_problem(geo.delete("/v1/devices/phone-l", headers=ADMIN), 404, "not registered")
 
 

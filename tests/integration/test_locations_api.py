@@ -313,7 +313,7 @@ def test_unregistering_a_device_ends_its_visit_and_revokes_its_tokens(client, ad
     assert not redis_sync.exists(DeviceKeys("lost-phone", 16).registration)
     assert not redis_sync.sismember("vicino:{cust:cust-lost}:devices", "lost-phone")
     assert_problem(client.post(LOC, headers=dev, json={"device_id": "lost-phone", "fixes": [fix(*INSIDE[1], t0 + 5)]}),
-                   404, "not registered")
+                   401, "revoked", code="token_revoked")
     assert_problem(client.get("/v1/devices/lost-phone", headers=admin), 404, "not registered")
     assert_problem(client.delete("/v1/devices/lost-phone", headers=admin), 404, "not registered")
 

@@ -12,6 +12,11 @@ export interface Problem {
   title?: string;
   status?: number;
   detail?: string;
+  /**
+   * a refusal's stable reason (every 401 and 403 has one; see `REFUSAL_CODES`): switch on this,
+   * never on `detail`, whose words are for people
+   */
+  code?: string;
   /** one entry per invalid field, e.g. `{field: "fixes[3].ts", message: "..."}` */
   errors?: { field?: string; message?: string }[];
   [key: string]: unknown;
@@ -36,6 +41,8 @@ export class VicinoNetworkError extends VicinoError {
 
 export class VicinoHttpError extends VicinoError {
   override name = "VicinoHttpError";
+  /** the problem's `code` (e.g. `consent_required` on a 409 of region sync), when the server sent one */
+  readonly code?: string;
   constructor(
     readonly operation: string,
     readonly status: number,
@@ -44,8 +51,25 @@ export class VicinoHttpError extends VicinoError {
     readonly retryAfterMs?: number,
   ) {
     super(`${operation}: ${status} ${problem.detail ?? problem.title ?? ""}`.trim());
+    if (typeof problem.code === "string") this.code = problem.code;
   }
 }
+
+/**
+ * The services' refusal codes (the `code` of a problem: README, "Refusal codes") and what each
+ * means for the app. A code this SDK does not know yet falls back to the status (and `detail`).
+ */
+export const REFUSAL_CODES = {
+  token_expired: "token_expired",
+  token_revoked: "revoked",
+  token_already_refreshed: "revoked",
+  token_invalid: "invalid",
+  credentials_missing: "invalid",
+  forbidden_role: "forbidden",
+  device_token_required: "forbidden",
+  not_own_device: "forbidden",
+  not_own_customer: "forbidden",
+} as const satisfies Record<string, AuthFailure>;
 
 /**
  * What the app should do about a refused token:
@@ -65,14 +89,18 @@ export class VicinoAuthError extends VicinoHttpError {
 }
 
 /**
- * The reason behind a 401/403 (or a 404 for the device itself: it was removed), else undefined.
- * The services say it in `detail`; these words are their contract (tests/e2e/test_sdk.py runs
- * the SDK against the real services).
+ * The reason behind a 401/403, else undefined: from the problem's `code` first; a server older
+ * than the codes is read from the words of `detail` (and its 404 for the calling device itself,
+ * `deviceGone`: it was removed). `problem` may be the problem or just its `detail`.
  */
-export function authFailure(status: number, detail: string | undefined, deviceGone = false): AuthFailure | undefined {
-  if (status === 403) return "forbidden";
+export function authFailure(status: number, problem: Problem | string | undefined, deviceGone = false): AuthFailure | undefined {
+  const { detail, code } = typeof problem === "object" && problem !== null ? problem : { detail: problem, code: undefined };
   if (status === 404 && deviceGone) return "revoked";
-  if (status !== 401) return undefined;
+  if (status !== 401 && status !== 403) return undefined;
+  if (typeof code === "string" && Object.prototype.hasOwnProperty.call(REFUSAL_CODES, code)) {
+    return REFUSAL_CODES[code as keyof typeof REFUSAL_CODES];
+  }
+  if (status === 403) return "forbidden";
   const d = (detail ?? "").toLowerCase();
   if (d.includes("expired")) return "token_expired";
   if (/replaced|revoked|removed|unregistered|not registered|already refreshed/.test(d)) return "revoked";

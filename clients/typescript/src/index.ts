@@ -3,7 +3,8 @@ export { VicinoClient, type VicinoClientOptions } from "./client.js";
 export { VicinoAppBackend, type AppBackendOptions } from "./app-backend.js";
 export { Credentials, type DeviceToken } from "./credentials.js";
 export {
-  type AuthFailure, type Problem, VicinoAuthError, VicinoError, VicinoHttpError, VicinoNetworkError, authFailure,
+  type AuthFailure, type Problem, REFUSAL_CODES, VicinoAuthError, VicinoError, VicinoHttpError, VicinoNetworkError,
+  authFailure,
 } from "./errors.js";
 export {
   type BatchReport, type Fix, FixQueue, type FixQueueOptions, type FixSender, type FlushResult, MAX_BATCH, wireFix,

@@ -48,7 +48,8 @@ export interface CallOptions<K extends OperationKey> {
   retryAlso?: readonly number[];
   /** give up (with the last error) rather than wait past this epoch ms */
   deadline?: number;
-  /** a 404 here means the calling device itself is gone (a VicinoAuthError, `revoked`) */
+  /** the call is the device's own: a server older than the refusal codes answered 404 "not registered"
+   * for a removed device (a VicinoAuthError, `revoked`); newer ones answer 401 `token_revoked` */
   deviceScoped?: boolean;
 }
 
@@ -157,7 +158,7 @@ export class Transport {
       problem = { status, detail: text.slice(0, 300) };
     }
     if (typeof problem !== "object" || problem === null) problem = { status, detail: String(problem) };
-    const reason = authFailure(status, problem.detail, options.deviceScoped === true && /not registered/i.test(problem.detail ?? ""));
+    const reason = authFailure(status, problem, options.deviceScoped === true && /not registered/i.test(problem.detail ?? ""));
     if (reason) throw new VicinoAuthError(operation, status, problem, reason);
     throw new VicinoHttpError(operation, status, problem, parseRetryAfter(retryAfterHeader, this.now()));
   }

@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 
-from vicino.services.kernel.auth import REPLACED_TOKEN, DeviceClaims, Principal, parse_bearer, require_roles
+from vicino.services.kernel.auth import DeviceClaims, Principal, parse_bearer, require_roles, revoked_token
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
-from vicino.services.kernel.problems import Forbidden, NotFound, Unauthorized
+from vicino.services.kernel.problems import (DEVICE_TOKEN_REQUIRED, NOT_OWN_CUSTOMER, NOT_OWN_DEVICE, Forbidden,
+                                             NotFound)
 from vicino.services.runtime.api_keys import RouteAccess, mark_access, role_dependency
 
 from ..adapters.device_repository import Registration
@@ -41,7 +42,7 @@ async def device_claims(c: GeoContainer, authorization: str | None) -> DeviceCla
     if token.startswith("v1."):
         return c.signer.verify(token, c.clock.now())
     await c.access.principal(authorization, c.clock.now())
-    raise Forbidden("this endpoint takes a device token (POST /v1/devices issues one)")
+    raise Forbidden("this endpoint takes a device token (POST /v1/devices issues one)", code=DEVICE_TOKEN_REQUIRED)
 
 
 def _accepted(reg: Registration | None, claims: DeviceClaims, now: float) -> bool:
@@ -56,7 +57,7 @@ async def current_caller(p: CallerDep, c: ContainerDep) -> Principal:
     if p.device is not None:
         reg = await c.devices_repo.get(p.device.device_id)
         if not _accepted(reg, p.device, c.clock.now()):
-            raise Unauthorized(REPLACED_TOKEN)
+            raise revoked_token()
     return p
 
 
@@ -83,10 +84,11 @@ def _device_access(*roles: str):
         (`_accepted`); the device must be registered."""
         require_roles(p, frozenset(roles), devices=True)
         if p.device is not None and p.device.device_id != device_id:
-            raise Forbidden(f"a device token may act only for its own device (this one is {p.device.device_id!r}'s)")
+            raise Forbidden(f"a device token may act only for its own device (this one is {p.device.device_id!r}'s)",
+                            code=NOT_OWN_DEVICE)
         reg = await c.devices_repo.get(device_id)
         if p.device is not None and not _accepted(reg, p.device, c.clock.now()):
-            raise Unauthorized(REPLACED_TOKEN)
+            raise revoked_token()
         if reg is None:
             raise NotFound(f"device {device_id!r} is not registered")
         return DeviceCaller(p, reg)
@@ -107,9 +109,10 @@ async def own_device_token(device_id: DeviceId, p: CallerDep) -> DeviceClaims:
     registers the device again instead)."""
     if p.device is None:
         raise Forbidden("only the device itself refreshes its token, with its current device token; an app server "
-                        "registers the device again (POST /v1/devices) for a new one")
+                        "registers the device again (POST /v1/devices) for a new one", code=DEVICE_TOKEN_REQUIRED)
     if p.device.device_id != device_id:
-        raise Forbidden(f"a device token may act only for its own device (this one is {p.device.device_id!r}'s)")
+        raise Forbidden(f"a device token may act only for its own device (this one is {p.device.device_id!r}'s)",
+                            code=NOT_OWN_DEVICE)
     return p.device
 
 
@@ -124,10 +127,10 @@ def _customer_access(*roles: str):
         if p.device is None:
             return p
         if p.device.customer_id != customer_id:
-            raise Forbidden("a device token may only act for its own customer")
+            raise Forbidden("a device token may only act for its own customer", code=NOT_OWN_CUSTOMER)
         reg = await c.devices_repo.get(p.device.device_id)
         if not _accepted(reg, p.device, c.clock.now()):
-            raise Unauthorized(REPLACED_TOKEN)
+            raise revoked_token()
         return p
 
     return Annotated[Principal, Depends(mark_access(customer_access, *roles, devices="own"))]

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.routing import Route as StarletteRoute
 from pydantic import ValidationError
 
-from vicino.services.kernel.problems import Forbidden, InvalidInput, require_json_content_type
+from vicino.services.kernel.problems import NOT_OWN_DEVICE, Forbidden, InvalidInput, require_json_content_type
 from vicino.services.kernel.times import rfc3339
 from vicino.services.runtime.api_keys import RouteAccess
 from vicino.services.runtime.http_edge import JsonBody
@@ -43,9 +43,8 @@ def _json(body, status: int = 200) -> Response:
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": {"$ref": "#/components/schemas/LocationBatchIn"}}}}},
              responses={**BODY_PROBLEMS,
-                        401: problem("missing, invalid, expired or replaced device token"),
+                        401: problem("missing, invalid, expired or replaced device token, or the device was removed"),
                         403: problem("not a device token, or the token belongs to another device"),
-                        404: problem("the device is not registered"),
                         409: problem("too many concurrent reports for this device; retry"),
                         422: problem("a fix is malformed, in the future or too old; nothing was processed")})
 async def post_locations(request: Request) -> Response:
@@ -60,7 +59,8 @@ async def post_locations(request: Request) -> Response:
     except ValidationError as e:
         raise RequestValidationError(e.errors()) from None  # rendered by the shared problem handler
     if body.device_id != claims.device_id:
-        raise Forbidden(f"this token belongs to device {claims.device_id!r}, not {body.device_id!r}")
+        raise Forbidden(f"this token belongs to device {claims.device_id!r}, not {body.device_id!r}",
+                        code=NOT_OWN_DEVICE)
     now = c.clock.now()
     s = c.settings
     errors = []

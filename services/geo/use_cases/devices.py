@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vicino.services.kernel.auth import REPLACED_TOKEN, DeviceClaims, TokenSigner
+from vicino.services.kernel.auth import DeviceClaims, TokenSigner, revoked_token
 from vicino.services.kernel.clock import Clock
 from vicino.services.kernel.contracts.customer_state import push_token_digest
 from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1
 from vicino.services.kernel.contracts.push_tokens import push_token_problem
 from vicino.services.kernel.ids import new_id
-from vicino.services.kernel.problems import Conflict, InvalidInput, NotFound, Unauthorized
+from vicino.services.kernel.problems import TOKEN_ALREADY_REFRESHED, Conflict, InvalidInput, NotFound, Unauthorized
 from vicino.services.kernel.times import rfc3339
 
 from ..adapters.device_repository import DeviceRepository, Registration
@@ -77,9 +77,9 @@ class DeviceDirectory:
         if why is not None and why[0] == "previous":
             raise Unauthorized(f"this device token was already refreshed: only the newest token may be refreshed "
                                f"(this one keeps working for other calls until {rfc3339(why[1])}); if the app lost "
-                               f"the newer token, register the device again")
+                               f"the newer token, register the device again", code=TOKEN_ALREADY_REFRESHED)
         if why is not None:
-            raise Unauthorized(REPLACED_TOKEN)
+            raise revoked_token()
         expires = now + self.token_ttl_s
         token = self.signer.issue(DeviceClaims(claims.device_id, claims.customer_id, token_id, expires))
         return RefreshedToken(token, expires, grace_until)

@@ -4,7 +4,7 @@ The point is the phone's position: it is processed only with the customer's loca
 (the device's copy of it, as for a location report), and neither stored nor logged."""
 from __future__ import annotations
 
-from vicino.services.kernel.problems import Conflict
+from vicino.services.kernel.problems import CONSENT_REQUIRED, Conflict
 
 from ..adapters.device_repository import Registration
 from ..domain.regions import FenceOutlines, RegionPlan, plan_regions
@@ -20,7 +20,7 @@ class RegionSync:
         if not reg.location_consent:
             raise Conflict("the customer has not consented to location processing, and regions are computed from "
                            "the phone's position: ask for location consent (PUT /v1/customers/{customer_id}/consent) "
-                           "first; nothing was processed")
+                           "first; nothing was processed", code=CONSENT_REQUIRED)
         # Bounded work on the event loop: the index reads the stores near the point and measures
         # exactly only until `limit` + 1 answers are sure (see StoreIndex.nearby).
         return plan_regions(self.sync.index, self.outlines, lat, lon, limit)

@@ -4,11 +4,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from vicino.services.kernel.auth import REPLACED_TOKEN, DeviceClaims
+from vicino.services.kernel.auth import DeviceClaims, revoked_token
 from vicino.services.kernel.clock import Clock
 from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1
 from vicino.services.kernel.ids import new_id
-from vicino.services.kernel.problems import Conflict, NotFound, Unauthorized
+from vicino.services.kernel.problems import Conflict
 
 from ..adapters.device_repository import DeviceRepository, Snapshot
 from ..domain.transitions import DeviceState, Fix, TransitionPolicy, evaluate
@@ -74,12 +74,11 @@ class FixReporter:
             snap = await self.devices.snapshot(device_id)  # a cached refusal is never trusted: re-read
         for attempt in range(MAX_ATTEMPTS):
             reg = snap.registration
-            if reg is None:
+            # a signed token of a device without a registration: the device was removed since
+            # (a 401 as on every other route, not a 404: the caller's credential is what failed)
+            if reg is None or not reg.accepts(claims.token_id, self.clock.now()):
                 self.recent.drop(device_id)
-                raise NotFound(f"device {device_id!r} is not registered")
-            if not reg.accepts(claims.token_id, self.clock.now()):
-                self.recent.drop(device_id)
-                raise Unauthorized(REPLACED_TOKEN)
+                raise revoked_token()
             if not reg.location_consent:
                 self.recent.drop(device_id)
                 return FixReport(0, [{"index": f.index, "reason": "no_location_consent"} for f in fixes], [],

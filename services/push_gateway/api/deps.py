@@ -5,10 +5,10 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 
-from vicino.services.kernel.auth import REPLACED_TOKEN, Principal, require_roles
+from vicino.services.kernel.auth import Principal, require_roles, revoked_token
 from vicino.services.kernel.contracts.customer_state import accepts_device_token
 from vicino.services.runtime.api_keys import RouteAccess, mark_access, role_dependency
-from vicino.services.kernel.problems import Forbidden, NotFound, Unauthorized
+from vicino.services.kernel.problems import DEVICE_TOKEN_REQUIRED, NOT_OWN_DEVICE, Forbidden, NotFound
 
 from ..domain.delivery import DeliveryRecord
 from ..wiring import PushContainer
@@ -30,7 +30,7 @@ async def caller(request: Request, c: ContainerDep, authorization: Annotated[str
     if p.device:
         reg = await c.repo.registration(p.device.device_id)
         if reg is None or not accepts_device_token(reg, p.device.token_id, now):
-            raise Unauthorized(REPLACED_TOKEN)
+            raise revoked_token()
     request.state.principal = p  # for the audit trail
     return p
 
@@ -69,7 +69,8 @@ async def recipient_or_support(p: CallerDep, rec: DeliveryDep, c: ContainerDep) 
     require_roles(p, frozenset({"support"}), devices=True)
     if p.device is None or await _sent_to_this_owner(c, p, rec):
         return p
-    raise Forbidden("a device token may only read the deliveries sent to that device and its owner")
+    raise Forbidden("a device token may only read the deliveries sent to that device and its owner",
+                    code=NOT_OWN_DEVICE)
 
 
 RecipientOrSupportDep = Annotated[Principal, Depends(mark_access(recipient_or_support, "support", devices="own"))]
@@ -77,9 +78,9 @@ RecipientOrSupportDep = Annotated[Principal, Depends(mark_access(recipient_or_su
 
 async def recipient(p: CallerDep, rec: DeliveryDep, c: ContainerDep) -> Principal:
     if p.device is None:
-        raise Forbidden("an open is reported by the recipient's device token, not by a key")
+        raise Forbidden("an open is reported by the recipient's device token, not by a key", code=DEVICE_TOKEN_REQUIRED)
     if not await _sent_to_this_owner(c, p, rec):
-        raise Forbidden("this delivery was sent to another device or its previous owner")
+        raise Forbidden("this delivery was sent to another device or its previous owner", code=NOT_OWN_DEVICE)
     return p
 
 

@@ -5,9 +5,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from vicino.services.kernel.auth import REPLACED_TOKEN, Principal, require_roles
+from vicino.services.kernel.auth import Principal, require_roles, revoked_token
 from vicino.services.runtime.api_keys import mark_access, role_dependency
-from vicino.services.kernel.problems import Forbidden, Unauthorized
+from vicino.services.kernel.problems import NOT_OWN_CUSTOMER, Forbidden
 
 from ..wiring import RecommenderContainer
 
@@ -27,7 +27,7 @@ async def caller(request: Request, c: ContainerDep, authorization: Annotated[str
     now = c.clock.now()
     p = await c.access.principal(authorization, now, request.scope)
     if p.device and not await c.devices.is_current(p.device.device_id, p.device.customer_id, p.device.token_id, now):
-        raise Unauthorized(REPLACED_TOKEN)
+        raise revoked_token()
     request.state.principal = p  # for the audit trail
     return p
 
@@ -57,7 +57,7 @@ def _customer_access(*roles: str):
             return p
         if await c.identity.canonical(p.device.customer_id) == await c.identity.canonical(customer_id):
             return p
-        raise Forbidden("a device token may only act for its own customer")
+        raise Forbidden("a device token may only act for its own customer", code=NOT_OWN_CUSTOMER)
 
     return Annotated[Principal, Depends(mark_access(customer_access, *roles, devices="own"))]
 

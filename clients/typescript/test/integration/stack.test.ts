@@ -57,7 +57,8 @@ test("consent screens: the device sets and reads its customer's consent, and no 
   assert.deepEqual([got.location, got.marketing, got.personalisation], [true, false, true]);
   assert.ok(got.history && got.history.length >= 1, "kept with an audit trail");
   const stranger = client({ ...reg, customer_id: "sdk-customer-backlog" });
-  await assert.rejects(stranger.getConsent(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "forbidden");
+  await assert.rejects(stranger.getConsent(),
+    (e: unknown) => e instanceof VicinoAuthError && e.reason === "forbidden" && e.code === "not_own_customer");
 });
 
 test("2,000 fixes after an offline hour arrive once and in order, through a killed app and a 429", async () => {
@@ -140,17 +141,20 @@ test("a replaced or removed device token surfaces as VicinoAuthError; the queue 
   const again = await register("revoked"); // the app backend registers the device again: the old token stops
   assert.equal(again.rotated, true);
   await c.addFix({ ...AWAY, accuracy_m: 10, ts: nowS() - 30 });
-  await assert.rejects(c.flush(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked" && e.status === 401);
+  await assert.rejects(c.flush(),
+    (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked" && e.status === 401 && e.code === "token_revoked");
   assert.equal(refusals.length, 1);
   assert.ok(c.fixes.paused);
   assert.equal(await c.fixes.pending(), 1, "kept for the new token");
   c.setToken(again.token, again.token_expires_at);
   assert.equal((await c.flush()).accepted, 1);
-  await backend.deleteDevice(reg.device_id); // removed: its token stops
+  await backend.deleteDevice(reg.device_id); // removed: its token stops (401, as on every route)
   await c.addFix({ ...AWAY, accuracy_m: 10, ts: nowS() - 10 });
-  await assert.rejects(c.flush(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked");
+  await assert.rejects(c.flush(),
+    (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked" && e.status === 401 && e.code === "token_revoked");
   const expired = client({ ...reg, token: stack.expiredToken });
-  await assert.rejects(expired.getConsent(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "token_expired");
+  await assert.rejects(expired.getConsent(),
+    (e: unknown) => e instanceof VicinoAuthError && e.reason === "token_expired" && e.code === "token_expired");
 });
 
 test("region sync: the nearest fences as enclosing circles, asked again only outside the resync circle", async () => {
@@ -174,7 +178,7 @@ test("region sync: the nearest fences as enclosing circles, asked again only out
   assert.equal(changes.length, 1);
   const noConsent = await register("regions-no-consent");
   await assert.rejects(client(noConsent).fetchRegions(near.lat, near.lon),
-    (e: unknown) => e instanceof VicinoHttpError && e.status === 409);
+    (e: unknown) => e instanceof VicinoHttpError && e.status === 409 && e.code === "consent_required");
 });
 
 test("push-token rotation: the new token is taken, a token not of the platform refused", async () => {
@@ -198,7 +202,8 @@ test("token refresh before expiry: the new token is handed over, the old one wor
   assert.equal(c.credentials.token.token, kept[0].token);
   const old = client(reg, { refreshBeforeMs: 0 });
   assert.equal((await old.getConsent()).customer_id, reg.customer_id, "the old token, within its grace");
-  await assert.rejects(old.refreshToken(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked",
+  await assert.rejects(old.refreshToken(),
+    (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked" && e.code === "token_already_refreshed",
     "only the newest token may refresh");
   const again = await c.refreshToken();
   assert.notEqual(again.token, kept[0].token);
@@ -215,7 +220,8 @@ test("logout: queued fixes sent, the device removed with its own token, the queu
   await c.logout();
   assert.equal(batches.reduce((n, b) => n + b.result.accepted, 0), 2, "sent before the device went");
   assert.deepEqual(await readdir(dir), [], "nothing of the device left on the phone");
-  await assert.rejects(c.getConsent(), (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked");
+  await assert.rejects(c.getConsent(),
+    (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked" && e.code === "token_revoked");
   await c.logout(); // already removed: done
   await assert.rejects(backend.deleteDevice(reg.device_id), (e: unknown) => e instanceof VicinoHttpError && e.status === 404);
 });
@@ -244,5 +250,5 @@ test("a push opened: a visit becomes a delivery, and its open is recorded once",
   assert.equal(again.opened_at, opened.opened_at, "once");
   const other = client(await register("not-the-recipient"));
   await assert.rejects(other.reportOpened(delivery.delivery_id),
-    (e: unknown) => e instanceof VicinoAuthError && e.reason === "forbidden");
+    (e: unknown) => e instanceof VicinoAuthError && e.reason === "forbidden" && e.code === "not_own_device");
 });

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Transport, VicinoAuthError, VicinoHttpError, VicinoNetworkError } from "../../src/index.js";
+import { REFUSAL_CODES, Transport, VicinoAuthError, VicinoHttpError, VicinoNetworkError } from "../../src/index.js";
 import { problem, scriptedFetch, type Scripted } from "../support/fakes.js";
 
 function transport(script: Scripted[], extra: Partial<ConstructorParameters<typeof Transport>[0]> = {}) {
@@ -52,7 +52,38 @@ test("a network error is retried; the error says no answer came", async () => {
     e instanceof VicinoNetworkError && /no connection/.test(e.message) && !e.timedOut);
 });
 
-test("401/403 stop at once with a typed reason the app can act on", async () => {
+test("401/403 stop at once with a typed reason the app can act on, read from the problem's code", async () => {
+  // the codes the services send (README, "Refusal codes"); `detail` says something else on purpose:
+  // the code decides, the words are for people
+  const coded: [number, string, string][] = [
+    [401, "token_expired", "token_expired"],
+    [401, "token_revoked", "revoked"],
+    [401, "token_already_refreshed", "revoked"],
+    [401, "token_invalid", "invalid"],
+    [401, "credentials_missing", "invalid"],
+    [403, "forbidden_role", "forbidden"],
+    [403, "device_token_required", "forbidden"],
+    [403, "not_own_device", "forbidden"],
+    [403, "not_own_customer", "forbidden"],
+  ];
+  for (const [status, code, reason] of coded) {
+    const { t, fetch } = transport([{ status, body: { ...problem(status, "token expired, or replaced"), code } }, OK]);
+    await assert.rejects(t.call("GET /v1/customers/{customer_id}/consent", consent),
+      (e: unknown) => e instanceof VicinoAuthError && e.reason === reason && e.code === code && e.status === status, code);
+    assert.equal(fetch.requests.length, 1, "not retried");
+  }
+  assert.deepEqual(Object.keys(REFUSAL_CODES).sort(), coded.map(([, code]) => code).sort());
+  // a code this SDK does not know yet: the status decides, then the words
+  const { t: newer } = transport([{ status: 401, body: { ...problem(401, "token expired"), code: "token_from_the_future" } }]);
+  await assert.rejects(newer.call("GET /v1/customers/{customer_id}/consent", consent),
+    (e: unknown) => e instanceof VicinoAuthError && e.reason === "token_expired" && e.code === "token_from_the_future");
+  // a coded refusal that is not about the token (409: no location consent) is a plain VicinoHttpError with its code
+  const { t: sync } = transport([{ status: 409, body: { ...problem(409, "no consent"), code: "consent_required" } }]);
+  await assert.rejects(sync.call("GET /v1/customers/{customer_id}/consent", consent),
+    (e: unknown) => e instanceof VicinoHttpError && !(e instanceof VicinoAuthError) && e.code === "consent_required");
+});
+
+test("a server older than the codes: the reason is read from the words of detail", async () => {
   const cases: [number, string, string][] = [
     [401, "token expired; register the device again for a new one", "token_expired"],
     [401, "this device token was replaced by a newer registration", "revoked"],
@@ -67,7 +98,7 @@ test("401/403 stop at once with a typed reason the app can act on", async () => 
       (e: unknown) => e instanceof VicinoAuthError && e.reason === reason && e.status === status, detail);
     assert.equal(fetch.requests.length, 1, "not retried");
   }
-  // a device that is gone (removed): revoked, where the call is the device's own
+  // a device that is gone (removed): revoked, where the call is the device's own (older servers: 404)
   const { t } = transport([{ status: 404, body: problem(404, "device 'd1' is not registered") }]);
   await assert.rejects(t.call("GET /v1/customers/{customer_id}/consent", { ...consent, deviceScoped: true }),
     (e: unknown) => e instanceof VicinoAuthError && e.reason === "revoked");
