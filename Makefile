@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast test-e2e bench venv clean loadtest soak
+.PHONY: help run test test-fast test-e2e test-sdk bench venv clean loadtest soak
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ test-fast: $(TSTAMP) ## unit and integration tiers (real Redis; no vicino up, fa
 test-e2e: $(TSTAMP) ## the e2e tier: vicino up, served processes, faults, the load smoke run, notebooks
 	$(BIN)/python -m pytest -q tests/e2e
 
+test-sdk: $(TSTAMP) ## the TypeScript SDK (clients/typescript): npm ci, build, its unit tests and its tests against vicino up (needs Node >= 18)
+	$(BIN)/python -m pytest -q tests/e2e/test_sdk.py
+
 bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.geo
 	$(BIN)/python -m bench.data_layer
@@ -48,6 +51,7 @@ bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.capacity
 	$(BIN)/python -m bench.replica_wait
 	$(BIN)/python -m bench.rate_limit
+	$(BIN)/python -m bench.front_door
 
 DURATION ?= 60
 

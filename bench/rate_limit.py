@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
-from bench.geo import ADMIN_TOKEN, TOKEN_SECRET, Http, Uvicorn, World, log, machine_info, run_load, table
+from bench._paired import alternate_rounds, compare, load_base, register_world
+from bench.geo import ADMIN_TOKEN, TOKEN_SECRET, Uvicorn, log, machine_info, table
 from vicino.services.launcher.embedded_redis import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,95 +54,26 @@ def main() -> None:
                "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_LOG_LEVEL": "WARNING"}
         for name in [k for k in env if k.startswith("VICINO_RATE_LIMIT")]:
             env.pop(name)  # the defaults, as deployed
-        servers = {"limited": Uvicorn("limited", "vicino.services.geo.app:create_app", env, tmp, server_cpu),
-                   "unlimited": Uvicorn("unlimited", "vicino.services.geo.app:create_app",
-                                        {**env, "VICINO_RATE_LIMITS": "false"}, tmp, server_cpu)}
+        servers = {"unlimited": Uvicorn("unlimited", "vicino.services.geo.app:create_app",
+                                        {**env, "VICINO_RATE_LIMITS": "false"}, tmp, server_cpu),
+                   "limited": Uvicorn("limited", "vicino.services.geo.app:create_app", env, tmp, server_cpu)}
         try:
             for s in servers.values():
                 s.wait_ready("/readyz")
             results["uvicorn"] = servers["limited"].settings
-            h = Http(servers["limited"].port, timeout=120)
-            world = World(stores)
-            status, body = h.call("POST", "/v1/stores", {"type": "FeatureCollection",
-                                                          "features": [world.feature(i) for i in range(stores)]},
-                                  ADMIN_TOKEN)
-            if status != 200:
-                raise RuntimeError(f"loading stores: {status} {body[:300]!r}")
-            phones = []
-            for d in range(devices):
-                did, cid = f"rl-{d:05d}", f"rlc-{d % customers:04d}"
-                status, body = h.call("POST", "/v1/devices", {"device_id": did, "customer_id": cid,
-                                                              "platform": "android", "push_token": "tok-" + did},
-                                      ADMIN_TOKEN)
-                if status != 201:
-                    raise RuntimeError(f"registering {did}: {status} {body[:300]!r}")
-                phones.append((did, orjson.loads(body)["token"]))
-            for c in range(customers):
-                status, body = h.call("PUT", f"/v1/customers/rlc-{c:04d}/consent",
-                                      {"location": True, "marketing": True, "personalisation": True}, ADMIN_TOKEN)
-                if status != 200:
-                    raise RuntimeError(f"consent rlc-{c:04d}: {status} {body[:300]!r}")
-            h.close()
+            world, phones = register_world(servers["limited"].port, stores, devices, customers, "rl")
             time.sleep(1.0)  # both servers' indexes follow the store change log
             log(f"{stores:,} stores, {devices:,} devices registered with consent")
-            circ = [i for i in range(stores) if not world.poly[i]]
-            base = {"c_lat": [float(world.lat[i]) for i in circ], "c_lon": [float(world.lon[i]) for i in circ],
-                    "c_r": [float(world.radius[i]) for i in circ], "half_km": world.half_km(stores),
-                    "warm_s": warm_s, "measure_s": measure_s, "cpu": client_cpu, "ts_step": 0.01,
-                    "conns": conns, "devices": phones, "cycle": False}
-            last_ts = time.time() - 240
-            results["rounds"] = []
-            for rnd in range(rounds):
-                this: dict = {}
-                for mode, n_fixes in (("single", 1), ("batch", batch)):
-                    order = ("unlimited", "limited") if rnd % 2 == 0 else ("limited", "unlimited")
-                    for who in order:
-                        server = servers[who]
-                        expect = (5_000 if mode == "single" else 1_000) * (warm_s + measure_s)
-                        r = run_load({**base, "port": server.port, "batch": n_fixes,
-                                      "ts_base": max(last_ts + 0.01, time.time() - 240), "seed": 100 * rnd + len(this),
-                                      "pool_per_conn": int(expect / conns),
-                                      "watch_pids": {"server": server.proc.pid, "redis": redis_server.proc.pid}})
-                        if "fatal" in r:
-                            raise RuntimeError(f"load client ({who} {mode}): {r['fatal']}")
-                        last_ts = max(last_ts, r.pop("max_ts"))
-                        share = r["cpu_share"].get("server") or 0.0
-                        r["server_cpu_us_per_req"] = round(share / r["req_per_s"] * 1e6, 1) if r["req_per_s"] and share else None
-                        rshare = r["cpu_share"].get("redis") or 0.0
-                        r["redis_cpu_us_per_req"] = round(rshare / r["req_per_s"] * 1e6, 1) if r["req_per_s"] and rshare else None
-                        this[f"{who}_{mode}"] = r
-                        log(f"round {rnd + 1}: {who:9s} {mode:6s} {r['req_per_s']:8.0f} req/s  p50 {r['p50_ms']} ms  "
-                            f"server {r['server_cpu_us_per_req']} µs/req  redis {r['redis_cpu_us_per_req']} µs/req  "
-                            f"status {r['status']}")
-                results["rounds"].append(this)
+            base = load_base(world, stores, phones, warm_s=warm_s, measure_s=measure_s, conns=conns,
+                             client_cpu=client_cpu)
+            results["rounds"] = alternate_rounds(servers, base, rounds=rounds, batch=batch,
+                                                 redis_pid=redis_server.proc.pid)
         finally:
             for s in servers.values():
                 s.stop()
             redis_server.stop()
 
-    summary: dict = {}
-    for mode in ("single", "batch"):
-        pairs = [(rr[f"limited_{mode}"], rr[f"unlimited_{mode}"]) for rr in results["rounds"]]
-        ratios = [100.0 * lim["req_per_s"] / unl["req_per_s"] for lim, unl in pairs if unl["req_per_s"]]
-        best_lim = max(lim["req_per_s"] for lim, _ in pairs)
-        best_unl = max(unl["req_per_s"] for _, unl in pairs)
-
-        def cpu(who: str, field: str) -> float | None:
-            vals = [rr[f"{who}_{mode}"][field] for rr in results["rounds"] if rr[f"{who}_{mode}"][field]]
-            return min(vals) if vals else None
-
-        summary[mode] = {
-            "limited_req_per_s_best": best_lim, "unlimited_req_per_s_best": best_unl,
-            "limited_pct_of_unlimited_best": round(100.0 * best_lim / best_unl, 1) if best_unl else None,
-            "limited_pct_of_unlimited_median_of_rounds": round(statistics.median(ratios), 1) if ratios else None,
-            "server_cpu_us_per_req": {"limited": cpu("limited", "server_cpu_us_per_req"),
-                                      "unlimited": cpu("unlimited", "server_cpu_us_per_req")},
-            "redis_cpu_us_per_req": {"limited": cpu("limited", "redis_cpu_us_per_req"),
-                                     "unlimited": cpu("unlimited", "redis_cpu_us_per_req")},
-            "refused_429": sum(rr[f"limited_{mode}"]["status"].get(429, 0) for rr in results["rounds"]),
-            "errors": sum(rr[f"{w}_{mode}"]["errors"] + rr[f"{w}_{mode}"]["closed_early"]
-                          for rr in results["rounds"] for w in ("limited", "unlimited")),
-        }
+    summary = compare(results["rounds"], "limited", "unlimited")
     single = summary["single"]
     cost = 100.0 - single["limited_pct_of_unlimited_best"] if single["limited_pct_of_unlimited_best"] else None
     results["summary"] = summary

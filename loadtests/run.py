@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def port_block(n: int = 4) -> int:
+def port_block(n: int = 6) -> int:
     """A base port such that base..base+n-1 are free on 127.0.0.1 (the stack's consecutive ports)."""
     rng = random.Random()
     for _ in range(500):
@@ -320,7 +320,7 @@ class Run:
 
     def start_stack(self) -> None:
         from vicino.services.launcher.settings import LauncherSettings
-        from vicino.services.launcher.up import Stack
+        from vicino.services.launcher.up import SERVICES, Stack
 
         for var in ("VICINO_REDIS_URL", "VICINO_HISTORY_DIR", "VICINO_MODEL_DIR", "VICINO_WEBHOOK_URL",
                     "VICINO_WEBHOOK_SECRET", "VICINO_APNS_KEY_FILE", "VICINO_APNS_KEY_ID", "VICINO_APNS_TEAM_ID",
@@ -345,7 +345,7 @@ class Run:
             self.pids.update(self.failover.pids())
             # a decision and a push's sending mark wait for a replica: the failover loses no push
             os.environ["VICINO_REDIS_WAIT_REPLICAS"] = "1"
-        settings = LauncherSettings(host="127.0.0.1", port=port_block(5), data_dir=data_dir, demo=True,
+        settings = LauncherSettings(host="127.0.0.1", port=port_block(len(SERVICES)), data_dir=data_dir, demo=True,
                                     redis_url=redis_url, admin_token=secrets.token_urlsafe(24),
                                     token_secret=secrets.token_urlsafe(32), demo_radius_m=80.0)
         self.stack = Stack(settings)

@@ -19,6 +19,32 @@ from vicino.services.cli.up import up as up_command
 
 app = typer.Typer(help="Vicino: location-triggered personalised offers for omnichannel retail.",
                   no_args_is_help=True, add_completion=False)
+# commands that start things read their settings from the environment alone: a container's
+# `vicino serve` must never pick up a developer's local stack
+STARTS_A_STACK = {"up", "serve"}
+
+
+@app.callback()
+def _local_stack(ctx: typer.Context) -> None:
+    """With `vicino up` running (its stack file in VICINO_DATA_DIR, default ./var), every other
+    command finds its URLs, Redis, directories and secrets there; what is exported wins."""
+    if ctx.invoked_subcommand in STARTS_A_STACK:
+        return
+    import os
+
+    from vicino.services.launcher.settings import LauncherSettings
+    from vicino.services.launcher.stack_file import stack_environment
+
+    from pydantic import ValidationError
+
+    try:
+        data_dir = LauncherSettings().data_dir
+    except ValidationError:
+        return  # the command's own settings will say what is wrong
+    for name, value in stack_environment(data_dir).items():
+        os.environ.setdefault(name, value)
+
+
 app.command("up")(up_command)
 app.add_typer(serve_app, name="serve")
 app.add_typer(stores_app, name="stores")

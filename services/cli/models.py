@@ -16,7 +16,7 @@ from vicino.services.cli.guards import ADMIN_TOKEN_OPTION, admin_token_or_exit, 
 
 models_app = typer.Typer(help="Model versions: list, roll back, prune.", no_args_is_help=True)
 
-URL = typer.Option("http://127.0.0.1:8001", envvar="VICINO_RECOMMENDER_URL", help="base URL of the recommender service")
+URL = typer.Option("http://127.0.0.1:8000", envvar="VICINO_RECOMMENDER_URL", help="base URL of the stack (the front door) or of the recommender service")
 TOKEN = ADMIN_TOKEN_OPTION
 
 

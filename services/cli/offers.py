@@ -143,8 +143,8 @@ def read_offers(path: Path) -> ReadOffers:
 @offers_app.command("import")
 def offers_import(file: Path = typer.Argument(..., exists=True, dir_okay=False,
                                               help=".json (array), .ndjson/.jsonl or .csv, optionally .gz"),
-                  url: str = typer.Option("http://127.0.0.1:8001", envvar="VICINO_RECOMMENDER_URL",
-                                          help="base URL of the recommender service"),
+                  url: str = typer.Option("http://127.0.0.1:8000", envvar="VICINO_RECOMMENDER_URL",
+                                          help="base URL of the stack (the front door) or of the recommender"),
                   token: Optional[str] = typer.Option(None, envvar="VICINO_ADMIN_TOKEN",
                                                       help="admin token (default: the one `vicino up` keeps in "
                                                            "VICINO_DATA_DIR)"),

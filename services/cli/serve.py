@@ -104,3 +104,27 @@ def serve_scheduler(host: str = typer.Option("127.0.0.1", envvar="VICINO_HOST", 
     typer.echo("scheduler jobs: " + "; ".join(f"{n} {s}" for n, s in sorted(schedules.items())), err=True)
     uvicorn.run(create_app(settings, jobs), host=host, port=port, log_config=None, access_log=False,
                 lifespan="on", timeout_graceful_shutdown=10)
+
+
+@serve_app.command("front")
+def serve_front(host: str = typer.Option("127.0.0.1", envvar="VICINO_HOST", help="bind address"),
+                port: int = typer.Option(8000, envvar="VICINO_PORT", help="port"),
+                workers: int = typer.Option(1, min=1, help="worker processes")) -> None:
+    """The front door: every public route (geo, recommender, push receipts, scheduler jobs) on one
+    port, routed by path, with one OpenAPI at /openapi.json and /docs. No worker runs here. Needs
+    what each of those services needs (VICINO_REDIS_URL, VICINO_ADMIN_TOKEN, VICINO_TOKEN_SECRET,
+    VICINO_GEO_URL)."""
+    import uvicorn
+
+    from vicino.services.geo.settings import GeoSettings
+    from vicino.services.push_gateway.settings import PushSettings
+    from vicino.services.recommender.settings import RecommenderSettings
+    from vicino.services.runtime.observability import configure_logging
+    from vicino.services.scheduler.settings import SchedulerSettings
+
+    for kind in (GeoSettings, RecommenderSettings, PushSettings, SchedulerSettings):
+        settings = settings_or_exit(kind)
+    jobs_or_exit()  # a schedule that does not parse stops the front door too, with its message
+    configure_logging(settings.log_level)
+    uvicorn.run("vicino.services.front_door.wiring:build_front_door", factory=True, host=host, port=port,
+                workers=workers, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=10)

@@ -25,8 +25,10 @@ def _progress_bar():
 
 
 def train_command(
-        data: Path = typer.Option(..., "--data", exists=True, help="a Parquet log root (VICINO_HISTORY_DIR) or a "
-                                  "history file: CSV (optionally .gz) or Parquet, UCI Online Retail or Vicino columns"),
+        data: Optional[Path] = typer.Option(None, "--data", exists=True, envvar="VICINO_HISTORY_DIR",
+                                            help="a Parquet log root or a history file: CSV (optionally .gz) or "
+                                            "Parquet, UCI Online Retail or Vicino columns [default: "
+                                            "VICINO_HISTORY_DIR, which `vicino up`'s stack file gives]"),
         model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="where versions are written "
                                                  "[default: VICINO_MODEL_DIR, else var/models]"),
         publish: bool = typer.Option(False, "--publish", help="point CURRENT at the new version if it passes the gate "
@@ -51,6 +53,10 @@ def train_command(
     from vicino.models.data import DataError
     from vicino.models.pipeline import TrainSettings, train_and_publish
 
+    if data is None:
+        typer.echo("vicino: no history to train on: pass --data (a Parquet log root or a history file), set "
+                   "VICINO_HISTORY_DIR, or run it beside `vicino up`", err=True)
+        raise typer.Exit(2)
     root = model_dir or Path(os.environ.get("VICINO_MODEL_DIR") or "var/models")
     changes: dict = {"force_publish": force, "evaluate_test": not skip_test}
     if epochs is not None:

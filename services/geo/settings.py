@@ -1,8 +1,9 @@
 """Geo service settings, from `VICINO_*` environment variables. Unsafe values refuse to start."""
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from vicino.services.kernel.rate_limits import DEVICE_TOKEN, RateLimit
 from vicino.services.runtime.service_settings import ServiceSettings
 
 
@@ -22,6 +23,14 @@ class GeoSettings(ServiceSettings):
     max_future_s: float = Field(300.0, ge=0, description="fixes further ahead of the server clock are refused")
     device_state_ttl_s: float = Field(86_400.0, gt=0, description="visit state of a silent device expires")
     device_token_ttl_s: float = Field(30 * 86_400.0, gt=0, description="lifetime of a device token")
+    token_grace_s: float = Field(600.0, ge=0, le=86_400, description="after a device refreshes its token "
+                                 "(POST /v1/devices/{id}/token), how long the token it replaced keeps working "
+                                 "(requests in flight, a reply that was lost); at most a day, and less than "
+                                 "VICINO_DEVICE_TOKEN_TTL_S")
+    rate_limit_token_refresh_per_s: float = Field(0.01, gt=0, le=1e6, description="sustained token refreshes "
+                                                  "per second of one device (a phone refreshes once in weeks)")
+    rate_limit_token_refresh_burst: int = Field(5, ge=1, le=1_000_000, description="token refreshes one device "
+                                                "may send at once")
     device_cache_size: int = Field(50_000, ge=0, description="recently active devices whose last snapshot a replica keeps "
                                    "to save a Redis read (validated on every save; 0 turns it off)")
     event_shards: int = Field(16, ge=1, le=1024, description="geofence event streams (fixed for a deployment)")
@@ -31,3 +40,16 @@ class GeoSettings(ServiceSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body limit")
     max_bulk_body_bytes: int = Field(256 << 20, ge=1024, description="body limit of POST /v1/stores, for an "
                                      "operator or admin (other callers get `max_body_bytes`)")
+
+    @model_validator(mode="after")
+    def _grace_shorter_than_a_token(self) -> "GeoSettings":
+        if self.token_grace_s >= self.device_token_ttl_s:
+            raise ValueError("VICINO_TOKEN_GRACE_S must be shorter than VICINO_DEVICE_TOKEN_TTL_S")
+        return self
+
+    def rate_limit_policies(self) -> dict[str, RateLimit]:
+        """The shared classes, and the token refreshes this service alone serves."""
+        policies = super().rate_limit_policies()
+        if policies:
+            policies[DEVICE_TOKEN] = RateLimit(self.rate_limit_token_refresh_per_s, self.rate_limit_token_refresh_burst)
+        return policies

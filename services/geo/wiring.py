@@ -20,6 +20,7 @@ from .use_cases.devices import DeviceDirectory
 from .use_cases.exit_sweep import ExitSweep
 from .use_cases.index_sync import IndexSync
 from .use_cases.manage_stores import StoreCatalogue
+from .use_cases.region_sync import RegionSync
 from .use_cases.report_fixes import FixReport, FixReporter, RecentDevices
 
 
@@ -66,6 +67,7 @@ class GeoContainer:
     catalogue: StoreCatalogue
     devices_repo: DeviceRepository
     directory: DeviceDirectory
+    regions: RegionSync
     reporter: FixReporter
     sweep: ExitSweep
     metrics: GeoMetrics
@@ -86,7 +88,8 @@ def build(settings: GeoSettings, redis, clock: Clock, registry: CollectorRegistr
                              RateLimiter(hot_path or redis, settings.rate_limit_policies())),
         audit=AuditTrail(redis, settings.audit_retention_days, settings.token_secret),
         catalogue=StoreCatalogue(store_repo, sync), devices_repo=devices,
-        directory=DeviceDirectory(devices, signer, clock, settings.device_token_ttl_s),
+        directory=DeviceDirectory(devices, signer, clock, settings.device_token_ttl_s, settings.token_grace_s),
+        regions=RegionSync(sync),
         reporter=FixReporter(devices, sync, policy, clock, settings.device_state_ttl_s,
                              RecentDevices(settings.device_cache_size)),
         sweep=ExitSweep(devices, policy, clock, settings.device_state_ttl_s, settings.event_shards),

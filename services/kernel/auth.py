@@ -4,7 +4,8 @@ runtime's `api_keys`), and signed device tokens.
 A device token is `v1.<payload>.<signature>`: base64url JSON `{d: device_id, c: customer_id,
 j: token id, e: expiry}` signed with HMAC-SHA256. Any replica can verify it offline; the
 token id is compared with the device's current one (kept by the service that registered it)
-so that re-registering a device revokes its previous token.
+so that re-registering a device revokes its previous token. A refresh makes a new current token
+and keeps the one it replaced working for a grace period (`customer_state.token_accepted`).
 """
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ class TokenSigner:
                 self._verified.clear()  # crude but bounded; refilled by the next requests
             self._verified[token] = claims
         if claims.expires_at <= now:
-            raise Unauthorized("token expired; register the device again for a new one")
+            raise Unauthorized("token expired; register the device again for a new one "
+                               "(a device token can be refreshed only before it expires)")
         return claims
 
     def _verify_signature(self, token: str) -> DeviceClaims:
@@ -123,4 +125,5 @@ def require_roles(p: Principal, accepted: frozenset[str], *, devices: bool = Fal
     raise Forbidden(f"this endpoint needs the role {needed}; this key holds {held}")
 
 
-REPLACED_TOKEN = "this device token was replaced by a newer registration or the device was removed"
+REPLACED_TOKEN = ("this device token was revoked: replaced by a newer registration or by a refresh whose grace "
+                  "period has ended, or the device was removed; register the device again for a new one")

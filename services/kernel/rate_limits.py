@@ -15,8 +15,21 @@ from dataclasses import dataclass
 
 # the classes of caller, each with its own limit and its own bucket per caller
 DEVICE_LOCATIONS = "dev-loc"   # a device token on POST /v1/locations
+DEVICE_TOKEN = "dev-tok"       # a device token on POST /v1/devices/{device_id}/token (a refresh)
 DEVICE = "dev"                 # a device token on any other route
 KEY = "key"                    # an API key (the bootstrap admin token is not limited)
+
+
+def device_class(method: str, path: str) -> str:
+    """The class of a device token's request: its location reports and its token refreshes have
+    limits of their own (a phone reports every few seconds, and refreshes once in weeks)."""
+    if method == "POST":
+        if path == "/v1/locations":
+            return DEVICE_LOCATIONS
+        parts = path.split("/")
+        if len(parts) == 5 and parts[1:3] == ["v1", "devices"] and parts[4] == "token":
+            return DEVICE_TOKEN
+    return DEVICE
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,10 +17,13 @@ import orjson
 from .demo import DEMO_DEVICE, load_demo, load_demo_recommender
 from .embedded_redis import EmbeddedRedis
 from .settings import LauncherSettings
+from .stack_file import remove_stack_file, write_stack_file
 
-# One process per service: (name, port offset from VICINO_PORT); the recommender-worker's port is
-# its health edge (/healthz, /readyz, /metrics).
-SERVICES = (("geo", 0), ("recommender", 1), ("recommender-worker", 4), ("push", 2), ("scheduler", 3))
+# One process per service: (name, port offset from VICINO_PORT), in start order. The front door on
+# VICINO_PORT serves every public route (the app's one base URL); the per-service ports stay for
+# operators and for the services' calls to each other; the recommender-worker's port is its
+# health edge (/healthz, /readyz, /metrics).
+SERVICES = (("geo", 5), ("recommender", 1), ("recommender-worker", 4), ("push", 2), ("scheduler", 3), ("front", 0))
 MAX_RESTARTS = 5
 
 
@@ -36,23 +40,60 @@ def _secrets(data_dir: Path, settings: LauncherSettings) -> tuple[str, str]:
     return admin, secret
 
 
-def _wait_ready(url: str | None, proc: subprocess.Popen, timeout_s: float) -> None:
+class StartError(RuntimeError):
+    """A service that could not start: the message names it, its port and the reason."""
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return False
+        except OSError:
+            return True
+
+
+def _last_error(log: Path) -> str:
+    """The most telling line of a service's log: its last error or its last line."""
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines()[-40:] if ln.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        try:
+            record = orjson.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and record.get("level") in ("ERROR", "CRITICAL"):
+            return str(record.get("msg") or record.get("message") or line)[:300]
+        if record is None and ("Error" in line or "error" in line):
+            return line.strip()[:300]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def _wait_ready(service: str, url: str | None, proc: subprocess.Popen, timeout_s: float, log: Path) -> None:
+    def exited() -> StartError:
+        why = _last_error(log)
+        return StartError(f"{service} ({url or 'worker'}) exited with code {proc.returncode} before it was ready"
+                          + (f": {why}" if why else "") + f" (log: {log})")
+
     if url is None:  # a worker: alive after a moment is all we can ask
         time.sleep(0.5)
         if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with code {proc.returncode} at start")
+            raise exited()
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"service exited with code {proc.returncode} before it was ready")
+            raise exited()
         try:
             if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"{url}/readyz not ready after {timeout_s} s")
+    raise StartError(f"{service}: {url}/readyz not ready after {timeout_s} s (log: {log})")
 
 
 class Stack:
@@ -66,7 +107,8 @@ class Stack:
 
     @property
     def base_url(self) -> str:
-        return self.url_of("geo")
+        """The front door: every public route on VICINO_PORT."""
+        return self.url_of("front")
 
     def url_of(self, service: str) -> str | None:
         offset = dict(SERVICES)[service]
@@ -86,6 +128,12 @@ class Stack:
     def start(self) -> dict:
         s = self.settings
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        for service, offset in SERVICES:  # before anything starts: the common failure, said plainly
+            port = s.port + offset
+            if _port_taken(s.host, port):
+                raise StartError(f"{service} cannot start: port {port} on {s.host} is already in use (another "
+                                 f"`vicino up`, or another program: `ss -ltnp 'sport = :{port}'` names it); the stack "
+                                 f"uses ports {s.port}..{s.port + len(SERVICES) - 1}: set VICINO_PORT to another base port")
         redis_url = s.redis_url
         if not redis_url:
             self.redis = EmbeddedRedis(self.data_dir / "redis").start()
@@ -96,9 +144,17 @@ class Stack:
                     "VICINO_GEO_URL": self.url_of("geo"), "VICINO_RECOMMENDER_URL": self.url_of("recommender"),
                     "VICINO_HISTORY_DIR": os.environ.get("VICINO_HISTORY_DIR", str(self.data_dir / "history")),
                     "VICINO_MODEL_DIR": os.environ.get("VICINO_MODEL_DIR", str(self.data_dir / "models"))}
+        # all at once (they need each other only per request, not to be ready): the stack is up
+        # in the time of its slowest service, not the sum
         for service, _offset in SERVICES:
             self.children[service] = self._spawn(service)
-            _wait_ready(self.url_of(service), self.children[service], 120)
+        for service, _offset in SERVICES:
+            _wait_ready(service, self.url_of(service), self.children[service], 120,
+                        self.data_dir / "logs" / f"{service}.log")
+        write_stack_file(self.data_dir, front_url=self.base_url,
+                         urls={name: self.url_of(name) for name, _ in SERVICES},
+                         redis_url=redis_url, history_dir=self.env["VICINO_HISTORY_DIR"],
+                         model_dir=self.env["VICINO_MODEL_DIR"])
         demo = None
         if s.demo:
             demo = load_demo(self.base_url, admin, s.demo_radius_m)
@@ -130,6 +186,7 @@ class Stack:
                 proc.wait()
         if self.redis is not None:
             self.redis.stop()
+        remove_stack_file(self.data_dir)
 
 
 def _providers_note(stack: Stack) -> str:
@@ -143,18 +200,20 @@ def banner(stack: Stack, info: dict) -> str:
     base = stack.base_url
     lines = [
         "",
-        "Vicino is up.",
-        f"  geo          {base}/docs   (stores, devices, consent, locations)",
-        f"  recommender  {stack.url_of('recommender')}/docs   (customers, interactions, offers, stock, rules)",
-        f"  push         {stack.url_of('push')}/docs   (deliveries; {_providers_note(stack)})",
-        f"  scheduler    {stack.url_of('scheduler')}/docs   (GET /v1/jobs; `vicino jobs list`, `vicino jobs run NAME`)",
-        f"  KPIs         {stack.url_of('recommender')}/v1/kpis   (admin token; notebooks/kpis.ipynb plots them)",
+        "Vicino is up. One base URL for the app, the console and every API call:",
+        f"  API          {base}   docs: {base}/docs   OpenAPI: {base}/openapi.json",
+        "               (stores, devices, consent, locations, customers, offers, stock, rules, KPIs, deliveries, jobs)",
         f"  health       {base}/healthz   ready: {base}/readyz   metrics: {base}/metrics",
-        f"  worker       {stack.url_of('recommender-worker')}/readyz   (the recommender-worker's health and metrics)",
+        f"  pushes       {_providers_note(stack)}",
+        f"  KPIs         {base}/v1/kpis   (analyst key; notebooks/kpis.ipynb plots them)",
         f"  redis        {info['redis_url']}" + ("  (embedded, data in " + str(stack.data_dir / 'redis') + ")" if stack.redis else ""),
         f"  admin token  {info['admin_token']}   (bootstrap admin: hand out narrower keys with "
         "`vicino keys create NAME --role operator|analyst|app_backend|support`)",
+        f"  stack file   {stack.data_dir / 'stack.json'}   (every `vicino` command in another terminal reads it: "
+        "nothing to export)",
         f"  logs         {stack.data_dir / 'logs'}",
+        "  per service  (for operators) " + "  ".join(
+            f"{name} {stack.url_of(name)}" for name in ("geo", "recommender", "push", "scheduler", "recommender-worker")),
     ]
     demo = info.get("demo")
     if demo:
@@ -171,8 +230,8 @@ def banner(stack: Stack, info: dict) -> str:
                                  else f"not published, see {stack.data_dir / 'logs' / 'demo.log'}; offers use popularity"),
             "",
             "The customer as a shop assistant sees them, and their offers at the Duomo store:",
-            f"  curl -s {stack.url_of('recommender')}/v1/customers/{DEMO_DEVICE['customer_id']} -H 'Authorization: Bearer {token}'",
-            f"  curl -s '{stack.url_of('recommender')}/v1/customers/{DEMO_DEVICE['customer_id']}/offers?k=5' -H 'Authorization: Bearer {token}'",
+            f"  curl -s {base}/v1/customers/{DEMO_DEVICE['customer_id']} -H 'Authorization: Bearer {token}'",
+            f"  curl -s '{base}/v1/customers/{DEMO_DEVICE['customer_id']}/offers?k=5' -H 'Authorization: Bearer {token}'",
             "",
             "Try a fix at Milano Duomo:",
             f"  curl -s -X POST {base}/v1/locations -H 'Authorization: Bearer {token}' \\",

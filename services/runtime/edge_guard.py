@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..kernel.auth import Principal
 from ..kernel.problems import Problem
-from ..kernel.rate_limits import DEVICE, DEVICE_LOCATIONS, KEY
+from ..kernel.rate_limits import DEVICE_LOCATIONS, DEVICE_TOKEN, KEY, device_class
 from .api_keys import EDGE_PRINCIPAL
 from .http_problems import problem_response, redis_refusal
 
@@ -140,7 +140,7 @@ class EdgeGuard:
 async def _over_limit(limiter, principal: Principal, method: str, path: str):
     """(detail, headers) of a 429, or None. The bootstrap admin token has no limit."""
     if principal.device is not None:
-        kind = DEVICE_LOCATIONS if (method == "POST" and path == "/v1/locations") else DEVICE
+        kind = device_class(method, path)
         subject, who = principal.device.device_id, "this device"
     elif principal.key_id is not None and principal.key_id != "admin-token":
         kind, subject, who = KEY, principal.key_id, f"the API key {principal.key_id}"
@@ -152,7 +152,7 @@ async def _over_limit(limiter, principal: Principal, method: str, path: str):
     verdict, limit = checked
     if verdict.allowed:
         return None
-    what = "location reports" if kind == DEVICE_LOCATIONS else "requests"
+    what = {DEVICE_LOCATIONS: "location reports", DEVICE_TOKEN: "token refreshes"}.get(kind, "requests")
     return (f"{who} sent {what} faster than {limit.per_s:g}/s (bursts of {limit.burst}); "
             f"retry in {verdict.retry_after_s} s", verdict.headers(limit))
 

@@ -2,6 +2,7 @@
 Ctrl-C (SIGINT) taking everything down, Redis included. Then `vicino stores import`."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.e2e
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VICINO = Path(sys.executable).with_name("vicino")
 DUOMO = (45.4642, 9.19)
-BANNER_TIMEOUT_S = 90
+BANNER_TIMEOUT_S = 180  # a hang guard: the demo imports history and trains; 2 shared cores
 STOP_TIMEOUT_S = 20
 
 
@@ -42,12 +43,12 @@ class Up:
 
     def __init__(self, tmp_path: Path, demo: bool, env_extra: dict | None = None) -> None:
         self.port = free_port()
-        self.data_dir = tmp_path / "vicino-data"
         self.cwd = tmp_path / "cwd"
-        self.cwd.mkdir()
+        self.cwd.mkdir(exist_ok=True)
+        self.data_dir = self.cwd / "var"  # the default data dir, seen from the user's directory
         env = {k: v for k, v in os.environ.items() if not k.startswith("VICINO_")}
-        env.update(VICINO_PORT=str(self.port), VICINO_DATA_DIR=str(self.data_dir), VICINO_DEMO="1" if demo else "0",
-                   **(env_extra or {}))
+        env.update({"VICINO_PORT": str(self.port), "VICINO_DATA_DIR": str(self.data_dir),
+                    "VICINO_DEMO": "1" if demo else "0", **(env_extra or {})})
         self.env = env
         cmd = [str(VICINO), "up"] if VICINO.exists() else [sys.executable, "-m", "vicino.services.cli", "up"]
         self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -140,10 +141,12 @@ def up_factory(tmp_path):
 def _assert_stopped(up: Up) -> None:
     assert up.interrupt() == 0, "".join(up.err)
     assert "vicino: stopped." in "".join(up.err)
-    assert not port_open(up.port), "the geo service still listens"
+    assert not port_open(up.port), "the front door still listens"
     assert not port_open(up.port + 1), "the recommender still listens"
     assert not port_open(up.port + 2), "the push gateway still listens"
     assert not port_open(up.port + 3), "the scheduler still listens"
+    assert not port_open(up.port + 5), "the geo service still listens"
+    assert not (up.data_dir / "stack.json").exists(), "the stack file outlives the stack"
     assert not port_open(up.redis_port), "redis still listens"
     wait_until(lambda: not up.leftovers(), 5, what="no process of the stack left")
     assert up.child_pids, "the stack's processes were never seen"
@@ -162,10 +165,13 @@ def test_vicino_up_with_demo_then_ctrl_c(up_factory):
 
     with httpx.Client(base_url=up.base, timeout=30) as http:
         r = http.get("/readyz")
-        assert r.status_code == 200 and r.json()["checks"] == {"redis": "ok", "store_index": "ok"}
+        assert r.status_code == 200 and r.json()["services"]["geo"]["checks"] == {"redis": "ok", "store_index": "ok"}
         r = http.get("/docs")
         assert r.status_code == 200 and "swagger" in r.text.lower()
-        assert http.get("/openapi.json").json()["info"]["title"] == "Vicino geo service"
+        doc = http.get("/openapi.json").json()
+        assert doc["info"]["title"] == "Vicino API"
+        assert {op["x-vicino-service"] for item in doc["paths"].values() for op in item.values()} == \
+            {"geo", "recommender", "push", "scheduler"}
 
         near = http.get("/v1/stores", headers=admin, params={"lat": DUOMO[0], "lon": DUOMO[1], "radius_m": 2000})
         assert near.status_code == 200, near.text
@@ -182,9 +188,13 @@ def test_vicino_up_with_demo_then_ctrl_c(up_factory):
         assert {e["store_id"] for e in events} == {s["store_id"] for s in containing}
         assert_problem(http.get("/v1/stores", params={"lat": 45, "lon": 9}), 401)
 
-    # the recommender beside it: real catalogue and history, the demo customer merged with a real shopper
-    rec_url = up.field(r"recommender\s+(http://127\.0\.0\.1:\d+)/docs")
-    assert rec_url == f"http://127.0.0.1:{up.port + 1}"
+    # the per-service ports stay, for operators
+    for name, offset in (("geo", 5), ("recommender", 1), ("push", 2), ("scheduler", 3), ("recommender-worker", 4)):
+        assert up.field(rf"{name} (http://127\.0\.0\.1:\d+)") == f"http://127.0.0.1:{up.port + offset}"
+        assert httpx.get(f"http://127.0.0.1:{up.port + offset}/readyz", timeout=10).status_code == 200, name
+    # the recommender through the same base URL: real catalogue and history, the demo customer
+    # merged with a real shopper
+    rec_url = up.base
     with httpx.Client(base_url=rec_url, timeout=30) as rec:
         assert rec.get("/readyz").status_code == 200
         profile = rec.get("/v1/customers/demo-customer-1", headers=device)
@@ -209,8 +219,8 @@ def test_vicino_up_with_demo_then_ctrl_c(up_factory):
         assert {o["reason"] for o in mine["offers"]} <= {"model", "cold_start_features"}
 
     # the push gateway: the visit's decision went out through the log provider (no provider configured)
-    push_url = up.field(r"push\s+(http://127\.0\.0\.1:\d+)/docs")
-    assert push_url == f"http://127.0.0.1:{up.port + 2}" and "pushes are written to" in banner
+    push_url = up.base
+    assert "pushes are written to" in banner
     with httpx.Client(base_url=push_url, timeout=30) as push:
         assert push.get("/readyz").status_code == 200
         sent = wait_until(lambda: [d for d in push.get("/v1/deliveries", headers=admin,
@@ -224,8 +234,7 @@ def test_vicino_up_with_demo_then_ctrl_c(up_factory):
         assert sent[0]["delivery_id"] in log and "demo-fcm-token" not in log
 
     # the scheduler: every job listed with its schedule; one run now through the API
-    sched_url = up.field(r"scheduler\s+(http://127\.0\.0\.1:\d+)/docs")
-    assert sched_url == f"http://127.0.0.1:{up.port + 3}"
+    sched_url = up.base
     with httpx.Client(base_url=sched_url, timeout=30, headers=admin) as sched:
         jobs = {j["name"]: j for j in sched.get("/v1/jobs").json()["jobs"]}
         assert jobs["retrain"]["schedule"] == "daily 03:30" and jobs["trim_streams"]["next_run_at"]
@@ -280,5 +289,29 @@ def test_vicino_up_without_demo_and_stores_import(up_factory):
         again = subprocess.run(cli + ["stores", "import", str(FIXTURES / "stores_small.csv")], cwd=up.cwd, env=env,
                                capture_output=True, text=True, timeout=60)
         assert "5 features: 0 created, 4 updated, 1 rejected" in again.stdout, again.stdout
+
+        # a second terminal, nothing exported: every command finds the stack through its stack file
+        bare = {k: v for k, v in os.environ.items() if not k.startswith("VICINO_")}
+
+        def vicino(*args: str) -> subprocess.CompletedProcess:
+            done = subprocess.run(cli + list(args), cwd=up.cwd, env=bare, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, f"vicino {' '.join(args)}: {done.stderr}"
+            return done
+
+        stack = json.loads((up.data_dir / "stack.json").read_text())
+        assert stack["front_url"] == up.base and "token" not in json.dumps(stack)  # secrets stay in secrets.json
+        assert "operator" in vicino("keys", "create", "shop-ops", "--role", "operator").stdout
+        assert "hot history: ok" in vicino("history", "import", str(FIXTURES / "online_retail_slice.csv")).stdout
+        vicino("train", "--epochs", "2", "--skip-test")
+        assert list((up.data_dir / "models").iterdir()), "train wrote outside the stack's model directory"
+        assert "version" in vicino("models", "list").stdout
+        assert "retrain" in vicino("jobs", "list").stdout
+
+    # a second stack on the same ports names the service, the port and what to do
+    second = up_factory(demo=False, VICINO_PORT=str(up.port), VICINO_DATA_DIR=str(up.cwd / "other"))
+    assert second.proc.wait(60) == 1
+    second.cleanup()
+    assert re.search(rf"geo cannot start: port {up.port + 5} on 127\.0\.0\.1 is already in use.*set VICINO_PORT",
+                     "".join(second.err)), "".join(second.err)
 
     _assert_stopped(up)

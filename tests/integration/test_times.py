@@ -26,10 +26,6 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # a property named like a time: created_at, ts, at, first_ts, valid_from, paused_until, from, start, ...
 TIME_NAME = re.compile(r"(^|_)(at|ts|until|time)$|^(from|to|start|end|valid_from|valid_to|next_before)$")
 NUMERIC = {"number", "integer"}
-# The registered device's times belong to the device routes that wt/devices rebuilds (issue 16:
-# "devices that look after themselves"), which write them with rfc3339. Remove each entry when
-# that lands: the test fails as soon as an entry is no longer a number, so none outlives its fix.
-PENDING_ELSEWHERE = {("DeviceOut", "token_expires_at"), ("DeviceRegistrationOut", "registered_at")}
 
 
 def documented(client, method: str, template: str, r, status: int = 200):
@@ -108,12 +104,10 @@ def test_no_response_of_any_service_writes_a_time_as_a_number(settings, rec_sett
                 for m in members:  # a string: RFC 3339 (date-time), or a whole day (the KPI roll-ups' from/to)
                     assert m.get("type") == "string" and m.get("format") in ("date-time", "date"), \
                         (service, owner, prop, sub)
-    assert numeric == PENDING_ELSEWHERE, (
-        f"time fields written as numbers: {sorted(numeric - PENDING_ELSEWHERE)}; format them with "
-        f"kernel.times.rfc3339 and type them InstantOut. Fixed since (drop from PENDING_ELSEWHERE): "
-        f"{sorted(PENDING_ELSEWHERE - numeric)}")
+    assert not numeric, (f"time fields written as numbers: {sorted(numeric)}; format them with kernel.times.rfc3339 "
+                         "and type them InstantOut")
     # the walk reaches the times of every service (not a rule that holds because nothing was seen)
-    for expected in [("geo", "VisitEventOut", "ts"), ("geo", "ConsentChangeOut", "at"), ("geo", "KeyOut", "created_at"),
+    for expected in [("geo", "VisitEventOut", "ts"), ("geo", "DeviceOut", "token_expires_at"), ("geo", "ConsentChangeOut", "at"), ("geo", "KeyOut", "created_at"),
                      ("recommender", "InteractionOut", "received_at"), ("recommender", "KpiPeriodOut", "from"),
                      ("recommender", "RankedOfferOut", "valid_to"), ("push", "DeliveryOut", "expires_at"),
                      ("push", "StatusChangeOut", "at"), ("scheduler", "JobRunOut", "started_at")]:

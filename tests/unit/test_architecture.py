@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "services"
 MODELS = ROOT / "models"
 # Shared folders of services/ that are not services: pure contracts, the shared runtime, and the
-# composition roots of the command line and `vicino up` (which may wire every service)
-NOT_SERVICES = ("kernel", "runtime", "launcher", "cli")
+# composition roots of the command line, `vicino up` and the front door (which may wire every service)
+NOT_SERVICES = ("kernel", "runtime", "launcher", "cli", "front_door")
 SERVICE_PACKAGES = sorted(p.name for p in SERVICES.iterdir()
                           if p.is_dir() and (p / "__init__.py").exists() and p.name not in NOT_SERVICES)
 IO_MODULES = {"redis", "httpx", "fastapi", "starlette", "uvicorn", "requests", "socket", "subprocess", "asyncio",

@@ -45,7 +45,7 @@ K8S_VERSIONS = ("1.30.0", "1.37.0")
 
 HTTP_SERVICES = {"geo": 8000, "recommender": 8001, "push": 8002, "scheduler": 8003}
 HEALTH_PORTS = {**HTTP_SERVICES, "recommender-worker": 8004}  # the worker's port is a health edge only
-COMPOSE_SERVICES = {"redis", "geo", "recommender", "recommender-worker", "push", "scheduler", "locust"}
+COMPOSE_SERVICES = {"redis", "geo", "recommender", "recommender-worker", "push", "scheduler", "proxy", "locust"}
 DEPLOYMENTS = {f"vicino-{s}" for s in (*HTTP_SERVICES, "recommender-worker")}
 SECRET_KEYS = {"VICINO_ADMIN_TOKEN", "VICINO_TOKEN_SECRET", "VICINO_REDIS_URL"}
 
@@ -395,10 +395,8 @@ def test_every_http_service_has_a_readiness_healthcheck_and_waits_for_redis(comp
         assert svc["healthcheck"]["test"] == ["CMD", "python", "/usr/local/bin/vicino-healthcheck", "/readyz"]
         assert not svc["healthcheck"].get("disable")
         assert params["port"] == HEALTH_PORTS[name] and params["host"] == "0.0.0.0"
-        if name in HTTP_SERVICES:
-            assert svc["ports"] == [f"127.0.0.1:{params['port']}:{params['port']}"]
-        else:
-            assert "ports" not in svc, "the worker's health edge is not published"
+        # only the front door (`proxy`) is published: test_front_door_routes.py
+        assert "ports" not in svc, f"{name} is reached through the proxy"
 
 
 def loadtest_variables() -> set[str]:
@@ -494,9 +492,10 @@ def test_every_overlay_renders_the_expected_objects(rendered):
     def kinds(name):
         return sorted({o["kind"] for o in rendered[name]})
 
-    assert kinds("prod") == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Namespace",
+    assert kinds("prod") == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Ingress", "Namespace",
                              "PersistentVolumeClaim", "PodDisruptionBudget", "Secret", "Service"]
-    assert kinds("dev") == ["ConfigMap", "Deployment", "Namespace", "PersistentVolumeClaim", "Secret", "Service"]
+    assert kinds("dev") == ["ConfigMap", "Deployment", "Ingress", "Namespace", "PersistentVolumeClaim", "Secret",
+                            "Service"]
     for overlay in OVERLAYS:
         objects = rendered[overlay]
         assert set(vicino_deployments(objects)) == DEPLOYMENTS

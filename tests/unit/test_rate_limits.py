@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from vicino.services.kernel.rate_limits import DEVICE, DEVICE_LOCATIONS, KEY, RateLimit, Verdict, bucket_key
+from vicino.services.kernel.rate_limits import (DEVICE, DEVICE_LOCATIONS, DEVICE_TOKEN, KEY, RateLimit, Verdict, bucket_key,
+                                               device_class)
 from vicino.services.geo.settings import GeoSettings
 
 
@@ -39,6 +40,20 @@ def test_refusal_headers():
 def test_settings_give_one_limit_per_class_and_none_when_off():
     s = GeoSettings(redis_url="redis://x", admin_token="a" * 20, token_secret="b" * 20)
     assert s.rate_limit_policies() == {DEVICE_LOCATIONS: RateLimit(2.0, 120), DEVICE: RateLimit(2.0, 60),
-                                       KEY: RateLimit(500.0, 5000)}
+                                       KEY: RateLimit(500.0, 5000), DEVICE_TOKEN: RateLimit(0.01, 5)}
     off = GeoSettings(redis_url="redis://x", admin_token="a" * 20, token_secret="b" * 20, rate_limits=False)
     assert off.rate_limit_policies() == {}
+
+
+@pytest.mark.parametrize("method, path, kind", [
+    ("POST", "/v1/locations", DEVICE_LOCATIONS),
+    ("POST", "/v1/devices/phone-1/token", DEVICE_TOKEN),
+    ("GET", "/v1/devices/phone-1/token", DEVICE),
+    ("POST", "/v1/devices/phone-1/token/x", DEVICE),
+    ("POST", "/v1/devices", DEVICE),
+    ("PUT", "/v1/devices/phone-1/push-token", DEVICE),
+    ("GET", "/v1/devices/phone-1/regions", DEVICE),
+    ("POST", "/v1/stores/token", DEVICE),
+])
+def test_a_device_request_is_classed_by_route(method, path, kind):
+    assert device_class(method, path) == kind

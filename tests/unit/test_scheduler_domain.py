@@ -46,6 +46,18 @@ def test_daily_occurrence_is_the_local_date_of_the_latest_scheduled_time():
     assert (s.occurrence(t, rome), s.occurrence(t, UTC)) == ("2026-11-26", "2026-11-25")
 
 
+def test_next_occurrence_is_the_schedules_own_across_midnight_and_dst():
+    assert Schedule.parse("every 5m").next_at(1_000_000_000.0, timezone.utc) == 1_000_000_200
+    assert Schedule.parse("every 5m").next_at(1_000_000_200.0, timezone.utc) == 1_000_000_500  # strictly after
+    rome = ZoneInfo("Europe/Rome")
+    daily = Schedule.parse("daily 03:30")
+    before = datetime(2026, 3, 28, 12, 0, tzinfo=rome).timestamp()  # the night DST starts follows
+    assert datetime.fromtimestamp(daily.next_at(before, rome), rome) == datetime(2026, 3, 29, 3, 30, tzinfo=rome)
+    early = datetime(2026, 7, 1, 2, 0, tzinfo=rome).timestamp()
+    assert datetime.fromtimestamp(daily.next_at(early, rome), rome) == datetime(2026, 7, 1, 3, 30, tzinfo=rome)
+    assert Schedule.parse("off").next_at(before, rome) is None
+
+
 def test_off_has_no_occurrence():
     with pytest.raises(ScheduleError):
         Schedule.parse("off").occurrence(0, UTC)

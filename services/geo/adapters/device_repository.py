@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from vicino.services.kernel.contracts.customer_state import token_accepted
 from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1
 from vicino.services.kernel.contracts.streams import trimmed_unconsumed_key
 
@@ -107,6 +108,34 @@ redis.call('HSET', KEYS[1], 'v', ARGV[1], 'location', ARGV[2], 'marketing', ARGV
 return {1, members}
 """)
 
+# A device token refresh. KEYS: the registration. ARGV: the presented token id, its customer, the
+# new token id, the end of the presented token's grace, now. Only the current token refreshes: a
+# token already replaced (even one still in its grace) is refused, so one lost or stolen token
+# can never start a second chain. Returns {1, ''} or {0, why}: gone, replaced, or previous (and the
+# end of its grace).
+_REFRESH_TOKEN = memory_guarded("""
+local reg = redis.call('HMGET', KEYS[1], 'customer_id', 'token_id', 'prev_token_id', 'prev_token_until')
+if not reg[1] then return {0, 'gone'} end
+if reg[1] ~= ARGV[2] then return {0, 'replaced'} end
+if reg[2] ~= ARGV[1] then
+  if reg[3] == ARGV[1] then return {0, 'previous', reg[4]} end
+  return {0, 'replaced'}
+end
+redis.call('HSET', KEYS[1], 'token_id', ARGV[3], 'prev_token_id', ARGV[1], 'prev_token_until', ARGV[4],
+           'token_refreshed_at', ARGV[5])
+return {1, ''}
+""")
+
+# A push token the app reports (FCM or APNs rotated it). KEYS: the registration. ARGV: the token
+# id the caller's check was made on (a re-registration or removal since then refuses), the new
+# push token, now. The device token stays as it is.
+_SET_PUSH_TOKEN = memory_guarded("""
+if redis.call('HGET', KEYS[1], 'token_id') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'push_token', ARGV[2], 'push_token_updated_at', ARGV[3])
+redis.call('HDEL', KEYS[1], 'push_token_revoked_at', 'push_token_revoked_reason')
+return 1
+""")
+
 # Removes a push token only if it is still the registration's (a re-registration may have put a
 # new one there since the provider refused the old).
 _CLEAR_PUSH_TOKEN = memory_guarded("""
@@ -130,6 +159,12 @@ class Registration:
     token_id: str
     registered_at: float
     location_consent: bool
+    prev_token_id: str = ""        # the token a refresh replaced, accepted until prev_token_until
+    prev_token_until: float = 0.0
+
+    def accepts(self, token_id: str, now: float) -> bool:
+        """The current token, or the one it replaced within its grace (see customer_state)."""
+        return token_accepted(self.token_id, self.prev_token_id, self.prev_token_until, token_id, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +186,8 @@ def _registration(device_id: str, raw: dict) -> Registration | None:
         return None
     g = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
     return Registration(device_id, g["customer_id"], g["platform"], g.get("push_token", ""), g.get("timezone", ""),
-                        g["token_id"], float(g["registered_at"]), g.get("location_consent") == "1")
+                        g["token_id"], float(g["registered_at"]), g.get("location_consent") == "1",
+                        g.get("prev_token_id", ""), float(g.get("prev_token_until") or 0))
 
 
 def _snapshot(device_id: str, reg_flat: list, rev_state: list) -> Snapshot:
@@ -175,6 +211,8 @@ class DeviceRepository:
         self._apply_consent = redis.register_script(_APPLY_CONSENT)
         self._forget_silent = redis.register_script(_FORGET_SILENT)
         self._clear_push_token = redis.register_script(_CLEAR_PUSH_TOKEN)
+        self._refresh_token = redis.register_script(_REFRESH_TOKEN)
+        self._set_push_token = redis.register_script(_SET_PUSH_TOKEN)
 
     def keys(self, device_id: str) -> DeviceKeys:
         return DeviceKeys(device_id, self._shards)
@@ -190,7 +228,9 @@ class DeviceRepository:
     async def save_state(self, device_id: str, expected_rev: str, state: dict, ttl_s: float,
                          events: list[GeofenceEventV1], token_id: str) -> SaveResult:
         """Saves only if the revision is still `expected_rev` and the registration still has this
-        token id and location consent; otherwise returns the current snapshot, in the same trip."""
+        (current) token id and location consent; otherwise returns the current snapshot, in the
+        same trip. `token_id`: the registration's, as read when the caller's token was checked (a
+        refresh, a re-registration or a removal since then changes it)."""
         k = self.keys(device_id)
         silent_since = DeviceState.from_json(state).silent_since()
         args = [expected_rev, orjson.dumps(state), int(ttl_s * 1000), self._events_maxlen, token_id,
@@ -225,7 +265,9 @@ class DeviceRepository:
         await self._r.hset(k.registration, mapping={
             "customer_id": reg.customer_id, "platform": reg.platform, "push_token": reg.push_token,
             "timezone": reg.timezone, "token_id": reg.token_id, "registered_at": repr(reg.registered_at),
-            "location_consent": "1" if reg.location_consent else "0", "consent_v": consent_version})
+            "location_consent": "1" if reg.location_consent else "0", "consent_v": consent_version,
+            # registering again revokes every earlier token at once: none keeps a grace
+            "prev_token_id": "", "prev_token_until": "0"})
         await self._r.sadd(CustomerKeys(reg.customer_id).devices, reg.device_id)
         if previous is not None and previous.customer_id != reg.customer_id:
             await self._r.srem(CustomerKeys(previous.customer_id).devices, reg.device_id)
@@ -241,6 +283,23 @@ class DeviceRepository:
     async def clear_push_token(self, device_id: str, push_token: str, now: float, reason: str) -> bool:
         out = await self._clear_push_token(keys=[self.keys(device_id).registration],
                                            args=[push_token, repr(now), reason])
+        return bool(int(out))
+
+    async def refresh_token(self, device_id: str, presented: str, customer_id: str, new_token_id: str,
+                            grace_until: float, now: float) -> tuple[str, float] | None:
+        """Makes `new_token_id` the current token if `presented` is; the presented one is then
+        accepted until `grace_until`. None when done, else why not: ("gone" | "replaced", 0), or
+        ("previous", the end of the presented token's grace)."""
+        out = await self._refresh_token(keys=[self.keys(device_id).registration],
+                                        args=[presented, customer_id, new_token_id, repr(grace_until), repr(now)])
+        if int(out[0]) == 1:
+            return None
+        return out[1].decode(), float(out[2]) if len(out) > 2 and out[2] else 0.0
+
+    async def set_push_token(self, device_id: str, expected_token_id: str, push_token: str, now: float) -> bool:
+        """The app's fresh push token, if the registration's current token id is still the one read."""
+        out = await self._set_push_token(keys=[self.keys(device_id).registration],
+                                         args=[expected_token_id, push_token, repr(now)])
         return bool(int(out))
 
     async def unregister(self, reg: Registration) -> None:

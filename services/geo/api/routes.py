@@ -9,19 +9,22 @@ from fastapi.exceptions import RequestValidationError
 from starlette.routing import Route as StarletteRoute
 from pydantic import ValidationError
 
-from vicino.services.kernel.problems import Forbidden, InvalidInput, NotFound, Unauthorized, require_json_content_type
+from vicino.services.kernel.problems import Forbidden, InvalidInput, require_json_content_type
+from vicino.services.kernel.times import rfc3339, rfc3339_fields
 from vicino.services.runtime.api_keys import RouteAccess
 from vicino.services.runtime.http_edge import JsonBody
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
-from vicino.services.kernel.times import rfc3339, rfc3339_fields
 
 from ..domain.transitions import Fix
 from ..wiring import GeoContainer
-from .deps import (AppBackendDep, ConsentReaderDep, ConsentWriterDep, ContainerDep, DeviceReaderDep, OperatorDep,
-                   StoreReaderDep, SupportDep, device_claims)
-from .schemas import (BODY_PROBLEMS, FEATURE_SCHEMA, MAX_NEARBY_LIMIT, MAX_NEARBY_RADIUS_M, PROBLEMS, BulkStoresOut,
-                      ConsentIn, ConsentOut, DeviceIn, DeviceOut, DeviceRegistrationOut, LocationBatchIn,
-                      LocationDataErasureOut, LocationResultOut, NearbyStoreOut, PushTokenRevocationIn, PushTokenRevocationOut, problem)
+from .deps import (AppBackendDep, ConsentReaderDep, ConsentWriterDep, ContainerDep, DeviceId, DeviceOwnerDep,
+                   DeviceReaderDep, OperatorDep, OwnDeviceTokenDep, RegionReaderDep, StoreReaderDep, SupportDep,
+                   device_claims)
+from .schemas import (BODY_PROBLEMS, DEFAULT_REGIONS, FEATURE_SCHEMA, MAX_NEARBY_LIMIT, MAX_NEARBY_RADIUS_M,
+                      MAX_REGIONS, PROBLEMS, BulkStoresOut, ConsentIn, ConsentOut, DeviceIn, DeviceOut,
+                      DeviceRegistrationOut, DeviceTokenOut, LocationBatchIn, LocationDataErasureOut,
+                      LocationResultOut, NearbyStoreOut, PushTokenIn, PushTokenOut, PushTokenRevocationIn,
+                      PushTokenRevocationOut, RegionsOut, problem)
 
 router = APIRouter(prefix="/v1", responses=PROBLEMS)
 _FEATURE = {"application/json": {"schema": FEATURE_SCHEMA}}
@@ -140,35 +143,81 @@ async def nearby_stores(_: StoreReaderDep, c: ContainerDep,
 # devices and consent -----------------------------------------------------------------------------
 
 @router.post("/devices", tags=["devices"], status_code=201, response_model=DeviceOut,
-             summary="register a device (or re-register: rotates its token and push token)", responses=BODY_PROBLEMS)
+             summary="register a device (or re-register: rotates its token and push token, and revokes every "
+                     "earlier token at once)", responses=BODY_PROBLEMS)
 async def register_device(body: DeviceIn, _: AppBackendDep, c: ContainerDep) -> Response:
     issued = await c.directory.register(body.device_id, body.customer_id, body.platform, body.push_token, body.timezone)
     return _json({"device_id": body.device_id, "customer_id": body.customer_id, "platform": body.platform,
-                  "token": issued.token, "token_expires_at": issued.expires_at, "rotated": issued.rotated}, 201)
+                  "token": issued.token, "token_expires_at": rfc3339(issued.expires_at), "rotated": issued.rotated}, 201)
 
 
-DeviceId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN)]
+_OWN_DEVICE = {401: problem("missing, invalid or expired token, or a device token revoked (replaced or removed)"),
+               403: problem("a device token of another device, or a key without the role"),
+               404: problem("the device is not registered")}
 
 
 @router.get("/devices/{device_id}", tags=["devices"], summary="a device's registration (no token)",
-            responses={200: {"model": DeviceRegistrationOut}})
-async def get_device(device_id: DeviceId, p: DeviceReaderDep, c: ContainerDep) -> Response:
-    if p.device is not None and p.device.device_id != device_id:
-        raise Forbidden("a device token may only read its own registration")
-    reg = await c.devices_repo.get(device_id)
-    if reg is None or (p.device is not None and reg.token_id != p.device.token_id):
-        raise NotFound(f"device {device_id!r} is not registered") if reg is None else \
-            Unauthorized("this device token was replaced by a newer registration")
+            responses={200: {"model": DeviceRegistrationOut}, **_OWN_DEVICE})
+async def get_device(device_id: DeviceId, who: DeviceReaderDep) -> Response:
+    reg = who.registration
     return _json({"device_id": reg.device_id, "customer_id": reg.customer_id, "platform": reg.platform,
-                  "timezone": reg.timezone, "registered_at": reg.registered_at,
+                  "timezone": reg.timezone, "registered_at": rfc3339(reg.registered_at),
                   "location_consent": reg.location_consent})
 
 
-@router.delete("/devices/{device_id}", tags=["devices"], status_code=204,
-               summary="unregister a device: its visits end, its tokens stop working")
-async def delete_device(device_id: DeviceId, _: AppBackendDep, c: ContainerDep) -> Response:
+@router.delete("/devices/{device_id}", tags=["devices"], status_code=204, responses=_OWN_DEVICE,
+               summary="unregister a device (the app's server, or the device itself when its user logs out): "
+                       "its visits end, all its tokens stop working")
+async def delete_device(device_id: DeviceId, _: DeviceOwnerDep, c: ContainerDep) -> Response:
     await c.directory.unregister(device_id)
     return Response(status_code=204)
+
+
+@router.put("/devices/{device_id}/push-token", tags=["devices"], response_model=PushTokenOut,
+            summary="the device's new push token (FCM or APNs rotated it); the device token stays as it is",
+            responses={**BODY_PROBLEMS, **_OWN_DEVICE,
+                       409: problem("the device was registered again or removed meanwhile; retry"),
+                       422: problem("push_token is not a push token of the device's platform")})
+async def put_push_token(device_id: DeviceId, who: DeviceOwnerDep, body: PushTokenIn, c: ContainerDep) -> Response:
+    at = await c.directory.update_push_token(who.registration, body.push_token)
+    return _json({"device_id": device_id, "platform": who.registration.platform,
+                  "push_token_updated_at": rfc3339(at)})
+
+
+@router.post("/devices/{device_id}/token", tags=["devices"], response_model=DeviceTokenOut,
+             summary="a fresh device token, before this one expires; this one keeps working for the grace period "
+                     "(VICINO_TOKEN_GRACE_S), and only the newest token may refresh",
+             responses={401: problem("missing, invalid or expired token (register the device again), a token "
+                                     "already refreshed, or a revoked one"),
+                        403: problem("not a device token, or another device's"),
+                        429: problem("this device refreshed too often; `Retry-After` says when to retry")})
+async def refresh_token(device_id: DeviceId, claims: OwnDeviceTokenDep, c: ContainerDep) -> Response:
+    fresh = await c.directory.refresh_token(claims)
+    return _json({"device_id": device_id, "token": fresh.token, "token_expires_at": rfc3339(fresh.expires_at),
+                  "previous_token_valid_until": rfc3339(fresh.previous_valid_until)})
+
+
+@router.get("/devices/{device_id}/regions", tags=["devices"], response_model=RegionsOut,
+            summary="region sync: the nearest stores' fences as circles to monitor, and the resync radius",
+            responses={**_OWN_DEVICE,
+                       409: problem("the customer has not consented to location processing"),
+                       422: problem(f"a coordinate out of range or not finite, or limit outside 1-{MAX_REGIONS}")})
+async def get_regions(device_id: DeviceId, who: RegionReaderDep, c: ContainerDep,
+                      lat: Annotated[float, Query(ge=-90, le=90, allow_inf_nan=False, description="the phone's latitude")],
+                      lon: Annotated[float, Query(ge=-180, le=180, allow_inf_nan=False,
+                                                  description="the phone's longitude")],
+                      limit: Annotated[int, Query(ge=1, le=MAX_REGIONS, description=f"regions wanted: "
+                                                  f"{DEFAULT_REGIONS} for iOS, up to {MAX_REGIONS} for Android")]
+                      = DEFAULT_REGIONS) -> Response:
+    """The `limit` enabled stores nearest the point (by distance to the fence, 0 inside), each as a
+    circle that encloses its whole fence, nearest first; and `resync_radius_m` around the point: no
+    store left out reaches into that circle, so the phone asks again when it leaves it. The point
+    is processed only with the customer's location consent, and never stored."""
+    plan = c.regions.plan(who.registration, lat, lon, limit)
+    return _json({"device_id": device_id, "lat": lat, "lon": lon, "resync_radius_m": plan.resync_radius_m,
+                  "regions": [{"store_id": r.store.store_id, "lat": r.circle.lat, "lon": r.circle.lon,
+                               "radius_m": r.circle.radius_m, "distance_m": round(r.distance_m, 2)}
+                              for r in plan.regions]})
 
 
 @router.post("/devices/{device_id}/push-token/revocations", tags=["devices"], response_model=PushTokenRevocationOut,

@@ -15,6 +15,8 @@ ClientId = Annotated[str, StringConstraints(pattern=CLIENT_ID_PATTERN)]
 MAX_FIXES = 500
 MAX_NEARBY_RADIUS_M = 50_000  # GET /v1/stores: farther is refused (422)
 MAX_NEARBY_LIMIT = 500
+DEFAULT_REGIONS = 20  # iOS monitors at most 20 regions per app
+MAX_REGIONS = 100     # Android, 100
 
 
 class FixIn(BaseModel):
@@ -94,13 +96,55 @@ class DeviceIn(BaseModel):
         return v
 
 
+RFC3339 = {"format": "date-time", "examples": ["2026-12-06T05:46:40.123Z"]}
+
+
 class DeviceOut(BaseModel):
     device_id: str
     customer_id: str
     platform: str
     token: str
-    token_expires_at: float
+    token_expires_at: str = Field(json_schema_extra=RFC3339, description="RFC 3339, UTC")
     rotated: bool = Field(description="true when an earlier registration (and its token) was replaced")
+
+
+class DeviceTokenOut(BaseModel):
+    device_id: str
+    token: str = Field(description="the new device token: send it from now on")
+    token_expires_at: str = Field(json_schema_extra=RFC3339, description="RFC 3339, UTC; refresh before then")
+    previous_token_valid_until: str = Field(json_schema_extra=RFC3339, description="the token presented keeps "
+                                            "working until then (the grace period), but may not refresh again")
+
+
+class PushTokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    push_token: str = Field(min_length=1, max_length=MAX_PUSH_TOKEN_CHARS,
+                            description="the platform's new push token (checked for the device's platform: "
+                                        "kernel.contracts.push_tokens)")
+
+
+class PushTokenOut(BaseModel):
+    device_id: str
+    platform: str
+    push_token_updated_at: str = Field(json_schema_extra=RFC3339)
+
+
+class RegionOut(BaseModel):
+    store_id: str
+    lat: float = Field(description="centre of a circle that encloses the store's whole fence")
+    lon: float
+    radius_m: float
+    distance_m: float = Field(description="from the point to the fence (0 inside it)")
+
+
+class RegionsOut(BaseModel):
+    device_id: str
+    lat: float = Field(description="the point asked about: the centre of the resync circle")
+    lon: float
+    resync_radius_m: float = Field(description="ask again when the phone leaves this circle; no store left out "
+                                   "of `regions` reaches into it (0: ask again on any move)")
+    regions: list[RegionOut] = Field(description="the nearest stores' fences as circles, nearest fence first")
 
 
 class ConsentIn(BaseModel):
@@ -168,7 +212,7 @@ class DeviceRegistrationOut(BaseModel):
     customer_id: str
     platform: str
     timezone: str
-    registered_at: float
+    registered_at: str = Field(json_schema_extra=RFC3339)
     location_consent: bool
 
 

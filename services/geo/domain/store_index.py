@@ -12,12 +12,12 @@ cost follows the stores near the point and the limit, not the catalogue or the r
 from __future__ import annotations
 
 import bisect
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import h3.api.basic_int as h3
 import numpy as np
 
-from .fences import CircleFence
+from .fences import CircleFence, Fence
 from .geodesy import haversine_many_m
 from .h3_cells import BUCKET_RESOLUTIONS, RESOLUTION, bucket_cell, bucket_disk, bucket_disk_rings, cover
 from .stores import Store
@@ -89,9 +89,15 @@ class StoreIndex:
     def candidates(self, lat: float, lon: float) -> Sequence[Store]:
         return self._cells.get(h3.latlng_to_cell(lat, lon, RESOLUTION), _EMPTY)
 
-    def nearby(self, lat: float, lon: float, radius_m: float, limit: int) -> list[tuple[Store, float]]:
+    def nearby(self, lat: float, lon: float, radius_m: float, limit: int, *,
+               distance: Callable[[Fence, float, float], float] | None = None,
+               accept: Callable[[Store], bool] | None = None) -> list[tuple[Store, float]]:
         """Stores whose fence comes within `radius_m` of the point, nearest fence first (ties by
-        store id), at most `limit` of them."""
+        store id), at most `limit` of them. `distance`: the exact measure, the fence's own (clamped
+        at 0) by default; any other must stay above the lower bound below, as the great-circle
+        distance does (region sync measures on the sphere: its polygons' spherical reach exceeds
+        their planar one by far less than the bound's 20 %). `accept`: only the stores it
+        accepts are answered and counted."""
         if not self._stores or limit <= 0:
             return []
         reach = (radius_m + self._max_reach_m) / _POLYGON_BOUND_FACTOR
@@ -122,7 +128,10 @@ class StoreIndex:
                     return [(s, dist) for dist, _, s in found]  # the rest lie farther still
                 part = int(np.searchsorted(ends, i, side="right"))
                 s = parts[part][0][i - (int(ends[part - 1]) if part else 0)]
-                dist = max(0.0, s.fence.distance_outside_m(lat, lon))
+                if accept is not None and not accept(s):
+                    continue
+                dist = (max(0.0, s.fence.distance_outside_m(lat, lon)) if distance is None
+                        else distance(s.fence, lat, lon))
                 if dist <= radius_m:
                     bisect.insort(found, (dist, s.store_id, s), key=_by_distance_then_id)
                     del found[limit:]

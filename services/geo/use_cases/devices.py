@@ -1,14 +1,17 @@
-"""Device registration (token issue and rotation) and consent, with its effect on visits."""
+"""Device registration (token issue, refresh and rotation), push tokens and consent, with their
+effect on visits."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vicino.services.kernel.auth import DeviceClaims, TokenSigner
+from vicino.services.kernel.auth import REPLACED_TOKEN, DeviceClaims, TokenSigner
 from vicino.services.kernel.clock import Clock
 from vicino.services.kernel.contracts.customer_state import push_token_digest
 from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1
+from vicino.services.kernel.contracts.push_tokens import push_token_problem
 from vicino.services.kernel.ids import new_id
-from vicino.services.kernel.problems import NotFound
+from vicino.services.kernel.problems import Conflict, InvalidInput, NotFound, Unauthorized
+from vicino.services.kernel.times import rfc3339
 
 from ..adapters.device_repository import DeviceRepository, Registration
 from ..domain.transitions import DeviceState, close_all
@@ -22,12 +25,21 @@ class IssuedToken:
     rotated: bool
 
 
+@dataclass(frozen=True, slots=True)
+class RefreshedToken:
+    token: str
+    expires_at: float
+    previous_valid_until: float  # the token it replaced works until then (its grace, or its own expiry)
+
+
 class DeviceDirectory:
-    def __init__(self, repo: DeviceRepository, signer: TokenSigner, clock: Clock, token_ttl_s: float) -> None:
+    def __init__(self, repo: DeviceRepository, signer: TokenSigner, clock: Clock, token_ttl_s: float,
+                 token_grace_s: float = 0.0) -> None:
         self.repo = repo
         self.signer = signer
         self.clock = clock
         self.token_ttl_s = token_ttl_s
+        self.token_grace_s = token_grace_s
 
     async def register(self, device_id: str, customer_id: str, platform: str, push_token: str,
                        timezone: str) -> IssuedToken:
@@ -50,6 +62,40 @@ class DeviceDirectory:
         expires = now + self.token_ttl_s
         token = self.signer.issue(DeviceClaims(device_id, customer_id, reg.token_id, expires))
         return IssuedToken(reg, token, expires, previous is not None)
+
+    async def refresh_token(self, claims: DeviceClaims) -> RefreshedToken:
+        """A fresh token for a device that presents its current one (signed and unexpired: checked
+        where it was authenticated). The presented token keeps working for the grace period, for
+        the requests in flight; it may not refresh again, nor may any other but the newest: a token
+        that was lost or copied can never start a second chain (a device that lost the newer
+        token registers again)."""
+        now = self.clock.now()
+        token_id = new_id("tok")
+        grace_until = min(now + self.token_grace_s, claims.expires_at)
+        why = await self.repo.refresh_token(claims.device_id, claims.token_id, claims.customer_id, token_id,
+                                            grace_until, now)
+        if why is not None and why[0] == "previous":
+            raise Unauthorized(f"this device token was already refreshed: only the newest token may be refreshed "
+                               f"(this one keeps working for other calls until {rfc3339(why[1])}); if the app lost "
+                               f"the newer token, register the device again")
+        if why is not None:
+            raise Unauthorized(REPLACED_TOKEN)
+        expires = now + self.token_ttl_s
+        token = self.signer.issue(DeviceClaims(claims.device_id, claims.customer_id, token_id, expires))
+        return RefreshedToken(token, expires, grace_until)
+
+    async def update_push_token(self, reg: Registration, push_token: str) -> float:
+        """The app's fresh push token (FCM or APNs rotated it), checked for the device's platform;
+        the device token is left as it is. Returns when it was recorded."""
+        problem = push_token_problem(reg.platform, push_token)
+        if problem is not None:
+            message = f"not a {reg.platform} push token: {problem}"
+            raise InvalidInput(f"push_token: {message}", errors=[{"field": "push_token", "message": message}])
+        now = self.clock.now()
+        if not await self.repo.set_push_token(reg.device_id, reg.token_id, push_token, now):
+            raise Conflict("the device was registered again, refreshed its token or was removed while its push "
+                           "token was being updated; nothing was changed, retry")
+        return now
 
     async def unregister(self, device_id: str) -> None:
         """A lost or retired phone: its open visits end, its state and registration go, and every

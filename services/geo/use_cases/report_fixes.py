@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from vicino.services.kernel.auth import DeviceClaims
+from vicino.services.kernel.auth import REPLACED_TOKEN, DeviceClaims
 from vicino.services.kernel.clock import Clock
 from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1
 from vicino.services.kernel.ids import new_id
@@ -70,16 +70,16 @@ class FixReporter:
     async def report(self, claims: DeviceClaims, fixes: list[Fix]) -> FixReport:
         device_id = claims.device_id
         snap = self.recent.get(device_id)
-        if snap is None or not _usable(snap, claims):
+        if snap is None or not _usable(snap, claims, self.clock.now()):
             snap = await self.devices.snapshot(device_id)  # a cached refusal is never trusted: re-read
         for attempt in range(MAX_ATTEMPTS):
             reg = snap.registration
             if reg is None:
                 self.recent.drop(device_id)
                 raise NotFound(f"device {device_id!r} is not registered")
-            if reg.token_id != claims.token_id:
+            if not reg.accepts(claims.token_id, self.clock.now()):
                 self.recent.drop(device_id)
-                raise Unauthorized("this device token was replaced by a newer registration")
+                raise Unauthorized(REPLACED_TOKEN)
             if not reg.location_consent:
                 self.recent.drop(device_id)
                 return FixReport(0, [{"index": f.index, "reason": "no_location_consent"} for f in fixes], [],
@@ -97,8 +97,9 @@ class FixReporter:
             if outcome.state.last_ts == before and not events:
                 return FixReport(outcome.accepted, ignored, [])
             new_state = outcome.state.to_json()
+            # saved only while the registration's current token is still the one just checked
             result = await self.devices.save_state(device_id, snap.rev, new_state, self.state_ttl_s, events,
-                                                   claims.token_id)
+                                                   reg.token_id)
             if result.saved:
                 self.recent.put(device_id, Snapshot(reg, result.rev, new_state))
                 return FixReport(outcome.accepted, ignored, events)
@@ -107,9 +108,9 @@ class FixReporter:
         raise Conflict("too many concurrent location reports for this device; retry")
 
 
-def _usable(snap: Snapshot, claims: DeviceClaims) -> bool:
+def _usable(snap: Snapshot, claims: DeviceClaims, now: float) -> bool:
     reg = snap.registration
-    return reg is not None and reg.token_id == claims.token_id and reg.location_consent
+    return reg is not None and reg.accepts(claims.token_id, now) and reg.location_consent
 
 
 def _mint_visit_id() -> str:

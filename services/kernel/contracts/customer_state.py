@@ -3,7 +3,8 @@ a customer's consent and devices, and a device's registration.
 
 Writers: the geo service only (its HTTP API is how others change consent or remove devices).
 Readers: the recommender (consent for personalisation and marketing; a device token is checked
-against the registration's current token id; the profile lists devices).
+against the registration's token ids with `accepts_device_token`; the profile lists devices) and
+the push gateway (the push token, and the same token check).
 """
 from __future__ import annotations
 
@@ -43,8 +44,30 @@ def customer_devices_key(customer_id: str) -> str:
 
 def device_registration_key(device_id: str, shards: int) -> str:
     """hash: customer_id, platform, push_token, timezone, token_id, registered_at, location_consent,
-    consent_v (the version of the consent change the copy comes from)"""
+    consent_v (the version of the consent change the copy comes from); after a token refresh also
+    prev_token_id and prev_token_until (the token it replaced, and the end of its grace, epoch
+    seconds) and token_refreshed_at; after a push token update push_token_updated_at"""
     return f"vicino:{shard_tag(device_shard(device_id, shards))}:device:{device_id}:registration"
+
+
+def token_accepted(current: str, previous: str, previous_until: float, presented: str, now: float) -> bool:
+    """Whether a (validly signed, unexpired) device token with the token id `presented` still opens
+    its device's routes: it is the registration's current one, or the one a refresh replaced,
+    until the end of its grace period. (Refreshing takes the current token alone: the geo service
+    checks that where it refreshes.)"""
+    if not presented:
+        return False
+    return presented == current or (presented == previous and now < previous_until)
+
+
+def accepts_device_token(registration: dict, token_id: str, now: float) -> bool:
+    """`token_accepted` on a registration hash read as text."""
+    try:
+        until = float(registration.get("prev_token_until") or 0)
+    except ValueError:
+        until = 0.0
+    return token_accepted(registration.get("token_id") or "", registration.get("prev_token_id") or "", until,
+                          token_id, now)
 
 
 def decode_consent(raw: dict) -> dict:

@@ -1,8 +1,9 @@
 """Which service owns which public path: the one routing table of the front door.
 
 `vicino up`'s front door dispatches with it in-process; the Kubernetes Ingress and the compose
-proxy (nginx) carry the same table as regular expressions (`nginx_rules`), and a test checks
-that both agree with it and that every operation of every service's OpenAPI lands on its owner.
+proxy (nginx) carry the same table as one regular expression per collection and sub-resource
+(ingress-nginx sorts regex paths longest first: see infra/README.md), and tests check that
+both agree with it and that every operation of every service's OpenAPI lands on its owner.
 Pure: no I/O.
 
 A path `/v1/<collection>/...` belongs to the collection's owner, except the sub-resources a

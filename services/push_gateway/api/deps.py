@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Request
 
 from vicino.services.kernel.auth import REPLACED_TOKEN, Principal, require_roles
+from vicino.services.kernel.contracts.customer_state import accepts_device_token
 from vicino.services.runtime.api_keys import RouteAccess, mark_access, role_dependency
 from vicino.services.kernel.problems import Forbidden, NotFound, Unauthorized
 
@@ -21,12 +22,14 @@ ContainerDep = Annotated[PushContainer, Depends(container)]
 
 
 async def caller(request: Request, c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    """A key (admin token or API key), or a device token that is still its device's current one
-    (the registration that the geo service publishes)."""
-    p = await c.access.principal(authorization, c.clock.now(), request.scope)
+    """A key (admin token or API key), or a device token that is still its device's (the current
+    one, or the one a refresh replaced, within its grace: the registration that the geo service
+    publishes)."""
+    now = c.clock.now()
+    p = await c.access.principal(authorization, now, request.scope)
     if p.device:
         reg = await c.repo.registration(p.device.device_id)
-        if reg is None or reg.get("token_id") != p.device.token_id:
+        if reg is None or not accepts_device_token(reg, p.device.token_id, now):
             raise Unauthorized(REPLACED_TOKEN)
     request.state.principal = p  # for the audit trail
     return p

@@ -19,9 +19,10 @@ class PublishedCustomerState:
         raw = _text(await self._r.hgetall(published.device_registration_key(device_id, self._shards)))
         return raw if "customer_id" in raw else None
 
-    async def is_current(self, device_id: str, customer_id: str, token_id: str) -> bool:
+    async def is_current(self, device_id: str, customer_id: str, token_id: str, now: float) -> bool:
         reg = await self.registration(device_id)
-        return reg is not None and reg.get("token_id") == token_id and reg.get("customer_id") == customer_id
+        return (reg is not None and reg.get("customer_id") == customer_id
+                and published.accepts_device_token(reg, token_id, now))
 
     async def customer_of_device(self, device_id: str) -> str | None:
         reg = await self.registration(device_id)

@@ -21,11 +21,12 @@ ContainerDep = Annotated[RecommenderContainer, Depends(container)]
 
 
 async def caller(request: Request, c: ContainerDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    """A key (admin token or API key), or a device token that is still its device's current one
-    (checked against the registration the geo service publishes, so a replaced or removed phone
-    is locked out)."""
-    p = await c.access.principal(authorization, c.clock.now(), request.scope)
-    if p.device and not await c.devices.is_current(p.device.device_id, p.device.customer_id, p.device.token_id):
+    """A key (admin token or API key), or a device token that is still its device's (the current
+    one, or the one a refresh replaced, within its grace: checked against the registration the geo
+    service publishes, so a replaced or removed phone is locked out)."""
+    now = c.clock.now()
+    p = await c.access.principal(authorization, now, request.scope)
+    if p.device and not await c.devices.is_current(p.device.device_id, p.device.customer_id, p.device.token_id, now):
         raise Unauthorized(REPLACED_TOKEN)
     request.state.principal = p  # for the audit trail
     return p

@@ -65,7 +65,7 @@ class JobOut(BaseModel):
     name: str
     description: str
     schedule: str
-    next_run_at: InstantOut | None = Field(description="null when off, or not on this replica")
+    next_run_at: InstantOut | None = Field(description="null when off")
     running: RunningOut | None = Field(description="the run in progress anywhere")
     last_run: JobRunOut | None
     last_success_at: InstantOut | None
@@ -105,20 +105,18 @@ def _known(c: SchedulerContainer, name: str):
         raise NotFound(str(e)) from None
 
 
-@router.get("/jobs", tags=["jobs"], summary="every job: schedule, next run here, last run and outcome",
+@router.get("/jobs", tags=["jobs"], summary="every job: schedule, next run, last run and outcome",
             responses={200: {"model": JobsOut}})
 async def list_jobs(_: JobReaderDep, c: ContainerDep, request: Request) -> Response:
     names = sorted(c.runner.jobs)
     last = await c.runner.store.last_runs(names)
-    scheduler = getattr(request.app.state, "scheduler", None)
+    now = time.time()
     out = []
     for name in names:
         job = c.runner.jobs[name]
         run, ok = last[name]
         holder = await c.runner.store.holder(name) if run and run.outcome == "running" else None
-        next_at = None
-        if scheduler is not None and (aps := scheduler.get_job(name)) is not None and aps.next_run_time:
-            next_at = aps.next_run_time.timestamp()
+        next_at = c.schedules[name].next_at(now, c.settings.tz)
         out.append({"name": name, "description": job.description, "schedule": str(c.schedules[name]),
                     "next_run_at": rfc3339(next_at),
                     "running": rfc3339_fields(holder, "started_at") if holder else None,

@@ -53,6 +53,19 @@ class Schedule:
             return f"daily {self.hour:02d}:{self.minute:02d}"
         return "off"
 
+    def next_at(self, now: float, tz: tzinfo) -> float | None:
+        """When the next occurrence after `now` is due (None when off): the same answer on every
+        replica, whether or not it fires jobs itself."""
+        if self.kind == "every":
+            return (math.floor(now / self.period_s) + 1) * self.period_s
+        if self.kind == "daily":
+            local = datetime.fromtimestamp(now, tz)
+            at = local.replace(hour=self.hour, minute=self.minute, second=0, microsecond=0)
+            day = local.date() if at > local else local.date() + timedelta(days=1)
+            # rebuilt from the date (not by adding 24 h) so that a DST change keeps the wall-clock time
+            return datetime(day.year, day.month, day.day, self.hour, self.minute, tzinfo=tz).timestamp()
+        return None
+
     def occurrence(self, now: float, tz: tzinfo) -> str:
         """The occurrence a firing at `now` belongs to (firings arrive a little late, never
         early: the most recent scheduled time at or before now)."""
