@@ -1,7 +1,9 @@
 """Helpers shared by the integration and e2e tests (no fixtures here: those live in tests/conftest.py)."""
 from __future__ import annotations
 
+import re
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -12,6 +14,18 @@ from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1, de
 from vicino.services.kernel.problems import REFUSAL_CODES
 
 PROBLEM = "application/problem+json"
+RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+def epoch(value) -> float:
+    """A time of a response as epoch seconds; fails unless it is RFC 3339 in UTC with `Z`, to the
+    millisecond, as every response writes times (a number included)."""
+    assert isinstance(value, str) and RFC3339_Z.match(value), f"not an RFC 3339 UTC time with Z: {value!r}"
+    return datetime.fromisoformat(value).timestamp()
+
+
+def epochs(values) -> list[float]:
+    return [epoch(v) for v in values]
 
 
 def assert_problem(r: httpx.Response, status: int, *needles: str, code: str | None = None) -> dict:

@@ -20,8 +20,9 @@ URL = typer.Option("http://127.0.0.1:8000", envvar="VICINO_RECOMMENDER_URL", hel
 TOKEN = ADMIN_TOKEN_OPTION
 
 
-def _when(t: float | None) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M") if t else "-"
+def _when(t: str | None) -> str:
+    """An RFC 3339 time of the API, shortened to the minute (UTC)."""
+    return dt.datetime.fromisoformat(t).astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M") if t else "-"
 
 
 @models_app.command("list")

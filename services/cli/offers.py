@@ -54,13 +54,6 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, "r", encoding="utf-8", newline="")
 
 
-def _instant(text: str) -> float | str:
-    try:
-        return float(text)
-    except ValueError:
-        return text  # RFC 3339: the service parses and checks it
-
-
 def _csv_offer(row: dict[str, str]) -> dict:
     """One CSV row as an offer body; ValueError says which cell is unreadable."""
     offer: dict = {}
@@ -81,7 +74,7 @@ def _csv_offer(row: dict[str, str]) -> dict:
             except ValueError:
                 raise ValueError(f"{name} {text[:30]!r} is not an integer") from None
         elif name in ("valid_from", "valid_to"):
-            offer[name] = _instant(text)
+            offer[name] = text  # RFC 3339 or epoch seconds: the service reads both (kernel.times) and judges it
         else:
             offer[name] = text
     return offer

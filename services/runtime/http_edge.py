@@ -14,6 +14,7 @@ from .api_keys import AuditMiddleware, document_access
 from .edge_guard import BulkLimit, EdgeGuard
 from .observability import HttpMetrics, MetricsMiddleware
 from ..kernel.problems import InvalidInput, require_json_content_type
+from ..kernel.times import BadInstant, parse_instant
 from .http_problems import install_problem_handlers, problem_response
 
 ReadyCheck = Callable[[], Awaitable[dict[str, str]]]  # component -> "ok" or what is wrong
@@ -107,3 +108,16 @@ async def json_body(request: Request):
 
 
 JsonBody = Annotated[object, Depends(json_body)]
+
+INSTANT_PARAM = "RFC 3339 with an offset (e.g. 2025-12-06T05:46:40Z), or epoch seconds"
+
+
+def instant_param(value: str | None, name: str, default: float | None = None) -> float | None:
+    """A query parameter that is a time (RFC 3339 with an offset, or epoch seconds) as epoch
+    seconds; `default` when it is absent; a 422 naming the parameter when it is not a time."""
+    if value is None:
+        return default
+    try:
+        return parse_instant(value)
+    except BadInstant as e:
+        raise InvalidInput(f"{name}: {e}", errors=[{"field": f"query.{name}", "message": str(e)}]) from None

@@ -107,7 +107,7 @@ def test_hot_history_is_bounded_and_keeps_the_most_recent(rec_settings, redis_sy
     (ev("b7", type="purchase", item_id=None), "missing_item_id", "item_id"),
     (ev("b8", type="offer_redeem", item_id=None), "missing_offer_id", "offer_id"),
     (ev("b9", ts=time.time() + 86_400), "ts_in_future", "ahead"),
-    (ev("b10", ts="2026-11-26T10:00:00"), "invalid", "time zone"),
+    (ev("b10", ts="2026-11-26T10:00:00"), "invalid", "UTC offset"),
     (ev("b11", value=-1), "invalid", "value"),
     (ev("b12", customer_id=None, identifier={"kind": "fax", "value": "1"}), "invalid", "identifier"),
     (ev("b13", extra_field=1), "invalid", "extra"),

@@ -21,7 +21,7 @@ from vicino.services.recommender.app import create_app
 from vicino.services.recommender.domain.kpis import newcombe_interval
 from vicino.services.recommender.jobs import kpi_rollup
 from tests.conftest import ADMIN_TOKEN
-from tests.support import assert_problem
+from tests.support import assert_problem, epoch
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 H = 3600.0
@@ -119,7 +119,8 @@ def kpis(c, **params):
 def test_every_figure_of_a_known_history(kpi_client):
     c, _ = kpi_client
     k = kpis(c)
-    assert k["period"] == {"from": T - 10 * H, "to": T + 14 * H} and k["attribution_window_s"] == 24 * H
+    assert {b: epoch(t) for b, t in k["period"].items()} == {"from": T - 10 * H, "to": T + 14 * H}
+    assert k["attribution_window_s"] == 24 * H
     assert k["empty"] is False and k["empty_reason"] is None
     # d1..d6: d1-d3 sent; d4, d5 holdout; d6 quiet hours
     assert {x: k["decisions"][x] for x in ("total", "sent", "suppressed")} == {"total": 6, "sent": 3, "suppressed": 3}
@@ -208,7 +209,8 @@ def test_daily_rollup_keeps_the_days_whose_window_closed(kpi_client, redis_url):
     assert [d["date"] for d in daily["days"]] == [FROM]
     live = kpis(c)
     live.pop("notes")
-    assert daily["days"][0]["report"] == live
+    assert daily["days"][0]["report"] == live  # its period as RFC 3339, like the live report's
+    assert abs(epoch(daily["days"][0]["rolled_at"]) - time.time()) < 60
     assert roll_up(redis_url, settings)["rolled_up"] == []  # done once
 
 

@@ -6,14 +6,15 @@ import json
 import time
 
 import orjson
+import pytest
 
 from vicino.services.geo.adapters.redis_keys import DeviceKeys
-from vicino.services.kernel.times import parse_instant
+from vicino.services.kernel.times import parse_instant, rfc3339
 from vicino.services.kernel.contracts.geofence_events import (SCHEMA, SCHEMA_VERSION, GeofenceEventV1, device_shard,
                                                        events_stream_key)
 from tests.conftest import circle_store, fix, register
 
-from tests.support import assert_problem, redis_dump, stream_events
+from tests.support import assert_problem, epoch, epochs, redis_dump, stream_events
 
 LOC = "/v1/locations"
 # A store at Milano Duomo, and fixes with distinctive digits, so that any copy of a fix's
@@ -58,7 +59,7 @@ def test_enter_dwell_exit_are_returned_and_appended_to_the_event_stream(client, 
     assert body["accepted"] == 4 and body["ignored"] == []
     events = body["events"]
     assert [e["type"] for e in events] == ["enter", "dwell", "exit"]
-    assert [e["ts"] for e in events] == [t0, t0 + 75, t0 + 140]
+    assert epochs(e["ts"] for e in events) == pytest.approx([t0, t0 + 75, t0 + 140], abs=1e-3)  # RFC 3339, to the ms
     assert events[1]["dwell_s"] == 75 and events[2]["dwell_s"] == 140 and events[2]["exit_reason"] == "left"
     visit_id = events[0]["visit_id"]
     assert visit_id.startswith("vis_") and {e["visit_id"] for e in events} == {visit_id}
@@ -81,8 +82,9 @@ def test_enter_dwell_exit_are_returned_and_appended_to_the_event_stream(client, 
         assert ev.emitted_at >= t0 + 140
         streamed.append(ev)
     assert len({e.event_id for e in streamed}) == 3
-    assert [(e.type, e.visit_id, e.ts, e.dwell_s, e.exit_reason) for e in streamed] == \
+    assert [(e.type, e.visit_id, rfc3339(e.ts), e.dwell_s, e.exit_reason) for e in streamed] == \
            [(e["type"], e["visit_id"], e["ts"], e["dwell_s"], e["exit_reason"]) for e in events]
+    assert all(isinstance(e.ts, float) for e in streamed)  # the stream keeps epoch seconds
     # the other shards hold nothing
     for shard in range(16):
         if shard != device_shard("phone-a", 16):
@@ -172,6 +174,7 @@ def test_consent_audit_trail(client, admin):
     for headers, values in steps:
         r = client.put("/v1/customers/cust-d/consent", headers=headers, json=values)
         assert r.status_code == 200 and r.json() == {"customer_id": "cust-d", **values, "updated_at": r.json()["updated_at"]}
+        assert started - 1 <= epoch(r.json()["updated_at"]) <= time.time()
     r = client.get("/v1/customers/cust-d/consent", headers=dev)  # the customer's own device may read it
     assert r.status_code == 200, r.text
     body = r.json()
@@ -181,9 +184,9 @@ def test_consent_audit_trail(client, admin):
     assert [h["by"] for h in history] == ["admin", "device:phone-d", "admin"]  # newest first
     for h, (_, values) in zip(history, reversed(steps)):
         assert {k: h[k] for k in values} == values
-    ats = [h["at"] for h in history]
+    ats = epochs(h["at"] for h in history)
     assert ats == sorted(ats, reverse=True) and started - 1 <= ats[-1] <= ats[0] <= time.time()
-    assert body["updated_at"] == ats[0]
+    assert body["updated_at"] == history[0]["at"]
 
 
 def test_re_registering_rotates_the_token(client, admin, redis_sync):
@@ -357,6 +360,6 @@ def test_consent_changes_recorded_before_the_list_are_still_shown_after_it(clien
     client.put("/v1/customers/cust-l/consent", headers=admin,
                json={"location": False, "marketing": False, "personalisation": False}).raise_for_status()
     history = client.get("/v1/customers/cust-l/consent", headers=admin).json()["history"]
-    assert [(h["location"], h["at"] == 1_700_000_000.0) for h in history] == [(False, False), (True, True)]
+    assert [(h["location"], h["at"] == "2023-11-14T22:13:20.000Z") for h in history] == [(False, False), (True, True)]
     assert redis_sync.type(consent_log_key("cust-l")) == b"list"
     assert redis_sync.xlen(consent_audit_key("cust-l")) == 1  # not written to any more

@@ -5,6 +5,8 @@ prune through the API and `vicino models`, against real Redis, a real geo servic
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import datetime, timezone
 
 import httpx
 import pytest
@@ -19,7 +21,7 @@ from vicino.services.recommender.jobs import scrub_models
 from vicino.services.runtime.redis_client import open_async
 from tests.conftest import ADMIN_TOKEN
 from tests.integration.test_offers_api import NOW, make_version, offer, ranked
-from tests.support import assert_problem, served_service, wait_until
+from tests.support import assert_problem, epoch, served_service, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CONSENT = {"location": True, "marketing": True, "personalisation": True}
@@ -103,6 +105,12 @@ def test_the_registry_lists_rolls_back_and_prunes(served, geo_http):
     body = listing.json()
     assert body["current"] == body["serving"] == "v2" and body["keep"] == 5
     assert [(v["version"], v["current"], v["users"]) for v in body["versions"]] == [("v2", True, 2), ("v1", False, 2)]
+    assert all(epoch(v["created_at"]) == pytest.approx(NOW, abs=1e-3) for v in body["versions"])
+    assert {v["erasures_as_of"] for v in body["versions"]} == {None}  # the helper's manifests never read the register
+    info = client.get("/v1/model", headers=ADMIN).json()
+    assert abs(epoch(info["loaded_at"]) - time.time()) < 60
+    assert epoch(info["created_at"]) == pytest.approx(NOW, abs=1e-3)
+    assert (epoch(info["data_window"]["start"]), info["data_window"]["rows"]) == (0.0, 10)
     assert_problem(client.get("/v1/models", headers=keys["app_backend"]), 403)
     assert_problem(client.post("/v1/models/v1/rollback", headers=keys["analyst"]), 403)
     assert_problem(client.post("/v1/models/prune", headers=keys["analyst"]), 403)
@@ -148,6 +156,8 @@ def test_vicino_models_commands_against_a_running_recommender(redis_url, geo_url
         assert len(rows) == 3
         assert rows[0].startswith("* 20260103T000000Z-cccccc") and rows[1].startswith("  20260102T000000Z-bbbbbb")
         assert rows[2].startswith("  20260101T000000Z-aaaaaa") and "refused" not in listed.stdout
+        created = datetime.fromtimestamp(NOW, timezone.utc).strftime("%Y-%m-%d %H:%M")  # read from RFC 3339
+        assert all(f" {created} " in row for row in rows), rows
         back = runner.invoke(cli, ["models", "rollback", "20260101T000000Z-aaaaaa"])
         assert back.exit_code == 0 and "published 20260101T000000Z-aaaaaa (was 20260103T000000Z-cccccc)" in back.stdout
         with httpx.Client(base_url=url, headers=ADMIN, timeout=10) as rec:

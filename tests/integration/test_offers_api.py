@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from vicino.services.kernel.contracts.model_artifact import Blend, Manifest, publish, write_version
 from vicino.services.recommender.app import create_app
 from tests.conftest import ADMIN_TOKEN
-from tests.support import assert_problem, wait_until
+from tests.support import assert_problem, epoch, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 NOW = time.time()
@@ -74,6 +74,8 @@ def test_a_known_customer_is_ranked_by_the_model(served):
     assert [o["reason"] for o in out["offers"]] == ["cold_start_features", "model", "model", "model"]
     assert out["offers"][1]["score"] == pytest.approx(1.0) and out["offers"][2]["score"] == pytest.approx(0.6)
     assert out["model_version"] == "v1" and out["offers"][0]["price"] == 4 and out["offers"][0]["regular_price"] == 10
+    assert abs(epoch(out["generated_at"]) - time.time()) < 60
+    assert all(epoch(o["valid_to"]) == pytest.approx(NOW + 86_400, abs=1e-3) for o in out["offers"])
     assert [o["offer_id"] for o in ranked(client, "u2", k=4)["offers"]][0] == "o2"
 
 

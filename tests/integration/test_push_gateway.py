@@ -8,6 +8,7 @@ import time
 
 import httpx
 import orjson
+import pytest
 from fastapi.testclient import TestClient
 
 from vicino.services.kernel.contracts.deliveries import (DeliveryReceiptV1, dead_jobs_stream_key, delivery_id_for,
@@ -20,7 +21,7 @@ from vicino.services.push_gateway.settings import PushSettings
 from vicino.services.push_gateway.wiring import ProviderClients
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 from tests.integration._push_support import enqueue, make_job, webhook_sink
-from tests.support import assert_problem, wait_until
+from tests.support import assert_problem, epoch, wait_until
 
 SECRET = "webhook-secret-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -95,6 +96,11 @@ def test_webhook_delivery_is_signed_and_once_per_visit_with_receipts(redis_url, 
         wait_until(lambda: pending(redis_sync, "w-cust") == 0, 10, what="all three entries acknowledged")
         assert d["status"] == "sent" and d["provider"] == "webhook" and d["attempts"] == 1 and d["confirmed"]
         assert [h["status"] for h in d["history"]] == ["queued", "sent"]
+        # the receipt's times are RFC 3339 UTC (the record and the stream keep epoch seconds)
+        assert epoch(d["created_at"]) == pytest.approx(job.created_at, abs=1e-3)
+        assert epoch(d["expires_at"]) == pytest.approx(job.expires_at, abs=1e-3)
+        assert d["opened_at"] is None and d["next_attempt_at"] is None
+        assert job.created_at - 1 <= epoch(d["history"][0]["at"]) <= epoch(d["history"][1]["at"]) <= time.time()
         assert len(sink.received) == 1
         req = sink.received[0]
         assert verify_webhook_signature(SECRET, req["headers"]["vicino-timestamp"], req["body"],
@@ -102,6 +108,9 @@ def test_webhook_delivery_is_signed_and_once_per_visit_with_receipts(redis_url, 
         body = orjson.loads(req["body"])
         assert body["push_token"] == "ptok-w-dev" and body["data"]["delivery_id"] == d["delivery_id"]
         assert body["data"]["offer_id"] == "offer-1" and body["collapse_key"] == job.collapse_key
+        # an outward JSON contract: its times are RFC 3339 like the API's
+        assert epoch(body["expires_at"]) == pytest.approx(job.expires_at, abs=1e-3)
+        assert abs(epoch(body["sent_at"]) - int(req["headers"]["vicino-timestamp"])) < 2
         assert [r.status for r in receipts(redis_sync, "w-cust")] == ["queued", "sent"]
         listed = client.get("/v1/deliveries", params={"customer_id": "w-cust"}, headers=ADMIN).json()
         assert [x["delivery_id"] for x in listed["deliveries"]] == [d["delivery_id"]]
@@ -292,6 +301,7 @@ def test_an_open_becomes_an_offer_open_interaction_once(redis_url, redis_sync, g
         assert first.status_code == 200, first.text
         again = client.post(f"/v1/deliveries/{did}/opened", headers=me)
         assert again.status_code == 200 and again.json()["opened_at"] == first.json()["opened_at"]
+        assert abs(epoch(first.json()["opened_at"]) - time.time()) < 30
         assert [h["status"] for h in again.json()["history"]] == ["queued", "sent", "opened"]
         assert_problem(client.post(f"/v1/deliveries/{not_sent}/opened", headers=me), 409, "expired")
         history = httpx.get(f"{rec_url}/v1/customers/o-cust/history", headers=ADMIN).json()

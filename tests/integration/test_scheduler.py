@@ -20,7 +20,7 @@ from vicino.services.scheduler.domain.runs import JobRun
 from vicino.services.scheduler.settings import SchedulerSettings
 from vicino.services.scheduler.wiring import build
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
-from tests.support import assert_problem, served_service, wait_until
+from tests.support import assert_problem, epoch, served_service, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -117,12 +117,15 @@ def test_jobs_api(redis_url):
         assert set(jobs) == {"tick", "boom", "slow"}
         assert jobs["slow"]["schedule"] == "off" and jobs["tick"]["schedule"] == "every 10s"
         # the next occurrence is the schedule's, the same on every replica, firing here or not
-        assert jobs["tick"]["last_run"] is None and jobs["tick"]["next_run_at"] % 10 == 0
-        assert jobs["tick"]["next_run_at"] > time.time() - 1 and jobs["slow"]["next_run_at"] is None
+        tick_next = epoch(jobs["tick"]["next_run_at"])  # RFC 3339 UTC
+        assert jobs["tick"]["last_run"] is None and tick_next % 10 == 0
+        assert tick_next > time.time() - 1 and jobs["slow"]["next_run_at"] is None
 
         assert c.post("/v1/jobs/slow/runs", headers=ADMIN).status_code == 202
         wait_until(lambda: c.get("/v1/jobs", headers=ADMIN).json()["jobs"][1]["running"] is not None, 5, 0.02,
                    "the run in progress")
+        running = c.get("/v1/jobs", headers=ADMIN).json()["jobs"][1]["running"]
+        assert abs(epoch(running["started_at"]) - time.time()) < 10 and running["run_id"]
         assert_problem(c.post("/v1/jobs/slow/runs", headers=ADMIN), 409, "slow is running")
         assert c.post("/v1/jobs/boom/runs", headers=ADMIN).status_code == 202
 
@@ -132,13 +135,16 @@ def test_jobs_api(redis_url):
 
         wait_until(lambda: ended("slow") and ended("boom"), 10, 0.05, "both runs ended")
         slow, boom = ended("slow"), ended("boom")
-        assert slow["outcome"] == "ok" and slow["trigger"] == "api" and slow["ended_at"] >= slow["started_at"] + 0.9
+        assert slow["outcome"] == "ok" and slow["trigger"] == "api"
+        assert epoch(slow["ended_at"]) >= epoch(slow["started_at"]) + 0.9
         assert boom["outcome"] == "failed" and "boom" in boom["error"]
         listed = {j["name"]: j for j in c.get("/v1/jobs", headers=ADMIN).json()["jobs"]}
         assert listed["slow"]["last_success_at"] == slow["ended_at"] and listed["boom"]["last_success_at"] is None
 
         one = c.get("/v1/jobs/boom", headers=ADMIN).json()
         assert [r["outcome"] for r in one["runs"]] == ["failed"]
+        assert epoch(one["runs"][0]["started_at"]) <= epoch(one["runs"][0]["ended_at"])
+        assert one["last_success_at"] is None
         assert_problem(c.get("/v1/jobs/nope", headers=ADMIN), 404, "no job 'nope'", "tick")
         assert_problem(c.post("/v1/jobs/nope/runs", headers=ADMIN), 404, "no job 'nope'")
         assert_problem(c.get("/v1/jobs/Not-A-Name", headers=ADMIN), 422)
@@ -217,7 +223,7 @@ def test_vicino_serve_scheduler_fires_and_shows_its_jobs(redis_url, tmp_path):
                 return {j["name"]: j for j in c.get("/v1/jobs").json()["jobs"]}["reclaim_stuck"]
 
             assert {j["name"] for j in c.get("/v1/jobs").json()["jobs"]} == ALL_JOBS
-            assert reclaim()["next_run_at"] is not None
+            assert -1 < epoch(reclaim()["next_run_at"]) - time.time() <= 11  # every 10 s
             wait_until(lambda: (reclaim()["last_run"] or {}).get("outcome") == "ok", 15, 0.2, "a scheduled run")
             assert reclaim()["last_run"]["trigger"] == "schedule"
             assert httpx.get(url + "/v1/jobs").status_code == 401

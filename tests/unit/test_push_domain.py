@@ -4,11 +4,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import httpx
+import orjson
 import pytest
 from hypothesis import given, strategies as st
 
 from vicino.services.kernel.contracts.deliveries import delivery_id_for, shard_of_delivery
 from vicino.services.kernel.contracts.push_jobs import PushDataV1, PushJobV1
+from vicino.services.kernel.times import rfc3339
 from vicino.services.push_gateway.adapters.providers.apns import apns_outcome
 from vicino.services.push_gateway.adapters.providers.fcm import fcm_outcome
 from vicino.services.push_gateway.domain import delivery as d
@@ -145,6 +147,8 @@ def test_apns_headers():
 
 def test_webhook_signature_verifies_and_refuses_tampering_and_replay():
     body = webhook_body(notification_for(job(), "dlv", "tok"), T0)
+    sent = orjson.loads(body)  # an outward contract: times as RFC 3339 UTC, like the API's
+    assert (sent["sent_at"], sent["expires_at"]) == (rfc3339(T0), rfc3339(T0 + 900)) and sent["sent_at"].endswith("Z")
     sig = webhook_signature("s" * 20, int(T0), body)
     assert verify_webhook_signature("s" * 20, str(int(T0)), body, sig, T0 + 10)
     assert not verify_webhook_signature("s" * 20, str(int(T0)), body + b" ", sig, T0)

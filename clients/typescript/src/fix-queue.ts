@@ -31,14 +31,18 @@ export interface Fix {
   speed_mps?: number | null;
 }
 
+/** A fix as the queue keeps and sends it: its time in epoch seconds (the API also reads RFC 3339,
+ * hence the generated `FixIn`'s `string | number`; the queue always writes the number). */
+export type WireFix = FixIn & { ts: number };
+
 /** What sends one batch: the client's POST /v1/locations (retries included). */
 export interface FixSender {
-  send(fixes: FixIn[], deadline?: number): Promise<LocationResultOut>;
+  send(fixes: WireFix[], deadline?: number): Promise<LocationResultOut>;
 }
 
 export interface BatchReport {
   /** the batch as sent, in order */
-  fixes: FixIn[];
+  fixes: WireFix[];
   /** the server's answer: `accepted`, `ignored` (with reasons), visit `events`, `location_consent` */
   result: LocationResultOut;
 }
@@ -68,20 +72,20 @@ export interface FixQueueOptions {
   dedupWindow?: number;
   onBatch?: (report: BatchReport) => void;
   /** fixes the server refused outright (422: too old, in the future, malformed): dropped */
-  onDropped?: (fixes: FixIn[], detail: string) => void;
+  onDropped?: (fixes: WireFix[], detail: string) => void;
   /** errors of flushes the app did not await (the timer's); the fixes stay queued */
   onError?: (error: VicinoError) => void;
 }
 
 interface Segment {
   id: number;
-  fixes: FixIn[];
+  fixes: WireFix[];
   sealed: boolean;
 }
 
 interface Batch {
   ids: number[];
-  fixes: FixIn[];
+  fixes: WireFix[];
   /** the queue's generation when the batch was taken: a `clear()` since makes it moot */
   generation: number;
 }
@@ -95,7 +99,7 @@ function callBack(fn: () => void): void {
   }
 }
 
-function fixKey(f: FixIn): string {
+function fixKey(f: WireFix): string {
   return `${f.ts}|${f.lat}|${f.lon}|${f.accuracy_m}|${f.speed_mps ?? ""}`;
 }
 
@@ -107,8 +111,8 @@ function finite(name: string, v: unknown, min: number, max: number, exclusiveMin
 }
 
 /** A fix as it goes on the wire, checked as the server checks it (a bad fix would block its batch). */
-export function wireFix(fix: Fix): FixIn {
-  const out: FixIn = {
+export function wireFix(fix: Fix): WireFix {
+  const out: WireFix = {
     lat: finite("lat", fix.lat, -90, 90),
     lon: finite("lon", fix.lon, -180, 180),
     accuracy_m: finite("accuracy_m", fix.accuracy_m, 0, 100_000, true),
@@ -173,7 +177,7 @@ export class FixQueue {
       for (const id of index.segments) {
         const seg = await this.storage.getItem(this.segKey(id));
         if (seg === null) continue; // accepted, removed, and the app died before the index was rewritten
-        const fixes = JSON.parse(seg) as FixIn[];
+        const fixes = JSON.parse(seg) as WireFix[];
         this.segments.push({ id, fixes, sealed: true });
         for (const f of fixes) this.countPending(fixKey(f), 1);
       }
@@ -282,9 +286,9 @@ export class FixQueue {
     await this.storage.setItem(`${this.key}.index`, JSON.stringify({ v: 1, segments: segments.map((s) => s.id), next }));
   }
 
-  private async append(fixes: FixIn[]): Promise<number> {
+  private async append(fixes: WireFix[]): Promise<number> {
     const keys: string[] = [];
-    const fresh: FixIn[] = [];
+    const fresh: WireFix[] = [];
     for (const f of fixes) {
       const k = fixKey(f);
       if (this.pendingKeys.has(k) || this.recentKeys.has(k) || keys.includes(k)) continue;
@@ -318,7 +322,7 @@ export class FixQueue {
 
   private takeBatch(): Batch | undefined {
     const ids: number[] = [];
-    const fixes: FixIn[] = [];
+    const fixes: WireFix[] = [];
     for (const s of this.segments) {
       if (fixes.length + s.fixes.length > this.maxBatch) break;
       s.sealed = true; // in flight: adds go to a new segment
@@ -348,8 +352,8 @@ export class FixQueue {
   }
 
   /** Removes the fixes of `batch` at `indices` (refused by the server) from their segments. */
-  private async drop(batch: Batch, indices: Set<number>): Promise<FixIn[]> {
-    const dropped: FixIn[] = [];
+  private async drop(batch: Batch, indices: Set<number>): Promise<WireFix[]> {
+    const dropped: WireFix[] = [];
     if (batch.generation !== this.generation) return dropped;
     let i = 0;
     const emptied = new Set<number>();

@@ -7,7 +7,8 @@ export {
   authFailure,
 } from "./errors.js";
 export {
-  type BatchReport, type Fix, FixQueue, type FixQueueOptions, type FixSender, type FlushResult, MAX_BATCH, wireFix,
+  type BatchReport, type Fix, FixQueue, type FixQueueOptions, type FixSender, type FlushResult, MAX_BATCH, type WireFix,
+  wireFix,
 } from "./fix-queue.js";
 export { type Region, type RegionSet, RegionSync, type RegionSyncOptions, type RegionsAnswer, distanceM } from "./regions.js";
 export { DEFAULT_RETRY, RETRYABLE_STATUSES, type RetryPolicy, parseRetryAfter, retryDelayMs } from "./retry.js";

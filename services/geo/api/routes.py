@@ -10,7 +10,7 @@ from starlette.routing import Route as StarletteRoute
 from pydantic import ValidationError
 
 from vicino.services.kernel.problems import NOT_OWN_DEVICE, Forbidden, InvalidInput, require_json_content_type
-from vicino.services.kernel.times import rfc3339
+from vicino.services.kernel.times import rfc3339, rfc3339_fields
 from vicino.services.runtime.api_keys import RouteAccess
 from vicino.services.runtime.http_edge import JsonBody
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
@@ -78,7 +78,7 @@ async def post_locations(request: Request) -> Response:
     report = await c.reporter.report(claims, fixes)
     c.metrics.count(report)
     body_out = {"accepted": report.accepted, "ignored": report.ignored,
-                "events": [{"type": e.type, "store_id": e.store_id, "visit_id": e.visit_id, "ts": e.ts,
+                "events": [{"type": e.type, "store_id": e.store_id, "visit_id": e.visit_id, "ts": rfc3339(e.ts),
                             "dwell_s": e.dwell_s, "exit_reason": e.exit_reason} for e in report.events],
                 "location_consent": report.location_consent}
     if report.detail:
@@ -231,13 +231,20 @@ async def revoke_push_token(device_id: DeviceId, body: PushTokenRevocationIn, _:
     return _json({"device_id": device_id, "revoked": revoked})
 
 
+def _consent_out(customer_id: str, current: dict, history: list[dict] | None = None) -> dict:
+    out = {"customer_id": customer_id, **rfc3339_fields(current, "updated_at")}
+    if history is not None:
+        out["history"] = [rfc3339_fields(h, "at") for h in history]
+    return out
+
+
 @router.put("/customers/{customer_id}/consent", tags=["consent"], response_model=ConsentOut,
             summary="set consent (location, marketing, personalisation); kept as an audit trail",
             responses=BODY_PROBLEMS)
 async def put_consent(customer_id: CustomerId, body: ConsentIn, p: ConsentWriterDep, c: ContainerDep) -> Response:
     actor = "admin" if p.key_id == "admin-token" else p.actor
     current = await c.directory.set_consent(customer_id, body.model_dump(), actor)
-    return _json({"customer_id": customer_id, **current})
+    return _json(_consent_out(customer_id, current))
 
 
 @router.delete("/customers/{customer_id}/location-data", tags=["consent"],
@@ -253,7 +260,7 @@ async def erase_location_data(customer_id: CustomerId, _: SupportDep, c: Contain
 async def get_consent(customer_id: CustomerId, _: ConsentReaderDep, c: ContainerDep) -> Response:
     current = await c.devices_repo.consent(customer_id)
     history = await c.devices_repo.consent_audit(customer_id)
-    return _json({"customer_id": customer_id, **current, "history": history})
+    return _json(_consent_out(customer_id, current, history))
 
 
 

@@ -1,15 +1,14 @@
 """Request and response shapes of the geo API (the mobile app's and the operator's contract)."""
 from __future__ import annotations
 
-import math
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from vicino.services.kernel.contracts.push_tokens import MAX_PUSH_TOKEN_CHARS, push_token_problem
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.times import InstantIn, InstantOut
 from vicino.services.runtime.http_problems import BODY_PROBLEMS, problem  # noqa: F401 (BODY_PROBLEMS re-exported to the routers)
 
 ClientId = Annotated[str, StringConstraints(pattern=CLIENT_ID_PATTERN)]
@@ -20,39 +19,13 @@ DEFAULT_REGIONS = 20  # iOS monitors at most 20 regions per app
 MAX_REGIONS = 100     # Android, 100
 
 
-def _epoch(value: Any) -> float:
-    """RFC 3339 with an offset, or epoch seconds."""
-    if isinstance(value, bool):
-        raise ValueError("ts must be an RFC 3339 timestamp or epoch seconds")
-    if isinstance(value, (int, float)):
-        try:
-            v = float(value)
-        except OverflowError:  # a JSON integer beyond float range; pydantic would make it a 500
-            raise ValueError("ts is out of range; expected epoch seconds") from None
-        if not math.isfinite(v):
-            raise ValueError("ts must be finite")
-        return v
-    if isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.strip().replace("z", "Z"))
-        except ValueError:
-            raise ValueError(f"ts {value[:40]!r} is not an RFC 3339 timestamp") from None
-        if dt.tzinfo is None:
-            raise ValueError("ts must carry a UTC offset (e.g. 2026-11-26T10:00:00Z)")
-        return dt.timestamp()
-    raise ValueError("ts must be an RFC 3339 timestamp or epoch seconds")
-
-
-Timestamp = Annotated[float, BeforeValidator(_epoch)]
-
-
 class FixIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
     lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
     accuracy_m: float = Field(gt=0, le=100_000, allow_inf_nan=False, description="horizontal accuracy, metres")
-    ts: Timestamp = Field(description="RFC 3339 with offset, or epoch seconds")
+    ts: InstantIn = Field(description="RFC 3339 with an offset, or epoch seconds")
     speed_mps: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
 
 
@@ -70,7 +43,7 @@ class VisitEventOut(BaseModel):
     type: Literal["enter", "dwell", "exit"]
     store_id: str
     visit_id: str
-    ts: float
+    ts: InstantOut
     dwell_s: float | None = None
     exit_reason: str | None = None
 
@@ -182,13 +155,21 @@ class ConsentIn(BaseModel):
     personalisation: bool
 
 
+class ConsentChangeOut(BaseModel):
+    at: InstantOut
+    by: str = Field(description="who set it: `admin`, `key:<key_id>` or `device:<device_id>`")
+    location: bool
+    marketing: bool
+    personalisation: bool
+
+
 class ConsentOut(BaseModel):
     customer_id: str
     location: bool
     marketing: bool
     personalisation: bool
-    updated_at: float | None
-    history: list[dict] = Field(default_factory=list, description="audit trail, newest first")
+    updated_at: InstantOut | None
+    history: list[ConsentChangeOut] = Field(default_factory=list, description="audit trail, newest first")
 
 
 class BulkStoresOut(BaseModel):

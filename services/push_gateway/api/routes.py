@@ -5,12 +5,14 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 from vicino.services.kernel.problems import InvalidInput, NotFound
+from vicino.services.kernel.times import InstantOut, rfc3339, rfc3339_fields
 
+from ..domain.delivery import DeliveryRecord
 from .deps import ContainerDep, DeliveryDep, RecipientDep, RecipientOrSupportDep, SupportDep
 from .schemas import PROBLEMS, problem
 
@@ -19,7 +21,7 @@ router = APIRouter(prefix="/v1", responses=PROBLEMS)
 
 class StatusChangeOut(BaseModel):
     status: str
-    at: float
+    at: InstantOut
     reason: str | None = None
     attempt: int | None = None
 
@@ -34,15 +36,15 @@ class DeliveryOut(BaseModel):
     offer_id: str
     visit_id: str
     decision_id: str
-    created_at: float
-    expires_at: float
+    created_at: InstantOut
+    expires_at: InstantOut = Field(description="not delivered after this instant")
     status: str
     reason: str | None
     provider: str | None
     attempts: int
-    next_attempt_at: float
+    next_attempt_at: InstantOut | None = Field(description="when a retry is due; null: none was scheduled")
     confirmed: bool
-    opened_at: float | None
+    opened_at: InstantOut | None
     history: list[StatusChangeOut]
 
 
@@ -53,6 +55,14 @@ class DeliveriesOut(BaseModel):
 
 def _json(body, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _delivery_out(rec: DeliveryRecord) -> dict:
+    out = rfc3339_fields(rec.public(), "created_at", "expires_at", "opened_at")
+    # 0 is the record's "no retry scheduled" (a fresh delivery), not an instant of 1970
+    out["next_attempt_at"] = rfc3339(rec.next_attempt_at) if rec.next_attempt_at else None
+    out["history"] = [rfc3339_fields(h, "at") for h in out["history"]]
+    return out
 
 
 @router.get("/deliveries", tags=["deliveries"], response_model=DeliveriesOut,
@@ -71,13 +81,13 @@ async def list_deliveries(_: SupportDep, c: ContainerDep,
     records = await c.repo.for_customer(customer_id, 500 if device_id else limit)
     if device_id is not None:
         records = [r for r in records if r.device_id == device_id][:limit]
-    return _json({"customer_id": customer_id, "deliveries": [r.public() for r in records]})
+    return _json({"customer_id": customer_id, "deliveries": [_delivery_out(r) for r in records]})
 
 
 @router.get("/deliveries/{delivery_id}", tags=["deliveries"], response_model=DeliveryOut,
             summary="one delivery and its status history (admin, or the device it was sent to)")
 async def get_delivery(_: RecipientOrSupportDep, rec: DeliveryDep) -> Response:
-    return _json(rec.public())
+    return _json(_delivery_out(rec))
 
 
 @router.post("/deliveries/{delivery_id}/opened", tags=["deliveries"], response_model=DeliveryOut,
@@ -88,4 +98,4 @@ async def delivery_opened(_: RecipientDep, rec: DeliveryDep, c: ContainerDep) ->
     """Records the open once and adds an `offer_open` interaction (channel `push`) to the
     customer's history. 409 if the push was not sent; 503 if the recommender is away (the open is
     kept: retry, it is not counted twice)."""
-    return _json((await c.opens.open(rec)).public())
+    return _json(_delivery_out(await c.opens.open(rec)))

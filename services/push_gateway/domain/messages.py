@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import orjson
 
 from vicino.services.kernel.contracts.push_jobs import PushJobV1
+from vicino.services.kernel.times import rfc3339
 
 MAX_PAYLOAD_BYTES = 4096  # FCM's and APNs's limit on a notification's payload
 
@@ -80,10 +81,12 @@ def apns_headers(n: Notification, topic: str) -> dict[str, str]:
 
 
 def webhook_body(n: Notification, now: float) -> bytes:
+    """The JSON a webhook receives: an outward contract, so its times are RFC 3339 like the API's
+    (the `Vicino-Timestamp` header of the signature stays integer seconds)."""
     return orjson.dumps({"delivery_id": n.delivery_id, "customer_id": n.customer_id, "device_id": n.device_id,
                          "platform": n.platform, "push_token": n.token, "title": n.title, "body": n.body,
-                         "data": n.data, "collapse_key": n.collapse_key, "expires_at": n.expires_at,
-                         "sent_at": now})
+                         "data": n.data, "collapse_key": n.collapse_key, "expires_at": rfc3339(n.expires_at),
+                         "sent_at": rfc3339(now)})
 
 
 SIGNATURE_HEADER = "Vicino-Signature"

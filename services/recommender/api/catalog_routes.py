@@ -12,16 +12,16 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, StrictInt, StringConstraints, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, StrictInt, StringConstraints, TypeAdapter, ValidationError, WithJsonSchema
 from starlette.responses import Response
 
 from vicino.services.kernel.contracts.interactions import Channel
-from vicino.services.runtime.http_edge import JsonBody
+from vicino.services.runtime.http_edge import INSTANT_PARAM, JsonBody, instant_param
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
-from vicino.services.kernel.problems import InvalidInput
+from vicino.services.kernel.times import INSTANT_OUT_SCHEMA, InstantOut, rfc3339, rfc3339_fields
 
 from ..domain.campaign_rules import CampaignRules
-from ..domain.offers import Offer, to_epoch
+from ..domain.offers import Offer
 from ..use_cases.catalog import MAX_BULK_OFFERS, PreconditionFailed, RulesDocument
 from .deps import CatalogReaderDep, ContainerDep, OfferReaderDep, OperatorDep
 from .schemas import BODY_PROBLEMS, PROBLEMS, problem
@@ -50,22 +50,29 @@ def _validated(adapter: TypeAdapter, body: Any):
         raise RequestValidationError(e.errors()) from None  # rendered by the shared problem handler
 
 
-def _instant(value: str | None, name: str) -> float | None:
-    """Epoch seconds or RFC 3339 with an offset, as in offer bodies."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        number = None
-    try:
-        return to_epoch(value if number is None else number)
-    except ValueError as e:
-        raise InvalidInput(f"{name}: {e}") from None
+# the offer's times, as answered (RFC 3339) and as documented
+OFFER_TIMES = {"valid_from": "start of validity", "valid_to": "exclusive end of validity",
+               "updated_at": "when it was last written"}
+
+
+def _offer_out_schema() -> dict:
+    """The offer as answered: the stored fields, its times as RFC 3339, and what is derived."""
+    schema = Offer.model_json_schema()
+    for name, what in OFFER_TIMES.items():
+        schema["properties"][name] = {**INSTANT_OUT_SCHEMA, "description": what}
+    schema["properties"]["canonical_price"] = {"type": "number", "description": "the one price, whatever the channel"}
+    schema["properties"]["available_on_channel"] = {"type": "boolean", "description": "with ?channel= only"}
+    schema["required"] = [*schema.get("required", []), "canonical_price"]
+    schema["title"] = "OfferOut"
+    return schema
+
+
+OFFER_OUT_SCHEMA = _offer_out_schema()
+OfferJson = Annotated[dict, WithJsonSchema(OFFER_OUT_SCHEMA)]
 
 
 def _offer_out(offer: Offer, channel: str | None = None) -> dict:
-    out = offer.to_public()
+    out = rfc3339_fields(offer.to_public(), *OFFER_TIMES)
     if channel is not None:
         out["available_on_channel"] = offer.on_channel(channel)
     return out
@@ -79,13 +86,13 @@ class BulkOffersOut(BaseModel):
 
 
 class OfferPageOut(BaseModel):
-    offers: list[dict]
+    offers: list[OfferJson]
     next_after: str | None = Field(description="pass as `after` for the next page; null on the last")
 
 
 class RulesOut(BaseModel):
     revision: int = Field(description="0 until the rules are first written; also the ETag")
-    updated_at: float | None
+    updated_at: InstantOut | None
     rules: CampaignRules
 
 
@@ -98,15 +105,15 @@ class ExcludedOut(BaseModel):
 class StoreOffersOut(BaseModel):
     store_id: str
     channel: str
-    at: float
+    at: InstantOut = Field(description="the instant the offers were judged at")
     rules_revision: int
-    eligible: list[dict] = Field(description="offers, highest priority first, then the lowest canonical price")
+    eligible: list[OfferJson] = Field(description="offers, highest priority first, then the lowest canonical price")
     excluded: list[ExcludedOut]
 
 
 _OFFER_SCHEMA = Offer.model_json_schema()
 _OFFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": _OFFER_SCHEMA}}}}
-_OFFER_OUT = {"application/json": {"schema": {"type": "object", "description": "the offer as stored"}}}
+_OFFER_OUT = {"application/json": {"schema": OFFER_OUT_SCHEMA}}
 _STOCK_OUT = {"application/json": {"schema": {"type": "object", "additionalProperties": {"type": "integer"},
                                               "description": "{item_id: quantity}"}}}
 
@@ -139,13 +146,13 @@ async def list_offers(_: CatalogReaderDep, c: ContainerDep,
                       store_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN,
                                                             description="offers that may run at this store")] = None,
                       channel: Annotated[Channel | None, Query(description="offers shown on this channel")] = None,
-                      active_at: Annotated[str | None, Query(description="offers valid at this instant "
-                                                             "(epoch seconds or RFC 3339)")] = None,
+                      active_at: Annotated[str | None, Query(max_length=40, description="offers valid at this "
+                                                             f"instant: {INSTANT_PARAM}")] = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                       after: Annotated[str | None, Query(description="cursor: next_after of the previous page")] = None
                       ) -> Response:
-    page, next_after = await c.catalog.list_offers(store_id=store_id, channel=channel,
-                                                   active_at=_instant(active_at, "active_at"), limit=limit, after=after)
+    page, next_after = await c.catalog.list_offers(store_id=store_id, channel=channel, limit=limit, after=after,
+                                                   active_at=instant_param(active_at, "active_at"))
     return _json({"offers": [_offer_out(o) for o in page], "next_after": next_after})
 
 
@@ -194,7 +201,7 @@ async def patch_inventory(store_id: StoreId, _: OperatorDep, body: JsonBody, c: 
 # campaign rules --------------------------------------------------------------------------------------
 
 def _rules_out(doc: RulesDocument) -> Response:
-    return _json(doc.to_public(), headers={"ETag": f'"{doc.revision}"'})
+    return _json(rfc3339_fields(doc.to_public(), "updated_at"), headers={"ETag": f'"{doc.revision}"'})
 
 
 def _expected_revision(if_match: str | None) -> int | None:
@@ -231,10 +238,10 @@ async def put_rules(_: OperatorDep, body: JsonBody, c: ContainerDep,
             summary="offers eligible at a store now, and the excluded ones with their reason")
 async def store_offers(store_id: StoreId, _: OfferReaderDep, c: ContainerDep,
                        channel: Annotated[Channel, Query()] = "store",
-                       at: Annotated[str | None, Query(description="instant to judge at (epoch seconds or "
-                                                       "RFC 3339); default now")] = None) -> Response:
-    r = await c.catalog.offers_at_store(store_id, channel, _instant(at, "at"))
-    return _json({"store_id": store_id, "channel": r.channel, "at": r.at, "rules_revision": r.rules_revision,
+                       at: Annotated[str | None, Query(max_length=40, description="instant to judge at "
+                                                       f"(default now): {INSTANT_PARAM}")] = None) -> Response:
+    r = await c.catalog.offers_at_store(store_id, channel, instant_param(at, "at"))
+    return _json({"store_id": store_id, "channel": r.channel, "at": rfc3339(r.at), "rules_revision": r.rules_revision,
                   "eligible": [_offer_out(o) for o in r.verdicts.eligible],
                   "excluded": [{"offer_id": o.offer_id, "title": o.title, "reason": reason}
                                for o, reason in r.verdicts.excluded]})

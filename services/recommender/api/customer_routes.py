@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from vicino.services.kernel.contracts.interactions import Channel, InteractionType
-from vicino.services.runtime.http_edge import JsonBody
+from vicino.services.runtime.http_edge import INSTANT_PARAM, JsonBody, instant_param
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.times import rfc3339, rfc3339_fields
 from vicino.services.kernel.problems import InvalidInput, NotFound
 
 from ..domain.identity import IdentifierError, normalise_identifier
@@ -59,6 +60,19 @@ class IngestOut(BaseModel):
     duplicates: int
     rejected: list[dict]
     results: list[dict]
+
+
+# the times of what the profile and the history show (stored as epoch seconds)
+INTERACTION_TIMES = ("ts", "received_at")
+VISIT_TIMES = ("entered_at", "left_at")
+
+
+def _profile_out(p: dict) -> dict:
+    return {**p, "consent": rfc3339_fields(p["consent"], "updated_at"),
+            "devices": [rfc3339_fields(d, "registered_at") for d in p["devices"]],
+            "history": rfc3339_fields(p["history"], "first_ts", "last_ts"),
+            "last_purchases": [rfc3339_fields(h, *INTERACTION_TIMES) for h in p["last_purchases"]],
+            "last_visits": [rfc3339_fields(v, *VISIT_TIMES) for v in p["last_visits"]]}
 
 
 def _identifier(kind: str, value: str) -> str:
@@ -117,7 +131,7 @@ async def resolve_identifier(kind: str, value: str, _: IdentifierReaderDep, c: C
             summary="profile: identifiers, consent, devices, channel mix, last purchases and visits",
             responses={200: {"model": CustomerProfileOut}})
 async def get_profile(customer_id: CustomerId, _: ProfileReaderDep, c: ContainerDep) -> Response:
-    return _json(await c.profiles.profile(customer_id))
+    return _json(_profile_out(await c.profiles.profile(customer_id)))
 
 
 @router.get("/customers/{customer_id}/history", tags=["customers"],
@@ -125,10 +139,15 @@ async def get_profile(customer_id: CustomerId, _: ProfileReaderDep, c: Container
             responses={200: {"model": CustomerHistoryOut}})
 async def get_history(customer_id: CustomerId, _: ProfileReaderDep, c: ContainerDep,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-                      before: Annotated[float | None, Query(description="epoch seconds; from next_before")] = None,
+                      before: Annotated[str | None, Query(max_length=40, description="only interactions before "
+                                                          "this instant (`next_before` of the previous page): "
+                                                          + INSTANT_PARAM)] = None,
                       channel: Channel | None = None,
                       type: InteractionType | None = None) -> Response:
-    return _json(await c.profiles.history(customer_id, limit=limit, before=before, channel=channel, type_=type))
+    page = await c.profiles.history(customer_id, limit=limit, before=instant_param(before, "before"), channel=channel,
+                                    type_=type)
+    return _json({**page, "interactions": [rfc3339_fields(h, *INTERACTION_TIMES) for h in page["interactions"]],
+                  "next_before": rfc3339(page["next_before"])})
 
 
 @router.delete("/customers/{customer_id}", tags=["customers"],

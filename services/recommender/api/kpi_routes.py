@@ -12,8 +12,9 @@ from starlette.responses import Response
 
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 from vicino.services.kernel.problems import InvalidInput
+from vicino.services.kernel.times import InstantOut, rfc3339, rfc3339_fields
+from vicino.services.runtime.http_edge import instant_param
 
-from ..domain.offers import to_epoch
 from ..use_cases.kpis import KpiQuery
 from .deps import AnalystDep, ContainerDep
 from .schemas import PROBLEMS, KpiReportOut
@@ -21,16 +22,23 @@ from .schemas import PROBLEMS, KpiReportOut
 router = APIRouter(prefix="/v1", responses=PROBLEMS)
 MAX_SPAN_DAYS = 400
 DEFAULT_SPAN_DAYS = 7
-Instant = Annotated[str | None, Query(max_length=40, description="RFC 3339 with an offset, or a date YYYY-MM-DD "
-                                      "(a `from` date is the day's start, a `to` date includes that day, UTC)")]
+Instant = Annotated[str | None, Query(max_length=40, description="RFC 3339 with an offset, epoch seconds, or a "
+                                      "date YYYY-MM-DD (a `from` date is the day's start, a `to` date includes that "
+                                      "day, UTC)")]
+
+
+class KpiDayOut(BaseModel):
+    date: str = Field(description="YYYY-MM-DD (UTC)", json_schema_extra={"format": "date"})
+    report: KpiReportOut = Field(description="the day's report (without notes)")
+    rolled_at: InstantOut = Field(description="when the kpi_rollup job computed it")
 
 
 class KpiDaysOut(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
-    from_: str = Field(alias="from", description="first day, YYYY-MM-DD (UTC)")
-    to: str = Field(description="last day, YYYY-MM-DD (UTC)")
-    days: list[dict] = Field(description="the rolled-up days, oldest first")
+    from_: str = Field(alias="from", description="first day, YYYY-MM-DD (UTC)", json_schema_extra={"format": "date"})
+    to: str = Field(description="last day, YYYY-MM-DD (UTC)", json_schema_extra={"format": "date"})
+    days: list[KpiDayOut] = Field(description="the rolled-up days, oldest first")
     empty: bool
 
 
@@ -39,6 +47,7 @@ def _json(body, status: int = 200) -> Response:
 
 
 def _instant(name: str, value: str, end_of_day: bool) -> float:
+    """A date (YYYY-MM-DD, UTC: a `to` date includes its day), else RFC 3339 or epoch seconds."""
     v = value.strip()
     if len(v) == 10 and v[4] == "-" and v[7] == "-":
         try:
@@ -46,23 +55,23 @@ def _instant(name: str, value: str, end_of_day: bool) -> float:
             return (day + timedelta(days=1) if end_of_day else day).timestamp()
         except (ValueError, OverflowError):  # 9999-12-31 as a `to` date has no next day
             raise InvalidInput(f"{name}: {value!r} is not a date Vicino can use",
-                               errors=[{"loc": f"query.{name}", "msg": "not a date"}]) from None
-    try:
-        return to_epoch(v)
-    except ValueError as e:
-        raise InvalidInput(f"{name}: {e}", errors=[{"loc": f"query.{name}", "msg": str(e)}]) from None
+                               errors=[{"field": f"query.{name}", "message": "not a date"}]) from None
+    return instant_param(v, name)
+
+
+def _report_out(report: dict) -> dict:
+    return {**report, "period": {"from": rfc3339(report["period"]["from"]), "to": rfc3339(report["period"]["to"])}}
 
 
 def period(c, from_: str | None, to: str | None) -> tuple[float, float]:
     end = _instant("to", to, True) if to else c.clock.now()
     start = _instant("from", from_, False) if from_ else end - DEFAULT_SPAN_DAYS * 86_400
     if start >= end:
-        raise InvalidInput(f"from ({datetime.fromtimestamp(start, timezone.utc).isoformat()}) must be before to "
-                           f"({datetime.fromtimestamp(end, timezone.utc).isoformat()})",
-                           errors=[{"loc": "query.from", "msg": "after or equal to `to`"}])
+        raise InvalidInput(f"from ({rfc3339(start)}) must be before to ({rfc3339(end)})",
+                           errors=[{"field": "query.from", "message": "after or equal to `to`"}])
     if end - start > MAX_SPAN_DAYS * 86_400:
         raise InvalidInput(f"a period is at most {MAX_SPAN_DAYS} days; for longer ones read /v1/kpis/daily",
-                           errors=[{"loc": "query.from", "msg": "period too long"}])
+                           errors=[{"field": "query.from", "message": "period too long"}])
     return start, end
 
 
@@ -70,8 +79,8 @@ def period(c, from_: str | None, to: str | None) -> tuple[float, float]:
             "repurchase and the uplift against the holdout group over a period",
             responses={200: {"model": KpiReportOut}})
 async def kpis(_: AnalystDep, c: ContainerDep,
-               from_: Annotated[str | None, Query(alias="from", max_length=40,
-                                                  description="start (default: 7 days before `to`)")] = None,
+               from_: Annotated[str | None, Query(alias="from", max_length=40, description="start (default: 7 days "
+                                                  "before `to`); as `to`")] = None,
                to: Instant = None,
                store_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN)] = None,
                offer_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN)] = None,
@@ -79,15 +88,17 @@ async def kpis(_: AnalystDep, c: ContainerDep,
                                                        "(default VICINO_ATTRIBUTION_WINDOW_H)")] = None) -> Response:
     start, end = period(c, from_, to)
     window_s = (window_h or c.settings.attribution_window_h) * 3600
-    return _json(await c.kpis.report(KpiQuery(start, end, window_s, store_id, offer_id)))
+    return _json(_report_out(await c.kpis.report(KpiQuery(start, end, window_s, store_id, offer_id))))
 
 
 @router.get("/kpis/daily", tags=["kpis"], summary="the daily KPI roll-ups (days whose figures are final)",
             responses={200: {"model": KpiDaysOut}})
-async def kpis_daily(_: AnalystDep, c: ContainerDep, from_: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+async def kpis_daily(_: AnalystDep, c: ContainerDep,
+                     from_: Annotated[str | None, Query(alias="from", max_length=40, description="as `to`")] = None,
                      to: Instant = None) -> Response:
     start, end = period(c, from_, to)
     first = datetime.fromtimestamp(start, timezone.utc).date().isoformat()
     last = datetime.fromtimestamp(end - 1e-6, timezone.utc).date().isoformat()
     days = await c.kpis.daily(first, last)
-    return _json({"from": first, "to": last, "days": days, "empty": not days})
+    return _json({"from": first, "to": last, "empty": not days,
+                  "days": [{**rfc3339_fields(d, "rolled_at"), "report": _report_out(d["report"])} for d in days]})

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from vicino.services.kernel.contracts.model_artifact import (ArtifactError, current_version, list_versions,
                                                              prune_versions, publish, read_manifest, read_version)
 from vicino.services.kernel.problems import Conflict, NotFound
+from vicino.services.kernel.times import InstantOut, rfc3339
 
 from .deps import ContainerDep, ModelRegistryReaderDep, OperatorDep
 from .schemas import PROBLEMS, problem
@@ -26,12 +27,13 @@ Version = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
 class ModelVersionOut(BaseModel):
     version: str
     current: bool = Field(description="CURRENT names it: every replica serves it")
-    created_at: float | None
+    created_at: InstantOut | None = Field(description="when it was trained; null when unreadable")
     users: int | None = Field(None, description="customers with a learned row (erased ones removed)")
     items: int | None = None
     rows: int | None = Field(None, description="interactions it was trained on")
     gate_passed: bool | None = None
-    erasures_as_of: float | None = Field(None, description="when training read the erasure register")
+    erasures_as_of: InstantOut | None = Field(None, description="when training read the erasure register "
+                                              "(null: it did not)")
     error: str | None = Field(None, description="why the version cannot be read (never served)")
 
 
@@ -64,9 +66,11 @@ def _listing(root: str) -> tuple[str | None, list[dict]]:
         entry: dict = {"version": v, "current": v == current, "created_at": None}
         try:
             m = read_manifest(root, v)
-            entry.update(created_at=m.created_at, users=sum(u is not None for u in m.user_ids), items=len(m.item_ids),
-                         rows=m.data_window.get("rows"), gate_passed=(m.metrics.get("gate") or {}).get("passed"),
-                         erasures_as_of=m.erasures_as_of)
+            # the manifest's times are epoch seconds; an erasures_as_of of 0 means the register was not read
+            entry.update(created_at=rfc3339(m.created_at), users=sum(u is not None for u in m.user_ids),
+                         items=len(m.item_ids), rows=m.data_window.get("rows"),
+                         gate_passed=(m.metrics.get("gate") or {}).get("passed"),
+                         erasures_as_of=rfc3339(m.erasures_as_of) if m.erasures_as_of else None)
         except ArtifactError as e:
             entry["error"] = str(e)
         out.append(entry)

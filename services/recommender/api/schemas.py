@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from vicino.services.kernel.times import InstantOut
 from vicino.services.runtime.http_problems import BODY_PROBLEMS, problem  # noqa: F401 (BODY_PROBLEMS re-exported to the routers)
 
 # errors every /v1 route may answer (each authenticates its caller and validates its input)
@@ -23,24 +24,75 @@ class IdentifierOut(BaseModel):
     value: str
 
 
+class ConsentViewOut(BaseModel):
+    location: bool
+    marketing: bool
+    personalisation: bool
+    updated_at: InstantOut | None
+    recorded: bool = Field(description="false: the customer never set consent (everything off)")
+
+
+class DeviceViewOut(BaseModel):
+    device_id: str
+    platform: str | None
+    timezone: str | None
+    registered_at: InstantOut | None
+    location_consent: bool
+
+
+class HistorySummaryOut(BaseModel):
+    hot_interactions: int
+    first_ts: InstantOut | None = Field(description="the oldest interaction of the hot history")
+    last_ts: InstantOut | None
+    channel_mix: dict[str, Any] = Field(description="per channel: count and share")
+    types: dict[str, int]
+
+
+class InteractionOut(BaseModel):
+    """An interaction as the hot history keeps it (the customer is the one asked about)."""
+    event_id: str
+    channel: str
+    type: str
+    item_id: str | None = None
+    offer_id: str | None = None
+    store_id: str | None = None
+    quantity: float | None = None
+    value: float | None = None
+    currency: str | None = None
+    country: str | None = None
+    ts: InstantOut = Field(description="when it happened")
+    received_at: InstantOut = Field(description="when Vicino accepted it")
+
+
+class VisitOut(BaseModel):
+    visit_id: str
+    store_id: str
+    device_id: str
+    entered_at: InstantOut | None
+    dwelled: bool
+    left_at: InstantOut | None = Field(description="null while the visit is open")
+    dwell_s: float | None
+    exit_reason: str | None
+
+
 class CustomerProfileOut(BaseModel):
     """One view of a customer across channels (`GET /v1/customers/{customer_id}`)."""
     customer_id: str = Field(description="the canonical customer (the survivor of any merge)")
     requested_id: str
     merged_from: list[str]
     identifiers: list[IdentifierOut]
-    consent: dict[str, Any] = Field(description="location, push, personalisation, training flags; `recorded`")
-    devices: list[dict[str, Any]]
-    history: dict[str, Any] = Field(description="hot_interactions, first_ts, last_ts, channel_mix, types")
-    last_purchases: list[dict[str, Any]]
-    last_visits: list[dict[str, Any]]
+    consent: ConsentViewOut
+    devices: list[DeviceViewOut]
+    history: HistorySummaryOut
+    last_purchases: list[InteractionOut]
+    last_visits: list[VisitOut]
     redeemed_offers: list[str]
 
 
 class CustomerHistoryOut(BaseModel):
     customer_id: str
-    interactions: list[dict[str, Any]] = Field(description="most recent first")
-    next_before: float | None = Field(description="pass as `before` for the next page; null on the last")
+    interactions: list[InteractionOut] = Field(description="most recent first")
+    next_before: InstantOut | None = Field(description="pass as `before` for the next page; null on the last")
 
 
 class CustomerErasureOut(BaseModel):
@@ -50,9 +102,16 @@ class CustomerErasureOut(BaseModel):
     events_dropped: int
 
 
+class KpiPeriodOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: InstantOut = Field(alias="from", description="start (included)")
+    to: InstantOut = Field(description="end (excluded)")
+
+
 class KpiReportOut(BaseModel):
     """The KPI report of a period (`GET /v1/kpis`); docs/architecture.md defines each figure."""
-    period: dict[str, float]
+    period: KpiPeriodOut
     filters: dict[str, str | None]
     attribution_window_s: float
     empty: bool
@@ -64,4 +123,4 @@ class KpiReportOut(BaseModel):
     uplift: dict[str, Any]
     repurchase: dict[str, Any]
     by_store: list[dict[str, Any]]
-    notes: list[str]
+    notes: list[str] = Field(default_factory=list, description="what to keep in mind reading it (GET /v1/kpis only)")

@@ -4,15 +4,14 @@ Each item of a batch is judged on its own, so one bad item never costs the other
 """
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vicino.services.kernel.contracts.interactions import ITEM_TYPES, OFFER_TYPES, Channel, InteractionType
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.times import InstantIn
 
 from .identity import IdentifierError, normalise_identifier
 
@@ -43,19 +42,7 @@ class InteractionIn(BaseModel):
     value: float | None = Field(None, ge=0, le=1e9)
     currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
     country: str | None = Field(None, max_length=64)
-    ts: datetime | float = Field(description="ISO 8601 (with offset) or epoch seconds")
-
-    @field_validator("ts")
-    @classmethod
-    def _epoch(cls, v):
-        if isinstance(v, datetime):
-            if v.tzinfo is None:
-                raise ValueError("ts needs a time zone offset (e.g. 2026-11-26T10:00:00Z)")
-            return v.timestamp()
-        v = float(v)
-        if not math.isfinite(v):  # "NaN" and "Infinity" parse as floats
-            raise ValueError("ts must be a finite number of epoch seconds")
-        return v
+    ts: InstantIn = Field(description="when it happened: RFC 3339 with an offset, or epoch seconds")
 
 
 @dataclass(frozen=True, slots=True)

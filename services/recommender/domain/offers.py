@@ -7,15 +7,14 @@ only decide whether the offer is shown at all, never what it costs.
 """
 from __future__ import annotations
 
-import math
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
-                      StringConstraints, ValidationInfo, field_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationInfo,
+                      WithJsonSchema, field_validator)
 
 from vicino.services.kernel.contracts.interactions import Channel
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.times import INSTANT_OUT_SCHEMA, InstantIn
 
 FULFILMENTS = ("in_store", "click_and_collect", "reservation", "online")
 Fulfilment = Literal["in_store", "click_and_collect", "reservation", "online"]
@@ -30,27 +29,6 @@ ClientId = Annotated[str, StringConstraints(pattern=CLIENT_ID_PATTERN)]
 Brand = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
 
-def to_epoch(value: Any) -> float:
-    """RFC 3339 with an offset, or epoch seconds (the house format for instants)."""
-    if isinstance(value, bool):
-        raise ValueError("expected an RFC 3339 timestamp or epoch seconds")
-    if isinstance(value, (int, float)):
-        v = float(value)
-        if not math.isfinite(v) or abs(v) > 1e11:  # beyond year 5000: a unit mistake (ms?), not a date
-            raise ValueError("epoch seconds out of range")
-        return v
-    if isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.strip().replace("z", "Z"))
-        except ValueError:
-            raise ValueError(f"{value[:40]!r} is not an RFC 3339 timestamp") from None
-        if dt.tzinfo is None:
-            raise ValueError("the timestamp must carry a UTC offset (e.g. 2026-11-26T10:00:00Z)")
-        return dt.timestamp()
-    raise ValueError("expected an RFC 3339 timestamp or epoch seconds")
-
-
-Timestamp = Annotated[float, BeforeValidator(to_epoch)]
 # Strict numbers: true or "9.99" as a price is a client mistake, not something to coerce.
 Price = Annotated[float, Field(strict=True, gt=0, le=MAX_PRICE, allow_inf_nan=False)]
 
@@ -82,8 +60,8 @@ class Offer(BaseModel):
     price: Price = Field(description="regular unit price")
     promo_price: Price | None = Field(None, description="the offer's price; at most `price`")
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = Field(description="ISO 4217 code")
-    valid_from: Timestamp
-    valid_to: Timestamp = Field(description="exclusive end")
+    valid_from: InstantIn  # RFC 3339 with an offset, or epoch seconds; stored as epoch seconds
+    valid_to: InstantIn = Field(description="exclusive end; RFC 3339 with an offset, or epoch seconds")
     store_ids: _ids(MAX_STORES_PER_OFFER) | None = None
     brands: Brands | None = Field(None, description="store brands the offer is limited to")
     min_stock: int | None = Field(None, strict=True, ge=1, le=1_000_000_000, description="units of each item a store "
@@ -91,7 +69,9 @@ class Offer(BaseModel):
     channels: Channels | None = None
     priority: int = Field(0, strict=True, ge=-1000, le=1000, description="higher first")
     fulfilment: Fulfilment = "in_store"
-    updated_at: float | None = Field(None, description="set by the service", json_schema_extra={"readOnly": True})
+    # epoch seconds inside; documented as the API shows it (RFC 3339), and dropped from a body that sends it back
+    updated_at: Annotated[float | None, WithJsonSchema({"anyOf": [INSTANT_OUT_SCHEMA, {"type": "null"}],
+                                                        "readOnly": True, "description": "set by the service"})] = None
 
     # Lookup sets for the eligibility checks, built once per offer rather than once per store.
     _stores: frozenset[str] | None = PrivateAttr(None)
@@ -139,7 +119,7 @@ class Offer(BaseModel):
         return self.valid_from <= ts < self.valid_to
 
     def to_public(self) -> dict:
-        """The stored record plus what is derived from it, as GET answers it."""
+        """The stored record plus what is derived from it (times in epoch seconds: the API formats them)."""
         return {**self.model_dump(mode="json"), "canonical_price": self.canonical_price}
 
 

@@ -59,10 +59,13 @@ class ProfileReader:
 
     async def history(self, customer_id: str, *, limit: int, before: float | None, channel: str | None,
                       type_: str | None) -> dict:
+        """Paged by `before` to the millisecond, the hot history's own order (its scores are whole
+        milliseconds), so that `next_before`, shown as RFC 3339 to the millisecond, is exact."""
         c = await self.identity.canonical(customer_id)
         rows = await self.customers.hot_history(c)
+        before_ms = None if before is None else round(before * 1000)
         picked = [h for h in rows
-                  if (before is None or h["ts"] < before) and (channel is None or h["channel"] == channel)
-                  and (type_ is None or h["type"] == type_)][:limit]
+                  if (before_ms is None or int(h["ts"] * 1000) < before_ms)
+                  and (channel is None or h["channel"] == channel) and (type_ is None or h["type"] == type_)][:limit]
         return {"customer_id": c, "interactions": picked,
-                "next_before": picked[-1]["ts"] if len(picked) == limit else None}
+                "next_before": int(picked[-1]["ts"] * 1000) / 1000 if len(picked) == limit else None}

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from vicino.services.kernel.auth import Principal
 from vicino.services.runtime.api_keys import role_dependency
 from vicino.services.kernel.problems import Conflict, NotFound
+from vicino.services.kernel.times import InstantOut, rfc3339, rfc3339_fields
 
 from ..domain.runs import JobRun
 from ..use_cases.run_job import UnknownJob
@@ -41,14 +42,33 @@ JobReaderDep = role_dependency(caller, "operator", "analyst")
 OperatorDep = role_dependency(caller, "operator")
 
 
+class JobRunOut(BaseModel):
+    job: str
+    run_id: str
+    trigger: str = Field(description="schedule, manual or api")
+    host: str
+    started_at: InstantOut
+    outcome: str = Field(description="running, ok, failed or lost")
+    ended_at: InstantOut | None
+    error: str | None
+    summary: dict = Field(description="what the job reports it did")
+    duration_s: float | None
+
+
+class RunningOut(BaseModel):
+    run_id: str
+    host: str
+    started_at: InstantOut
+
+
 class JobOut(BaseModel):
     name: str
     description: str
     schedule: str
-    next_run_at: float | None = Field(description="epoch seconds; null when off")
-    running: dict | None = Field(description="the run in progress: its run_id and host")
-    last_run: dict | None
-    last_success_at: float | None
+    next_run_at: InstantOut | None = Field(description="null when off")
+    running: RunningOut | None = Field(description="the run in progress anywhere")
+    last_run: JobRunOut | None
+    last_success_at: InstantOut | None
 
 
 class JobsOut(BaseModel):
@@ -59,9 +79,9 @@ class JobRunsOut(BaseModel):
     name: str
     description: str
     schedule: str
-    last_run: dict | None
-    last_success_at: float | None
-    runs: list[dict] = Field(description="newest first")
+    last_run: JobRunOut | None
+    last_success_at: InstantOut | None
+    runs: list[JobRunOut] = Field(description="newest first")
 
 
 class RunAcceptedOut(BaseModel):
@@ -75,7 +95,7 @@ def _json(body, status: int = 200) -> Response:
 
 
 def _run(run: JobRun | None) -> dict | None:
-    return run.to_dict() if run else None
+    return rfc3339_fields(run.to_dict(), "started_at", "ended_at") if run else None
 
 
 def _known(c: SchedulerContainer, name: str):
@@ -98,8 +118,9 @@ async def list_jobs(_: JobReaderDep, c: ContainerDep, request: Request) -> Respo
         holder = await c.runner.store.holder(name) if run and run.outcome == "running" else None
         next_at = c.schedules[name].next_at(now, c.settings.tz)
         out.append({"name": name, "description": job.description, "schedule": str(c.schedules[name]),
-                    "next_run_at": next_at, "running": holder, "last_run": _run(run),
-                    "last_success_at": ok.ended_at if ok else None})
+                    "next_run_at": rfc3339(next_at),
+                    "running": rfc3339_fields(holder, "started_at") if holder else None,
+                    "last_run": _run(run), "last_success_at": rfc3339(ok.ended_at) if ok else None})
     return _json({"jobs": out})
 
 
@@ -110,8 +131,8 @@ async def job_runs(name: JobName, _: JobReaderDep, c: ContainerDep,
     job = _known(c, name)
     (run, ok), = (await c.runner.store.last_runs([name])).values()
     return _json({"name": name, "description": job.description, "schedule": str(c.schedules[name]),
-                  "last_run": _run(run), "last_success_at": ok.ended_at if ok else None,
-                  "runs": [r.to_dict() for r in await c.runner.store.history(name, limit)]})
+                  "last_run": _run(run), "last_success_at": rfc3339(ok.ended_at) if ok else None,
+                  "runs": [_run(r) for r in await c.runner.store.history(name, limit)]})
 
 
 @router.post("/jobs/{name}/runs", tags=["jobs"], status_code=202,

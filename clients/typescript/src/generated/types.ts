@@ -10,7 +10,7 @@ export interface AuditEntryOut {
   /** its path parameters; a person's id as `~` and a keyed hash */
   target: string | null;
   status: number;
-  at: number;
+  at: string;
 }
 
 export interface BulkOffersOut {
@@ -48,6 +48,15 @@ export interface CampaignRules {
   low_stock_threshold?: number;
 }
 
+export interface ConsentChangeOut {
+  at: string;
+  /** who set it: `admin`, `key:<key_id>` or `device:<device_id>` */
+  by: string;
+  location: boolean;
+  marketing: boolean;
+  personalisation: boolean;
+}
+
 export interface ConsentIn {
   location: boolean;
   marketing: boolean;
@@ -59,11 +68,18 @@ export interface ConsentOut {
   location: boolean;
   marketing: boolean;
   personalisation: boolean;
-  updated_at: number | null;
+  updated_at: string | null;
   /** audit trail, newest first */
-  history?: {
-    [key: string]: unknown;
-  }[];
+  history?: ConsentChangeOut[];
+}
+
+export interface ConsentViewOut {
+  location: boolean;
+  marketing: boolean;
+  personalisation: boolean;
+  updated_at: string | null;
+  /** false: the customer never set consent (everything off) */
+  recorded: boolean;
 }
 
 export interface CustomerErasureOut {
@@ -77,11 +93,9 @@ export interface CustomerErasureOut {
 export interface CustomerHistoryOut {
   customer_id: string;
   /** most recent first */
-  interactions: {
-    [key: string]: unknown;
-  }[];
+  interactions: InteractionOut[];
   /** pass as `before` for the next page; null on the last */
-  next_before: number | null;
+  next_before: string | null;
 }
 
 /** One view of a customer across channels (`GET /v1/customers/{customer_id}`). */
@@ -91,24 +105,20 @@ export interface CustomerProfileOut {
   requested_id: string;
   merged_from: string[];
   identifiers: IdentifierOut[];
-  /** location, push, personalisation, training flags; `recorded` */
-  consent: {
-    [key: string]: unknown;
-  };
-  devices: {
-    [key: string]: unknown;
-  }[];
-  /** hot_interactions, first_ts, last_ts, channel_mix, types */
-  history: {
-    [key: string]: unknown;
-  };
-  last_purchases: {
-    [key: string]: unknown;
-  }[];
-  last_visits: {
-    [key: string]: unknown;
-  }[];
+  consent: ConsentViewOut;
+  devices: DeviceViewOut[];
+  history: HistorySummaryOut;
+  last_purchases: InteractionOut[];
+  last_visits: VisitOut[];
   redeemed_offers: string[];
+}
+
+export interface DataWindowOut {
+  /** the first interaction trained on */
+  start?: string | null;
+  /** the last interaction trained on */
+  end?: string | null;
+  [key: string]: unknown;
 }
 
 export interface DeliveriesOut {
@@ -126,15 +136,17 @@ export interface DeliveryOut {
   offer_id: string;
   visit_id: string;
   decision_id: string;
-  created_at: number;
-  expires_at: number;
+  created_at: string;
+  /** not delivered after this instant */
+  expires_at: string;
   status: string;
   reason: string | null;
   provider: string | null;
   attempts: number;
-  next_attempt_at: number;
+  /** when a retry is due; null: none was scheduled */
+  next_attempt_at: string | null;
   confirmed: boolean;
-  opened_at: number | null;
+  opened_at: string | null;
   history: StatusChangeOut[];
 }
 
@@ -177,6 +189,14 @@ export interface DeviceTokenOut {
   previous_token_valid_until: string;
 }
 
+export interface DeviceViewOut {
+  device_id: string;
+  platform: string | null;
+  timezone: string | null;
+  registered_at: string | null;
+  location_consent: boolean;
+}
+
 export interface ExcludedOut {
   offer_id: string;
   title: string;
@@ -188,9 +208,23 @@ export interface FixIn {
   lon: number;
   /** horizontal accuracy, metres */
   accuracy_m: number;
-  /** RFC 3339 with offset, or epoch seconds */
-  ts: number;
+  /** RFC 3339 with an offset, or epoch seconds */
+  ts: string | number;
   speed_mps?: number | null;
+}
+
+export interface HistorySummaryOut {
+  hot_interactions: number;
+  /** the oldest interaction of the hot history */
+  first_ts: string | null;
+  last_ts: string | null;
+  /** per channel: count and share */
+  channel_mix: {
+    [key: string]: unknown;
+  };
+  types: {
+    [key: string]: number;
+  };
 }
 
 export interface IdentifierBody {
@@ -260,38 +294,66 @@ export interface InteractionIn {
   value?: number | null;
   currency?: string | null;
   country?: string | null;
-  /** ISO 8601 (with offset) or epoch seconds */
+  /** when it happened: RFC 3339 with an offset, or epoch seconds */
   ts: string | number;
+}
+
+/** An interaction as the hot history keeps it (the customer is the one asked about). */
+export interface InteractionOut {
+  event_id: string;
+  channel: string;
+  type: string;
+  item_id?: string | null;
+  offer_id?: string | null;
+  store_id?: string | null;
+  quantity?: number | null;
+  value?: number | null;
+  currency?: string | null;
+  country?: string | null;
+  /** when it happened */
+  ts: string;
+  /** when Vicino accepted it */
+  received_at: string;
 }
 
 export interface JobOut {
   name: string;
   description: string;
   schedule: string;
-  /** epoch seconds; null when off */
-  next_run_at: number | null;
-  /** the run in progress: its run_id and host */
-  running: {
+  /** null when off */
+  next_run_at: string | null;
+  /** the run in progress anywhere */
+  running: RunningOut | null;
+  last_run: JobRunOut | null;
+  last_success_at: string | null;
+}
+
+export interface JobRunOut {
+  job: string;
+  run_id: string;
+  /** schedule, manual or api */
+  trigger: string;
+  host: string;
+  started_at: string;
+  /** running, ok, failed or lost */
+  outcome: string;
+  ended_at: string | null;
+  error: string | null;
+  /** what the job reports it did */
+  summary: {
     [key: string]: unknown;
-  } | null;
-  last_run: {
-    [key: string]: unknown;
-  } | null;
-  last_success_at: number | null;
+  };
+  duration_s: number | null;
 }
 
 export interface JobRunsOut {
   name: string;
   description: string;
   schedule: string;
-  last_run: {
-    [key: string]: unknown;
-  } | null;
-  last_success_at: number | null;
+  last_run: JobRunOut | null;
+  last_success_at: string | null;
   /** newest first */
-  runs: {
-    [key: string]: unknown;
-  }[];
+  runs: JobRunOut[];
 }
 
 export interface JobsOut {
@@ -308,8 +370,17 @@ export interface KeyOut {
   key_id: string;
   name: string;
   roles: string[];
-  created_at: number;
-  revoked_at?: number | null;
+  created_at: string;
+  revoked_at?: string | null;
+}
+
+export interface KpiDayOut {
+  /** YYYY-MM-DD (UTC) */
+  date: string;
+  /** the day's report (without notes) */
+  report: KpiReportOut;
+  /** when the kpi_rollup job computed it */
+  rolled_at: string;
 }
 
 export interface KpiDaysOut {
@@ -318,17 +389,20 @@ export interface KpiDaysOut {
   /** last day, YYYY-MM-DD (UTC) */
   to: string;
   /** the rolled-up days, oldest first */
-  days: {
-    [key: string]: unknown;
-  }[];
+  days: KpiDayOut[];
   empty: boolean;
+}
+
+export interface KpiPeriodOut {
+  /** start (included) */
+  from: string;
+  /** end (excluded) */
+  to: string;
 }
 
 /** The KPI report of a period (`GET /v1/kpis`); docs/architecture.md defines each figure. */
 export interface KpiReportOut {
-  period: {
-    [key: string]: number;
-  };
+  period: KpiPeriodOut;
   filters: {
     [key: string]: string | null;
   };
@@ -356,7 +430,8 @@ export interface KpiReportOut {
   by_store: {
     [key: string]: unknown;
   }[];
-  notes: string[];
+  /** what to keep in mind reading it (GET /v1/kpis only) */
+  notes?: string[];
 }
 
 export interface LocationBatchIn {
@@ -381,15 +456,13 @@ export interface LocationResultOut {
 /** The fields after model_dir are there only while a model serves. */
 export interface ModelInfoOut {
   serving: string | null;
-  loaded_at: number | null;
+  loaded_at: string | null;
   failed_version: string | null;
   failure: string | null;
   model_dir: string;
-  created_at?: number | null;
-  /** start, end (epoch s) and rows of the training data */
-  data_window?: {
-    [key: string]: unknown;
-  } | null;
+  created_at?: string | null;
+  /** the training data: its time span, rows, source */
+  data_window?: DataWindowOut | null;
   metrics?: {
     [key: string]: unknown;
   } | null;
@@ -417,15 +490,16 @@ export interface ModelVersionOut {
   version: string;
   /** CURRENT names it: every replica serves it */
   current: boolean;
-  created_at: number | null;
+  /** when it was trained; null when unreadable */
+  created_at: string | null;
   /** customers with a learned row (erased ones removed) */
   users?: number | null;
   items?: number | null;
   /** interactions it was trained on */
   rows?: number | null;
   gate_passed?: boolean | null;
-  /** when training read the erasure register */
-  erasures_as_of?: number | null;
+  /** when training read the erasure register (null: it did not) */
+  erasures_as_of?: string | null;
   /** why the version cannot be read (never served) */
   error?: string | null;
 }
@@ -442,15 +516,44 @@ export interface NewKeyOut {
   key_id: string;
   name: string;
   roles: string[];
-  created_at: number;
-  revoked_at?: number | null;
+  created_at: string;
+  revoked_at?: string | null;
   /** the key itself: shown this once, stored only as a keyed hash */
   key: string;
 }
 
 export interface OfferPageOut {
   offers: {
-    [key: string]: unknown;
+    offer_id: string;
+    title: string;
+    body?: string;
+    item_ids: string[];
+    category: string;
+    /** regular unit price */
+    price: number;
+    /** the offer's price; at most `price` */
+    promo_price?: number | null;
+    /** ISO 4217 code */
+    currency: string;
+    /** start of validity */
+    valid_from: string;
+    /** exclusive end of validity */
+    valid_to: string;
+    store_ids?: string[] | null;
+    /** store brands the offer is limited to */
+    brands?: string[] | null;
+    /** units of each item a store must hold for the offer to be shown there */
+    min_stock?: number | null;
+    channels?: ("web" | "app" | "store" | "email" | "call_center" | "social" | "push")[] | null;
+    /** higher first */
+    priority?: number;
+    fulfilment?: "in_store" | "click_and_collect" | "reservation" | "online";
+    /** when it was last written */
+    updated_at?: string;
+    /** the one price, whatever the channel */
+    canonical_price: number;
+    /** with ?channel= only */
+    available_on_channel?: boolean;
   }[];
   /** pass as `after` for the next page; null on the last */
   next_after: string | null;
@@ -484,17 +587,34 @@ export interface PushTokenRevocationOut {
   revoked: boolean;
 }
 
+export interface RankedOfferOut {
+  /** 1 is the best */
+  rank: number;
+  offer_id: string;
+  title: string;
+  body: string;
+  item_ids: string[];
+  /** the offer's one (canonical) price */
+  price: number;
+  regular_price: number;
+  currency: string;
+  fulfilment: string;
+  /** exclusive end of validity */
+  valid_to: string;
+  score: number;
+  /** model, cold_start_features or popular_fallback */
+  reason: string;
+}
+
 export interface RankingOut {
   customer_id: string;
   store_id: string | null;
   channel: string;
   /** null when no model serves (features-only ranking) */
   model_version: string | null;
-  generated_at: number;
-  /** best first: rank, offer_id, title, body, item_ids, price, regular_price, currency, fulfilment, valid_to, score, reason */
-  offers: {
-    [key: string]: unknown;
-  }[];
+  generated_at: string;
+  /** best first */
+  offers: RankedOfferOut[];
 }
 
 export interface RegionOut {
@@ -526,7 +646,7 @@ export interface RollbackOut {
 export interface RulesOut {
   /** 0 until the rules are first written; also the ETag */
   revision: number;
-  updated_at: number | null;
+  updated_at: string | null;
   rules: CampaignRules;
 }
 
@@ -537,9 +657,15 @@ export interface RunAcceptedOut {
   see: string;
 }
 
+export interface RunningOut {
+  run_id: string;
+  host: string;
+  started_at: string;
+}
+
 export interface StatusChangeOut {
   status: string;
-  at: number;
+  at: string;
   reason?: string | null;
   attempt?: number | null;
 }
@@ -547,11 +673,41 @@ export interface StatusChangeOut {
 export interface StoreOffersOut {
   store_id: string;
   channel: string;
-  at: number;
+  /** the instant the offers were judged at */
+  at: string;
   rules_revision: number;
   /** offers, highest priority first, then the lowest canonical price */
   eligible: {
-    [key: string]: unknown;
+    offer_id: string;
+    title: string;
+    body?: string;
+    item_ids: string[];
+    category: string;
+    /** regular unit price */
+    price: number;
+    /** the offer's price; at most `price` */
+    promo_price?: number | null;
+    /** ISO 4217 code */
+    currency: string;
+    /** start of validity */
+    valid_from: string;
+    /** exclusive end of validity */
+    valid_to: string;
+    store_ids?: string[] | null;
+    /** store brands the offer is limited to */
+    brands?: string[] | null;
+    /** units of each item a store must hold for the offer to be shown there */
+    min_stock?: number | null;
+    channels?: ("web" | "app" | "store" | "email" | "call_center" | "social" | "push")[] | null;
+    /** higher first */
+    priority?: number;
+    fulfilment?: "in_store" | "click_and_collect" | "reservation" | "online";
+    /** when it was last written */
+    updated_at?: string;
+    /** the one price, whatever the channel */
+    canonical_price: number;
+    /** with ?channel= only */
+    available_on_channel?: boolean;
   }[];
   excluded: ExcludedOut[];
 }
@@ -560,9 +716,21 @@ export interface VisitEventOut {
   type: "enter" | "dwell" | "exit";
   store_id: string;
   visit_id: string;
-  ts: number;
+  ts: string;
   dwell_s?: number | null;
   exit_reason?: string | null;
+}
+
+export interface VisitOut {
+  visit_id: string;
+  store_id: string;
+  device_id: string;
+  entered_at: string | null;
+  dwelled: boolean;
+  /** null while the visit is open */
+  left_at: string | null;
+  dwell_s: number | null;
+  exit_reason: string | null;
 }
 
 /** Every operation of the public surface: path and query parameters, JSON body and 2xx answer. */
@@ -605,7 +773,7 @@ export interface Operations {
   /** recent interactions (hot history), most recent first, paged with `before` */
   "GET /v1/customers/{customer_id}/history": {
     path: { customer_id: string };
-    query: { limit?: number; before?: number | null; channel?: "web" | "app" | "store" | "email" | "call_center" | "social" | "push" | null; type?: "view" | "add_to_cart" | "purchase" | "return" | "reservation" | "click_and_collect" | "offer_open" | "offer_redeem" | "support_contact" | null };
+    query: { limit?: number; before?: string | null; channel?: "web" | "app" | "store" | "email" | "call_center" | "social" | "push" | null; type?: "view" | "add_to_cart" | "purchase" | "return" | "reservation" | "click_and_collect" | "offer_open" | "offer_redeem" | "support_contact" | null };
     body: never;
     response: CustomerHistoryOut;
   };
@@ -836,9 +1004,10 @@ export interface Operations {
         promo_price?: number | null;
         /** ISO 4217 code */
         currency: string;
-        valid_from: number;
-        /** exclusive end */
-        valid_to: number;
+        /** RFC 3339 with an offset (e.g. 2025-12-06T05:46:40Z), or epoch seconds */
+        valid_from: string | number;
+        /** exclusive end; RFC 3339 with an offset, or epoch seconds */
+        valid_to: string | number;
         store_ids?: string[] | null;
         /** store brands the offer is limited to */
         brands?: string[] | null;
@@ -849,7 +1018,7 @@ export interface Operations {
         priority?: number;
         fulfilment?: "in_store" | "click_and_collect" | "reservation" | "online";
         /** set by the service */
-        updated_at?: number | null;
+        updated_at?: string | null;
       }[];
     };
     response: BulkOffersOut;
@@ -860,7 +1029,36 @@ export interface Operations {
     query: { channel?: "web" | "app" | "store" | "email" | "call_center" | "social" | "push" | null };
     body: never;
     response: {
-      [key: string]: unknown;
+      offer_id: string;
+      title: string;
+      body?: string;
+      item_ids: string[];
+      category: string;
+      /** regular unit price */
+      price: number;
+      /** the offer's price; at most `price` */
+      promo_price?: number | null;
+      /** ISO 4217 code */
+      currency: string;
+      /** start of validity */
+      valid_from: string;
+      /** exclusive end of validity */
+      valid_to: string;
+      store_ids?: string[] | null;
+      /** store brands the offer is limited to */
+      brands?: string[] | null;
+      /** units of each item a store must hold for the offer to be shown there */
+      min_stock?: number | null;
+      channels?: ("web" | "app" | "store" | "email" | "call_center" | "social" | "push")[] | null;
+      /** higher first */
+      priority?: number;
+      fulfilment?: "in_store" | "click_and_collect" | "reservation" | "online";
+      /** when it was last written */
+      updated_at?: string;
+      /** the one price, whatever the channel */
+      canonical_price: number;
+      /** with ?channel= only */
+      available_on_channel?: boolean;
     };
   };
   /** create or replace one offer */
@@ -879,9 +1077,10 @@ export interface Operations {
       promo_price?: number | null;
       /** ISO 4217 code */
       currency: string;
-      valid_from: number;
-      /** exclusive end */
-      valid_to: number;
+      /** RFC 3339 with an offset (e.g. 2025-12-06T05:46:40Z), or epoch seconds */
+      valid_from: string | number;
+      /** exclusive end; RFC 3339 with an offset, or epoch seconds */
+      valid_to: string | number;
       store_ids?: string[] | null;
       /** store brands the offer is limited to */
       brands?: string[] | null;
@@ -892,10 +1091,39 @@ export interface Operations {
       priority?: number;
       fulfilment?: "in_store" | "click_and_collect" | "reservation" | "online";
       /** set by the service */
-      updated_at?: number | null;
+      updated_at?: string | null;
     };
     response: {
-      [key: string]: unknown;
+      offer_id: string;
+      title: string;
+      body?: string;
+      item_ids: string[];
+      category: string;
+      /** regular unit price */
+      price: number;
+      /** the offer's price; at most `price` */
+      promo_price?: number | null;
+      /** ISO 4217 code */
+      currency: string;
+      /** start of validity */
+      valid_from: string;
+      /** exclusive end of validity */
+      valid_to: string;
+      store_ids?: string[] | null;
+      /** store brands the offer is limited to */
+      brands?: string[] | null;
+      /** units of each item a store must hold for the offer to be shown there */
+      min_stock?: number | null;
+      channels?: ("web" | "app" | "store" | "email" | "call_center" | "social" | "push")[] | null;
+      /** higher first */
+      priority?: number;
+      fulfilment?: "in_store" | "click_and_collect" | "reservation" | "online";
+      /** when it was last written */
+      updated_at?: string;
+      /** the one price, whatever the channel */
+      canonical_price: number;
+      /** with ?channel= only */
+      available_on_channel?: boolean;
     };
   };
   /** delete an offer */

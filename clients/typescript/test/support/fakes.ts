@@ -1,6 +1,6 @@
 // Test doubles for the unit tests only (the integration tests run against the real stack):
 // a scripted fetch, and a fix sender that keeps the server's rule for fixes it has processed.
-import type { FetchLike, FixIn, FixSender, LocationResultOut } from "../../src/index.js";
+import type { FetchLike, FixSender, LocationResultOut, WireFix } from "../../src/index.js";
 
 export interface Scripted {
   status: number;
@@ -47,11 +47,11 @@ export function problem(status: number, detail: string, errors?: { field: string
  */
 export class FixServer implements FixSender {
   lastTs = -Infinity;
-  processed: FixIn[] = [];
-  batches: FixIn[][] = [];
+  processed: WireFix[] = [];
+  batches: WireFix[][] = [];
   failures: ("before" | "after" | Error)[] = [];
 
-  async send(fixes: FixIn[]): Promise<LocationResultOut> {
+  async send(fixes: WireFix[]): Promise<LocationResultOut> {
     this.batches.push(fixes);
     const failure = this.failures.shift();
     if (failure instanceof Error) throw failure;
