@@ -29,11 +29,13 @@ venv: $(STAMP) ## create .venv and install the project
 run: $(STAMP) ## start the whole stack on 127.0.0.1 with embedded Redis and demo data
 	$(BIN)/vicino up
 
-test: $(TSTAMP) ## install test deps and run the whole suite: unit, integration and e2e (real redis-server, started by fixtures)
-	$(BIN)/python -m pytest -q
+test: $(TSTAMP) ## install test deps and run the whole suite: unit (on both cores), integration and e2e (real redis-server, started by fixtures)
+	$(BIN)/python -m pytest -q -n 2 tests/unit
+	$(BIN)/python -m pytest -q tests/integration tests/e2e
 
 test-fast: $(TSTAMP) ## unit and integration tiers (real Redis; no vicino up, faults, load smoke run or notebooks)
-	$(BIN)/python -m pytest -q tests/unit tests/integration
+	$(BIN)/python -m pytest -q -n 2 tests/unit
+	$(BIN)/python -m pytest -q tests/integration
 
 test-e2e: $(TSTAMP) ## the e2e tier: vicino up, served processes, faults, the load smoke run, notebooks
 	$(BIN)/python -m pytest -q tests/e2e

@@ -113,8 +113,9 @@ def ready_again(urls: dict, deadline_s: float) -> dict[str, float]:
 
 
 @pytest.mark.e2e
-# two of the three masters, for the suite's time budget: the seed node dies either way
-@pytest.mark.parametrize("victim", [0, 2], ids=["master-0", "master-2"])
+# one master, for the suite's time budget: the seed node, the one every client starts from
+# (master-2 was killed too until 2026-12-08: the same promises held; `-k` a victim to try others)
+@pytest.mark.parametrize("victim", [0], ids=["master-0"])
 def test_a_master_killed_mid_visits_loses_and_doubles_no_push(victim, tmp_path, fcm):
     cluster = EmbeddedRedisCluster(tmp_path / "cluster", replicas=1, node_timeout_ms=2000).start()
     try:

@@ -45,7 +45,7 @@ def test_no_generated_request_gets_a_server_error(served, who, tmp_path):
     url, device_token = served
     token = ADMIN_TOKEN if who == "admin" else device_token
     args = ["run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {token}",
-            "--checks", CHECKS["geo"], "--max-examples", "25", "--seed", "20261126",
+            "--checks", CHECKS["geo"], "--max-examples", "15", "--seed", "20261126",
             "--report-dir", str(tmp_path / "report")]
     if who == "device":
         args += ["--include-path", "/v1/locations"]
@@ -65,7 +65,7 @@ def test_no_generated_request_to_the_recommender_gets_a_server_error(redis_url, 
                 "event_id": "seed-1", "customer_id": "fuzz-customer", "channel": "web", "type": "view",
                 "item_id": "sku-1", "ts": 1_790_000_000}]).json()["accepted"] == 1
         out = run_schemathesis(["run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
-                              "--checks", CHECKS["recommender"], "--max-examples", "15", "--seed", "20261126",
+                              "--checks", CHECKS["recommender"], "--max-examples", "10", "--seed", "20261126",
                               "--report-dir", str(tmp_path / "report")], tmp_path)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert "passed" in out.stdout
@@ -78,7 +78,7 @@ def test_no_generated_request_to_the_push_gateway_gets_a_server_error(redis_url,
     with served_geo(redis_url, tmp_path) as geo_url, \
             served_service("push", redis_url, tmp_path, env={"VICINO_GEO_URL": geo_url}) as url:
         out = run_schemathesis(["run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
-                              "--checks", CHECKS["push"], "--max-examples", "25", "--seed", "20261126",
+                              "--checks", CHECKS["push"], "--max-examples", "15", "--seed", "20261126",
                               "--report-dir", str(tmp_path / "report")], tmp_path)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert "passed" in out.stdout
@@ -94,7 +94,7 @@ def test_no_generated_request_to_the_scheduler_gets_a_server_error(redis_url, tm
            "VICINO_MODEL_DIR": str(tmp_path / "models")}
     with served_service("scheduler", redis_url, tmp_path, env=env) as url:
         out = run_schemathesis(["run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
-                                "--checks", CHECKS["scheduler"], "--max-examples", "15", "--seed", "20261126",
+                                "--checks", CHECKS["scheduler"], "--max-examples", "10", "--seed", "20261126",
                                 "--report-dir", str(tmp_path / "report")], tmp_path)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert "passed" in out.stdout

@@ -742,7 +742,7 @@ def test_nearby_equals_brute_force_on_thousands_of_random_stores(sites):
     index = StoreIndex()
     for s in stores:
         index.upsert(s, [])  # no cells: nearby reads its own buckets, not the fix lookup table
-    for q in range(25):
+    for q in range(12):
         lat0, lon0 = sites[q % len(sites)]
         dlat, dlon = offset_deg(lat0, rng.gauss(0, 25_000), rng.gauss(0, 25_000))
         lat, lon = lat0 + dlat, (lon0 + dlon + 180.0) % 360.0 - 180.0
