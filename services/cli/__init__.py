@@ -32,10 +32,10 @@ def _local_stack(ctx: typer.Context) -> None:
         return
     import os
 
+    from pydantic import ValidationError
+
     from vicino.services.launcher.settings import LauncherSettings
     from vicino.services.launcher.stack_file import stack_environment
-
-    from pydantic import ValidationError
 
     try:
         data_dir = LauncherSettings().data_dir

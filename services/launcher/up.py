@@ -19,7 +19,8 @@ from .embedded_redis import EmbeddedRedis
 from .settings import LauncherSettings
 from .stack_file import remove_stack_file, write_stack_file
 
-# One process per service: (name, port offset from VICINO_PORT), in start order. The front door on
+# One process per service: (name, port offset from VICINO_PORT), in the order `vicino up` waits
+# for them (they start together). The front door on
 # VICINO_PORT serves every public route (the app's one base URL); the per-service ports stay for
 # operators and for the services' calls to each other; the recommender-worker's port is its
 # health edge (/healthz, /readyz, /metrics).
