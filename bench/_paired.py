@@ -4,12 +4,72 @@ bench.front_door (through the front door vs the geo service directly). The turns
 their order round after round, so that the machine's noise falls on both."""
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
+from typing import Callable
 
 import orjson
 
-from bench.geo import ADMIN_TOKEN, Http, World, log, run_load
+from bench.geo import ADMIN_TOKEN, TOKEN_SECRET, Http, Uvicorn, World, log, machine_info, run_load
+from vicino.services.launcher.embedded_redis import EmbeddedRedis
+
+BATCH = 50  # fixes per request of the batch mode
+
+
+def run_pair(doc: str, title: str, make_servers: Callable[[dict, Path, int | None], dict[str, Uvicorn]], *,
+             setup_via: str, prefix: str) -> dict:
+    """The whole frame of a paired benchmark (`--quick` for one short round): one Redis, the
+    two servers `make_servers(env, tmp, server_cpu)` builds (exactly two, on one core; Redis
+    and the load client on the other), stores and phones registered through `setup_via`, the
+    alternating rounds. The results: machine, profile, uvicorn settings, rounds, resident memory
+    and elapsed seconds."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one short round (to try the script out)")
+    quick = ap.parse_args().quick
+    stores, devices, customers = (1_000, 1_000, 50) if quick else (2_000, 4_000, 200)
+    rounds, warm_s, measure_s = (1, 1.0, 2.0) if quick else (3, 2.0, 6.0)
+    results: dict = {"machine": machine_info(), "profile": "quick" if quick else "full",
+                     "stores": stores, "devices": devices, "batch": BATCH}
+    print(f"Vicino {title} benchmark ({results['profile']}): {results['machine']['cpu_count']} CPUs, "
+          f"Python {results['machine']['python']}, {results['machine']['date']}")
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pin = len(cpus) >= 2
+    server_cpu, client_cpu = (cpus[0], cpus[1]) if pin else (None, None)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"vicino-bench-{prefix}-") as tmp_name:
+        tmp = Path(tmp_name)
+        redis_server = EmbeddedRedis(tmp / "redis", persist=False).start()
+        if pin:
+            os.sched_setaffinity(redis_server.proc.pid, {client_cpu})
+        env = {**os.environ, "VICINO_REDIS_URL": redis_server.url, "VICINO_ADMIN_TOKEN": ADMIN_TOKEN,
+               "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_LOG_LEVEL": "WARNING",
+               "VICINO_DATA_DIR": str(tmp), "VICINO_MODEL_DIR": str(tmp / "models"),
+               "VICINO_HISTORY_DIR": str(tmp / "history")}
+        for name in [k for k in env if k.startswith("VICINO_RATE_LIMIT")]:
+            env.pop(name)  # the defaults, as deployed
+        servers = make_servers(env, tmp, server_cpu)
+        try:
+            for server in servers.values():
+                server.wait_ready("/readyz")
+            results["uvicorn"] = servers[setup_via].settings
+            world, phones = register_world(servers[setup_via].port, stores, devices, customers, prefix)
+            time.sleep(1.0)  # both servers' indexes follow the store change log
+            log(f"{stores:,} stores, {devices:,} devices registered with consent (through {setup_via})")
+            base = load_base(world, stores, phones, warm_s=warm_s, measure_s=measure_s, conns=16,
+                             client_cpu=client_cpu)
+            results["rounds"] = alternate_rounds(servers, base, rounds=rounds, batch=BATCH,
+                                                 redis_pid=redis_server.proc.pid)
+            results["rss_mb"] = {name: server.rss_mb() for name, server in servers.items()}
+        finally:
+            for server in servers.values():
+                server.stop()
+            redis_server.stop()
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    return results
 
 
 def register_world(port: int, stores: int, devices: int, customers: int, prefix: str) -> tuple[World, list]:

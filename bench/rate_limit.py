@@ -14,17 +14,12 @@ Every loop is bounded in count and time, all traffic is on 127.0.0.1, about thre
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-from bench._paired import alternate_rounds, compare, load_base, register_world
-from bench.geo import ADMIN_TOKEN, TOKEN_SECRET, Uvicorn, log, machine_info, table
-from vicino.services.launcher.embedded_redis import EmbeddedRedis
+from bench._paired import compare, run_pair
+from bench.geo import Uvicorn, table
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "rate_limit.json"
@@ -32,47 +27,13 @@ T_COST_PCT = 5.0  # the limiter may cost at most this share of single-fix throug
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="one short round (to try the script out)")
-    args = ap.parse_args()
-    stores, devices, customers = (2_000, 4_000, 200) if not args.quick else (1_000, 1_000, 50)
-    rounds, warm_s, measure_s = (3, 2.0, 6.0) if not args.quick else (1, 1.0, 2.0)
-    conns, batch = 16, 50
-    results: dict = {"machine": machine_info(), "profile": "quick" if args.quick else "full"}
-    print(f"Vicino rate limit benchmark ({results['profile']}): {results['machine']['cpu_count']} CPUs, "
-          f"Python {results['machine']['python']}, {results['machine']['date']}")
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    pin = len(cpus) >= 2
-    server_cpu, client_cpu = (cpus[0], cpus[1]) if pin else (None, None)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="vicino-bench-rl-") as tmp_name:
-        tmp = Path(tmp_name)
-        redis_server = EmbeddedRedis(tmp / "redis", persist=False).start()
-        if pin:
-            os.sched_setaffinity(redis_server.proc.pid, {client_cpu})
-        env = {**os.environ, "VICINO_REDIS_URL": redis_server.url, "VICINO_ADMIN_TOKEN": ADMIN_TOKEN,
-               "VICINO_TOKEN_SECRET": TOKEN_SECRET, "VICINO_LOG_LEVEL": "WARNING"}
-        for name in [k for k in env if k.startswith("VICINO_RATE_LIMIT")]:
-            env.pop(name)  # the defaults, as deployed
-        servers = {"unlimited": Uvicorn("unlimited", "vicino.services.geo.app:create_app",
-                                        {**env, "VICINO_RATE_LIMITS": "false"}, tmp, server_cpu),
-                   "limited": Uvicorn("limited", "vicino.services.geo.app:create_app", env, tmp, server_cpu)}
-        try:
-            for s in servers.values():
-                s.wait_ready("/readyz")
-            results["uvicorn"] = servers["limited"].settings
-            world, phones = register_world(servers["limited"].port, stores, devices, customers, "rl")
-            time.sleep(1.0)  # both servers' indexes follow the store change log
-            log(f"{stores:,} stores, {devices:,} devices registered with consent")
-            base = load_base(world, stores, phones, warm_s=warm_s, measure_s=measure_s, conns=conns,
-                             client_cpu=client_cpu)
-            results["rounds"] = alternate_rounds(servers, base, rounds=rounds, batch=batch,
-                                                 redis_pid=redis_server.proc.pid)
-        finally:
-            for s in servers.values():
-                s.stop()
-            redis_server.stop()
+    def servers(env: dict, tmp: Path, cpu: int | None) -> dict[str, Uvicorn]:
+        return {"unlimited": Uvicorn("unlimited", "vicino.services.geo.app:create_app",
+                                     {**env, "VICINO_RATE_LIMITS": "false"}, tmp, cpu),
+                "limited": Uvicorn("limited", "vicino.services.geo.app:create_app", env, tmp, cpu)}
 
+    results = run_pair(__doc__, "rate limit", servers, setup_via="limited", prefix="rl")
+    devices, batch = results["devices"], results["batch"]
     summary = compare(results["rounds"], "limited", "unlimited")
     single = summary["single"]
     cost = 100.0 - single["limited_pct_of_unlimited_best"] if single["limited_pct_of_unlimited_best"] else None
@@ -80,7 +41,6 @@ def main() -> None:
     results["targets"] = {"single_fix_throughput_cost_pct": {
         "value": None if cost is None else round(cost, 1), "target": f"<= {T_COST_PCT:g}%",
         "pass": cost is not None and cost <= T_COST_PCT}}
-    results["elapsed_s"] = round(time.monotonic() - started, 1)
 
     rows = []
     for mode, label in (("single", "POST /v1/locations, 1 fix"), ("batch", f"POST /v1/locations, {batch} fixes")):

@@ -31,21 +31,12 @@ from vicino.services.launcher.demo import demo_files, post_features
 from vicino.services.launcher.store_files import read_features
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.support import assert_problem, redis_dump
+from tests.unit.test_regions import R, sphere_dist_m  # the oracle's great circle (atan2 form; the service: haversine)
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-R = 6_371_008.8
 TOL_M = 0.6  # the brute force samples boundaries every metre: it may overstate a distance by 0.5 m
 MILANO = ((45.40, 45.53), (9.05, 9.28))
 ROMA = ((41.80, 41.98), (12.38, 12.62))
-
-
-def sphere_dist_m(lat1, lon1, lat2, lon2):
-    """Great-circle metres by the atan2 form (the service uses haversine)."""
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dl = np.radians(np.asarray(lon2) - lon1)
-    num = np.hypot(np.cos(p2) * np.sin(dl), np.cos(p1) * np.sin(p2) - np.sin(p1) * np.cos(p2) * np.cos(dl))
-    den = np.sin(p1) * np.sin(p2) + np.cos(p1) * np.cos(p2) * np.cos(dl)
-    return R * np.arctan2(num, den)
 
 
 def unit_vectors(lats, lons) -> np.ndarray:
