@@ -84,6 +84,8 @@ class DeliveryReceiptV1(BaseModel):
     offer_id: str
     visit_id: str
     decision_id: str
+    campaign_id: str | None = Field(None, description="the campaign of the push job")
+    test: bool = Field(False, description="a campaign's test send: never counted in the KPIs")
     status: ReceiptStatus
     reason: str | None = Field(None, description="why, for every status but queued, sent and opened")
     provider: str | None = None

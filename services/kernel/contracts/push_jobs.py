@@ -43,6 +43,9 @@ class PushDataV1(BaseModel):
     store_id: str
     visit_id: str
     decision_id: str
+    campaign_id: str | None = Field(None, description="the campaign that sent it (None: before campaigns, or none)")
+    test: bool = Field(False, description="a campaign's test send (POST /v1/campaigns/{id}/test-sends): delivered "
+                       "like any push, never counted in the KPIs; it has no decision")
 
 
 class PushJobV1(BaseModel):
@@ -58,6 +61,8 @@ class PushJobV1(BaseModel):
     push_token: str = Field(min_length=1)
     title: str
     body: str
+    deep_link: str | None = Field(None, description="opened by the app when the notification is tapped")
+    image_url: str | None = Field(None, description="a rich notification's image (FCM image, APNs mutable-content)")
     data: PushDataV1
     collapse_key: str = Field(description="the visit id: a newer notification of a visit replaces an older one")
     created_at: float
