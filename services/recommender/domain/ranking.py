@@ -58,6 +58,18 @@ class RankedOffer:
     def body(self) -> str:
         return self.offer.body
 
+    @property
+    def item_ids(self) -> tuple[str, ...]:
+        return tuple(self.offer.item_ids)
+
+    @property
+    def regular_price(self) -> float:
+        return self.offer.price
+
+    @property
+    def valid_to(self) -> float:
+        return self.offer.valid_to
+
 
 @dataclass(frozen=True, slots=True)
 class CustomerView:
