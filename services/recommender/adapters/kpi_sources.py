@@ -1,6 +1,7 @@
 """What the KPIs read: the decisions streams (this service's), the push gateway's receipt
-streams (its published contract), the customers' purchases and redemptions (the Parquet log and
-what the interaction streams hold that is not exported yet), merges, and the daily roll-ups.
+streams (its published contract; the receipts of campaigns' test sends are left out here), the
+customers' purchases and redemptions (the Parquet log and what the interaction streams hold that
+is not exported yet), merges, and the daily roll-ups.
 
 Stream entry ids are the server time of the append, so a period is read by id range with a
 margin, and the domain keeps exactly what belongs to it. Customers merged since a decision are
@@ -68,7 +69,10 @@ class KpiSources:
         return await self._records(decisions_stream_key, DecisionV1.from_stream_fields, lo, hi)
 
     async def receipts(self, lo: float, hi: float) -> list[DeliveryReceiptV1]:
-        return await self._records(receipts_stream_key, DeliveryReceiptV1.from_stream_fields, lo, hi)
+        """The receipts of the period, without those of campaigns' test sends: a marketer's test
+        on their own phone is no customer's push, and must move no figure."""
+        return [r for r in await self._records(receipts_stream_key, DeliveryReceiptV1.from_stream_fields, lo, hi)
+                if not r.test]
 
     async def survivors(self, customer_ids: Iterable[str]) -> dict[str, str]:
         """customer -> the customer it is now (itself unless merged since), and every customer

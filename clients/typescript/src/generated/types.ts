@@ -136,6 +136,10 @@ export interface DeliveryOut {
   offer_id: string;
   visit_id: string;
   decision_id: string;
+  /** the campaign that sent it; null: none */
+  campaign_id: string | null;
+  /** a campaign's test send (never counted in the KPIs) */
+  test: boolean;
   created_at: string;
   /** not delivered after this instant */
   expires_at: string;
