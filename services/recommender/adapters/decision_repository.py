@@ -336,3 +336,13 @@ class DecisionRepository:
             pipe.hdel(key, visit_id)
             pipe.zrem(key + ":at", visit_id)
             await pipe.execute()
+
+    async def delete(self, customer_id: str) -> None:
+        """Every per-customer decision key and the visit index entries of its decisions (erasure,
+        and the merged-away side of a merge). The shard streams are scanned separately."""
+        k = self.keys(customer_id)
+        docs = await self._r.hvals(k.decision_docs)
+        for visit_id in sorted({DecisionV1.model_validate_json(d).visit_id for d in docs}):
+            if await self.customer_of_visit(visit_id) == customer_id:
+                await self.forget_visits([visit_id])
+        await self._r.delete(*k.all_owned())
