@@ -1,12 +1,13 @@
 """The `vicino` command: run the stack, serve one service, manage stores, offers, history, jobs,
 train the model. The root: builds the typer app from the groups, one module each
-(up, serve, stores, offers, history, train, jobs, keys, models); their shared guards and exits are in
+(up, serve, stores, offers, customers, history, train, jobs, keys, models); their shared guards and exits are in
 guards.py, the progress bar in progress.py, the jobs of every service in job_catalog.py. No
 module of this package imports this one back."""
 from __future__ import annotations
 
 import typer
 
+from vicino.services.cli.customers import customers_app
 from vicino.services.cli.history import history_app
 from vicino.services.cli.jobs import jobs_app
 from vicino.services.cli.keys import keys_app
@@ -49,6 +50,7 @@ app.command("up")(up_command)
 app.add_typer(serve_app, name="serve")
 app.add_typer(stores_app, name="stores")
 app.add_typer(offers_app, name="offers", help="Manage the offer catalogue.")
+app.add_typer(customers_app, name="customers", help="Customers from a CRM: import identifiers, consent, locale.")
 app.add_typer(history_app, name="history", help="Customers' interaction history: import, export, erasure.")
 app.command("train")(train_command)
 app.add_typer(keys_app, name="keys", help="API keys with roles: create, list, revoke.")

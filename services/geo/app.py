@@ -15,7 +15,7 @@ from vicino.services.runtime.redis_client import service_redis
 
 from .api import access_routes
 from .api.routes import HOT_PATH_ROUTES, router
-from .api.schemas import LocationBatchIn
+from .api.schemas import ConsentBatchIn, LocationBatchIn
 from .settings import GeoSettings
 from .wiring import GeoMetrics, build
 
@@ -67,5 +67,5 @@ def create_app(settings: GeoSettings | None = None, *, redis=None, clock: Clock 
                  max_body_bytes=settings.max_body_bytes,
                  # only an operator (or admin) may send a bulk body; anyone else meets the default limit
                  bulk_limits={("POST", "/v1/stores"): BulkLimit(settings.max_bulk_body_bytes, frozenset({"operator"}))})
-    publish_body_schemas(app, LocationBatchIn)
+    publish_body_schemas(app, LocationBatchIn, ConsentBatchIn)
     return app

@@ -17,6 +17,7 @@ from vicino.services.runtime.redis_client import service_redis
 
 from .api import campaign_routes, catalog_routes, customer_routes, kpi_routes, model_routes, offer_routes
 from .api.customer_routes import InteractionBatchIn
+from .domain.customer_records import CustomerBatchIn
 from .settings import RecommenderSettings
 from .adapters.model_store import ModelCollector
 from .wiring import build, SERVICE_KEY_NAME, SERVICE_KEY_ROLES
@@ -78,5 +79,5 @@ def create_app(settings: RecommenderSettings | None = None, *, redis=None, clock
                  max_body_bytes=settings.max_body_bytes,
                  # only an operator (or admin) may send a bulk body; anyone else meets the default limit
                  bulk_limits={("POST", "/v1/offers"): BulkLimit(settings.max_bulk_body_bytes, frozenset({"operator"}))})
-    publish_body_schemas(app, InteractionBatchIn)
+    publish_body_schemas(app, InteractionBatchIn, CustomerBatchIn)
     return app

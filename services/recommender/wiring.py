@@ -27,6 +27,7 @@ from .domain.campaigns import Campaign, default_campaign
 from .domain.decision_policy import DecisionRules, QuietHours
 from .settings import RecommenderSettings
 from .use_cases.campaigns import CampaignBook
+from .use_cases.customer_batch import CustomerBatch
 from .use_cases.erasure import Erasure
 from .use_cases.explanations import DecisionExplanations
 from .use_cases.decide import RanksOffers, VisitDecisions
@@ -46,7 +47,7 @@ from .use_cases.catalog import Catalog
 
 
 # the recommender's own key at geo: it erases a customer's location data (support) and sets the
-# stricter consent on both customers of a merge (app_backend)
+# stricter consent on both customers of a merge, and a CRM batch's consent (app_backend)
 SERVICE_KEY_NAME, SERVICE_KEY_ROLES = "recommender", ("app_backend", "support")
 
 
@@ -62,6 +63,7 @@ class RecommenderContainer:
     identity: IdentityService
     ingest: InteractionIngest
     profiles: ProfileReader
+    customer_batch: CustomerBatch
     erasure: Erasure
     catalog: Catalog
     models: ModelHolder
@@ -92,6 +94,7 @@ def build(settings: RecommenderSettings, redis, clock: Clock, registry: Collecto
         devices=published, identity=identity,
         ingest=InteractionIngest(customers, identity, clock, settings),
         profiles=ProfileReader(customers, published, identity),
+        customer_batch=CustomerBatch(customers, identity, geo, clock),
         erasure=Erasure(customers, published, identity, geo, clock, settings.event_shards, decisions),
         catalog=catalog, models=models,
         ranker=ranker,

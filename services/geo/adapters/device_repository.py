@@ -364,28 +364,71 @@ class DeviceRepository:
         return int(version), sorted(m.decode() for m in members)
 
     async def apply_consent(self, customer_id: str, version: int, values: dict[str, bool], actor: str,
-                            now: float) -> tuple[bool, list[str]]:
+                            now: float, source: str | None = None) -> tuple[bool, list[str]]:
         """Step 3: the consent and its log entry, unless a newer change was applied; returns
-        (applied, the customer's devices)."""
+        (applied, the customer's devices). `source` (e.g. "crm-import") is kept in the entry."""
         ck = CustomerKeys(customer_id)
         flat = {f: "1" if values[f] else "0" for f in CONSENT_FIELDS}
+        entry = {**flat, "at": now, "by": actor, **({"source": source} if source else {})}
         applied, members = await self._apply_consent(
             keys=[ck.consent, ck.consent_log, ck.devices],
             args=[version, flat["location"], flat["marketing"], flat["personalisation"], repr(now),
-                  orjson.dumps({**flat, "at": now, "by": actor})])
+                  orjson.dumps(entry)])
         return bool(int(applied)), sorted(m.decode() for m in members)
 
-    async def set_consent(self, customer_id: str, values: dict[str, bool], actor: str, now: float) -> list[str]:
+    async def set_consent(self, customer_id: str, values: dict[str, bool], actor: str, now: float,
+                          source: str | None = None) -> list[str]:
         """Records the consent and its audit entry and mirrors `location` into every device of the
         customer, in the steps the module's docstring orders; returns those device ids."""
         version, devices = await self.next_consent_version(customer_id)
         if not values["location"]:
             for device_id in devices:  # a withdrawal holds on the devices before it is recorded
                 await self.set_location_copy(device_id, False, version)
-        _, members = await self.apply_consent(customer_id, version, values, actor, now)
+        _, members = await self.apply_consent(customer_id, version, values, actor, now, source)
         for device_id in members:
             await self.set_location_copy(device_id, values["location"], version)
         return members
+
+    async def set_consents(self, changes: list[tuple[str, dict[str, bool], str | None]], actor: str,
+                           now: float) -> list[tuple[dict, list[str]]]:
+        """`set_consent` for many customers at once (a CRM import): the same steps in the same
+        order for each, each step one pipelined trip for the whole batch. A change names only
+        the purposes it sets (customer_id, {purpose: bool}, source); the others keep the value
+        they have when its version is allocated. Returns per change (the consent as recorded,
+        the customer's devices)."""
+        pipe = self._r.pipeline(transaction=False)
+        for customer_id, _, _ in changes:
+            ck = CustomerKeys(customer_id)
+            await self._next_consent_version(keys=[ck.consent, ck.devices], client=pipe)  # queued
+            pipe.hgetall(ck.consent)
+        replies = await pipe.execute()
+        versions: list[int] = []
+        full: list[dict[str, bool]] = []
+        for (customer_id, values, _), (version, members), raw in zip(changes, replies[::2], replies[1::2]):
+            versions.append(int(version))
+            current = {k.decode(): v.decode() for k, v in raw.items()}
+            merged = {f: values[f] if f in values else current.get(f) == "1" for f in CONSENT_FIELDS}
+            full.append(merged)
+            if not merged["location"]:
+                for device_id in sorted(m.decode() for m in members):  # the withdrawal holds on the devices first
+                    await self.set_location_copy(device_id, False, int(version))
+        pipe = self._r.pipeline(transaction=False)
+        for (customer_id, _, source), version, values in zip(changes, versions, full):
+            ck = CustomerKeys(customer_id)
+            flat = {f: "1" if values[f] else "0" for f in CONSENT_FIELDS}
+            entry = {**flat, "at": now, "by": actor, **({"source": source} if source else {})}
+            await self._apply_consent(keys=[ck.consent, ck.consent_log, ck.devices],
+                                      args=[version, flat["location"], flat["marketing"], flat["personalisation"],
+                                            repr(now), orjson.dumps(entry)], client=pipe)  # queued
+        applied = await pipe.execute()
+        out: list[tuple[dict, list[str]]] = []
+        for (customer_id, _, _), version, values, (ok, members) in zip(changes, versions, full, applied):
+            devices = sorted(m.decode() for m in members)
+            for device_id in devices:
+                await self.set_location_copy(device_id, values["location"], version)
+            # a newer change that won meanwhile is what the customer's consent now is
+            out.append(({**values, "updated_at": now} if int(ok) else await self.consent(customer_id), devices))
+        return out
 
     async def consent_audit(self, customer_id: str, count: int = 100) -> list[dict]:
         """The most recent changes, newest first: the list, then (older) the legacy stream's."""
@@ -393,9 +436,11 @@ class DeviceRepository:
         out = []
         for raw in await self._r.lrange(ck.consent_log, 0, count - 1):
             g = orjson.loads(raw)
-            out.append({"at": float(g["at"]), "by": g["by"], **{f: g[f] == "1" for f in CONSENT_FIELDS}})
+            out.append({"at": float(g["at"]), "by": g["by"], **{f: g[f] == "1" for f in CONSENT_FIELDS},
+                        "source": g.get("source")})
         if len(out) < count:
             for _eid, fields in await self._r.xrevrange(ck.consent_audit, count=count - len(out)):
                 g = {k.decode(): v.decode() for k, v in fields.items()}
-                out.append({"at": float(g["at"]), "by": g["by"], **{f: g[f] == "1" for f in CONSENT_FIELDS}})
+                out.append({"at": float(g["at"]), "by": g["by"], **{f: g[f] == "1" for f in CONSENT_FIELDS},
+                            "source": None})
         return out

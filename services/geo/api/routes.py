@@ -9,7 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.routing import Route as StarletteRoute
 from pydantic import ValidationError
 
-from vicino.services.kernel.problems import NOT_OWN_DEVICE, Forbidden, InvalidInput, require_json_content_type
+from vicino.services.kernel.problems import (NOT_OWN_DEVICE, Forbidden, InvalidInput, describe_validation_errors,
+                                            require_json_content_type)
 from vicino.services.kernel.times import rfc3339, rfc3339_fields
 from vicino.services.runtime.api_keys import RouteAccess
 from vicino.services.runtime.http_edge import JsonBody
@@ -21,7 +22,8 @@ from .deps import (AppBackendDep, ConsentReaderDep, ConsentWriterDep, ContainerD
                    DeviceReaderDep, OperatorDep, OwnDeviceTokenDep, RegionReaderDep, StoreReaderDep, SupportDep,
                    device_claims)
 from .schemas import (BODY_PROBLEMS, DEFAULT_REGIONS, FEATURE_SCHEMA, MAX_NEARBY_LIMIT, MAX_NEARBY_RADIUS_M,
-                      MAX_REGIONS, PROBLEMS, BulkStoresOut, ConsentIn, ConsentOut, DeviceIn, DeviceOut,
+                      MAX_CONSENT_BATCH, MAX_REGIONS, PROBLEMS, BulkStoresOut, ConsentBatchItemIn, ConsentBatchOut,
+                      ConsentIn, ConsentOut, DeviceIn, DeviceOut,
                       DeviceRegistrationOut, DeviceTokenOut, LocationBatchIn, LocationDataErasureOut,
                       LocationResultOut, NearbyStoreOut, PushTokenIn, PushTokenOut, PushTokenRevocationIn,
                       PushTokenRevocationOut, RegionsOut, problem)
@@ -245,6 +247,62 @@ async def put_consent(customer_id: CustomerId, body: ConsentIn, p: ConsentWriter
     actor = "admin" if p.key_id == "admin-token" else p.actor
     current = await c.directory.set_consent(customer_id, body.model_dump(), actor)
     return _json(_consent_out(customer_id, current))
+
+
+def _consent_batch_items(body: object) -> list:
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+        raise InvalidInput('expected {"items": [{"customer_id": ..., "consent": {...}, "source": ...}, ...]}')
+    items = body["items"]
+    extra = sorted(set(body) - {"items"})
+    if extra:
+        raise InvalidInput(f"unknown field(s) {', '.join(extra)}; the body is {{\"items\": [...]}}")
+    if not 1 <= len(items) <= MAX_CONSENT_BATCH:
+        raise InvalidInput(f"items: {len(items):,} items; a batch holds 1 to {MAX_CONSENT_BATCH:,}",
+                           errors=[{"field": "items", "message": f"1 to {MAX_CONSENT_BATCH:,} items"}])
+    return items
+
+
+@router.post("/consents:batch", tags=["consent"], response_model=ConsentBatchOut,
+             summary=f"set the consent of up to {MAX_CONSENT_BATCH:,} customers (a CRM import); each change "
+                     "audited as a single one",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/ConsentBatchIn"}}}}},
+             responses={**BODY_PROBLEMS, 422: problem(f"not {{\"items\": [...]}} or more than "
+                                                      f"{MAX_CONSENT_BATCH:,} items; nothing was recorded")})
+async def put_consents(body: JsonBody, p: AppBackendDep, c: ContainerDep) -> Response:
+    """Each item is judged alone: a bad one (a malformed customer id, a purpose that is not a
+    boolean, no purpose at all, the same customer twice) is `rejected` with its reasons and the
+    others are recorded. An item sets the purposes it names; the others keep their value. Each
+    change is recorded and audited exactly as `PUT /v1/customers/{customer_id}/consent` records
+    it (same trail, with `source` added), with the same effect on open visits."""
+    items = _consent_batch_items(body)
+    actor = "admin" if p.key_id == "admin-token" else p.actor
+    results: list[dict] = []
+    changes: list[tuple[str, dict[str, bool], str | None]] = []
+    accepted: list[int] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(items):
+        customer_id = raw.get("customer_id") if isinstance(raw, dict) and isinstance(raw.get("customer_id"), str) else None
+        try:
+            item = ConsentBatchItemIn.model_validate(raw)
+        except ValidationError as e:
+            results.append({"index": i, "customer_id": customer_id, "status": "rejected",
+                            "errors": describe_validation_errors(list(e.errors()))[1]})
+            continue
+        values = item.consent.model_dump(exclude_none=True)
+        problem_ = ("consent names no purpose (location, marketing, personalisation)" if not values else
+                    "the same customer_id appears earlier in this batch" if item.customer_id in seen else None)
+        if problem_:
+            results.append({"index": i, "customer_id": item.customer_id, "status": "rejected",
+                            "errors": [{"field": "consent" if not values else "customer_id", "message": problem_}]})
+            continue
+        seen.add(item.customer_id)
+        results.append({"index": i, "customer_id": item.customer_id, "status": "ok"})
+        changes.append((item.customer_id, values, item.source))
+        accepted.append(i)
+    for i, current in zip(accepted, await c.directory.set_consents(changes, actor)):
+        results[i]["consent"] = rfc3339_fields(current, "updated_at")
+    return _json({"ok": len(accepted), "rejected": len(results) - len(accepted), "results": results})
 
 
 @router.delete("/customers/{customer_id}/location-data", tags=["consent"],

@@ -161,6 +161,8 @@ class ConsentChangeOut(BaseModel):
     location: bool
     marketing: bool
     personalisation: bool
+    source: str | None = Field(None, description="where a batch change came from (e.g. `crm-import`), as its "
+                                                 "caller named it")
 
 
 class ConsentOut(BaseModel):
@@ -170,6 +172,59 @@ class ConsentOut(BaseModel):
     personalisation: bool
     updated_at: InstantOut | None
     history: list[ConsentChangeOut] = Field(default_factory=list, description="audit trail, newest first")
+
+
+MAX_CONSENT_BATCH = 1000
+CONSENT_SOURCE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class ConsentPurposesIn(BaseModel):
+    """The purposes a batch item sets; one left out keeps its current value (none set: False)."""
+    model_config = ConfigDict(extra="forbid")
+
+    location: bool | None = None
+    marketing: bool | None = None
+    personalisation: bool | None = None
+
+
+class ConsentBatchItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: ClientId
+    consent: ConsentPurposesIn
+    source: Annotated[str, StringConstraints(pattern=CONSENT_SOURCE_PATTERN)] | None = Field(
+        None, description="where the change comes from (e.g. `crm-import`), kept in its audit entry")
+
+
+class ConsentBatchIn(BaseModel):
+    """Each item is judged alone: a bad one is rejected with its reasons, the others are recorded."""
+    items: list[ConsentBatchItemIn] = Field(min_length=1, max_length=MAX_CONSENT_BATCH)
+
+
+class ConsentRecordOut(BaseModel):
+    location: bool
+    marketing: bool
+    personalisation: bool
+    updated_at: InstantOut | None
+
+
+class FieldErrorOut(BaseModel):
+    field: str
+    message: str
+
+
+class ConsentBatchResultOut(BaseModel):
+    index: int
+    customer_id: str | None
+    status: Literal["ok", "rejected"]
+    consent: ConsentRecordOut | None = Field(None, description="the consent as recorded (status ok)")
+    errors: list[FieldErrorOut] | None = Field(None, description="why the item was rejected (status rejected)")
+
+
+class ConsentBatchOut(BaseModel):
+    ok: int
+    rejected: int
+    results: list[ConsentBatchResultOut] = Field(description="one per item, in order")
 
 
 class BulkStoresOut(BaseModel):

@@ -144,6 +144,20 @@ class DeviceDirectory:
                 await self._close_visits(device_id, customer_id, snap.state, now, "consent_withdrawn")
         return await self.repo.consent(customer_id)
 
+    async def set_consents(self, changes: list[tuple[str, dict[str, bool], str | None]], actor: str) -> list[dict]:
+        """Many customers' consent at once (a CRM import), each change recorded and audited as
+        `set_consent` records it, with its effect on visits; `changes`: (customer_id, the
+        purposes it sets, source). Returns each customer's consent as recorded."""
+        now = self.clock.now()
+        out = []
+        for (customer_id, _, _), (current, devices) in zip(changes, await self.repo.set_consents(changes, actor, now)):
+            if not current["location"]:
+                for device_id in devices:
+                    snap = await self.repo.snapshot(device_id)
+                    await self._close_visits(device_id, customer_id, snap.state, now, "consent_withdrawn")
+            out.append(current)
+        return out
+
     async def _close_visits(self, device_id: str, customer_id: str, raw_state: dict | None, now: float,
                             reason: str) -> None:
         if raw_state:

@@ -8,7 +8,8 @@ Pure: no I/O.
 
 A path `/v1/<collection>/...` belongs to the collection's owner, except the sub-resources a
 different service keeps about the same thing (a store's inventory is the recommender's, a
-customer's consent is geo's)."""
+customer's consent is geo's). A custom method on a collection (`/v1/customers:batch`, Google's
+API style) is a collection of its own here: the first segment, verb included, is the key."""
 from __future__ import annotations
 
 import re
@@ -16,10 +17,12 @@ import re
 SERVICES = ("geo", "recommender", "push", "scheduler")
 
 COLLECTION_OWNERS: dict[str, str] = {
-    # geo: the fences, the phones, where they are and who may use the API
+    # geo: the fences, the phones, where they are and who may use the API; consent in bulk
     "stores": "geo", "devices": "geo", "locations": "geo", "keys": "geo", "audit": "geo", "events": "geo",
+    "consents:batch": "geo",
     # recommender: customers and what they buy, offers, campaigns, KPIs and models
     "customers": "recommender", "identifiers": "recommender", "interactions": "recommender",
+    "customers:batch": "recommender",
     "offers": "recommender", "rules": "recommender", "campaigns": "recommender", "kpis": "recommender",
     "model": "recommender", "models": "recommender",
     # push gateway: deliveries and their opens

@@ -260,7 +260,88 @@ class CustomerRepository:
 
     async def has_data(self, customer_id: str) -> bool:
         k = self.keys(customer_id)
-        return bool(await self._r.exists(k.history, k.events, k.identifiers, k.visits, k.redeemed, k.aliases, k.seen))
+        return bool(await self._r.exists(k.history, k.events, k.identifiers, k.visits, k.redeemed, k.aliases, k.seen,
+                                         k.attributes))
+
+    # attributes (locale, country) and batches of customers ----------------------------------------
+
+    async def attributes(self, customer_id: str) -> dict[str, str]:
+        """What a CRM import said of the customer: `locale` (BCP 47, canonical: "it-IT"),
+        `country` (ISO 3166-1 alpha-2), `updated_at` (epoch seconds, as text); each only when
+        known, {} for a customer never imported. Read under the id given (resolve merges first)."""
+        raw = await self._r.hgetall(self.keys(customer_id).attributes)
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    async def set_attributes(self, updates: list[tuple[str, dict[str, str]]], now: float) -> None:
+        """Per (customer, {field: value}): those fields set, the others kept; one pipelined trip."""
+        pipe = self._r.pipeline(transaction=False)
+        for customer_id, values in updates:
+            pipe.hset(self.keys(customer_id).attributes, mapping={**values, "updated_at": repr(now)})
+        await pipe.execute()
+
+    async def fill_attributes(self, customer_id: str, values: dict[str, str]) -> None:
+        """Sets only the fields the customer does not have (a merge: the survivor's own win)."""
+        k = self.keys(customer_id).attributes
+        for name, value in values.items():
+            await self._r.hsetnx(k, name, value)
+
+    async def canonical_many(self, customer_ids: list[str], max_hops: int) -> list[str | None]:
+        """Each id followed through its merge pointers, one pipelined trip per hop; None where
+        the chain is longer than `max_hops`."""
+        out: list[str | None] = list(customer_ids)
+        pending = list(range(len(customer_ids)))
+        for _ in range(max_hops):
+            if not pending:
+                return out
+            pipe = self._r.pipeline(transaction=False)
+            for n in pending:
+                pipe.get(self.keys(out[n]).merged_into)
+            moved = []
+            for n, nxt in zip(pending, await pipe.execute()):
+                if nxt is not None and _s(nxt) != out[n]:
+                    out[n] = _s(nxt)
+                    moved.append(n)
+            pending = moved
+        for n in pending:
+            out[n] = None
+        return out
+
+    async def known(self, customer_ids: list[str], published_keys: list[str]) -> list[bool]:
+        """Whether Vicino holds anything of each customer: any key of theirs, or the published
+        key beside it (their consent record at geo); one pipelined trip."""
+        pipe = self._r.pipeline(transaction=False)
+        for customer_id, published in zip(customer_ids, published_keys):
+            k = self.keys(customer_id)
+            pipe.exists(k.history, k.identifiers, k.visits, k.redeemed, k.aliases, k.attributes, k.merged_into)
+            pipe.exists(published)
+        replies = await pipe.execute()
+        return [bool(a) or bool(b) for a, b in zip(replies[::2], replies[1::2])]
+
+    async def identifier_owners(self, identifiers: list[str]) -> list[str | None]:
+        """`identifier_owner` of each, one pipelined trip."""
+        pipe = self._r.pipeline(transaction=False)
+        for identifier in identifiers:
+            pipe.get(self._idkey(identifier))
+        return [None if v is None else _s(v) for v in await pipe.execute()]
+
+    async def claim_identifiers(self, claims: list[tuple[str, str]]) -> list[bool]:
+        """`claim_identifier` of each (identifier, customer): True where the identifier was free
+        and is now the customer's; two pipelined trips."""
+        pipe = self._r.pipeline(transaction=False)
+        for identifier, customer_id in claims:
+            pipe.set(self._idkey(identifier), customer_id, nx=True)
+        won = [bool(v) for v in await pipe.execute()]
+        pipe = self._r.pipeline(transaction=False)
+        for (identifier, customer_id), ok in zip(claims, won):
+            if ok:
+                pipe.sadd(self.keys(customer_id).identifiers, identifier)
+        await pipe.execute()
+        return won
+
+    async def release_identifiers(self, claims: list[tuple[str, str]]) -> None:
+        """Undoes claims (an item that could not be linked whole): each only if still its customer's."""
+        for identifier, customer_id in claims:
+            await self.forget_identifier(identifier, customer_id)
 
     async def delete_data(self, customer_id: str, *, keep_pointer: bool) -> None:
         """Removes the customer's own keys; a merged customer keeps its pointer to the survivor."""

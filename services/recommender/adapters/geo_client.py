@@ -19,6 +19,14 @@ class GeoClient(ServiceClient):
         if r.status_code != 200:
             raise Unavailable(f"the geo service refused the consent of {customer_id!r}: {r.status_code} {r.text[:200]}")
 
+    async def set_consents(self, items: list[dict]) -> list[dict]:
+        """Geo's batch consent write (`POST /v1/consents:batch`, up to 1,000 items of
+        {customer_id, consent: {purpose: bool, ...}, source}): its per-item results, in order."""
+        r = await self._call("POST", "/v1/consents:batch", json={"items": items})
+        if r.status_code != 200:
+            raise Unavailable(f"the geo service refused a consent batch: {r.status_code} {r.text[:200]}")
+        return r.json()["results"]
+
     async def erase_location_data(self, customer_id: str) -> dict:
         r = await self._call("DELETE", f"/v1/customers/{customer_id}/location-data")
         if r.status_code != 200:

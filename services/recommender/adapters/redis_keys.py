@@ -1,7 +1,7 @@
 """Every Redis key the recommender owns. Hash tags keep multi-key operations in one Cluster slot.
 
-- `{cs:NNN}`: a customer's hot history, deduplication window, identifiers, alias pointers and
-  visits, and the interaction stream of the customer's shard, so that ingestion ("seen this event
+- `{cs:NNN}`: a customer's hot history, deduplication window, identifiers, alias pointers,
+  visits and attributes (locale, country), and the interaction stream of the customer's shard, so that ingestion ("seen this event
   id? keep it, log it") is one atomic script per shard.
 - `{idn:NNN}`: the identifier directory (identifier → customer), sharded by identifier.
 - `{erasures}`: the erasure register (keyed digests of erased customer ids) that the exporter and the
@@ -28,7 +28,7 @@ KPI_DAILY = "vicino:{kpis}:daily"  # hash: YYYY-MM-DD -> JSON {date, report, rol
 
 class CustomerKeys:
     __slots__ = ("customer_id", "shard", "history", "events", "seen", "identifiers", "merged_into", "aliases",
-                 "visits", "visit_info", "redeemed", "erasing", "stream")
+                 "visits", "visit_info", "redeemed", "attributes", "erasing", "stream")
 
     def __init__(self, customer_id: str, shards: int) -> None:
         self.customer_id = customer_id
@@ -43,6 +43,9 @@ class CustomerKeys:
         self.visits = base + ":visits"            # zset: visit_id -> entered at; the most recent N store visits
         self.visit_info = base + ":visit_info"    # hash: visit_id -> JSON {store_id, entered_at, left_at, ...}
         self.redeemed = base + ":redeemed"        # set: offer ids redeemed
+        # hash: locale (BCP 47, canonical), country (ISO 3166-1 alpha-2), updated_at (epoch s): what
+        # a CRM import or POST /v1/customers:batch said of the customer
+        self.attributes = base + ":attributes"
         # set: every customer of an erasure in progress (the survivor and its aliases), so that a
         # retry after a failure part-way still finds them all; deleted as the erasure's last step
         self.erasing = base + ":erasing"
@@ -51,7 +54,7 @@ class CustomerKeys:
     def all_owned(self) -> list[str]:
         """Every per-customer key (not the shard stream)."""
         return [self.history, self.events, self.seen, self.identifiers, self.merged_into, self.aliases,
-                self.visits, self.visit_info, self.redeemed]
+                self.visits, self.visit_info, self.redeemed, self.attributes]
 
 
 def identifier_key(identifier: str, shards: int) -> str:

@@ -18,7 +18,9 @@ from ..domain.identity import IdentifierError, normalise_identifier
 from ..domain.interactions import InteractionIn
 from .deps import (AppBackendDep, ContainerDep, IdentifierReaderDep, InteractionWriterDep, ProfileReaderDep,
                    SupportDep)
-from .schemas import BODY_PROBLEMS, PROBLEMS, CustomerErasureOut, CustomerHistoryOut, CustomerProfileOut
+from ..domain.customer_records import MAX_CUSTOMER_BATCH, batch_items
+from .schemas import (BODY_PROBLEMS, PROBLEMS, CustomerBatchOut, CustomerErasureOut, CustomerHistoryOut,
+                      CustomerProfileOut, problem)
 
 router = APIRouter(prefix="/v1", responses=PROBLEMS)
 CustomerId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN)]
@@ -31,7 +33,7 @@ def _json(body, status: int = 200) -> Response:
 class IdentifierBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["device", "loyalty_card", "email", "email_sha256", "cookie"]
+    kind: Literal["device", "loyalty_card", "email", "email_sha256", "phone", "phone_sha256", "cookie"]
     value: str
     verified: bool = Field(False, description="the person proved they hold the identifier (a card scanned at the "
                                              "till, an e-mail confirmed by a link): only then does linking an "
@@ -92,6 +94,28 @@ async def post_interactions(body: JsonBody, p: InteractionWriterDep, c: Containe
     own customer's interactions."""
     report = await c.ingest.ingest(body, p)
     return _json(report.as_dict())
+
+
+@router.post("/customers:batch", tags=["customers"], response_model=CustomerBatchOut,
+             summary=f"create or update up to {MAX_CUSTOMER_BATCH:,} customers (a CRM import): identifiers, consent, "
+                     "locale, country; each judged alone",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/CustomerBatchIn"}}}}},
+             responses={**BODY_PROBLEMS, 422: problem(f'not {{"customers": [...]}}, or more than '
+                                                      f"{MAX_CUSTOMER_BATCH:,} customers; nothing was changed")})
+async def post_customer_batch(body: JsonBody, _: AppBackendDep, c: ContainerDep) -> Response:
+    """Each customer is judged alone and `rejected` with its reasons (a malformed id, identifier,
+    locale or country, a consent value that is not a boolean, the same customer twice, an
+    identifier already linked to another customer: never a merge), the others kept. Identifiers
+    are linked as `POST /v1/customers/{customer_id}/identifiers` links them; consent is set at
+    the geo service in one call per batch, each change in its audit trail (`source`
+    `customer-batch`); `locale` (BCP 47) and `country` (ISO 3166-1 alpha-2) are kept on the
+    customer and shown in its profile. Sending the same batch again is safe."""
+    try:
+        items = batch_items(body)
+    except ValueError as e:
+        raise InvalidInput(str(e), errors=[{"field": "customers", "message": str(e)}]) from None
+    return _json(await c.customer_batch.upsert(items))
 
 
 @router.post("/customers/{customer_id}/identifiers", tags=["customers"],

@@ -2,7 +2,7 @@
 `vicino.services.runtime.http_problems`) and the shapes of the routes that answer pre-rendered JSON."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,12 +81,34 @@ class CustomerProfileOut(BaseModel):
     requested_id: str
     merged_from: list[str]
     identifiers: list[IdentifierOut]
+    locale: str | None = Field(description="BCP 47, canonical (\"it-IT\"), as a CRM import set it; null if unknown")
+    country: str | None = Field(description="ISO 3166-1 alpha-2, as a CRM import set it; null if unknown")
     consent: ConsentViewOut
     devices: list[DeviceViewOut]
     history: HistorySummaryOut
     last_purchases: list[InteractionOut]
     last_visits: list[VisitOut]
     redeemed_offers: list[str]
+
+
+class FieldErrorOut(BaseModel):
+    field: str
+    message: str
+
+
+class CustomerBatchResultOut(BaseModel):
+    index: int = Field(description="the item's position in `customers`")
+    customer_id: str | None
+    status: Literal["created", "updated", "rejected"] = Field(
+        description="created: Vicino knew nothing of the customer before; updated: it did")
+    errors: list[FieldErrorOut] | None = Field(None, description="why the item was rejected")
+
+
+class CustomerBatchOut(BaseModel):
+    created: int
+    updated: int
+    rejected: int
+    results: list[CustomerBatchResultOut] = Field(description="one per item, in order")
 
 
 class CustomerHistoryOut(BaseModel):

@@ -42,6 +42,14 @@ class LinkResult:
     merged: list[str] = field(default_factory=list)  # customers merged into customer_id by this link
 
 
+@dataclass
+class BatchLink:
+    """One customer's identifiers linked by `link_batch`: to `customer_id` (the canonical one),
+    or none of them, with the reason per identifier that could not be."""
+    customer_id: str | None
+    errors: list[dict] = field(default_factory=list)  # [{field: "identifiers.N", message}]
+
+
 class CanonicalIds:
     """Follows merge pointers to the surviving customer: all the workers need of identity (they
     never merge), so they hold this and not an IdentityService."""
@@ -116,6 +124,68 @@ class IdentityService:
             await self._merge(gone, keep)
             return LinkResult(keep, identifier, created=True, merged=[gone])
 
+    async def link_batch(self, requests: list[tuple[str, tuple[str, ...]]]) -> list[BatchLink]:
+        """Links each (customer, identifiers) as `link` does without `verified`, for a whole batch
+        in a few pipelined trips under one hold of the merge lock: a customer whose identifier
+        belongs to another customer (or to another customer of this batch, given earlier) gets
+        none of its identifiers linked, and no one is merged."""
+        c = self.customers
+        async with self._merge_lock():
+            targets = await c.canonical_many([customer for customer, _ in requests], MAX_HOPS)
+            flat = [ident for _, idents in requests for ident in idents]
+            owners = dict(zip(flat, await c.identifier_owners(flat)))
+            registered = {}  # devices linked only by their registration (as `owner` reads them)
+            for ident, holder in owners.items():
+                kind, value = split_identifier(ident)
+                if holder is None and kind == "device":
+                    registered[ident] = await self.published.customer_of_device(value)
+            holders = sorted({h for h in [*owners.values(), *registered.values()] if h is not None})
+            canonical_of = dict(zip(holders, await c.canonical_many(holders, MAX_HOPS)))
+            out: list[BatchLink] = []
+            given: dict[str, str] = {}        # identifier -> the customer an earlier item of the batch links it to
+            claims: list[tuple[int, str, str]] = []  # (item, identifier, customer) to claim
+            for n, ((customer, idents), target) in enumerate(zip(requests, targets)):
+                if target is None:
+                    out.append(BatchLink(None, [{"field": "customer_id", "message":
+                                                 f"its merge pointers form a chain longer than {MAX_HOPS}"}]))
+                    continue
+                errors, mine, record = [], [], []
+                for pos, ident in enumerate(idents):
+                    holder = owners.get(ident) or registered.get(ident)
+                    other = canonical_of.get(holder) if holder is not None else None
+                    kind = split_identifier(ident)[0]
+                    if other is not None and other != target:
+                        errors.append({"field": f"identifiers.{pos}", "message": f"this {kind} is linked to another "
+                                       "customer; not merged (link it on its own with \"verified\": true once the "
+                                       "person has proved they hold it)"})
+                    elif given.get(ident, target) != target:
+                        errors.append({"field": f"identifiers.{pos}", "message": f"this {kind} is given for another "
+                                       "customer earlier in this batch"})
+                    elif holder is None:
+                        mine.append(ident)
+                    elif owners.get(ident) is None:
+                        record.append(ident)  # a device known from its registration: recorded explicitly
+                if errors:
+                    out.append(BatchLink(None, errors))
+                    continue
+                for ident in idents:
+                    given[ident] = target
+                for ident in record:
+                    await c.move_identifier(ident, target)
+                claims += [(n, ident, target) for ident in mine]
+                for ident in mine:
+                    owners[ident] = target  # a later item naming it sees it taken
+                out.append(BatchLink(target))
+            won = await c.claim_identifiers([(ident, target) for _, ident, target in claims])
+            lost = {n for (n, _, _), ok in zip(claims, won) if not ok}
+            if lost:  # someone outside the lock took one meanwhile: that customer gets none
+                await c.release_identifiers([(ident, target) for (n, ident, target), ok in zip(claims, won)
+                                             if ok and n in lost])
+                for n in lost:
+                    out[n] = BatchLink(None, [{"field": "identifiers", "message": "an identifier was linked to "
+                                               "another customer meanwhile; retry"}])
+            return out
+
     async def unlink(self, customer_id: str, identifier: str) -> bool:
         target = await self.canonical(customer_id)
         if await self.customers.identifier_owner(identifier) != target:
@@ -158,6 +228,8 @@ class IdentityService:
             await c.record_visit(keep, v["visit_id"], v.get("entered_at") or v.get("left_at") or 0.0, v)
         for identifier in await c.identifiers(gone):
             await c.move_identifier(identifier, keep)
+        # locale and country: the survivor's own stay, what it lacks comes from `gone`
+        await c.fill_attributes(keep, await c.attributes(gone))
         if self.decisions is not None:  # caps and decided visits follow the person
             await self.decisions.absorb(gone, keep)
         old_aliases = await c.aliases(gone)

@@ -1,5 +1,6 @@
 """The customer profile: one view of a customer across channels, for the app and for a shop
-assistant's screen (identifiers, consent, devices, channel mix, last purchases and visits)."""
+assistant's screen (identifiers, locale and country, consent, devices, channel mix, last
+purchases and visits)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -31,7 +32,8 @@ class ProfileReader:
         devices = [d for m in members for d in await self.published.devices(m)]
         has_consent = await self.published.has_consent_record(c)
         visits = await self.customers.visits(c, LAST_VISITS)
-        if not (history or identifiers or devices or has_consent or visits or len(members) > 1):
+        attributes = await self.customers.attributes(c)
+        if not (history or identifiers or devices or has_consent or visits or attributes or len(members) > 1):
             raise NotFound(f"customer {customer_id!r} is unknown: no interactions, identifiers, devices or consent")
         channels = Counter(h["channel"] for h in history)
         types = Counter(h["type"] for h in history)
@@ -42,6 +44,8 @@ class ProfileReader:
             "requested_id": customer_id,
             "merged_from": members[1:],
             "identifiers": [{"kind": k, "value": v} for k, v in map(split_identifier, identifiers)],
+            "locale": attributes.get("locale"),
+            "country": attributes.get("country"),
             "consent": {**(await self.published.consent(c)), "recorded": has_consent},
             "devices": devices,
             "history": {
