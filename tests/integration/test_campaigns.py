@@ -164,7 +164,7 @@ BAD = {
                                          "default_locale": "it"}}, "4096"),
     "no default template": ({"message": {"templates": {"it": {"title": "x"}}, "default_locale": "en"}},
                             "default_locale"),
-    "bad locale": ({"message": {"templates": {"??": {"title": "x"}}, "default_locale": "??"}}, "locale"),
+    "bad locale": ({"message": {"templates": {"??": {"title": "x"}}, "default_locale": "??"}}, "BCP 47"),
     "ends before it starts": ({"starts_at": "2026-06-10T00:00:00Z", "ends_at": "2026-06-01T00:00:00Z"},
                               "ends_at must be after starts_at"),
     "malformed hours": ({"hours": "Mo-Fr 25:00-26:00"}, "opening_hours"),
@@ -235,7 +235,8 @@ def test_each_limit_names_its_reason_and_the_next_campaign_is_tried(rec_client, 
     assert [(c.campaign_id, c.reason) for c in d4.campaigns] == [("capped", "cap_reached"),
                                                                   ("budget", "budget_spent"), ("fallback", None)]
     listed = {c["campaign_id"]: c["spend"] for c in rec_client.get("/v1/campaigns", headers=admin).json()["campaigns"]}
-    assert listed["budget"] == {"today": 1, "total": 1, "per_day_budget": None, "total_budget": 1}
+    # (the API runs on today's clock, the decisions on a June day: only the total is comparable)
+    assert (listed["budget"]["total"], listed["budget"]["total_budget"]) == (1, 1)
     # a whole week later the daily cap is free again
     clock.advance(DAY)
     [d5] = visit(redis_sync, settings, Ranker(), clock, "ph-1", "cu-1", "s-1", "v-5")
@@ -341,7 +342,7 @@ def _doc(public: dict) -> bytes:
 ])
 def test_the_devices_locale_picks_the_template(rec_client, admin, world, geo_http, redis_sync, device_locale,
                                                expected_locale, title):
-    r = geo_http.post("/v1/devices", json={"device_id": "ph-1", "customer_id": "cu-1", "platform": "ios",
+    r = geo_http.post("/v1/devices", json={"device_id": "ph-1", "customer_id": "cu-1", "platform": "android",
                                            "push_token": "push-ph-1", "timezone": "Europe/Rome",
                                            "locale": device_locale})
     assert r.status_code == 201, r.text
@@ -386,7 +387,26 @@ def test_why_a_visit_did_and_did_not_get_a_push(rec_client, admin, world, geo_ht
     assert_problem(rec_client.get("/v1/visits/v-unknown/decision", headers=admin), 404, "v-unknown")
 
 
-def test_the_preview_says_what_would_be_sent_and_records_nothing(rec_client, admin, world, geo_http, redis_sync):
+@pytest.fixture
+def noon(world, admin):
+    """The recommender API at noon on a weekday (no quiet hours), with the two offers in its
+    catalogue (its real ranking over them: no model, so the catalogue's own order)."""
+    from fastapi.testclient import TestClient
+
+    from vicino.services.recommender.app import create_app
+
+    with TestClient(create_app(world, clock=FixedClock(at(12))), raise_server_exceptions=False) as c:
+        for o in CATALOGUE:
+            r = c.put(f"/v1/offers/{o.offer_id}", headers=admin, json={
+                "offer_id": o.offer_id, "title": o.title, "item_ids": list(o.item_ids), "category": "X",
+                "price": o.regular_price, "promo_price": o.price, "currency": "EUR", "valid_from": at(0, day=1),
+                "valid_to": o.valid_to, "priority": 10 if o.offer_id == "o-mug" else 0})
+            assert r.status_code in (200, 201), r.text
+        yield c
+
+
+def test_the_preview_says_what_would_be_sent_and_records_nothing(noon, admin, geo_http, redis_sync):
+    rec_client = noon
     register(geo_http, "ph-1", "cu-1")
     put(rec_client, admin, "c-it", campaign(status="draft", message=ITALIAN, audience={"countries": ["IT"]}))
     before = redis_dump(redis_sync)
@@ -398,8 +418,13 @@ def test_the_preview_says_what_would_be_sent_and_records_nothing(rec_client, adm
     before = redis_dump(redis_sync)
     p = rec_client.post("/v1/campaigns/c-it/preview", headers=admin,
                         json={"customer_id": "cu-1", "store_id": "s-1", "locale": "en"}).json()
-    assert (p["outcome"], p["offer"]["offer_id"], p["message"]["locale"], p["message"]["title"]) == (
-        "sent", "o-mug", "en", "Tazza at Coop Centro") or p["global_reason"] == "quiet_hours"
+    best = rec_client.get("/v1/customers/cu-1/offers", headers=admin,
+                          params={"store_id": "s-1", "channel": "app", "k": 1}).json()["offers"][0]
+    assert (p["global_reason"], p["would_send"], p["outcome"], p["offer"]["offer_id"]) == (
+        None, True, "sent", best["offer_id"])  # the same ranking the app is shown
+    o = next(o for o in CATALOGUE if o.offer_id == best["offer_id"])
+    assert (p["message"]["locale"], p["message"]["title"], p["message"]["body"]) == (
+        "en", f"{o.title} at Coop Centro", f"Only €{o.price:.2f} instead of €{o.regular_price:.2f}")
     assert redis_dump(redis_sync) == before  # nothing recorded, reserved or sent
     assert_problem(rec_client.post("/v1/campaigns/c-it/preview", headers=admin,
                                    json={"customer_id": "cu-1", "store_id": "s-9"}), 404, "s-9")
@@ -407,7 +432,8 @@ def test_the_preview_says_what_would_be_sent_and_records_nothing(rec_client, adm
                                    json={"customer_id": "cu-1", "store_id": "s-1", "locale": "??"}), 422, "locale")
 
 
-def test_a_test_send_queues_the_rendered_message_marked_as_a_test(rec_client, admin, world, geo_http, redis_sync):
+def test_a_test_send_queues_the_rendered_message_marked_as_a_test(noon, admin, geo_http, redis_sync):
+    rec_client = noon
     register(geo_http, "ph-1", "cu-1")
     put(rec_client, admin, "c-it", campaign(status="draft", message=ITALIAN,
                                             trigger={"on": "dwell", "store_ids": ["s-1"]}))
@@ -416,8 +442,9 @@ def test_a_test_send_queues_the_rendered_message_marked_as_a_test(rec_client, ad
     out = r.json()
     [j] = [PushJobV1.from_stream_fields(f) for s in range(16)
            for _, f in redis_sync.xrange(push_jobs_stream_key(s))]
-    assert (j.job_id, j.data.test, j.data.campaign_id, j.device_id, j.title) == (
-        out["job_id"], True, "c-it", "ph-1", "Tazza da Coop Centro")
+    title = next(o.title for o in CATALOGUE if o.offer_id == out["offer_id"])
+    assert (j.job_id, j.data.test, j.data.campaign_id, j.device_id, j.title, out["title"]) == (
+        out["job_id"], True, "c-it", "ph-1", f"{title} da Coop Centro", f"{title} da Coop Centro")
     assert decisions(redis_sync) == []  # a test has no decision: never in the KPIs
     assert_problem(rec_client.post("/v1/campaigns/c-it/test-sends", headers=admin, json={"device_id": "ph-none"}),
                    404, "ph-none")
