@@ -237,6 +237,26 @@ def test_a_rendered_payload_is_within_the_bound(title_t, body_t, locale, store, 
     assert sent <= max_rendered_payload_bytes(title_t, body_t, deep_link, image)
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(locale=st.sampled_from(LOCALES), price=PRICES, regular=PRICES,
+       currency=st.one_of(st.none(), st.sampled_from(CURRENCIES)), valid_to=st.one_of(st.none(), st.floats(0, 4e9)))
+def test_each_field_is_within_its_bound_and_the_names_and_ids_exactly_at_it(locale, price, regular, currency,
+                                                                            valid_to) -> None:
+    """One field at a time (a sum would let one field's slack hide another's shortfall), with the
+    longest ids and names of 200 four-byte characters: those reach the bound exactly."""
+    v = MessageValues("😀" * 200, "😀" * 200, price, regular, currency, valid_to)
+    data = dict.fromkeys(("offer_id", "store_id", "visit_id", "decision_id", "campaign_id"), "x" * 128)
+    data.update(test="false", delivery_id="dlv000" + "0" * 24)
+    tag = locale.replace("_", "-")
+    for field in FIELDS:
+        template = "{" + field + "}"
+        sent = payload_bytes("", render(template, tag, v), data, "app://o", "https://i")
+        bound = max_rendered_payload_bytes("", template, "app://o", "https://i")
+        assert sent <= bound, field
+        if field in ("store_name", "offer_title"):
+            assert sent == bound
+
+
 def _json_bytes(s: str) -> int:
     return len(orjson.dumps(s)) - 2
 
