@@ -171,7 +171,7 @@ def test_locale_choice_returns_the_available_spelling() -> None:
 
 # --- the payload bound --------------------------------------------------------------------------
 
-def _gateway_payload(title: str, body: str, data: dict) -> bytes:
+def _gateway_payload(title: str, body: str, data: dict) -> tuple[bytes, dict]:
     job = PushJobV1(job_id="job_1", idempotency_key=f"c1:{data['store_id']}:{data['visit_id']}", customer_id="c1",
                     device_id="d1", platform="ios", push_token="a" * 64, title=title, body=body,
                     collapse_key=data["visit_id"], created_at=1.0, expires_at=2.0,

@@ -126,10 +126,6 @@ def check_template(text: str) -> None:
     _parse(text)
 
 
-def _fields_of(text: str) -> list[str]:
-    return [f for _lit, f in _parse(text) if f is not None]
-
-
 # locales ---------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=512)
