@@ -171,7 +171,7 @@ def test_locale_choice_returns_the_available_spelling() -> None:
 
 # --- the payload bound --------------------------------------------------------------------------
 
-def _gateway_payload(title: str, body: str, data: dict) -> bytes:
+def _gateway_payload(title: str, body: str, data: dict) -> tuple[bytes, dict]:
     job = PushJobV1(job_id="job_1", idempotency_key=f"c1:{data['store_id']}:{data['visit_id']}", customer_id="c1",
                     device_id="d1", platform="ios", push_token="a" * 64, title=title, body=body,
                     collapse_key=data["visit_id"], created_at=1.0, expires_at=2.0,
@@ -235,6 +235,26 @@ def test_a_rendered_payload_is_within_the_bound(title_t, body_t, locale, store, 
                 test="true" if test else "false", delivery_id="dlv000" + "0" * 24)
     sent = payload_bytes(render(title_t, tag, v), render(body_t, tag, v), data, deep_link, image)
     assert sent <= max_rendered_payload_bytes(title_t, body_t, deep_link, image)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(locale=st.sampled_from(LOCALES), price=PRICES, regular=PRICES,
+       currency=st.one_of(st.none(), st.sampled_from(CURRENCIES)), valid_to=st.one_of(st.none(), st.floats(0, 4e9)))
+def test_each_field_is_within_its_bound_and_the_names_and_ids_exactly_at_it(locale, price, regular, currency,
+                                                                            valid_to) -> None:
+    """One field at a time (a sum would let one field's slack hide another's shortfall), with the
+    longest ids and names of 200 four-byte characters: those reach the bound exactly."""
+    v = MessageValues("😀" * 200, "😀" * 200, price, regular, currency, valid_to)
+    data = dict.fromkeys(("offer_id", "store_id", "visit_id", "decision_id", "campaign_id"), "x" * 128)
+    data.update(test="false", delivery_id="dlv000" + "0" * 24)
+    tag = locale.replace("_", "-")
+    for field in FIELDS:
+        template = "{" + field + "}"
+        sent = payload_bytes("", render(template, tag, v), data, "app://o", "https://i")
+        bound = max_rendered_payload_bytes("", template, "app://o", "https://i")
+        assert sent <= bound, field
+        if field in ("store_name", "offer_title"):
+            assert sent == bound
 
 
 def _json_bytes(s: str) -> int:

@@ -126,10 +126,6 @@ def check_template(text: str) -> None:
     _parse(text)
 
 
-def _fields_of(text: str) -> list[str]:
-    return [f for _lit, f in _parse(text) if f is not None]
-
-
 # locales ---------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=512)
@@ -203,11 +199,14 @@ def _two_decimals(loc: Locale):
     return pattern
 
 
+# Babel's formatting costs 30-200 µs a call, and a decision renders the same few offers' prices
+# and dates again and again: the results are cached (bounded; they depend on their arguments only)
+@lru_cache(maxsize=4096)
 def _money(value: float | None, currency: str | None, loc: Locale) -> str:
     if not _finite(value):
         return ""
     if currency:
-        return format_currency(value, currency.upper(), locale=loc)
+        return format_currency(value, currency, locale=loc)
     return _two_decimals(loc).apply(value, loc)
 
 
@@ -218,7 +217,17 @@ def _discount(values: MessageValues, loc: Locale) -> str:
     percent = round(100 * (1 - price / regular))
     if percent < 1:  # "0% off" is not a discount to announce
         return ""
+    return _percent(percent, loc)
+
+
+@lru_cache(maxsize=1024)
+def _percent(percent: int, loc: Locale) -> str:
     return format_percent(Decimal(percent) / 100, locale=loc)
+
+
+@lru_cache(maxsize=4096)
+def _medium_date(day, loc: Locale) -> str:
+    return format_date(day, format="medium", locale=loc)
 
 
 def _date(t: float | None, timezone: str, loc: Locale) -> str:
@@ -228,7 +237,7 @@ def _date(t: float | None, timezone: str, loc: Locale) -> str:
         day = datetime.fromtimestamp(t, ZoneInfo(timezone)).date()
     except (OverflowError, OSError, ValueError):  # beyond what a date can hold: nothing to show
         return ""
-    return format_date(day, format="medium", locale=loc)
+    return _medium_date(day, loc)
 
 
 def _field(name: str, values: MessageValues, loc: Locale) -> str:
@@ -237,9 +246,9 @@ def _field(name: str, values: MessageValues, loc: Locale) -> str:
     if name == "offer_title":
         return values.offer_title.translate(_CONTROL_TO_SPACE)
     if name == "price":
-        return _money(values.price, values.currency, loc)
+        return _money(values.price, values.currency and values.currency.upper(), loc)
     if name == "regular_price":
-        return _money(values.regular_price, values.currency, loc)
+        return _money(values.regular_price, values.currency and values.currency.upper(), loc)
     if name == "discount_percent":
         return _discount(values, loc)
     return _date(values.valid_to, values.timezone, loc)  # valid_to

@@ -161,6 +161,20 @@ export interface DeviceIn {
   /** the platform's push token (checked per platform: kernel.contracts.push_tokens) */
   push_token: string;
   timezone?: string;
+  /** the device's language, BCP 47 (`it`, `it-IT`, `en-GB`; `_` accepted): picks the language of a campaign's push message. Stored canonical (`it_it` -> `it-IT`); a tag Babel (CLDR) cannot read is refused (422 naming `locale`) */
+  locale?: string | null;
+}
+
+export interface DeviceLocaleIn {
+  /** the device's language, BCP 47 (`it`, `it-IT`, `en-GB`; `_` accepted): picks the language of a campaign's push message. Stored canonical (`it_it` -> `it-IT`); a tag Babel (CLDR) cannot read is refused (422 naming `locale`); null forgets it */
+  locale: string | null;
+}
+
+export interface DeviceLocaleOut {
+  device_id: string;
+  /** as stored: canonical BCP 47 */
+  locale: string | null;
+  locale_updated_at: string;
 }
 
 export interface DeviceOut {
@@ -179,6 +193,8 @@ export interface DeviceRegistrationOut {
   customer_id: string;
   platform: string;
   timezone: string;
+  /** canonical BCP 47; null when the app sent none */
+  locale: string | null;
   registered_at: string;
   location_consent: boolean;
 }
@@ -850,6 +866,13 @@ export interface Operations {
     query: Record<string, never>;
     body: never;
     response: void;
+  };
+  /** the device's language changed (BCP 47; null forgets it); the device token stays as it is */
+  "PUT /v1/devices/{device_id}/locale": {
+    path: { device_id: string };
+    query: Record<string, never>;
+    body: DeviceLocaleIn;
+    response: DeviceLocaleOut;
   };
   /** the device's new push token (FCM or APNs rotated it); the device token stays as it is */
   "PUT /v1/devices/{device_id}/push-token": {
