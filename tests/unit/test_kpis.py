@@ -126,8 +126,9 @@ def test_hand_built_history_every_figure():
 
     # kept: d01-d15, d18, d19 = 17; sent d01-d07, d18, d19 = 9; suppressed d08-d15 = 8
     assert r["decisions"] == {"total": 17, "sent": 9, "suppressed": 8, "suppressed_by_reason": {
-        "visit_ended": 0, "no_marketing_consent": 1, "quiet_hours": 1, "daily_cap": 1, "store_cooldown": 1,
-        "no_eligible_offer": 0, "holdout": 4}}
+        **dict.fromkeys(REASONS, 0), "no_marketing_consent": 1, "quiet_hours": 1, "daily_cap": 1,
+        "store_cooldown": 1, "holdout": 4}}
+    assert list(r["decisions"]["suppressed_by_reason"]) == list(REASONS)   # every reason, in the contract's order
 
     # deliveries v01-v06, v18, v19 (v16 dropped); sent v01 v02 v03; opened v01 v03;
     # v04 suppressed, v05 token_invalid, v06 expired, v19 failed; pending d07 (no receipt), d18 (queued)
