@@ -20,6 +20,9 @@ under a hidden temporary name in its partition directory, then renamed over its 
 a reader never sees half a file and rewriting a file (erasure, re-import) replaces it whole.
 Readers skip hidden files and keep each event id once (its first row in log order).
 
+Columns only ever get added, at the end and nullable (`score`, `reply_to` came with the survey
+and support_reply types): a reader asks for INTERACTION_SCHEMA and older files give nulls there.
+
 Timestamps (`ts`, `received_at`) are `timestamp[us, tz=UTC]`: what pandas, DuckDB and Spark read
 as instants, and exact enough for the float epoch seconds of InteractionV1 (float64 holds epoch
 microseconds to within a fraction of a microsecond). Files are zstd-compressed.
@@ -57,6 +60,9 @@ INTERACTION_SCHEMA = pa.schema(
         pa.field("country", pa.string()),
         pa.field("ts", TIMESTAMP, nullable=False),
         pa.field("received_at", TIMESTAMP, nullable=False),
+        # added with the survey and support_reply types; files written before read them as nulls
+        pa.field("score", pa.int8()),
+        pa.field("reply_to", pa.string()),
     ],
     metadata={"vicino.schema": "vicino.interaction", "vicino.version": "1"},
 )

@@ -60,6 +60,8 @@ class InteractionOut(BaseModel):
     value: float | None = None
     currency: str | None = None
     country: str | None = None
+    score: int | None = Field(None, description="a survey's 0-10 score")
+    reply_to: str | None = Field(None, description="the support_contact a support_reply answers")
     ts: InstantOut = Field(description="when it happened")
     received_at: InstantOut = Field(description="when Vicino accepted it")
 
