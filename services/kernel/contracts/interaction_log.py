@@ -165,6 +165,18 @@ class LogReader:
         table = table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("_row", "ascending")]))
         return table.drop_columns(["_row"])
 
+    def read_customer_ids(self, start: dt.datetime | float, end: dt.datetime | float) -> set[str]:
+        """The customers with any interaction with start <= ts < end: the customer column alone,
+        file by file, for a whole population's activity without its rows."""
+        lo, hi = _as_timestamp(start), _as_timestamp(end)
+        out: set[str] = set()
+        for path in self.files(INTERACTIONS, first_date=partition_date(lo.value // DAY_US),
+                               last_date=partition_date(hi.value // DAY_US)):
+            t = pq.read_table(path, filesystem=self._arrow_fs(), schema=INTERACTION_SCHEMA, columns=["customer_id"],
+                              filters=[("ts", ">=", lo), ("ts", "<", hi)])
+            out.update(pc.unique(t.column("customer_id")).to_pylist())
+        return out
+
     def read_merges(self) -> pa.Table:
         """Every merge once, sorted by ts."""
         table = self._read_files(self.files(MERGES), MERGE_SCHEMA)

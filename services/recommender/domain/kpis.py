@@ -406,11 +406,11 @@ def _retention(decisions: list, period, activity, now: float | None, treated: se
                scope: str) -> tuple[dict | None, str | None]:
     start, end = period
     after = end + (end - start)
-    if activity is None:
-        return None, "no activity was read for this report"
-    if now is None or now < after:
+    if now is not None and now < after:
         return None, (f"the next period (as long as this one) ends at {_instant(after)}, after now: retention is "
                       "known once it has ended")
+    if activity is None:
+        return None, "no activity was read for this report"
     active = set(activity[0]) | {d.customer_id for d in decisions if start <= d.decided_at < end}
     again = set(activity[1]) | {d.customer_id for d in decisions if end <= d.decided_at < after}
     if not active:
@@ -529,6 +529,8 @@ def compute_kpis(decisions: Iterable, receipts: Iterable, events: Iterable, *,
         raise ValueError(f"the period ends before it starts: {period}")
     if window_s < 0:
         raise ValueError(f"the attribution window cannot be negative: {window_s}")
+    if activity is not None and now is None:
+        raise ValueError("retention needs `now` with `activity`: has the next period ended?")
     items = {offer: frozenset(its) for offer, its in offer_items.items()}
     read = list(decisions)
     in_period = _in_period(read, period)
