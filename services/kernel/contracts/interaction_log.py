@@ -30,6 +30,7 @@ microseconds to within a fraction of a microsecond). Files are zstd-compressed.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
@@ -146,13 +147,15 @@ class LogReader:
     # reading -------------------------------------------------------------------------------------
 
     def read_interactions(self, start: dt.datetime | float | None = None,
-                          end: dt.datetime | float | None = None) -> pa.Table:
-        """Interactions with start <= ts < end, each event id once (its first row in log order:
-        partition date, then file name, then row), sorted by ts (ties in log order)."""
+                          end: dt.datetime | float | None = None, *, types: Collection[str] | None = None) -> pa.Table:
+        """Interactions with start <= ts < end (and of `types` when given, filtered while
+        reading), each event id once (its first row in log order: partition date, then file
+        name, then row), sorted by ts (ties in log order)."""
         lo = _as_timestamp(start) if start is not None else None
         hi = _as_timestamp(end) if end is not None else None
         filters = [f for f in (("ts", ">=", lo) if lo is not None else None,
-                               ("ts", "<", hi) if hi is not None else None) if f is not None]
+                               ("ts", "<", hi) if hi is not None else None,
+                               ("type", "in", sorted(types)) if types is not None else None) if f is not None]
         paths = self.files(INTERACTIONS,
                            first_date=partition_date(lo.value // DAY_US) if lo is not None else None,
                            last_date=partition_date(hi.value // DAY_US) if hi is not None else None)

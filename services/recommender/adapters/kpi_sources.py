@@ -131,13 +131,11 @@ class KpiSources:
         return self._logged(lo, hi, CARE_TYPES, None)
 
     def _logged(self, lo: float, hi: float, types: frozenset, customers: set[str] | None) -> list[ConversionEvent]:
-        table = ParquetLog(self.history_dir).read_interactions(lo, hi)
+        table = ParquetLog(self.history_dir).read_interactions(lo, hi, types=types)
         if table.num_rows == 0:
             return []
-        keep = pc.is_in(table["type"], value_set=_array(sorted(types)))
         if customers is not None:
-            keep = pc.and_(keep, pc.is_in(table["customer_id"], value_set=_array(sorted(customers))))
-        table = table.filter(keep)
+            table = table.filter(pc.is_in(table["customer_id"], value_set=_array(sorted(customers))))
         cols = table.select(["event_id", "customer_id", "type", "channel", "ts", "item_id", "offer_id", "store_id",
                              "value", "quantity", "score", "reply_to"]).to_pydict()
         return [ConversionEvent(e, c, t, ch, ts.timestamp(), i, o, s, v, q, sc, rt)
