@@ -305,7 +305,7 @@ export interface InteractionIn {
   /** any identifier linked to the customer, instead of customer_id */
   identifier?: IdentifierIn | null;
   channel: "web" | "app" | "store" | "email" | "call_center" | "social" | "push";
-  type: "view" | "add_to_cart" | "purchase" | "return" | "reservation" | "click_and_collect" | "offer_open" | "offer_redeem" | "support_contact";
+  type: "view" | "add_to_cart" | "purchase" | "return" | "reservation" | "click_and_collect" | "offer_open" | "offer_redeem" | "support_contact" | "survey" | "support_reply";
   item_id?: string | null;
   offer_id?: string | null;
   store_id?: string | null;
@@ -314,6 +314,10 @@ export interface InteractionIn {
   value?: number | null;
   currency?: string | null;
   country?: string | null;
+  /** a survey's score, an integer 0-10 (9-10 promoter, 7-8 passive, 0-6 detractor): required for a survey, refused otherwise */
+  score?: number | null;
+  /** the event_id of the customer's support_contact that a support_reply answers: required for a support_reply, refused otherwise */
+  reply_to?: string | null;
   /** when it happened: RFC 3339 with an offset, or epoch seconds */
   ts: string | number;
 }
@@ -330,6 +334,10 @@ export interface InteractionOut {
   value?: number | null;
   currency?: string | null;
   country?: string | null;
+  /** a survey's 0-10 score */
+  score?: number | null;
+  /** the support_contact a support_reply answers */
+  reply_to?: string | null;
   /** when it happened */
   ts: string;
   /** when Vicino accepted it */
@@ -423,6 +431,7 @@ export interface KpiPeriodOut {
 /** The KPI report of a period (`GET /v1/kpis`); docs/architecture.md defines each figure. */
 export interface KpiReportOut {
   period: KpiPeriodOut;
+  /** store_id, offer_id, campaign_id */
   filters: {
     [key: string]: string | null;
   };
@@ -450,6 +459,30 @@ export interface KpiReportOut {
   by_store: {
     [key: string]: unknown;
   }[];
+  /** per campaign (sorted by campaign_id): decisions, sent, held_out, conversions per key, revenue, uplift against its holdout */
+  by_campaign: {
+    [key: string]: unknown;
+  }[];
+  /** of the customers active in the period, the share active again in the next period of the same length; treated against holdout; null until that period has ended (see `unavailable`) */
+  retention: {
+    [key: string]: unknown;
+  } | null;
+  /** baskets in the attribution window after an exposure: value and items per basket, treated against holdout */
+  upselling: {
+    [key: string]: unknown;
+  } | null;
+  /** net promoter score of the customers' latest surveys, and per channel */
+  nps: {
+    [key: string]: unknown;
+  } | null;
+  /** support contacts answered within 24 h, median and p90 time to answer, unanswered; and per channel */
+  responsiveness: {
+    [key: string]: unknown;
+  } | null;
+  /** why a figure is null: figure -> reason */
+  unavailable?: {
+    [key: string]: string;
+  };
   /** what to keep in mind reading it (GET /v1/kpis only) */
   notes?: string[];
 }
@@ -793,7 +826,7 @@ export interface Operations {
   /** recent interactions (hot history), most recent first, paged with `before` */
   "GET /v1/customers/{customer_id}/history": {
     path: { customer_id: string };
-    query: { limit?: number; before?: string | null; channel?: "web" | "app" | "store" | "email" | "call_center" | "social" | "push" | null; type?: "view" | "add_to_cart" | "purchase" | "return" | "reservation" | "click_and_collect" | "offer_open" | "offer_redeem" | "support_contact" | null };
+    query: { limit?: number; before?: string | null; channel?: "web" | "app" | "store" | "email" | "call_center" | "social" | "push" | null; type?: "view" | "add_to_cart" | "purchase" | "return" | "reservation" | "click_and_collect" | "offer_open" | "offer_redeem" | "support_contact" | "survey" | "support_reply" | null };
     body: never;
     response: CustomerHistoryOut;
   };
@@ -958,10 +991,10 @@ export interface Operations {
     body: never;
     response: KeyOut;
   };
-  /** decisions, deliveries, conversions by attribution key, revenue, repurchase and the uplift against the holdout group over a period */
+  /** decisions, deliveries, conversions by attribution key, revenue, repurchase and the uplift against the holdout group over a period, per store and per campaign; retention, upselling, NPS and the care channel's responsiveness */
   "GET /v1/kpis": {
     path: Record<string, never>;
-    query: { from?: string | null; to?: string | null; store_id?: string | null; offer_id?: string | null; window_h?: number | null };
+    query: { from?: string | null; to?: string | null; store_id?: string | null; offer_id?: string | null; campaign_id?: string | null; window_h?: number | null };
     body: never;
     response: KpiReportOut;
   };
