@@ -24,6 +24,7 @@ decision: the decisions stream holds at most one entry per visit and event type.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -57,7 +58,10 @@ from .identity import CanonicalIds
 log = logging.getLogger("vicino.recommender.decisions")
 CHANNEL = "app"    # a geofence decision is a push to the app
 MAX_ROUNDS = 8     # counters moved or the customer was merged meanwhile: read and decide again
-POOL_DEPTH = 64    # ranked offers asked for when a campaign restricts its pool (more only if none fits)
+# A campaign that restricts its offers (a pool, discover mode) takes the best ranked offer that
+# fits: the ranking is asked once for every eligible offer (the cost is in eligibility and the
+# scores, which are computed for all of them anyway; the order is the same for every campaign).
+ALL_OFFERS = 1_000_000
 NO_FACTS = CustomerFacts("", None, frozenset(), 0, None, {}, frozenset())
 
 
@@ -121,6 +125,8 @@ class VisitDecisions:
         self.catalog = catalog
         self.customers = customers
         self._categories: tuple[int, dict[str, str]] = (-1, {})
+        # the service's ranker takes the hot history the audiences just read (one read, not two)
+        self._shares_history = "history" in inspect.signature(ranker.rank).parameters
         self.counts: Counter[str] = Counter()  # outcome or reason -> events, for logs and tests
 
     async def on_event(self, e: GeofenceEventV1) -> Outcome:
@@ -143,8 +149,11 @@ class VisitDecisions:
     async def _decide(self, e: GeofenceEventV1, customer: str, snap: Snapshot) -> Outcome:
         # consent as geo holds it now, not as it was when the event was queued: a visit seen after
         # the customer withdrew location or marketing consent is decided on by no one
-        if not await self.published.consents(("location", "marketing"), e.customer_id, customer):
+        first = await self.published.consent(e.customer_id)
+        consent = first if customer == e.customer_id else await self.published.consent(customer)
+        if not all(c["location"] and c["marketing"] for c in (first, consent)):
             return Outcome("ignored")
+        marketing = True  # read once: the same records decide the visit below (after a merge, both ids)
         reg = await self.published.registration(e.device_id)
         # a device removed or handed to someone else: geo ends its visits, so does the decision
         device_theirs = reg is not None and bool(reg.get("push_token")) and (
@@ -157,7 +166,6 @@ class VisitDecisions:
         hits = triggered(snap.campaigns, ctx)
         if not hits:
             return Outcome("ignored")  # no campaign concerns this store and event type
-        marketing, consent = await self._consents(e.customer_id, customer)
         facts: CustomerFacts | None = None
         attributes: dict = {}
         ranked: list | None = None
@@ -181,9 +189,8 @@ class VisitDecisions:
                 if ranked_for != customer:
                     if consent is None:  # the gate passed, so it was read; a safety net
                         consent = await self.published.consent(customer)
-                    facts, attributes = await self._facts(customer, hits)
-                    ranked, model_version = await self._rank(customer, consent, e.store_id, now,
-                                                             _depth(hits), hits, facts)
+                    facts, attributes, history = await self._facts(customer, hits)
+                    ranked, model_version = await self._rank(customer, consent, e.store_id, now, _depth(hits), history)
                     ranked_for = customer
                 choice = await self._try_campaigns(hits, ctx, facts or NO_FACTS, read, ranked or [], customer, consent,
                                                    e.store_id, now, model_version)
@@ -207,16 +214,16 @@ class VisitDecisions:
                 marketing, consent = await self._consents(e.customer_id, customer)
         raise RuntimeError("the customer's counters kept moving; the event will be retried")
 
-    async def _facts(self, customer: str, hits: list[Campaign]) -> tuple[CustomerFacts, dict]:
+    async def _facts(self, customer: str, hits: list[Campaign]) -> tuple[CustomerFacts, dict, list[dict] | None]:
         """What the audiences and discover pools look at, read only when one of them needs it;
         the CRM attributes (locale, country) are read whenever a campaign has a message."""
         needs_history = any(c.spec.audience.model_fields_set or c.spec.offers.mode == "discover" for c in hits)
         needs_attributes = needs_history or any(c.spec.message is not None for c in hits)
         attributes = await self.customers.attributes(customer) if needs_attributes else {}
         if not needs_history:
-            return NO_FACTS, attributes
+            return NO_FACTS, attributes, None
         history = await self.customers.hot_history(customer)
-        return facts_from_history(customer, history, attributes, await self._item_categories()), attributes
+        return facts_from_history(customer, history, attributes, await self._item_categories()), attributes, history
 
     async def _item_categories(self) -> dict[str, str]:
         seq, offers = await self.catalog.versioned_offers()
@@ -224,21 +231,15 @@ class VisitDecisions:
             self._categories = (seq, {i: o.category for o in offers for i in o.item_ids})
         return self._categories[1]
 
-    async def _rank(self, customer: str, consent: dict, store_id: str, now: float, k: int, hits: list[Campaign],
-                    facts: CustomerFacts) -> tuple[list, str | None]:
+    async def _rank(self, customer: str, consent: dict, store_id: str, now: float, k: int,
+                    history: list[dict] | None = None) -> tuple[list, str | None]:
+        extra = {"history": history} if history is not None and self._shares_history else {}
         try:
             ranking = await self.ranker.rank(customer, personalisation=consent["personalisation"], store_id=store_id,
-                                             channel=CHANNEL, k=k, now=now)
+                                             channel=CHANNEL, k=k, now=now, **extra)
         except NotFound:  # the store was removed since the event: nothing to offer there
             return [], None
-        offers = list(ranking.offers)
-        if len(offers) == k and k > 1 and any(
-                not any(_fits(c, o, facts, now) for o in offers) for c in hits if _restricted(c)):
-            # a campaign's pool is deeper than the first POOL_DEPTH: rank the whole catalogue once
-            ranking = await self.ranker.rank(customer, personalisation=consent["personalisation"], store_id=store_id,
-                                             channel=CHANNEL, k=1_000_000, now=now)
-            offers = list(ranking.offers)
-        return offers, ranking.model_version
+        return list(ranking.offers), ranking.model_version
 
     async def _try_campaigns(self, hits: list[Campaign], ctx: VisitContext, facts: CustomerFacts, read: Counters,
                              ranked: list, customer: str, consent: dict, store_id: str, now: float,
@@ -322,9 +323,8 @@ class VisitDecisions:
             out["reason"] = "not_triggered_here"
             return out
         consent = consent or await self.published.consent(customer)
-        facts, attributes = await self._facts(customer, [as_active])
-        ranked, model_version = await self._rank(customer, consent, store_id, now, _depth([as_active]), [as_active],
-                                                 facts)
+        facts, attributes, history = await self._facts(customer, [as_active])
+        ranked, model_version = await self._rank(customer, consent, store_id, now, _depth([as_active]), history)
         choice = await self._try_campaigns([as_active], ctx, facts, read, ranked, customer, consent, store_id, now,
                                            model_version, reserve=False)
         outcome = choice.outcomes[0]
@@ -354,8 +354,8 @@ class VisitDecisions:
         store = StoreView.from_feature(feature)
         now = self.clock.now()
         consent = await self.published.consent(customer)
-        facts, attributes = await self._facts(customer, [campaign])
-        ranked, _ = await self._rank(customer, consent, store_id, now, _depth([campaign]), [campaign], facts)
+        facts, attributes, history = await self._facts(customer, [campaign])
+        ranked, _ = await self._rank(customer, consent, store_id, now, _depth([campaign]), history)
         best = next((o for o in ranked if _fits(campaign, o, facts, now)), None)
         if best is None:
             raise Conflict(f"no offer of campaign {campaign.campaign_id!r} is eligible at store {store_id!r} now: "
@@ -454,7 +454,7 @@ def _restricted(c: Campaign) -> bool:
 
 
 def _depth(hits: list[Campaign]) -> int:
-    return POOL_DEPTH if any(_restricted(c) for c in hits) else 1
+    return ALL_OFFERS if any(_restricted(c) for c in hits) else 1
 
 
 def _fits(c: Campaign, o, facts: CustomerFacts, now: float) -> bool:
