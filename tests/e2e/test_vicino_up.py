@@ -153,8 +153,9 @@ def _assert_stopped(up: Up) -> None:
 
 
 def test_vicino_up_with_demo_then_ctrl_c(up_factory):
-    # decide on enter, at any hour: the fix below then ends as a push in the log provider's output
-    up = up_factory(demo=True, VICINO_DECIDE_ON="enter", VICINO_QUIET_HOURS="")
+    # no quiet hours: the fix below then ends, through the demo's Italian campaign (on enter), as a
+    # push in the log provider's output at any hour
+    up = up_factory(demo=True, VICINO_QUIET_HOURS="")
     banner = up.wait_for_banner()
     assert "Vicino is up." in banner and f"{up.base}/docs" in banner
     admin = {"Authorization": "Bearer " + up.field(r"admin token\s+(\S+)")}
@@ -227,6 +228,13 @@ def test_vicino_up_with_demo_then_ctrl_c(up_factory):
                                                         params={"customer_id": "14527"}).json()["deliveries"]
                                    if d["status"] == "sent"], 30, what="the demo push delivered")
         assert sent[0]["provider"] == "log" and sent[0]["device_id"] == "demo-phone-1"
+        assert sent[0]["campaign_id"] == "demo-visit-it" and "demo-visit-it, demo-discover-en" in banner
+        # why she got it: the campaign, its Italian message, the delivery
+        why = push.get(f"/v1/visits/{sent[0]['visit_id']}/decision", headers=admin)
+        assert why.status_code == 200, why.text
+        [d] = why.json()["decisions"]
+        assert (d["campaign_id"], d["message"]["locale"], d["delivery"]["status"]) == ("demo-visit-it", "it", "sent")
+        assert ": ora da " in d["message"]["title"] and "€" in d["message"]["body"]
         # the phone was registered under demo-customer-1, since merged into 14527: found all the same
         by_device = push.get("/v1/deliveries", headers=admin, params={"device_id": "demo-phone-1"}).json()
         assert by_device["customer_id"] == "14527" and by_device["deliveries"][0]["delivery_id"] == sent[0]["delivery_id"]
