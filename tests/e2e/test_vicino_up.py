@@ -234,7 +234,7 @@ def test_vicino_up_with_demo_then_ctrl_c(up_factory):
         assert why.status_code == 200, why.text
         [d] = why.json()["decisions"]
         assert (d["campaign_id"], d["message"]["locale"], d["delivery"]["status"]) == ("demo-visit-it", "it", "sent")
-        assert ": ora da " in d["message"]["title"] and "€" in d["message"]["body"]
+        assert ": ora da " in d["message"]["title"] and " invece di " in d["message"]["body"]
         # the phone was registered under demo-customer-1, since merged into 14527: found all the same
         by_device = push.get("/v1/deliveries", headers=admin, params={"device_id": "demo-phone-1"}).json()
         assert by_device["customer_id"] == "14527" and by_device["deliveries"][0]["delivery_id"] == sent[0]["delivery_id"]

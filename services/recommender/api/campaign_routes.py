@@ -38,6 +38,23 @@ ExplainerDep = role_dependency(caller, "operator", "analyst", "support")
 IfMatch = Annotated[str | None, Header(description='the ETag of your GET, e.g. "3"')]
 
 
+def _inlined(schema: dict) -> dict:
+    """A model's JSON schema with its `$defs` written in place: the request body is documented
+    inline (its validation is the use case's), and `#/$defs/...` means nothing inside OpenAPI."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk({**defs[ref.rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}})
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+    return walk(schema)
+
+
 def _json(body, status: int = 200, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
@@ -241,7 +258,7 @@ async def get_campaign(campaign_id: CampaignId, _: CatalogReaderDep, c: Containe
 @router.put("/campaigns/{campaign_id}", tags=["campaigns"], response_model=CampaignOut,
             summary="create or replace a campaign (If-Match: the ETag you read, when it exists)",
             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                "schema": CampaignIn.model_json_schema()}}}},
+                "schema": _inlined(CampaignIn.model_json_schema())}}}},
             responses={**BODY_PROBLEMS, 201: {"description": "created", "model": CampaignOut},
                        409: problem("a status change that is not allowed (e.g. from ended)"),
                        412: problem("If-Match names another revision; nothing was changed"),
