@@ -41,6 +41,7 @@ PURCHASE_TYPES = ("purchase", "click_and_collect")
 DEFAULT_TYPE_WEIGHTS = {
     "purchase": 1.0, "click_and_collect": 1.0, "reservation": 0.5, "offer_redeem": 0.5, "add_to_cart": 0.25,
     "view": 0.05, "offer_open": 0.0, "support_contact": 0.0, "return": -1.0,
+    "survey": 0.0, "support_reply": 0.0,
 }
 DEFAULT_CHANNEL_WEIGHTS = {c: 1.0 for c in CHANNELS}
 

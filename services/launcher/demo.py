@@ -75,11 +75,48 @@ def load_demo_recommender(url: str, admin_token: str, env: dict, log_path: Path)
                         proc.kill()
                         proc.wait()
         stocked = _stock_near_duomo(rec, env["VICINO_GEO_URL"], headers)
+        campaigns = load_demo_campaigns(rec)
         link = rec.post(f"/v1/customers/{DEMO_SHOPPER}/identifiers",
                         json={"kind": "device", "value": DEMO_DEVICE["device_id"], "verified": True})
         link.raise_for_status()
-    return {"offers": offers, "stocked_stores": stocked, "customer": link.json()["customer_id"],
+    return {"offers": offers, "stocked_stores": stocked, "campaigns": campaigns, "customer": link.json()["customer_id"],
             "model_published": training.returncode == 0}
+
+
+# Two campaigns, so that `make run` shows campaigns as data: the Italian one sends on a dwell at
+# any store (what the stack did before campaigns, now in the customer's words), the English one
+# proposes only what the customer has not bought in 90 days, to a narrower audience, first.
+DEMO_CAMPAIGNS = {
+    "demo-dwell-it": {
+        "name": "In negozio adesso", "status": "active", "priority": 10, "trigger": {"on": "dwell"},
+        "limits": {"per_customer_per_day": 2, "per_customer_per_week": 5, "store_cooldown_s": 21_600,
+                   "sends_per_day": 5000, "holdout_percent": 10, "ttl_s": 900},
+        "message": {"templates": {
+            "it": {"title": "{offer_title}: ora da {store_name}",
+                   "body": "Solo {price} invece di {regular_price} (-{discount_percent}), fino al {valid_to}."},
+            "en": {"title": "{offer_title}: now at {store_name}",
+                   "body": "Only {price} instead of {regular_price} (-{discount_percent}), until {valid_to}."}},
+            "default_locale": "it"}},
+    "demo-discover-en": {
+        "name": "Something new for regulars", "status": "active", "priority": 20, "trigger": {"on": "dwell"},
+        "audience": {"min_purchases": 3},
+        "offers": {"mode": "discover", "discover_days": 90},
+        "limits": {"per_customer_per_week": 1, "sends_total": 20_000, "holdout_percent": 10, "ttl_s": 900},
+        "message": {"templates": {"en": {"title": "New for you at {store_name}",
+                                         "body": "{offer_title}, {price} until {valid_to}."}},
+                    "default_locale": "en"}},
+}
+
+
+def load_demo_campaigns(rec: httpx.Client) -> list[str]:
+    """The demo campaigns (created, or left as they are when a previous run made them)."""
+    made = []
+    for campaign_id, body in DEMO_CAMPAIGNS.items():
+        r = rec.put(f"/v1/campaigns/{campaign_id}", json=body)
+        if r.status_code != 428:  # 428: it exists (a restart on the same data): keep the marketer's edits
+            r.raise_for_status()
+        made.append(campaign_id)
+    return made
 
 
 def _stock_near_duomo(rec: httpx.Client, geo_url: str, headers: dict) -> int:

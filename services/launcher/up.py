@@ -203,7 +203,8 @@ def banner(stack: Stack, info: dict) -> str:
         "",
         "Vicino is up. One base URL for the app, the console and every API call:",
         f"  API          {base}   docs: {base}/docs   OpenAPI: {base}/openapi.json",
-        "               (stores, devices, consent, locations, customers, offers, stock, rules, KPIs, deliveries, jobs)",
+        "               (stores, devices, consent, locations, customers, offers, stock, rules, campaigns, KPIs, "
+        "deliveries, jobs)",
         f"  health       {base}/healthz   ready: {base}/readyz   metrics: {base}/metrics",
         f"  pushes       {_providers_note(stack)}",
         f"  KPIs         {base}/v1/kpis   (analyst key; notebooks/kpis.ipynb plots them)",
@@ -229,6 +230,8 @@ def banner(stack: Stack, info: dict) -> str:
             "  demo model   " + ("LightFM trained on that history and published (GET /v1/model)"
                                  if demo["recommender"]["model_published"]
                                  else f"not published, see {stack.data_dir / 'logs' / 'demo.log'}; offers use popularity"),
+            f"  campaigns    {', '.join(demo['recommender']['campaigns'])} (one in Italian, one in English): "
+            f"GET {base}/v1/campaigns; why a visit got its push: GET {base}/v1/visits/<visit_id>/decision",
             "",
             "The customer as a shop assistant sees them, and their offers at the Duomo store:",
             f"  curl -s {base}/v1/customers/{DEMO_DEVICE['customer_id']} -H 'Authorization: Bearer {token}'",

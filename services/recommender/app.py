@@ -15,7 +15,7 @@ from vicino.services.runtime.edge_guard import BulkLimit
 from vicino.services.runtime.http_edge import install_edge, publish_body_schemas, redis_check
 from vicino.services.runtime.redis_client import service_redis
 
-from .api import catalog_routes, customer_routes, kpi_routes, model_routes, offer_routes
+from .api import campaign_routes, catalog_routes, customer_routes, kpi_routes, model_routes, offer_routes
 from .api.customer_routes import InteractionBatchIn
 from .domain.customer_records import CustomerBatchIn
 from .settings import RecommenderSettings
@@ -71,6 +71,7 @@ def create_app(settings: RecommenderSettings | None = None, *, redis=None, clock
 
     app.include_router(customer_routes.router)
     app.include_router(catalog_routes.router)
+    app.include_router(campaign_routes.router)
     app.include_router(offer_routes.router)
     app.include_router(kpi_routes.router)
     app.include_router(model_routes.router)

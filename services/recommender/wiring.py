@@ -15,16 +15,21 @@ from vicino.services.kernel.clock import Clock, SystemClock
 from vicino.services.runtime.redis_client import ReplicaWait
 from vicino.services.runtime.stream_consumer import StreamConsumer
 
+from .adapters.campaign_repository import CampaignRepository
 from .adapters.customer_repository import CustomerRepository
 from .adapters.decision_repository import DecisionRepository
 from .adapters.geo_client import GeoClient
 from .adapters.kpi_sources import KpiSources
 from .adapters.model_store import ModelHolder
+from .adapters.push_deliveries import PushDeliveryRecords
 from .adapters.published_state import PublishedCustomerState
+from .domain.campaigns import Campaign, default_campaign
 from .domain.decision_policy import DecisionRules, QuietHours
 from .settings import RecommenderSettings
+from .use_cases.campaigns import CampaignBook
 from .use_cases.customer_batch import CustomerBatch
 from .use_cases.erasure import Erasure
+from .use_cases.explanations import DecisionExplanations
 from .use_cases.decide import RanksOffers, VisitDecisions
 from .use_cases.identity import CanonicalIds, IdentityService
 from .use_cases.ingest import InteractionIngest
@@ -64,6 +69,10 @@ class RecommenderContainer:
     models: ModelHolder
     ranker: OfferRanker
     kpis: Kpis
+    campaigns: CampaignBook
+    decisions: DecisionRepository
+    visits: VisitDecisions          # the API's use: previews and test sends (the worker decides)
+    explanations: DecisionExplanations
 
 
 def build(settings: RecommenderSettings, redis, clock: Clock, registry: CollectorRegistry,
@@ -76,6 +85,8 @@ def build(settings: RecommenderSettings, redis, clock: Clock, registry: Collecto
     identity = IdentityService(customers, published, geo, clock, decisions)
     catalog = Catalog(CatalogRepository(redis), clock)
     models = ModelHolder(settings.model_dir)
+    ranker = OfferRanker(catalog, customers, models, clock)
+    campaigns = build_campaign_book(settings, redis, clock)
     return RecommenderContainer(
         settings=settings, clock=clock, redis=redis, signer=signer, registry=registry,
         access=Authenticator(redis, settings.admin_token, signer, settings.token_secret,
@@ -86,9 +97,25 @@ def build(settings: RecommenderSettings, redis, clock: Clock, registry: Collecto
         customer_batch=CustomerBatch(customers, identity, geo, clock),
         erasure=Erasure(customers, published, identity, geo, clock, settings.event_shards, decisions),
         catalog=catalog, models=models,
-        ranker=OfferRanker(catalog, customers, models, clock),
+        ranker=ranker,
         kpis=build_kpis(settings, redis, clock),
+        campaigns=campaigns,
+        decisions=decisions,
+        visits=VisitDecisions(decisions, published, CanonicalIds(customers), ranker, clock, decision_rules(settings),
+                              campaigns, catalog, customers),
+        explanations=DecisionExplanations(decisions, CanonicalIds(customers), campaigns, CatalogRepository(redis),
+                                          PushDeliveryRecords(redis, settings.customer_shards)),
     )
+
+
+def settings_campaign(settings: RecommenderSettings) -> Campaign:
+    """The default campaign: what runs while no campaign is stored (domain.campaigns)."""
+    return default_campaign(settings.decide_on.split(","), settings.cap_per_day, settings.store_cooldown_s,
+                            settings.holdout_percent, settings.push_ttl_s)
+
+
+def build_campaign_book(settings: RecommenderSettings, redis, clock: Clock) -> CampaignBook:
+    return CampaignBook(CampaignRepository(redis), CatalogRepository(redis), clock, settings_campaign(settings))
 
 
 def build_kpis(settings: RecommenderSettings, redis, clock: Clock) -> Kpis:
@@ -108,7 +135,8 @@ def build_visit_consumer(settings: RecommenderSettings, redis, consumer: str) ->
 def _decision_repository(settings: RecommenderSettings, redis) -> DecisionRepository:
     wait = ReplicaWait(redis, settings.redis_url, settings.redis_wait_replicas, settings.redis_wait_ms, logging.getLogger("vicino.recommender"))
     return DecisionRepository(redis, settings.customer_shards, settings.decision_ttl_s, settings.store_cooldown_s, wait,
-                              erasure_key=settings.erasure_register_key())
+                              erasure_key=settings.erasure_register_key(),
+                              docs_ttl_s=settings.kpi_retention_days * 86_400)
 
 
 def build_ranker(settings: RecommenderSettings, redis, clock: Clock) -> OfferRanker:
@@ -119,9 +147,10 @@ def build_ranker(settings: RecommenderSettings, redis, clock: Clock) -> OfferRan
 
 
 def decision_rules(settings: RecommenderSettings) -> DecisionRules:
+    """The global protection every campaign is under (the holdout is each campaign's)."""
     return DecisionRules(cap_per_day=settings.cap_per_day, store_cooldown_s=settings.store_cooldown_s,
                          quiet_hours=QuietHours.parse(settings.quiet_hours),
-                         holdout_percent=settings.holdout_percent,
+                         holdout_percent=0.0,
                          # an event older than a push's lifetime could only produce an expired push
                          max_event_age_s=settings.push_ttl_s)
 
@@ -129,10 +158,12 @@ def decision_rules(settings: RecommenderSettings) -> DecisionRules:
 def build_visit_decisions(settings: RecommenderSettings, redis, ranker: RanksOffers,
                           clock: Clock | None = None) -> VisitDecisions:
     """Decisions on visits; the worker only reads merge pointers, it never merges."""
+    clock = clock or SystemClock()
     customers = CustomerRepository(redis, settings)
+    catalog = getattr(ranker, "catalog", None) or Catalog(CatalogRepository(redis), clock)  # the ranker's copy if any
     return VisitDecisions(_decision_repository(settings, redis), PublishedCustomerState(redis, settings.event_shards),
-                          CanonicalIds(customers), ranker, clock or SystemClock(), decision_rules(settings),
-                          frozenset(settings.decide_on.split(",")), settings.push_ttl_s)
+                          CanonicalIds(customers), ranker, clock, decision_rules(settings),
+                          build_campaign_book(settings, redis, clock), catalog, customers)
 
 
 def build_decision_consumer(settings: RecommenderSettings, redis, consumer: str, ranker: RanksOffers, *,

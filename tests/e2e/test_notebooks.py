@@ -151,4 +151,8 @@ def test_kpis_with_a_service_shows_the_known_history(redis_url, redis_sync, geo_
     assert "6 decisions, 2 pushes sent" in text(cell(nb, "fetch"))
     summary = text(cell(nb, "summary"))
     assert "holdout" in summary and "66.67%" in summary   # treated conversion rate 2/3
-    assert {"uplift", "stores", "funnel", "daily"} <= set(images(nb))
+    assert {"uplift", "stores", "campaigns", "funnel", "daily"} <= set(images(nb))
+    campaigns = text(cell(nb, "campaigns"))   # the two campaigns of the history, c-en with a +50.00% uplift
+    assert "c-en" in campaigns and "c-it" in campaigns and "+50.00%" in campaigns
+    care = text(cell(nb, "care"))
+    assert "2 of 5 active customers" in care and "NPS         -50" in care and "1 unanswered" in care

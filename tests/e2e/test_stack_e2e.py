@@ -78,12 +78,20 @@ def run_scenario(redis_url: str, geo_urls: list[str], rec_urls: list[str], fcm_s
         # stores through replica 0 only: the others must learn them from the change log
         for store_id, lat, lon in STORES:
             r = geo[0].put(f"/v1/stores/{store_id}", headers=ADMIN, json={
-                "type": "Feature", "id": store_id, "properties": {"radius_m": 60},
+                "type": "Feature", "id": store_id, "properties": {"radius_m": 60, "name": f"Negozio {store_id}"},
                 "geometry": {"type": "Point", "coordinates": [lon, lat]}})
             assert r.status_code in (200, 201), r.text
-        offer = {"title": "10% off", "item_ids": ["i1"], "category": "CANDLE", "price": 10, "currency": "EUR",
-                 "valid_from": time.time() - 3600, "valid_to": time.time() + 86_400}
+        offer = {"title": "Candele", "item_ids": ["i1"], "category": "CANDLE", "price": 10, "promo_price": 8.5,
+                 "currency": "EUR", "valid_from": time.time() - 3600, "valid_to": time.time() + 86_400}
         assert rec[-1].put("/v1/offers/e2e-o1", headers=ADMIN, json=offer).status_code in (200, 201)
+        # the visits become pushes through a campaign in Italian (issue 17)
+        r = rec[-1].put("/v1/campaigns/e2e-it", headers=ADMIN, json={
+            "name": "Candele in negozio", "status": "active", "trigger": {"on": "enter"},
+            "limits": {"holdout_percent": 0},
+            "message": {"templates": {"it": {"title": "{offer_title} da {store_name}",
+                                             "body": "Solo {price} invece di {regular_price} (-{discount_percent})"}},
+                        "default_locale": "it"}})
+        assert r.status_code == 201, r.text
         visits = {}
         for c in range(CUSTOMERS):
             g = geo[c % n]  # each customer's requests go to one replica, customers spread over all
@@ -118,6 +126,11 @@ def run_scenario(redis_url: str, geo_urls: list[str], rec_urls: list[str], fcm_s
         assert all(len(v) == 1 for v in got.values()), "a visit pushed twice"
         tokens = {r[0].json["message"]["token"] for r in got.values()}
         assert tokens == {f"fcm-{c}" for c in range(CUSTOMERS)}
+        for r in got.values():
+            m = r[0].json["message"]
+            assert m["notification"] == {"title": f"Candele da Negozio {m['data']['store_id']}",
+                                         "body": "Solo 8,50\xa0€ invece di 10,00\xa0€ (-15%)"}, m
+            assert m["data"]["campaign_id"] == "e2e-it"
         # no event lost: one enter per customer in the event streams, one decision per visit
         enters = decided = 0
         for shard in range(16):

@@ -75,14 +75,15 @@ def webhook_sink():
 
 def make_job(customer_id: str, device_id: str, *, platform: str = "android", push_token: str = "tok",
              store_id: str = "store-1", visit_id: str | None = None, ttl_s: float = 900, created_at: float | None = None,
-             body: str = "2 x 10% off at your store", offer_id: str = "offer-1") -> PushJobV1:
+             body: str = "2 x 10% off at your store", offer_id: str = "offer-1", campaign_id: str | None = None,
+             test: bool = False, deep_link: str | None = None, image_url: str | None = None) -> PushJobV1:
     visit_id = visit_id or new_id("vis")
     now = time.time() if created_at is None else created_at
     return PushJobV1(job_id=new_id("job"), idempotency_key=idempotency_key(customer_id, store_id, visit_id),
                      customer_id=customer_id, device_id=device_id, platform=platform, push_token=push_token,
-                     title="An offer near you", body=body,
+                     title="An offer near you", body=body, deep_link=deep_link, image_url=image_url,
                      data=PushDataV1(offer_id=offer_id, store_id=store_id, visit_id=visit_id,
-                                     decision_id=new_id("dec")),
+                                     decision_id=new_id("dec"), campaign_id=campaign_id, test=test),
                      collapse_key=visit_id, created_at=now, expires_at=now + ttl_s)
 
 

@@ -113,6 +113,12 @@ def test_hot_history_is_bounded_and_keeps_the_most_recent(rec_settings, redis_sy
     (ev("b13", extra_field=1), "invalid", "extra"),
     ({"event_id": "b14"}, "invalid", "channel"),
     ("not an object", "invalid", "object"),
+    (ev("b15", type="survey", item_id=None), "missing_score", "score"),
+    (ev("b16", type="survey", item_id=None, score=11), "invalid", "score"),
+    (ev("b17", type="purchase", score=9), "invalid", "score"),
+    (ev("b18", type="support_reply", item_id=None, channel="email"), "missing_reply_to", "reply_to"),
+    (ev("b19", type="support_reply", item_id=None, channel="store", reply_to="c1"), "invalid", "channel"),
+    (ev("b20", type="view", reply_to="c1"), "invalid", "reply_to"),
 ])
 def test_bad_items_are_rejected_one_by_one_and_the_rest_kept(rec_client, redis_sync, item, reason, needle):
     out = post(rec_client, [ev("good-1"), item, ev("good-2")])

@@ -169,7 +169,10 @@ def test_a_dwell_gets_one_push_job_with_its_fields_and_one_logged_decision(dset,
     assert (j.platform, j.push_token, j.title, j.body) == ("android", "push-ph-1", "Mugs -20%",
                                                             "At the store in front of you")
     assert j.data.model_dump() == {"offer_id": "o-mug", "store_id": "s-1", "visit_id": "v-1",
-                                   "decision_id": d.decision_id}
+                                   "decision_id": d.decision_id, "campaign_id": "default", "test": False}
+    # no campaign stored: the default one built from the settings decided, and says so
+    assert d.campaign_id == "default"
+    assert [(c.campaign_id, c.outcome, c.offer_id) for c in d.campaigns] == [("default", "sent", "o-mug")]
     assert (j.created_at, j.expires_at) == (clock.now(), clock.now() + 900)
     # the counters, under the customer's hash tag
     k = DecisionKeys("cu-1", dset.customer_shards)
@@ -496,20 +499,28 @@ def test_what_merges_and_erasure_need_to_call(dset, geo_http, redis_sync):
                                       erasure_key=dset.erasure_register_key())
             await repo.absorb("cu-e", "cu-k")
             await repo.absorb("cu-e", "cu-k")  # a retried merge
-            moved = {k: await redis.zrange(k, 0, -1) for k in keep.all_owned()}
+            moved = {k: await (redis.hkeys(k) if k in (keep.campaign_totals, keep.decision_docs)
+                               else redis.zrange(k, 0, -1)) for k in keep.all_owned()}
+            visit_owner = await repo.customer_of_visit("v-1")
             await repo.delete("cu-k")
             streams = [gone.decisions, gone.push_jobs]
             dropped = await CustomerRepository(redis, dset).drop_from_streams({"cu-e"}, streams)
-            return moved, dropped
+            return moved, dropped, visit_owner, await repo.customer_of_visit("v-1")
         finally:
             await redis.aclose()
 
-    moved, dropped = asyncio.run(hooks())
+    moved, dropped, owner_after_merge, owner_after_erasure = asyncio.run(hooks())
+    [decision_id] = moved[keep.decision_docs]
     assert moved == {keep.decided_visits: [b"v-1"], keep.pushes: [moved[keep.pushes][0]],
-                     keep.store_pushes: [b"s-1"], keep.ended_visits: [b"v-1"]}
+                     keep.store_pushes: [b"s-1"], keep.ended_visits: [b"v-1"],
+                     keep.campaign_pushes: [b"default|" + decision_id], keep.campaign_totals: [b"default"],
+                     keep.campaign_store_pushes: [b"default|s-1"], keep.decision_index: [decision_id],
+                     keep.decision_docs: [decision_id]}
+    # the visit's look-up follows the merge, and the erasure removes it
+    assert (owner_after_merge, owner_after_erasure) == ("cu-k", None)
     assert not any(redis_sync.exists(k) for k in gone.all_owned() + keep.all_owned())
     assert dropped == 2  # its decision and its push job
-    ours = {k: v for k, v in redis_dump(redis_sync).items() if b"{cs:" in k}  # geo's keys: geo's erasure
+    ours = {k: v for k, v in redis_dump(redis_sync).items() if b"{cs:" in k or b"{vx:" in k}  # geo's: geo's erasure
     assert ours and "cu-e" not in repr(ours)
 
 

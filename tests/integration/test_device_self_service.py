@@ -251,6 +251,78 @@ def test_push_token_refusals(geo, redis_sync):
     assert redis_dump(redis_sync, access=False) == before
 
 
+# --- locale -------------------------------------------------------------------------------------
+
+def test_a_device_registers_with_its_locale_stored_canonical(geo, redis_sync):
+    r = geo.post("/v1/devices", headers=ADMIN, json={"device_id": "phone-it", "customer_id": "cust-it",
+                                                     "platform": "android", "push_token": "t", "locale": "it_it"})
+    assert r.status_code == 201, r.text
+    token = bearer(r.json()["token"])
+    assert registration(redis_sync, "phone-it")["locale"] == "it-IT"  # what the recommender reads
+    got = geo.get("/v1/devices/phone-it", headers=token).json()
+    assert got["locale"] == "it-IT" and got["timezone"] == "Europe/Rome"
+    # Android 14's regional preferences ride along as a -u- extension: the language is kept
+    register_again = {"device_id": "phone-it", "customer_id": "cust-it", "platform": "android", "push_token": "t"}
+    r = geo.post("/v1/devices", headers=ADMIN, json={**register_again, "locale": "pt-br-u-mu-celsius"})
+    assert geo.get("/v1/devices/phone-it", headers=bearer(r.json()["token"])).json()["locale"] == "pt-BR"
+    # a registration replaces the one before, its locale too: none sent, none kept
+    r = geo.post("/v1/devices", headers=ADMIN, json=register_again)
+    assert geo.get("/v1/devices/phone-it", headers=bearer(r.json()["token"])).json()["locale"] is None
+    assert registration(redis_sync, "phone-it")["locale"] == ""
+
+
+@pytest.mark.parametrize("bad, words", [("xx", ["locale", "not a locale Babel"]),
+                                        ("it_IT.UTF-8", ["locale", "not a BCP 47 tag"]),
+                                        ("", ["locale", "empty"]),
+                                        ("en-" + "a" * 90, ["locale"]),
+                                        (42, ["locale"])])
+def test_a_locale_babel_cannot_read_is_a_422_naming_the_field_and_nothing_is_stored(geo, redis_sync, bad, words):
+    before = redis_dump(redis_sync, access=False)
+    body = assert_problem(geo.post("/v1/devices", headers=ADMIN, json={
+        "device_id": "phone-x", "customer_id": "cust-x", "platform": "android", "push_token": "t", "locale": bad}),
+        422, *words)
+    assert body["errors"][0]["field"] == "locale"
+    assert redis_dump(redis_sync, access=False) == before
+    token = enrol(geo, "phone-y", "cust-y", "android")
+    before = redis_dump(redis_sync, access=False)
+    body = assert_problem(geo.put("/v1/devices/phone-y/locale", headers=token, json={"locale": bad}), 422, *words)
+    assert body["errors"][0]["field"] == "locale"
+    assert redis_dump(redis_sync, access=False) == before
+
+
+def test_a_device_changes_its_locale_and_keeps_its_device_token(geo, clock, redis_sync):
+    token = enrol(geo, "phone-l10n", "cust-l10n", "ios")
+    token_id = registration(redis_sync, "phone-l10n")["token_id"]
+    r = geo.put("/v1/devices/phone-l10n/locale", headers=token, json={"locale": "en-gb"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"device_id": "phone-l10n", "locale": "en-GB", "locale_updated_at": r.json()["locale_updated_at"]}
+    assert parse_instant(r.json()["locale_updated_at"]) == pytest.approx(clock.now(), abs=0.01)
+    reg = registration(redis_sync, "phone-l10n")
+    assert reg["locale"] == "en-GB" and reg["token_id"] == token_id
+    assert geo.get("/v1/devices/phone-l10n", headers=token).json()["locale"] == "en-GB"
+    # the app's server may do it too; null forgets it
+    backend = make_key(geo, "app_backend")
+    assert geo.put("/v1/devices/phone-l10n/locale", headers=backend, json={"locale": "de-CH"}).json()["locale"] == "de-CH"
+    assert registration(redis_sync, "phone-l10n")["locale"] == "de-CH"
+    assert geo.put("/v1/devices/phone-l10n/locale", headers=token, json={"locale": None}).json()["locale"] is None
+    assert geo.get("/v1/devices/phone-l10n", headers=token).json()["locale"] is None
+
+
+def test_locale_refusals(geo, redis_sync):
+    mine = register(geo, "phone-a", "cust-a")
+    register(geo, "phone-b", "cust-b")
+    before = redis_dump(redis_sync)
+    assert_problem(geo.put("/v1/devices/phone-b/locale", headers=mine, json={"locale": "it"}), 403,
+                   "only for its own device")
+    assert_problem(geo.put("/v1/devices/phone-a/locale", headers=make_key(geo, "analyst"),
+                           json={"locale": "it"}), 403, "app_backend")
+    assert_problem(geo.put("/v1/devices/nobody/locale", headers=ADMIN, json={"locale": "it"}), 404, "not registered")
+    for body, field in (({}, "locale"), ({"locale": "it", "lang": "it"}, "lang")):
+        r = geo.put("/v1/devices/phone-a/locale", headers=mine, json=body)
+        assert assert_problem(r, 422)["errors"][0]["field"] == field
+    assert redis_dump(redis_sync, access=False) == before
+
+
 # --- logging out ------------------------------------------------------------------------------
 
 def test_a_device_logs_out_its_visits_end_and_all_its_tokens_stop(geo, clock, redis_sync):

@@ -236,6 +236,30 @@ def test_vicino_format_csv_and_parquet(redis_url, tmp_path):
     assert read_interactions(root2).to_pylist() == read_interactions(root).to_pylist()
 
 
+def test_vicino_format_carries_survey_scores_and_replies(redis_url, tmp_path):
+    root = str(tmp_path / "history")
+    path = tmp_path / "care.csv"
+    path.write_text(
+        "event_id,customer_id,channel,type,score,reply_to,ts\n"
+        "s1,c1,email,survey,9,,2026-03-01T10:00:00Z\n"
+        "s2,c1,app,survey,0,,2026-03-01T11:00:00Z\n"
+        "k1,c1,call_center,support_contact,,,2026-03-01T12:00:00Z\n"
+        "k2,c1,email,support_reply,,k1,2026-03-01T13:00:00Z\n"
+        "s3,c1,email,survey,11,,2026-03-01T10:00:00Z\n"        # line 6: out of 0-10
+        "s4,c1,email,survey,,,2026-03-01T10:00:00Z\n"          # line 7: a survey without its score
+        "p1,c1,web,purchase,5,,2026-03-01T10:00:00Z\n")        # line 8: a score on a purchase
+    report = run_import(redis_url, root, path)
+    assert report.imported == 4 and report.malformed_lines == [6, 7, 8]
+    got = {r["event_id"]: (r["score"], r["reply_to"]) for r in read_interactions(root).to_pylist()}
+    assert got == {"s1": (9, None), "s2": (0, None), "k1": (None, None), "k2": (None, "k1")}
+    # and again from a Parquet file of the log's own schema
+    pq_path = tmp_path / "care.parquet"
+    pq.write_table(read_interactions(root), pq_path)
+    root2 = str(tmp_path / "history2")
+    assert run_import(redis_url, root2, pq_path).imported == 4
+    assert read_interactions(root2).to_pylist() == read_interactions(root).to_pylist()
+
+
 def test_unusable_files_are_refused(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,c\n1,2,3\n")

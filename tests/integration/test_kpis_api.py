@@ -1,6 +1,7 @@
 """GET /v1/kpis on a small known history, recorded the way the system records it (decisions and
 receipts in their streams, interactions through the API and in the Parquet log): every figure
-derived by hand below. Plus the bad input, and the daily roll-up job."""
+derived by hand below, per campaign too, with retention, upselling, NPS and the care channel's
+responsiveness. Plus the bad input, and the daily roll-up job."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from fastapi.testclient import TestClient
 
-from vicino.services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
+from vicino.services.kernel.contracts.decisions import CampaignOutcomeV1, DecisionV1, decisions_stream_key
 from vicino.services.kernel.contracts.deliveries import DeliveryReceiptV1, receipts_stream_key
 from vicino.services.kernel.contracts.interactions import InteractionV1, customer_shard
 from vicino.services.kernel.jobs import JobContext
@@ -35,12 +36,15 @@ def offer(items):
             "valid_from": T - 30 * 86_400, "valid_to": T + 30 * 86_400}
 
 
-def decision(n, customer, store, at, *, offer_id=None, reason=None, holdout=False):
+def decision(n, customer, store, at, *, offer_id=None, reason=None, holdout=False, by=None, campaigns=()):
+    """`by`: the campaign that sent (or held out); `campaigns`: (campaign_id, outcome, offer_id) tried."""
     send = reason is None
     return DecisionV1(decision_id=f"d{n}", customer_id=customer, device_id=f"{customer}-phone", store_id=store,
                       visit_id=f"v{n}", event_id=f"ev{n}", event_type="dwell", outcome="send" if send else "suppress",
                       reason=reason, offer_id=offer_id, holdout=holdout, job_id=f"j{n}" if send else None,
-                      price=10.0 if offer_id else None, ts=at, decided_at=at)
+                      price=10.0 if offer_id else None, ts=at, decided_at=at, campaign_id=by,
+                      campaigns=[CampaignOutcomeV1(campaign_id=c, revision=1, outcome=o, offer_id=of)
+                                 for c, o, of in campaigns])
 
 
 def receipt(n, d: DecisionV1, status, at, reason=None):
@@ -49,11 +53,15 @@ def receipt(n, d: DecisionV1, status, at, reason=None):
                              status=status, reason=reason, ts=at)
 
 
-D = [decision(1, "t1", "s1", T, offer_id="o1"),
-     decision(2, "t2", "s2", T + 1 * H, offer_id="o1"),
-     decision(3, "t3", "s1", T + 2 * H, offer_id="o2"),
-     decision(4, "h1", "s1", T + 3 * H, offer_id="o1", reason="holdout", holdout=True),
-     decision(5, "h2", "s2", T + 4 * H, offer_id="o2", reason="holdout", holdout=True),
+# two campaigns: c-it tried first; on d2 it held t2 out and c-en, tried next, sent
+D = [decision(1, "t1", "s1", T, offer_id="o1", by="c-it", campaigns=[("c-it", "sent", "o1")]),
+     decision(2, "t2", "s2", T + 1 * H, offer_id="o1", by="c-en",
+              campaigns=[("c-it", "held_out", "o1"), ("c-en", "sent", "o1")]),
+     decision(3, "t3", "s1", T + 2 * H, offer_id="o2", by="c-en", campaigns=[("c-en", "sent", "o2")]),
+     decision(4, "h1", "s1", T + 3 * H, offer_id="o1", reason="holdout", holdout=True, by="c-it",
+              campaigns=[("c-it", "held_out", "o1")]),
+     decision(5, "h2", "s2", T + 4 * H, offer_id="o2", reason="holdout", holdout=True, by="c-en",
+              campaigns=[("c-en", "held_out", "o2")]),
      decision(6, "t1", "s1", T + 5 * H, reason="quiet_hours")]
 R = [receipt(1, D[0], "queued", T), receipt(1, D[0], "sent", T + 1), receipt(1, D[0], "opened", T + 60),
      receipt(2, D[1], "queued", T + H), receipt(2, D[1], "sent", T + H + 1),
@@ -65,13 +73,21 @@ def interaction(event_id, customer, type_, channel, at, **kw):
 
 
 # through the API (hot history and the interaction stream, not exported yet)
-VIA_API = [interaction("p1", "t1", "purchase", "store", T + 1 * H, item_id="i1", store_id="s1", value=10.0),
+VIA_API = [interaction("p1", "t1", "purchase", "store", T + 1 * H, item_id="i1", store_id="s1", value=10.0,
+                       quantity=2),
            interaction("p2", "t1", "purchase", "web", T + 5 * H, item_id="i9", value=3.0),
            interaction("p3", "t3", "purchase", "web", T + 30 * H, item_id="i2", value=4.0),   # outside 24 h
-           interaction("p4", "h1", "purchase", "store", T + 4 * H, item_id="i1", store_id="s3", value=5.0)]
+           interaction("p4", "h1", "purchase", "store", T + 4 * H, item_id="i1", store_id="s3", value=5.0),
+           interaction("sv1", "t1", "survey", "app", T + 6 * H, score=10),
+           interaction("sv3", "t1", "survey", "app", T + 8 * H, score=8),                   # t1's latest
+           interaction("sv4", "h1", "survey", "store", T + 26 * H, score=9),                # the next day
+           interaction("sr1", "t2", "support_reply", "call_center", T + 3 * H, reply_to="sc1")]
 # already in the Parquet log (exported)
 IN_LOG = [interaction("r1", "t2", "offer_redeem", "store", T + 2 * H, offer_id="o1", store_id="s2"),
-          interaction("p5", "t2", "purchase", "app", T + 3 * H, item_id="i1", value=7.0)]
+          interaction("p5", "t2", "purchase", "app", T + 3 * H, item_id="i1", value=7.0),
+          interaction("sv2", "h2", "survey", "email", T + 7 * H, score=3),
+          interaction("sc1", "t2", "support_contact", "call_center", T + 2 * H),
+          interaction("sc2", "h2", "support_contact", "email", T + 9 * H)]                 # never answered
 
 
 def seed_history(redis_sync, shards: int, history_dir: str, http) -> None:
@@ -151,12 +167,54 @@ def test_every_figure_of_a_known_history(kpi_client):
          "revenue": 10.0},
         {"store_id": "s2", "decisions": 2, "sent": 1, "conversions": {"store": 1, "online": 1, "anywhere": 1},
          "revenue": 7.0}]
+    # c-en: sent d2 (t2: r1 at s2, its store, and p5 in the app: 7) and d3 (t3: nothing in 24 h), held out d5 (h2:
+    # nothing). c-it: sent d1 (t1: p1 at s1, 10), held out d2 (t2: r1 and p5 are o1's) and d4 (h1: p4, o1's item)
+    assert k["by_campaign"] == [
+        {"campaign_id": "c-en", "decisions": 3, "sent": 2, "held_out": 1,
+         "conversions": {"store": 1, "online": 1, "anywhere": 1}, "revenue": 7.0,
+         "uplift": {"treated": {"customers": 2, "converted": 1, "rate": 0.5},
+                    "holdout": {"customers": 1, "converted": 0, "rate": 0.0},
+                    "difference": 0.5, "ci95": pytest.approx(list(newcombe_interval(1, 2, 0, 1))), "note": None}},
+        {"campaign_id": "c-it", "decisions": 3, "sent": 1, "held_out": 2,
+         "conversions": {"store": 1, "online": 0, "anywhere": 1}, "revenue": 10.0,
+         "uplift": {"treated": {"customers": 1, "converted": 1, "rate": 1.0},
+                    "holdout": {"customers": 2, "converted": 2, "rate": 1.0},
+                    "difference": 0.0, "ci95": pytest.approx(list(newcombe_interval(1, 1, 2, 2))), "note": None}}]
+    # active on the day: t1 t2 h1 h2 by their interactions, and t1 t2 t3 h1 h2 by their visits = 5; again the next
+    # day (it has ended): t3 (p3) and h1 (sv4). Treated t1 t2 t3: 1/3; holdout h1 h2: 1/2
+    assert k["retention"] == {"active": {"customers": 5, "retained": 2, "rate": 0.4},
+                              "treated": {"customers": 3, "retained": 1, "rate": pytest.approx(1 / 3)},
+                              "holdout": {"customers": 2, "retained": 1, "rate": 0.5},
+                              "difference": pytest.approx(-1 / 6),
+                              "ci95": pytest.approx(list(newcombe_interval(1, 3, 1, 2))),
+                              "method": "newcombe_hybrid_score", "note": None}
+    # baskets in the 24 h after an exposure: treated p1 (10, 2 items), p2 (3), p5 (7); holdout p4 (5)
+    assert k["upselling"] == {
+        "treated": {"baskets": 3, "customers": 2, "value_per_basket": pytest.approx(20 / 3),
+                    "items_per_basket": pytest.approx(4 / 3)},
+        "holdout": {"baskets": 1, "customers": 1, "value_per_basket": 5.0, "items_per_basket": 1.0},
+        "difference": {"value_per_basket": pytest.approx(5 / 3), "items_per_basket": pytest.approx(1 / 3)},
+        "note": None}
+    # latest surveys of the day: t1 8 (sv3, passive; sv1 is older), h2 3 (sv2 from the log, detractor); sv4 is the
+    # next day's. 100 (0 - 1) / 2 = -50
+    assert k["nps"] == {"n": 2, "promoters": 0, "passives": 1, "detractors": 1, "nps": -50.0, "by_channel": {
+        "app": {"n": 1, "promoters": 0, "passives": 1, "detractors": 0, "nps": 0.0},
+        "email": {"n": 1, "promoters": 0, "passives": 0, "detractors": 1, "nps": -100.0}}}
+    # sc1 (in the log) answered by sr1 (through the API) 1 h later; sc2 never
+    assert k["responsiveness"] == {
+        "contacts": 2, "answered": 1, "unanswered": 1, "within_24h": 1, "share_within_24h": 0.5,
+        "median_s": 3600.0, "p90_s": 3600.0, "by_channel": {
+            "call_center": {"contacts": 1, "answered": 1, "unanswered": 0, "within_24h": 1, "share_within_24h": 1.0,
+                            "median_s": 3600.0, "p90_s": 3600.0},
+            "email": {"contacts": 1, "answered": 0, "unanswered": 1, "within_24h": 0, "share_within_24h": 0.0,
+                      "median_s": None, "p90_s": None}}}
+    assert k["unavailable"] == {}
 
 
 def test_filters_and_window(kpi_client):
     c, _ = kpi_client
     s2 = kpis(c, store_id="s2")
-    assert s2["filters"] == {"store_id": "s2", "offer_id": None}
+    assert s2["filters"] == {"store_id": "s2", "offer_id": None, "campaign_id": None}
     assert (s2["decisions"]["total"], s2["decisions"]["sent"], s2["conversions"]["anywhere"]["conversions"]) == (2, 1, 1)
     assert s2["uplift"]["treated"]["customers"] == 1 and s2["uplift"]["holdout"]["customers"] == 1
     o2 = kpis(c, offer_id="o2")
@@ -167,6 +225,50 @@ def test_filters_and_window(kpi_client):
     assert wide["conversions"]["anywhere"]["conversions"] == 3 and wide["conversions"]["online"]["revenue"] == 11.0
 
 
+def test_one_campaign_against_its_own_holdout(kpi_client):
+    c, _ = kpi_client
+    en = kpis(c, campaign_id="c-en")
+    assert en["filters"] == {"store_id": None, "offer_id": None, "campaign_id": "c-en"}
+    assert {x: en["decisions"][x] for x in ("total", "sent", "suppressed")} == {"total": 3, "sent": 2, "suppressed": 1}
+    assert en["decisions"]["suppressed_by_reason"]["holdout"] == 1
+    # c-en's pushes: dl2 sent, dl3 expired (dl1 is c-it's)
+    assert (en["deliveries"]["sent"], en["deliveries"]["expired"], en["deliveries"]["opened"]) == (1, 1, 0)
+    assert en["conversions"]["anywhere"] == {"conversions": 1, "rate": 0.5, "revenue": 7.0}
+    assert en["funnel"] == {"sent": 1, "opened": 0, "redeemed": 1, "purchased": 1}
+    assert en["uplift"]["difference"] == 0.5 and en["uplift"]["relative"] is None
+    assert "relative uplift is undefined" in en["uplift"]["note"]
+    assert [x["campaign_id"] for x in en["by_campaign"]] == ["c-en"]
+    # c-it held t2 out on d2, whatever c-en then sent: t2 is in c-it's holdout
+    it = kpis(c, campaign_id="c-it")
+    assert it["uplift"]["holdout"] == {"customers": 2, "converted": 2, "rate": 1.0}
+    assert it["deliveries"]["sent"] == 1 and it["deliveries"]["opened"] == 1
+    # a campaign with no decision in the period is an empty report, not an error
+    none = kpis(c, campaign_id="c-none")
+    assert none["empty"] is True and none["empty_reason"] == "no decisions in the period for this campaign"
+    assert none["by_campaign"] == [] and none["decisions"]["total"] == 0
+
+
+def test_care_interactions_are_kept_with_their_score_and_reply(kpi_client):
+    c, _ = kpi_client
+    hist = c.get("/v1/customers/t1/history", headers=ADMIN, params={"limit": 100}).json()["interactions"]
+    assert {h["event_id"]: h.get("score") for h in hist if h["type"] == "survey"} == {"sv1": 10, "sv3": 8}
+    hist = c.get("/v1/customers/t2/history", headers=ADMIN, params={"limit": 100}).json()["interactions"]
+    assert [(h["event_id"], h["reply_to"]) for h in hist if h["type"] == "support_reply"] == [("sr1", "sc1")]
+    r = c.post("/v1/interactions", headers=ADMIN, json=[
+        interaction("bad-sv", "t1", "survey", "app", T, score=10.5),
+        interaction("bad-sr", "t1", "support_reply", "store", T, reply_to="sc1"),
+        interaction("bad-p", "t1", "purchase", "web", T, item_id="i1", score=3)])
+    assert r.status_code == 200 and r.json()["accepted"] == 0
+    assert [(x["event_id"], x["reason"], x["detail"].split(":")[0]) for x in r.json()["rejected"]] == [
+        ("bad-sv", "invalid", "score"), ("bad-sr", "invalid", "channel"), ("bad-p", "invalid", "score")]
+
+
+def test_retention_waits_for_the_next_period(kpi_client):
+    c, _ = kpi_client
+    k = kpis(c, **{"from": (DAY + timedelta(days=2)).isoformat(), "to": datetime.now(timezone.utc).date().isoformat()})
+    assert k["retention"] is None and "has ended" in k["unavailable"]["retention"]
+
+
 def test_an_empty_period_is_zeros_with_a_marker(kpi_client):
     c, _ = kpi_client
     week_before = (DAY - timedelta(days=7)).isoformat()
@@ -175,6 +277,9 @@ def test_an_empty_period_is_zeros_with_a_marker(kpi_client):
     assert k["decisions"]["total"] == 0 and k["deliveries"]["sent"] == 0 and k["deliveries"]["open_rate"] is None
     assert k["conversions"]["anywhere"] == {"conversions": 0, "rate": None, "revenue": 0.0}
     assert k["uplift"]["difference"] is None and k["uplift"]["ci95"] is None and k["by_store"] == []
+    # no survey, contact or purchase after a push that week: null with a reason, never zeros
+    assert k["by_campaign"] == [] and k["upselling"] is None and k["nps"] is None and k["responsiveness"] is None
+    assert set(k["unavailable"]) >= {"upselling", "nps", "responsiveness"}
 
 
 def test_bad_input(kpi_client):
@@ -195,6 +300,7 @@ def test_bad_input(kpi_client):
                    "no offer 'o-none'")
     assert_problem(c.get("/v1/kpis", headers=ADMIN, params={"window_h": 0}), 422, "window_h")
     assert_problem(c.get("/v1/kpis", headers=ADMIN, params={"store_id": "bad id!"}), 422, "store_id")
+    assert_problem(c.get("/v1/kpis", headers=ADMIN, params={"campaign_id": "bad id!"}), 422, "campaign_id")
 
 
 def test_daily_rollup_keeps_the_days_whose_window_closed(kpi_client, redis_url):

@@ -168,3 +168,49 @@ def test_the_customers_own_purchases_lift_what_they_rebuy(rec_settings, tmp_path
         # 0 + 5 × 2^(−1/30) for i1 against 1 for i2
         assert [o["offer_id"] for o in after] == ["o1", "o2"]
         assert after[0]["score"] == pytest.approx(5 * 2 ** (-1 / 30), rel=1e-4)
+
+
+def test_the_kept_eligibility_verdicts_follow_time_stock_and_rules(rec_settings, geo_http):
+    """The ranking keeps a store's verdicts between requests (use_cases/ranking.py); they must
+    change the moment an offer's validity ends, the stock moves or the rules change."""
+    import asyncio
+
+    from vicino.services.kernel.clock import FixedClock
+    from vicino.services.recommender.adapters.catalog_repository import CatalogRepository
+    from vicino.services.recommender.domain.offers import Offer
+    from vicino.services.recommender.wiring import build_ranker
+    from vicino.services.runtime.redis_client import open_async
+    from tests.conftest import circle_store
+
+    assert geo_http.put("/v1/stores/kv-1", json=circle_store("kv-1", 45.46, 9.19)).status_code in (200, 201)
+    now = 1_780_480_800.0
+    clock = FixedClock(now)
+    offers = [Offer.model_validate({"offer_id": oid, "title": oid, "item_ids": [item], "category": "C", "price": 2.0,
+                                    "currency": "EUR", "valid_from": now - 3600, "valid_to": end, "min_stock": least,
+                                    "updated_at": now})
+              for oid, item, end, least in (("o-short", "a", now + 60, None), ("o-stock", "b", now + 3600, 2),
+                                            ("o-long", "c", now + 3600, None))]
+
+    async def scenario() -> list[list[str]]:
+        redis = open_async(rec_settings.redis_url)
+        try:
+            repo = CatalogRepository(redis)
+            await repo.upsert_offers([(o.offer_id, o.model_dump_json().encode()) for o in offers])
+            ranker = build_ranker(rec_settings, redis, clock)
+
+            async def ids() -> list[str]:
+                r = await ranker.rank("kv-cust", personalisation=False, store_id="kv-1", channel="app", k=10)
+                return sorted(o.offer_id for o in r.offers)
+            seen = [await ids(), await ids()]              # the second from the kept verdicts
+            await repo.replace_stock("kv-1", {"b": 5})
+            seen.append(await ids())                       # the stock moved
+            clock.advance(60)
+            seen.append(await ids())                       # o-short's validity ended, to the second
+            await repo.put_rules(b'{"paused_store_ids": ["kv-1"]}', None, clock.now())
+            seen.append(await ids())                       # the rules paused the store
+            return seen
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(scenario()) == [["o-long", "o-short"], ["o-long", "o-short"],
+                                       ["o-long", "o-short", "o-stock"], ["o-long", "o-stock"], []]

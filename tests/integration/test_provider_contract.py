@@ -24,8 +24,9 @@ from vicino.services.push_gateway.adapters.providers.apns import ApnsKey, ApnsPr
 from vicino.services.push_gateway.adapters.providers.fcm import FcmProvider, ServiceAccount
 from vicino.services.push_gateway.adapters.providers.log import LogProvider
 from vicino.services.push_gateway.adapters.providers.webhook import WebhookProvider
+from vicino.services.kernel.contracts.push_jobs import PushDataV1, PushJobV1, idempotency_key
 from vicino.services.push_gateway.domain.messages import (SIGNATURE_HEADER, TIMESTAMP_HEADER, Notification,
-                                                          verify_webhook_signature)
+                                                          notification_for, verify_webhook_signature)
 from vicino.services.push_gateway.domain.outcomes import Delivered, GiveUp, RetryLater, TokenInvalid
 from testbed.push_servers import apns_like, fcm_like, free_port
 
@@ -173,7 +174,8 @@ def _fcm_harness(server) -> Harness:
     def received():
         return [{"token": r.token, "title": r.json["message"]["notification"]["title"],
                  "body": r.json["message"]["notification"]["body"],
-                 "delivery_id": r.json["message"]["data"]["delivery_id"]}
+                 "delivery_id": r.json["message"]["data"]["delivery_id"], "data": r.json["message"]["data"],
+                 "image": r.json["message"]["notification"].get("image")}
                 for r in server.received if r.path.endswith("messages:send") and isinstance(r.json, dict)]
 
     @contextlib.asynccontextmanager
@@ -200,7 +202,10 @@ def _fcm_harness(server) -> Harness:
 def _apns_harness(server, keys) -> Harness:
     def received():
         return [{"token": r.token, "title": r.json["aps"]["alert"]["title"], "body": r.json["aps"]["alert"]["body"],
-                 "delivery_id": r.json["delivery_id"]}
+                 "delivery_id": r.json["delivery_id"],
+                 "data": {k: v for k, v in r.json.items() if k not in ("aps", "image_url")},
+                 # the app's notification service extension fetches the image: only with mutable-content
+                 "image": r.json.get("image_url") if r.json["aps"].get("mutable-content") == 1 else None}
                 for r in server.received if isinstance(r.json, dict) and "aps" in r.json]
 
     key = keys["apns_key"]
@@ -232,7 +237,8 @@ def _webhook_harness(receiver: WebhookReceiver) -> Harness:
             records = list(receiver.received)
         assert all(r["signed"] for r in records), "the receiver got a request with a bad signature"
         return [{"token": r["token"], "title": r["json"]["title"], "body": r["json"]["body"],
-                 "delivery_id": r["json"]["delivery_id"]} for r in records]
+                 "delivery_id": r["json"]["delivery_id"], "data": r["json"]["data"], "image": r["json"]["image_url"]}
+                for r in records]
 
     @contextlib.asynccontextmanager
     async def build(timeout_s: float = 5.0, endpoint: str | None = None):
@@ -256,7 +262,8 @@ def _log_harness() -> Harness:
 
     def received():
         return [{"token": None, "title": d["push"]["title"], "body": d["push"]["body"],
-                 "delivery_id": d["push"]["delivery_id"], "line": line}
+                 "delivery_id": d["push"]["delivery_id"], "data": d["push"]["data"], "image": d["push"]["image_url"],
+                 "line": line}
                 for line in stream.getvalue().splitlines() if (d := orjson.loads(line))]
 
     @contextlib.asynccontextmanager
@@ -323,6 +330,28 @@ def test_well_formed_notification_is_delivered_and_received_once(provider):
         assert n.token not in got[0]["line"]  # the log provider never prints the push token
     else:
         assert got[0]["token"] == n.token
+
+
+@for_providers_with("deliver")
+def test_a_campaigns_test_send_arrives_with_its_campaign_test_mark_deep_link_and_image(provider):
+    """What the app reads is the same on every channel: string data keys (the FCM stand-in refuses
+    any other value, as FCM does) and the image where each platform shows it."""
+    visit = f"vi-{uuid.uuid4().hex[:8]}"
+    now = time.time()
+    job = PushJobV1(job_id="job-t", idempotency_key=idempotency_key("cust-7", "st-7", visit), customer_id="cust-7",
+                    device_id="dev-7", platform="ios" if provider.name == "apns" else "android",
+                    push_token=provider.make_token(7), title="Prova", body="Il 20% da Vicino, solo oggi",
+                    deep_link="vicino://offers/of-7", image_url="https://cdn.example.com/of-7.jpg",
+                    data=PushDataV1(offer_id="of-7", store_id="st-7", visit_id=visit, decision_id="test-7",
+                                    campaign_id="spring-it", test=True),
+                    collapse_key=visit, created_at=now, expires_at=now + 600)
+    n = notification_for(job, f"dl-{provider.name}-t-{uuid.uuid4().hex[:8]}", job.push_token)
+    assert isinstance(send(provider, n), Delivered)
+    (got,) = provider.received()
+    assert got["data"] == {"offer_id": "of-7", "store_id": "st-7", "visit_id": visit, "decision_id": "test-7",
+                           "delivery_id": n.delivery_id, "campaign_id": "spring-it", "test": "1",
+                           "deep_link": "vicino://offers/of-7"}
+    assert got["image"] == "https://cdn.example.com/of-7.jpg"
 
 
 def scripted_outcomes(h: Harness, *kinds: str, seed: int) -> list[tuple[str, int, str, object]]:

@@ -140,6 +140,46 @@ def test_expired_ended_and_unconsented_pushes_are_not_sent(redis_url, redis_sync
         assert sink.received == []
 
 
+def test_a_test_send_is_delivered_marked_as_a_test_whatever_its_visit_but_not_after_its_expiry(
+        redis_url, redis_sync, geo_http, geo_url):
+    me = {"Authorization": "Bearer " + register(geo_http, "ts-dev", "ts-cust")}
+    with webhook_sink() as sink, gateway(push_settings(redis_url, webhook_url=sink.url, webhook_secret=SECRET),
+                                         geo_url, "http://127.0.0.1:9") as client:
+        test = make_job("ts-cust", "ts-dev", platform="web", campaign_id="spring", test=True,
+                        deep_link="vicino://offers/offer-1")
+        # its visit id names no visit; were it marked ended, a test is still sent
+        redis_sync.zadd(ended_visits_key("ts-cust", 16), {test.data.visit_id: time.time()})
+        late = make_job("ts-cust", "ts-dev", platform="web", campaign_id="spring", test=True,
+                        created_at=time.time() - 1000, ttl_s=900)
+        real = make_job("ts-cust", "ts-dev", platform="web", campaign_id="spring")
+        for j in (test, late, real):
+            enqueue(redis_sync, j)
+        d = settled(client, test)
+        assert (d["status"], d["campaign_id"], d["test"]) == ("sent", "spring", True)
+        assert settled(client, late)["status"] == "expired"  # a test expires like any push
+        r = settled(client, real)
+        assert (r["status"], r["campaign_id"], r["test"]) == ("sent", "spring", False)
+        by_delivery = {}
+        for rc in receipts(redis_sync, "ts-cust"):
+            by_delivery.setdefault(rc.delivery_id, []).append(rc)
+        assert {(rc.status, rc.campaign_id, rc.test) for rc in by_delivery[d["delivery_id"]]} == \
+            {("queued", "spring", True), ("sent", "spring", True)}
+        assert {rc.test for rc in by_delivery[r["delivery_id"]]} == {False}
+        bodies = {b["delivery_id"]: b for b in sink.bodies()}
+        assert set(bodies) == {d["delivery_id"], r["delivery_id"]}
+        sent = bodies[d["delivery_id"]]
+        assert (sent["campaign_id"], sent["test"], sent["deep_link"]) == ("spring", True, "vicino://offers/offer-1")
+        assert (sent["data"]["campaign_id"], sent["data"]["test"]) == ("spring", "1")
+        assert "test" not in bodies[r["delivery_id"]]["data"]
+        # opened: recorded on the delivery, never told to the recommender (it is away here, and a
+        # real push's open would be a 503 until it answers)
+        opened = client.post(f"/v1/deliveries/{d['delivery_id']}/opened", headers=me)
+        assert opened.status_code == 200 and opened.json()["opened_at"] is not None, opened.text
+        assert_problem(client.post(f"/v1/deliveries/{r['delivery_id']}/opened", headers=me), 503, "recommender")
+        assert [(rc.status, rc.test) for rc in receipts(redis_sync, "ts-cust") if rc.status == "opened"] == \
+            [("opened", True), ("opened", False)]
+
+
 def test_a_device_handed_to_another_customer_does_not_get_the_previous_owners_push(redis_url, redis_sync, geo_http,
                                                                                     geo_url):
     old_owner = {"Authorization": "Bearer " + register(geo_http, "h-dev", "h-old")}

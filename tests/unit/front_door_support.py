@@ -28,7 +28,8 @@ SERVICES = ("geo", "recommender", "push", "scheduler")
 HEALTH = ("/healthz", "/readyz")   # the front door's health: geo's
 BODY_METHODS = {"post", "put", "patch"}
 # path parameters that look like the table's own words: an id named "consent" must not move a route
-TRICKY_IDS = ("consent", "location-data", "inventory", "offers", "stores", "customers", "v1", "Dev.42_x~")
+TRICKY_IDS = ("consent", "location-data", "inventory", "offers", "stores", "customers", "v1", "Dev.42_x~", "visits",
+              "customers:batch", "a:b")
 
 
 # ---- the services, as they declare themselves ------------------------------------------------
@@ -107,6 +108,10 @@ def table_paths() -> list[str]:
     for c, s in SUB_RESOURCE_OWNERS:
         paths += [f"/v1/{c}/x/{s}", f"/v1/{c}/x/{s}/", f"/v1/{c}/x/{s}/y", f"/v1/{c}/x/{s}x", f"/v1/{c}/{s}",
                   f"/v1/{c}/{s}/{s}", f"/v1/{c}/x/y/{s}"]
+    # a custom method (`:verb`) is routed only where the table names it, on its collection only
+    paths += ["/v1/customers:", "/v1/customers:import", "/v1/customers:batch:x",
+              "/v1/customers/x:batch", "/v1/customers/x/consent:batch", "/v1/offers:batch", "/v1/stores:batch",
+              "/v1/visits/x/decision", "/v1/visits/x/decision/", "/v1/visit/x/decision", "/v1/visitsx/x"]
     # (no empty segment: nginx merges `//` before it picks a location, while the table reads
     # `/v1/customers//consent` as geo's; neither service has a route with an empty id)
     return sorted(set(paths))

@@ -95,3 +95,32 @@ def test_each_bad_item_gets_its_reason(raw, reason):
 
 def test_support_contacts_need_no_item():
     assert isinstance(judge(0, item(type="support_contact", item_id=None, channel="call_center"), NOW, 300), Draft)
+
+
+def test_a_survey_carries_its_score_and_a_reply_the_contact_it_answers():
+    survey = judge(0, item(type="survey", item_id=None, channel="email", score=0), NOW, 300)
+    assert isinstance(survey, Draft) and survey.fields["score"] == 0 and survey.fields["reply_to"] is None
+    assert judge(0, item(type="survey", item_id=None, channel="store", score=10), NOW, 300).fields["score"] == 10
+    reply = judge(0, item(type="support_reply", item_id=None, channel="social", reply_to="contact-1"), NOW, 300)
+    assert isinstance(reply, Draft) and reply.fields["reply_to"] == "contact-1" and reply.fields["score"] is None
+
+
+@pytest.mark.parametrize("raw, reason, named", [
+    (item(type="survey", item_id=None), "missing_score", "score"),
+    (item(type="survey", item_id=None, score=11), "invalid", "score"),
+    (item(type="survey", item_id=None, score=-1), "invalid", "score"),
+    (item(type="survey", item_id=None, score=7.5), "invalid", "score"),
+    (item(type="survey", item_id=None, score="9"), "invalid", "score"),
+    (item(type="survey", item_id=None, score=True), "invalid", "score"),
+    (item(type="purchase", score=9), "invalid", "score"),
+    (item(type="support_contact", item_id=None, score=3), "invalid", "score"),
+    (item(type="support_reply", item_id=None, channel="email"), "missing_reply_to", "reply_to"),
+    (item(type="support_reply", item_id=None, channel="email", reply_to="has space"), "invalid", "reply_to"),
+    (item(type="support_contact", item_id=None, reply_to="c1"), "invalid", "reply_to"),
+    (item(type="support_reply", item_id=None, channel="store", reply_to="c1"), "invalid", "channel"),
+    (item(type="support_reply", item_id=None, channel="push", reply_to="c1"), "invalid", "channel"),
+])
+def test_score_and_reply_to_belong_to_their_types(raw, reason, named):
+    verdict = judge(0, raw, NOW, 300)
+    assert isinstance(verdict, Rejection) and verdict.reason == reason, verdict
+    assert named in verdict.detail

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from vicino.services.kernel.contracts.decisions import REASONS, DecisionV1
+from vicino.services.kernel.contracts.decisions import REASONS, CampaignOutcomeV1, DecisionV1
 from vicino.services.kernel.contracts.deliveries import DeliveryReceiptV1
 from vicino.services.kernel.contracts.interactions import InteractionV1
 from vicino.services.recommender.domain.kpis import (Z95, ConversionEvent, compute_kpis, newcombe_interval,
@@ -120,14 +120,15 @@ def test_hand_built_history_every_figure():
     r = report()
     assert json.loads(json.dumps(r)) == r   # plain JSON values
     assert r["period"] == {"from": 10_000.0, "to": 20_000.0}
-    assert r["filters"] == {"store_id": None, "offer_id": None}
+    assert r["filters"] == {"store_id": None, "offer_id": None, "campaign_id": None}
     assert r["attribution_window_s"] == 1_000.0
     assert r["empty"] is False and r["empty_reason"] is None
 
     # kept: d01-d15, d18, d19 = 17; sent d01-d07, d18, d19 = 9; suppressed d08-d15 = 8
     assert r["decisions"] == {"total": 17, "sent": 9, "suppressed": 8, "suppressed_by_reason": {
-        "visit_ended": 0, "no_marketing_consent": 1, "quiet_hours": 1, "daily_cap": 1, "store_cooldown": 1,
-        "no_eligible_offer": 0, "holdout": 4}}
+        **dict.fromkeys(REASONS, 0), "no_marketing_consent": 1, "quiet_hours": 1, "daily_cap": 1,
+        "store_cooldown": 1, "holdout": 4}}
+    assert list(r["decisions"]["suppressed_by_reason"]) == list(REASONS)   # every reason, in the contract's order
 
     # deliveries v01-v06, v18, v19 (v16 dropped); sent v01 v02 v03; opened v01 v03;
     # v04 suppressed, v05 token_invalid, v06 expired, v19 failed; pending d07 (no receipt), d18 (queued)
@@ -174,8 +175,25 @@ def test_hand_built_history_every_figure():
         {"store_id": "s3", "decisions": 5, "sent": 3, "conversions": {"store": 0, "online": 0, "anywhere": 0},
          "revenue": 0.0},
     ]
+    # no decision here has a campaign (older decisions): in no campaign's figures
+    assert r["by_campaign"] == []
+
+    # baskets (each purchase here is alone in its second; no quantity: one item each) in (x, x + 1 000] of
+    # an exposure of the group. Treated: t1 e01 20 (d01, d02), e02 8 (12 000 = d01 + window, inclusive);
+    # t2 e03 30 (e04 is before d03, e05 after its window); t3 e06 15; t4 e08 12 (e07 is a redemption);
+    # t5 none (e09 before d06, e10 after); t6 e11 3 (e12 is a return). 6 baskets, 88 → 14.667.
+    # Holdout: h1 e13 25 (e14 at 12 300 is after d08's window); h2 e15 10 (inclusive); h3 e16 after d10's window.
+    assert r["upselling"] == {
+        "treated": {"baskets": 6, "customers": 5, "value_per_basket": pytest.approx(88 / 6), "items_per_basket": 1.0},
+        "holdout": {"baskets": 2, "customers": 2, "value_per_basket": 17.5, "items_per_basket": 1.0},
+        "difference": {"value_per_basket": pytest.approx(88 / 6 - 17.5), "items_per_basket": 0.0}, "note": None}
+    # no activity read, no survey, no support contact: null, and why
+    assert r["retention"] is None and r["nps"] is None and r["responsiveness"] is None
+    assert r["unavailable"] == {"retention": "no activity was read for this report",
+                                "nps": "no survey in the period", "responsiveness": "no support contact in the period"}
     assert list(r) == ["period", "filters", "attribution_window_s", "empty", "empty_reason", "decisions",
-                       "deliveries", "conversions", "funnel", "uplift", "repurchase", "by_store"]
+                       "deliveries", "conversions", "funnel", "uplift", "repurchase", "by_store", "by_campaign",
+                       "retention", "upselling", "nps", "responsiveness", "unavailable"]
 
 
 def test_input_order_does_not_change_the_report():
@@ -232,7 +250,7 @@ def test_period_boundaries_keep_from_and_exclude_to():
 
 def test_store_filter():
     r = report(store_id="s1")
-    assert r["filters"] == {"store_id": "s1", "offer_id": None}
+    assert r["filters"] == {"store_id": "s1", "offer_id": None, "campaign_id": None}
     # s1: d01 d03 d08 d11 d13 d15 d18; sent d01 d03 d18
     assert r["decisions"]["total"] == 7 and r["decisions"]["sent"] == 3
     assert r["decisions"]["suppressed_by_reason"]["holdout"] == 2
@@ -278,7 +296,11 @@ def test_empty_period():
                            "difference": None, "ci95": None, "relative": None, "method": "newcombe_hybrid_score",
                            "note": "no treated and no holdout customers in the period"}
     assert r["repurchase"] == {g: {"customers": 0, "repurchased": 0, "rate": None} for g in ("treated", "holdout")}
-    assert r["by_store"] == []
+    assert r["by_store"] == [] and r["by_campaign"] == []
+    # the over-read events fall in no exposure's window and the period has no survey nor contact
+    assert r["retention"] is r["upselling"] is r["nps"] is r["responsiveness"] is None
+    assert set(r["unavailable"]) == {"retention", "upselling", "nps", "responsiveness"}
+    assert r["unavailable"]["upselling"] == "no purchase within the attribution window of any exposure in the period"
 
 
 def test_empty_for_a_filter_says_so():
@@ -327,7 +349,14 @@ def test_conversion_event_from_interaction():
     i = InteractionV1(event_id="e1", customer_id="c1", channel="store", type="purchase", item_id="i1",
                       store_id="s1", quantity=2, value=19.5, currency="EUR", ts=11_000.0, received_at=11_001.0)
     assert ConversionEvent.from_interaction(i) == ConversionEvent("e1", "c1", "purchase", "store", 11_000.0,
-                                                                  item_id="i1", store_id="s1", value=19.5)
+                                                                  item_id="i1", store_id="s1", value=19.5,
+                                                                  quantity=2.0)
+    survey = InteractionV1(event_id="e2", customer_id="c1", channel="email", type="survey", score=8, ts=11_000.0,
+                           received_at=11_001.0)
+    assert ConversionEvent.from_interaction(survey).score == 8
+    reply = InteractionV1(event_id="e3", customer_id="c1", channel="email", type="support_reply", reply_to="e0",
+                          ts=11_000.0, received_at=11_001.0)
+    assert ConversionEvent.from_interaction(reply).reply_to == "e0"
 
 
 def test_bad_arguments_are_refused():
@@ -335,3 +364,233 @@ def test_bad_arguments_are_refused():
         report(period=(20_000.0, 10_000.0))
     with pytest.raises(ValueError):
         report(window_s=-1.0)
+    with pytest.raises(ValueError):
+        report(activity=(set(), set()))   # without `now`
+
+
+# --- campaigns ------------------------------------------------------------------------------
+
+def campaign(campaign_id, outcome, offer=None, reason=None):
+    return CampaignOutcomeV1(campaign_id=campaign_id, revision=1, outcome=outcome, offer_id=offer, reason=reason)
+
+
+def decided(decision_id, customer, store, decided_at, campaigns, *, offer=None, reason=None, by=None):
+    """A decision over campaigns: `by` sent (or, with reason holdout, held out) `offer`."""
+    d = decision(decision_id, customer, store, decided_at, offer=offer, reason=reason)
+    return d.model_copy(update={"campaign_id": by, "campaigns": campaigns})
+
+
+# cA (priority) and cB. k2: cA held a2 out, and cB, tried next, sent: a2 is in cA's holdout and cB's treated.
+K = [decided("k1", "a1", "s1", 11_000, [campaign("cA", "sent", "o1")], offer="o1", by="cA"),
+     decided("k2", "a2", "s1", 11_000, [campaign("cA", "held_out", "o1"), campaign("cB", "sent", "o2")],
+             offer="o2", by="cB"),
+     decided("k3", "a3", "s2", 12_000, [campaign("cA", "held_out", "o1"), campaign("cB", "suppressed", reason="outranked")],
+             offer="o1", reason="holdout", by="cA"),
+     decided("k4", "a4", "s2", 12_000, [campaign("cA", "suppressed", reason="not_in_audience"),
+                                        campaign("cB", "sent", "o2")], offer="o2", by="cB"),
+     decided("k5", "a5", "s1", 13_000, [campaign("cB", "held_out", "o2")], offer="o2", reason="holdout", by="cB"),
+     decided("k6", "a6", "s1", 13_000, [], reason="quiet_hours")]      # no campaign: in no campaign's figures
+K_RECEIPTS = [receipt(K[0], "w1", "sent", 11_001), receipt(K[0], "w1", "opened", 11_010),
+              receipt(K[1], "w2", "sent", 11_001), receipt(K[3], "w4", "sent", 12_001)]
+K_EVENTS = [purchase("f1", "a1", "store", 11_500, "i1", 10.0, store="s1"),   # o1 at k1's store: cA store
+            purchase("f2", "a2", "web", 11_200, "i1", 8.0),                  # o1 online: cA's holdout converts
+            purchase("f3", "a2", "store", 11_300, "i3", 5.0, store="s1"),    # o2 at k2's store: cB store
+            purchase("f4", "a3", "web", 12_500, "i1", 7.0),                  # o1: cA's holdout a3 converts
+            purchase("f5", "a5", "app", 13_500, "i3", 4.0)]                  # o2: cB's holdout a5 converts
+
+
+def campaign_report(**kw):
+    return compute_kpis(K, K_RECEIPTS, K_EVENTS, offer_items=OFFER_ITEMS, period=PERIOD, window_s=WINDOW, **kw)
+
+
+def test_one_campaign_against_its_own_holdout():
+    a = campaign_report(campaign_id="cA")
+    assert a["filters"] == {"store_id": None, "offer_id": None, "campaign_id": "cA"}
+    # cA's decisions: k1 (sent by cA), k2 and k3 (held out by cA; k2 went out for cB, not cA)
+    assert a["decisions"] == {"total": 3, "sent": 1, "suppressed": 2,
+                              "suppressed_by_reason": {**dict.fromkeys(REASONS, 0), "holdout": 2}}
+    # only cA's push w1 (w2 is cB's push on k2)
+    assert (a["deliveries"]["total"], a["deliveries"]["sent"], a["deliveries"]["opened"]) == (1, 1, 1)
+    assert a["conversions"] == {"store": {"conversions": 1, "rate": 1.0, "revenue": 10.0},
+                                "online": {"conversions": 0, "rate": 0.0, "revenue": 0.0},
+                                "anywhere": {"conversions": 1, "rate": 1.0, "revenue": 10.0}}
+    assert a["funnel"] == {"sent": 1, "opened": 1, "redeemed": 0, "purchased": 1}
+    # treated a1 1/1; holdout a2 (f2: o1's item, though cB pushed o2) and a3: 2/2
+    u = a["uplift"]
+    assert u["treated"] == {"customers": 1, "converted": 1, "rate": 1.0}
+    assert u["holdout"] == {"customers": 2, "converted": 2, "rate": 1.0}
+    assert u["difference"] == 0.0 and u["relative"] == 0.0 and u["ci95"] == list(newcombe_interval(1, 1, 2, 2))
+    assert a["by_store"] == [
+        {"store_id": "s1", "decisions": 2, "sent": 1, "conversions": {"store": 1, "online": 0, "anywhere": 1},
+         "revenue": 10.0},
+        {"store_id": "s2", "decisions": 1, "sent": 0, "conversions": {"store": 0, "online": 0, "anywhere": 0},
+         "revenue": 0.0}]
+    assert [c["campaign_id"] for c in a["by_campaign"]] == ["cA"]
+
+    b = campaign_report(campaign_id="cB")
+    # k2, k4 sent by cB, k5 held out; k3 (cB suppressed) is not cB's
+    assert (b["decisions"]["total"], b["decisions"]["sent"], b["decisions"]["suppressed"]) == (3, 2, 1)
+    assert b["deliveries"]["sent"] == 2   # w2, w4
+    # k2 ← f3 (o2 at s1); f2 (i1) is not o2's
+    assert b["conversions"]["store"] == {"conversions": 1, "rate": 0.5, "revenue": 5.0}
+    assert b["uplift"]["treated"] == {"customers": 2, "converted": 1, "rate": 0.5}
+    assert b["uplift"]["holdout"] == {"customers": 1, "converted": 1, "rate": 1.0}
+    assert b["uplift"]["difference"] == -0.5 and b["uplift"]["ci95"] == list(newcombe_interval(1, 2, 1, 1))
+
+
+def test_by_campaign_in_the_period_report():
+    r = campaign_report()
+    # the whole: sent k1 k2 k4; suppressed k3 k5 (holdout), k6 (quiet hours)
+    assert (r["decisions"]["total"], r["decisions"]["sent"]) == (6, 3)
+    # treated a1 (f1), a2 (f3 via k2's o2), a4 (nothing): 2/3; holdout a3 (f4), a5 (f5): 2/2
+    assert r["uplift"]["treated"]["converted"] == 2 and r["uplift"]["holdout"]["converted"] == 2
+    assert r["by_campaign"] == [
+        {"campaign_id": "cA", "decisions": 3, "sent": 1, "held_out": 2,
+         "conversions": {"store": 1, "online": 0, "anywhere": 1}, "revenue": 10.0,
+         "uplift": {"treated": {"customers": 1, "converted": 1, "rate": 1.0},
+                    "holdout": {"customers": 2, "converted": 2, "rate": 1.0},
+                    "difference": 0.0, "ci95": list(newcombe_interval(1, 1, 2, 2)), "note": None}},
+        {"campaign_id": "cB", "decisions": 3, "sent": 2, "held_out": 1,
+         "conversions": {"store": 1, "online": 0, "anywhere": 1}, "revenue": 5.0,
+         "uplift": {"treated": {"customers": 2, "converted": 1, "rate": 0.5},
+                    "holdout": {"customers": 1, "converted": 1, "rate": 1.0},
+                    "difference": -0.5, "ci95": list(newcombe_interval(1, 2, 1, 1)), "note": None}}]
+    # the store filter holds inside each campaign: s2 has k3 (cA held out) and k4 (cB sent)
+    s2 = campaign_report(store_id="s2")["by_campaign"]
+    assert [(c["campaign_id"], c["decisions"], c["sent"], c["held_out"]) for c in s2] == [("cA", 1, 0, 1),
+                                                                                           ("cB", 1, 1, 0)]
+    assert s2[0]["uplift"]["note"] == "no treated customers for this campaign"
+
+
+def test_a_campaigns_offer_is_its_own():
+    # o1 as a whole: k1 (sent) and k3 (held out); k2 went out with o2
+    assert campaign_report(offer_id="o1")["decisions"]["total"] == 2
+    # o1 in cA: k2 too, where cA would have sent o1
+    assert campaign_report(campaign_id="cA", offer_id="o1")["decisions"]["total"] == 3
+    assert campaign_report(campaign_id="cA", offer_id="o2")["empty_reason"] == ("no decisions in the period for "
+                                                                                "this offer and this campaign")
+
+
+def test_an_unknown_campaign_is_empty_not_an_error():
+    r = campaign_report(campaign_id="cZ")
+    assert r["empty"] is True and r["empty_reason"] == "no decisions in the period for this campaign"
+    assert r["by_campaign"] == [] and r["uplift"]["difference"] is None
+
+
+# --- retention ------------------------------------------------------------------------------
+
+def test_retention_of_the_active_customers_treated_against_holdout():
+    # the next period is [20 000, 30 000). Interactions: z1, z2, t1 in the period; t1, h1, z1, z9 in the next.
+    activity = ({"t1", "z1", "z2"}, {"t1", "h1", "z1", "z9"})
+    r = report(activity=activity, now=30_000.0)
+    # active in the period: z1 z2 and every customer of a kept decision's visit (t1-t6, h1-h4, x1) = 13.
+    # again in the next: t1 h1 z1 z9, and t3 (d17 at 20 000, a visit of the next period). Retained: t1 h1 z1 t3.
+    # treated t1-t6: t1 t3 = 2/6; holdout h1-h4: h1 = 1/4
+    assert r["retention"] == {
+        "active": {"customers": 13, "retained": 4, "rate": pytest.approx(4 / 13)},
+        "treated": {"customers": 6, "retained": 2, "rate": pytest.approx(1 / 3)},
+        "holdout": {"customers": 4, "retained": 1, "rate": 0.25},
+        "difference": pytest.approx(1 / 12), "ci95": pytest.approx(list(newcombe_interval(2, 6, 1, 4))),
+        "method": "newcombe_hybrid_score", "note": None}
+    assert "retention" not in r["unavailable"]
+    # under a store filter, the groups are s3's exposures (treated t5 t6 t3, holdout h3); "active" stays everyone
+    s3 = report(store_id="s3", activity=activity, now=30_000.0)["retention"]
+    assert s3["active"]["customers"] == 13
+    assert s3["treated"] == {"customers": 3, "retained": 1, "rate": pytest.approx(1 / 3)}
+    assert s3["holdout"] == {"customers": 1, "retained": 0, "rate": 0.0}
+
+
+def test_retention_waits_for_the_next_period_to_end():
+    r = report(activity=None, now=29_999.0)   # the caller does not read activity before the end either
+    assert r["retention"] is None
+    assert r["unavailable"]["retention"].startswith("the next period (as long as this one) ends at "
+                                                    "1970-01-01T08:20:00Z, after now")
+    nobody = compute_kpis([], [], [], offer_items=OFFER_ITEMS, period=PERIOD, window_s=WINDOW,
+                          activity=(set(), set()), now=40_000.0)
+    assert nobody["retention"] is None and nobody["unavailable"]["retention"] == "no customer was active in the period"
+
+
+# --- upselling ------------------------------------------------------------------------------
+
+def test_upselling_compares_baskets_after_a_push():
+    ds = [decision("u1", "c1", "s1", 11_000, offer="o1"),
+          decision("u4", "c1", "s2", 11_050, offer="o2"),        # overlaps u1's window: baskets count once
+          decision("u3", "c3", "s1", 12_000, offer="o2"),
+          decision("u2", "c2", "s1", 11_000, offer="o1", reason="holdout")]
+
+    def line(event_id, customer, channel, ts, value, quantity):
+        return ConversionEvent(event_id, customer, "purchase", channel, ts, item_id="i9", value=value,
+                               quantity=quantity)
+
+    events = [line("b1", "c1", "store", 11_100.2, 10.0, 2.0), line("b2", "c1", "store", 11_100.7, 5.0, None),
+              line("b3", "c1", "web", 11_100.5, 4.0, 1.0),      # same second, other channel: its own basket
+              line("b4", "c1", "store", 12_500, 20.0, 1.0),     # after both windows
+              line("b5", "c3", "app", 13_000, None, 4.0),       # = u3 + window: in; no value counts 0
+              line("b6", "c2", "store", 11_500, 6.0, 1.0), line("b7", "c2", "store", 11_501, 3.0, 2.0),
+              line("b8", "c2", "store", 10_999, 50.0, 1.0)]     # before u2
+    u = compute_kpis(ds, [], events, offer_items=OFFER_ITEMS, period=PERIOD, window_s=WINDOW)["upselling"]
+    # treated: c1 {b1 b2} (15, 2 + 1 items), {b3} (4, 1); c3 {b5} (0, 4): 3 baskets, 19 / 3, 8 / 3 items
+    # holdout: c2 {b6} (6, 1), {b7} (3, 2): 2 baskets, 4.5, 1.5 items
+    assert u == {"treated": {"baskets": 3, "customers": 2, "value_per_basket": pytest.approx(19 / 3),
+                             "items_per_basket": pytest.approx(8 / 3)},
+                 "holdout": {"baskets": 2, "customers": 1, "value_per_basket": 4.5, "items_per_basket": 1.5},
+                 "difference": {"value_per_basket": pytest.approx(19 / 3 - 4.5),
+                                "items_per_basket": pytest.approx(8 / 3 - 1.5)},
+                 "note": None}
+    treated_only = compute_kpis(ds[:3], [], events, offer_items=OFFER_ITEMS, period=PERIOD, window_s=WINDOW)
+    assert treated_only["upselling"]["holdout"] == {"baskets": 0, "customers": 0, "value_per_basket": None,
+                                                    "items_per_basket": None}
+    assert treated_only["upselling"]["difference"] == {"value_per_basket": None, "items_per_basket": None}
+    assert treated_only["upselling"]["note"] == "no holdout basket in the period"
+
+
+# --- NPS and the care channel ----------------------------------------------------------------
+
+def survey(event_id, customer, channel, ts, score):
+    return ConversionEvent(event_id, customer, "survey", channel, ts, score=score)
+
+
+def test_nps_over_each_customers_latest_survey():
+    events = [survey("n1", "c1", "app", 11_000, 10), survey("n2", "c1", "app", 12_000, 6),
+              survey("n3", "c2", "email", 11_000, 9),
+              survey("n5", "c3", "email", 12_000, 10), survey("n4", "c3", "store", 13_000, 7),
+              survey("n6", "c4", "web", 9_000, 0),        # before the period
+              survey("n7", "c5", "web", 20_000, 0),       # at its end: excluded
+              survey("n8", "c6", "call_center", 14_000, 3), survey("n9", "c6", "call_center", 14_000, 9)]  # tie: n9
+    r = compute_kpis([], [], events, offer_items=OFFER_ITEMS, period=PERIOD, window_s=WINDOW)
+    # latest: c1 6 (detractor), c2 9 (promoter), c3 7 (store, passive), c6 9 (promoter): 100 (2 - 1) / 4 = 25
+    # per channel: app c1 6 → -100; call_center c6 9 → 100; email c2 9, c3 10 → 100; store c3 7 → 0
+    assert r["nps"] == {"n": 4, "promoters": 2, "passives": 1, "detractors": 1, "nps": 25.0, "by_channel": {
+        "app": {"n": 1, "promoters": 0, "passives": 0, "detractors": 1, "nps": -100.0},
+        "call_center": {"n": 1, "promoters": 1, "passives": 0, "detractors": 0, "nps": 100.0},
+        "email": {"n": 2, "promoters": 2, "passives": 0, "detractors": 0, "nps": 100.0},
+        "store": {"n": 1, "promoters": 0, "passives": 1, "detractors": 0, "nps": 0.0}}}
+    assert "nps" not in r["unavailable"] and r["empty"] is True   # no decisions, still an NPS
+
+
+def test_responsiveness_of_the_care_channel():
+    def contact(event_id, customer, channel, ts):
+        return ConversionEvent(event_id, customer, "support_contact", channel, ts)
+
+    def reply(event_id, customer, to, ts, channel="email"):
+        return ConversionEvent(event_id, customer, "support_reply", channel, ts, reply_to=to)
+
+    events = [contact("s1", "c1", "call_center", 11_000), reply("r1", "c1", "s1", 14_600),
+              reply("r1b", "c1", "s1", 18_200),                           # later answer: the first counts
+              contact("s2", "c2", "email", 12_000), reply("r2", "c2", "s2", 12_000 + 90_000),   # 25 h
+              contact("s3", "c3", "email", 13_000),                       # never answered
+              contact("s4", "c4", "social", 14_000), reply("r4", "c4", "s4", 14_000 + 86_400),  # 24 h: in time
+              contact("s5", "c5", "call_center", 15_000), reply("r5x", "c9", "s5", 15_100),  # another customer's
+              reply("r5", "c5", "s5", 14_990),                            # 10 s before: clocks apart, at once
+              contact("s6", "c6", "call_center", 9_000), reply("r6", "c6", "s6", 9_100)]    # before the period
+    r = compute_kpis([], [], events, offer_items=OFFER_ITEMS, period=PERIOD, window_s=WINDOW)["responsiveness"]
+    # answered s1 3 600, s2 90 000, s4 86 400, s5 0; sorted 0 3 600 86 400 90 000:
+    # median (3 600 + 86 400) / 2 = 45 000, p90 the ceil(3.6) = 4th = 90 000
+    assert r == {"contacts": 5, "answered": 4, "unanswered": 1, "within_24h": 3, "share_within_24h": 0.6,
+                 "median_s": 45_000.0, "p90_s": 90_000.0, "by_channel": {
+                     "call_center": {"contacts": 2, "answered": 2, "unanswered": 0, "within_24h": 2,
+                                     "share_within_24h": 1.0, "median_s": 1_800.0, "p90_s": 3_600.0},
+                     "email": {"contacts": 2, "answered": 1, "unanswered": 1, "within_24h": 0,
+                               "share_within_24h": 0.0, "median_s": 90_000.0, "p90_s": 90_000.0},
+                     "social": {"contacts": 1, "answered": 1, "unanswered": 0, "within_24h": 1,
+                                "share_within_24h": 1.0, "median_s": 86_400.0, "p90_s": 86_400.0}}}

@@ -128,9 +128,67 @@ def test_fcm_message_ttl_never_outlives_the_job_and_collapses_per_visit():
     m = fcm_message(n, T0 + 600)["message"]
     # the tag: a copy that reaches the phone (a retry after a timeout) replaces the one shown
     assert m["android"] == {"collapse_key": "v1", "ttl": "300s", "priority": "high", "notification": {"tag": "v1"}}
+    # no campaign, no test, no deep link: absent keys (FCM refuses a null or a boolean value)
     assert m["data"] == {"offer_id": "o1", "store_id": "s1", "visit_id": "v1", "decision_id": "dec1", "delivery_id": "dlv"}
     assert all(isinstance(v, str) for v in m["data"].values())
+    assert m["notification"] == {"title": "Hi", "body": "An offer"}  # no image: no key
     assert fcm_message(n, T0 + 2000)["message"]["android"]["ttl"] == "0s"
+
+
+def campaign_job(**kw) -> PushJobV1:
+    return job(data=PushDataV1(offer_id="o1", store_id="s1", visit_id="v1", decision_id="dec1", campaign_id="spring",
+                               test=True), deep_link="vicino://offers/o1", image_url="https://cdn.example/o1.jpg", **kw)
+
+
+def test_a_campaigns_push_carries_its_campaign_test_mark_deep_link_and_image_on_every_channel():
+    n = notification_for(campaign_job(), "dlv", "tok")
+    data = {"offer_id": "o1", "store_id": "s1", "visit_id": "v1", "decision_id": "dec1", "delivery_id": "dlv",
+            "campaign_id": "spring", "test": "1", "deep_link": "vicino://offers/o1"}
+    m = fcm_message(n, T0)["message"]
+    assert m["data"] == data and all(isinstance(v, str) for v in m["data"].values())
+    assert m["notification"] == {"title": "Hi", "body": "An offer", "image": "https://cdn.example/o1.jpg"}
+    # APNs: the same keys beside `aps`; the image for the app's notification service extension
+    p = orjson.loads(apns_payload(n))
+    assert p["aps"]["mutable-content"] == 1 and p["image_url"] == "https://cdn.example/o1.jpg"
+    assert {k: v for k, v in p.items() if k not in ("aps", "image_url")} == data
+    plain = orjson.loads(apns_payload(notification_for(job(), "dlv", "tok")))
+    assert "mutable-content" not in plain["aps"] and "image_url" not in plain and "test" not in plain
+    # the webhook's JSON has types: a boolean and nulls
+    w = orjson.loads(webhook_body(n, T0))
+    assert (w["campaign_id"], w["test"], w["deep_link"], w["image_url"]) == (
+        "spring", True, "vicino://offers/o1", "https://cdn.example/o1.jpg") and w["data"] == data
+    w = orjson.loads(webhook_body(notification_for(job(), "dlv", "tok"), T0))
+    assert (w["campaign_id"], w["test"], w["deep_link"], w["image_url"]) == (None, False, None, None)
+
+
+def test_the_delivery_record_and_its_receipts_carry_the_campaign_and_the_test_mark():
+    from vicino.services.push_gateway.adapters.delivery_repository import receipt_of
+
+    rec = d.DeliveryRecord.from_job(campaign_job(), "dlv001" + "0" * 24, T0)
+    assert (rec.campaign_id, rec.test) == ("spring", True)
+    assert d.DeliveryRecord.from_json(rec.to_json()) == rec
+    assert (rec.public()["campaign_id"], rec.public()["test"]) == ("spring", True)
+    sent = d.after_send(d.sending(rec, "fcm", T0, 25), Delivered("m"), RetryPolicy(), T0, 0.0).record
+    r = receipt_of(sent, T0)
+    assert (r.status, r.campaign_id, r.test) == ("sent", "spring", True)
+    plain = receipt_of(record(), T0)
+    assert (plain.campaign_id, plain.test) == (None, False)
+    # a record written before campaigns reads as no campaign, not a test
+    old = orjson.loads(record().to_json())
+    del old["campaign_id"], old["test"]
+    before = d.DeliveryRecord.from_json(orjson.dumps(old))
+    assert (before.campaign_id, before.test) == (None, False)
+
+
+def test_a_test_send_ignores_the_end_of_its_visit_and_nothing_else():
+    test = d.DeliveryRecord.from_job(campaign_job(), "dlv001" + "0" * 24, T0)
+    assert isinstance(d.next_step(test, T0, True), d.Send)  # its visit id names no visit
+    assert d.next_step(test, T0 + 900, True) == d.Close("expired", "the push expired before it could be sent")
+    assert d.next_step(record(), T0, True) == d.Close("suppressed", "visit_ended")
+    assert d.recipient_token({"push_token": "x"}, False, owner_is_job_customer=True) == \
+        d.Close("suppressed", "no_marketing_consent")
+    bad = d.after_send(d.sending(test, "fcm", T0, 25), TokenInvalid("UNREGISTERED"), RetryPolicy(), T0, 0.0)
+    assert bad.record.status == "token_invalid" and bad.record.token_cleanup_pending
 
 
 def test_payload_size_limit_is_measured():

@@ -180,8 +180,16 @@ def test_fcm_validates_messages_like_fcm(fcm):
                 message(token="not a token!"),
                 message(data=big),
                 message(data=dict(list(big.items())[:30])),
+                # what a campaign's push must never send as such: a boolean or a null data value,
+                # a null image; and what it sends: strings, and the image in the notification
+                message(data={"offer_id": "o1", "test": True}),
+                message(data={"offer_id": "o1", "campaign_id": None}),
+                message(notification={"title": "t", "body": "b", "image": None}),
+                message(data={"offer_id": "o1", "campaign_id": "spring", "test": "1"},
+                        notification={"title": "t", "body": "b", "image": "https://cdn.example.com/o1.jpg"}),
             )]
-    non_string, unknown, bad_ttl, no_target, bad_token, too_big, fits = run(go())
+    (non_string, unknown, bad_ttl, no_target, bad_token, too_big, fits, boolean, null, null_image,
+     campaign) = run(go())
     err = assert_google_error(non_string, 400, "INVALID_ARGUMENT")
     assert err["message"] == "Invalid value at 'message.data[0].value' (TYPE_STRING), 12"
     assert "Unknown name \"priority\"" in assert_google_error(unknown, 400, "INVALID_ARGUMENT")["message"]
@@ -191,6 +199,11 @@ def test_fcm_validates_messages_like_fcm(fcm):
     assert "too big" in assert_google_error(too_big, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")["message"]
     assert len(orjson.dumps(message(data=dict(list(big.items())[:30]))["message"])) <= 4096
     assert fits.status_code == 200
+    err = assert_google_error(boolean, 400, "INVALID_ARGUMENT")
+    assert err["message"] == "Invalid value at 'message.data[1].value' (TYPE_STRING), true"
+    assert "(TYPE_STRING), null" in assert_google_error(null, 400, "INVALID_ARGUMENT")["message"]
+    assert "message.notification.image" in assert_google_error(null_image, 400, "INVALID_ARGUMENT")["message"]
+    assert campaign.status_code == 200
 
 
 def test_fcm_faults_slow_malformed_drop(fcm):

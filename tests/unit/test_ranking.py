@@ -108,3 +108,38 @@ def test_unseen_items_and_customers_count_only_their_features_share():
     # unscaled, the new offer's feature mean (cat:MUG and price:5-inf: (1.5, 0)) would beat 1.0
     assert [(r.offer.offer_id, round(r.score, 4), r.reason) for r in out] == [
         ("o-known", 1.0, "model"), ("o-new", 0.3, "cold_start_features")]
+
+
+def test_the_popularity_order_prepared_once_answers_as_the_sort_of_before():
+    """The fallback's order is computed once per catalogue (`popular_order`) and the eligible
+    offers are taken from it (`popular_prepared`): the same answer, offers and scores, as sorting
+    the eligible offers on every request (the code of before, written out here)."""
+    import random
+
+    from vicino.services.recommender.domain.offers import ranking_key
+    from vicino.services.recommender.domain.ranking import popular_order, popular_prepared
+
+    rnd = random.Random(5)
+    popular = [f"i{n}" for n in range(0, 60, 3)]
+
+    class _Model:
+        class manifest:
+            popular_items = popular
+
+    offers = [Offer.model_validate({
+        "offer_id": f"o{n:03d}", "title": "t", "item_ids": rnd.sample([f"i{m}" for m in range(80)], rnd.randint(1, 3)),
+        "category": "C", "price": rnd.choice([1.0, 2.0, 3.0]), "currency": "EUR", "priority": rnd.choice([0, 0, 5]),
+        "valid_from": 0, "valid_to": 10}) for n in range(150)]
+    order, best = popular_order(offers, _Model)
+    position = {item: p for p, item in enumerate(popular)}
+
+    def before(eligible: list[Offer], k: int) -> list[tuple[str, float]]:
+        def pos(o: Offer) -> int:
+            return min((position.get(i, len(popular)) for i in o.item_ids), default=len(popular))
+        return [(o.offer_id, 1.0 / (1 + pos(o))) for o in sorted(eligible, key=lambda o: (pos(o), ranking_key(o)))[:k]]
+
+    for _ in range(50):
+        mask = np.array([rnd.random() < 0.6 for _ in offers])
+        k = rnd.choice([1, 5, 1_000_000])
+        got = [(r.offer.offer_id, r.score) for r in popular_prepared(offers, order, best, mask, k)]
+        assert got == before([o for o, ok in zip(offers, mask) if ok], k)

@@ -21,6 +21,7 @@ export class VicinoAppBackend {
   /**
    * Registers the signed-in customer's device; answers the device token to hand to the app.
    * Registering a device again rotates its token (the old one stops at once) and its push token.
+   * Send the device's `locale` (BCP 47, e.g. `it-IT`): it picks the language of campaign pushes.
    */
   registerDevice(device: DeviceIn): Promise<DeviceOut> {
     return this.transport.call("POST /v1/devices", { body: device, authorization: () => this.apiKey });

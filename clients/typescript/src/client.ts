@@ -4,7 +4,7 @@ import { Credentials, type DeviceToken } from "./credentials.js";
 import { VicinoAuthError } from "./errors.js";
 import { type Fix, FixQueue, type FixQueueOptions, type FlushResult } from "./fix-queue.js";
 import type {
-  ConsentIn, ConsentOut, DeliveryOut, FixIn, LocationResultOut, OperationKey, PushTokenOut,
+  ConsentIn, ConsentOut, DeliveryOut, DeviceLocaleOut, FixIn, LocationResultOut, OperationKey, PushTokenOut,
 } from "./generated/types.js";
 import { type RegionSet, RegionSync, type RegionSyncOptions, type RegionsAnswer } from "./regions.js";
 import { MemoryStorage, type KeyValueStorage } from "./storage.js";
@@ -104,6 +104,17 @@ export class VicinoClient {
     // 409: the device was registered again or removed meanwhile: retried (then a refusal says which)
     return this.device("PUT /v1/devices/{device_id}/push-token", {
       path: { device_id: this.deviceId }, body: { push_token: pushToken }, retryAlso: [409] });
+  }
+
+  /**
+   * The user switched the phone's language: `locale` is a BCP 47 tag (`it-IT`, `en-GB`; null forgets
+   * it) that picks the language of campaign pushes. Stored canonical (the answer says how); a tag
+   * the server cannot read is a VicinoHttpError 422. The device token stays.
+   */
+  updateLocale(locale: string | null): Promise<DeviceLocaleOut> {
+    // 409: the device was registered again or removed meanwhile: retried (then a refusal says which)
+    return this.device("PUT /v1/devices/{device_id}/locale", {
+      path: { device_id: this.deviceId }, body: { locale }, retryAlso: [409] });
   }
 
   getConsent(): Promise<ConsentOut> {

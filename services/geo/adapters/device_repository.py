@@ -145,6 +145,14 @@ redis.call('HDEL', KEYS[1], 'push_token_revoked_at', 'push_token_revoked_reason'
 return 1
 """)
 
+# The device's language (BCP 47, canonical) the app reports. KEYS: the registration. ARGV: the token
+# id the caller's check was made on (as for the push token), the locale ('' for none), now.
+_SET_LOCALE = memory_guarded("""
+if redis.call('HGET', KEYS[1], 'token_id') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'locale', ARGV[2], 'locale_updated_at', ARGV[3])
+return 1
+""")
+
 # Removes a push token only if it is still the registration's (a re-registration may have put a
 # new one there since the provider refused the old).
 _CLEAR_PUSH_TOKEN = memory_guarded("""
@@ -175,6 +183,7 @@ class Registration:
     location_consent: bool
     prev_token_id: str = ""        # the token a refresh replaced, accepted until prev_token_until
     prev_token_until: float = 0.0
+    locale: str = ""               # BCP 47, canonical (kernel.locales); "" when the app sent none
 
     def accepts(self, token_id: str, now: float) -> bool:
         """The current token, or the one it replaced within its grace (see customer_state)."""
@@ -201,7 +210,7 @@ def _registration(device_id: str, raw: dict) -> Registration | None:
     g = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
     return Registration(device_id, g["customer_id"], g["platform"], g.get("push_token", ""), g.get("timezone", ""),
                         g["token_id"], float(g["registered_at"]), g.get("location_consent") == "1",
-                        g.get("prev_token_id", ""), float(g.get("prev_token_until") or 0))
+                        g.get("prev_token_id", ""), float(g.get("prev_token_until") or 0), g.get("locale", ""))
 
 
 def _snapshot(device_id: str, reg_flat: list, rev_state: list) -> Snapshot:
@@ -231,6 +240,7 @@ class DeviceRepository:
         self._clear_push_token = redis.register_script(_CLEAR_PUSH_TOKEN)
         self._refresh_token = redis.register_script(_REFRESH_TOKEN)
         self._set_push_token = redis.register_script(_SET_PUSH_TOKEN)
+        self._set_locale = redis.register_script(_SET_LOCALE)
 
     def keys(self, device_id: str) -> DeviceKeys:
         return DeviceKeys(device_id, self._shards)
@@ -283,6 +293,8 @@ class DeviceRepository:
         await self._r.hset(k.registration, mapping={
             "customer_id": reg.customer_id, "platform": reg.platform, "push_token": reg.push_token,
             "timezone": reg.timezone, "token_id": reg.token_id, "registered_at": repr(reg.registered_at),
+            # written even when empty: a registration replaces the one before, its locale included
+            "locale": reg.locale,
             "location_consent": "1" if reg.location_consent else "0", "consent_v": consent_version,
             # registering again revokes every earlier token at once: none keeps a grace
             "prev_token_id": "", "prev_token_until": "0"})
@@ -318,6 +330,12 @@ class DeviceRepository:
         """The app's fresh push token, if the registration's current token id is still the one read."""
         out = await self._set_push_token(keys=[self.keys(device_id).registration],
                                          args=[expected_token_id, push_token, repr(now)])
+        return bool(int(out))
+
+    async def set_locale(self, device_id: str, expected_token_id: str, locale: str, now: float) -> bool:
+        """The device's language ('' for none), if the registration's current token id is still the one read."""
+        out = await self._set_locale(keys=[self.keys(device_id).registration],
+                                     args=[expected_token_id, locale, repr(now)])
         return bool(int(out))
 
     async def unregister(self, reg: Registration) -> None:

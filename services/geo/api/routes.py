@@ -23,7 +23,7 @@ from .deps import (AppBackendDep, ConsentReaderDep, ConsentWriterDep, ContainerD
                    device_claims)
 from .schemas import (BODY_PROBLEMS, DEFAULT_REGIONS, FEATURE_SCHEMA, MAX_NEARBY_LIMIT, MAX_NEARBY_RADIUS_M,
                       MAX_CONSENT_BATCH, MAX_REGIONS, PROBLEMS, BulkStoresOut, ConsentBatchItemIn, ConsentBatchOut,
-                      ConsentIn, ConsentOut, DeviceIn, DeviceOut,
+                      ConsentIn, ConsentOut, DeviceIn, DeviceLocaleIn, DeviceLocaleOut, DeviceOut,
                       DeviceRegistrationOut, DeviceTokenOut, LocationBatchIn, LocationDataErasureOut,
                       LocationResultOut, NearbyStoreOut, PushTokenIn, PushTokenOut, PushTokenRevocationIn,
                       PushTokenRevocationOut, RegionsOut, problem)
@@ -148,7 +148,8 @@ async def nearby_stores(_: StoreReaderDep, c: ContainerDep,
              summary="register a device (or re-register: rotates its token and push token, and revokes every "
                      "earlier token at once)", responses=BODY_PROBLEMS)
 async def register_device(body: DeviceIn, _: AppBackendDep, c: ContainerDep) -> Response:
-    issued = await c.directory.register(body.device_id, body.customer_id, body.platform, body.push_token, body.timezone)
+    issued = await c.directory.register(body.device_id, body.customer_id, body.platform, body.push_token, body.timezone,
+                                        body.locale)
     return _json({"device_id": body.device_id, "customer_id": body.customer_id, "platform": body.platform,
                   "token": issued.token, "token_expires_at": rfc3339(issued.expires_at), "rotated": issued.rotated}, 201)
 
@@ -163,7 +164,8 @@ _OWN_DEVICE = {401: problem("missing, invalid or expired token, or a device toke
 async def get_device(device_id: DeviceId, who: DeviceReaderDep) -> Response:
     reg = who.registration
     return _json({"device_id": reg.device_id, "customer_id": reg.customer_id, "platform": reg.platform,
-                  "timezone": reg.timezone, "registered_at": rfc3339(reg.registered_at),
+                  "timezone": reg.timezone, "locale": reg.locale or None,
+                  "registered_at": rfc3339(reg.registered_at),
                   "location_consent": reg.location_consent})
 
 
@@ -184,6 +186,16 @@ async def put_push_token(device_id: DeviceId, who: DeviceOwnerDep, body: PushTok
     at = await c.directory.update_push_token(who.registration, body.push_token)
     return _json({"device_id": device_id, "platform": who.registration.platform,
                   "push_token_updated_at": rfc3339(at)})
+
+
+@router.put("/devices/{device_id}/locale", tags=["devices"], response_model=DeviceLocaleOut,
+            summary="the device's language changed (BCP 47; null forgets it); the device token stays as it is",
+            responses={**BODY_PROBLEMS, **_OWN_DEVICE,
+                       409: problem("the device was registered again or removed meanwhile; retry"),
+                       422: problem("locale is not a BCP 47 tag Babel (CLDR) can read")})
+async def put_locale(device_id: DeviceId, who: DeviceOwnerDep, body: DeviceLocaleIn, c: ContainerDep) -> Response:
+    at = await c.directory.update_locale(who.registration, body.locale)
+    return _json({"device_id": device_id, "locale": body.locale, "locale_updated_at": rfc3339(at)})
 
 
 @router.post("/devices/{device_id}/token", tags=["devices"], response_model=DeviceTokenOut,

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from vicino.services.kernel.contracts.push_tokens import MAX_PUSH_TOKEN_CHARS, push_token_problem
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
+from vicino.services.kernel.locales import MAX_LOCALE_TAG_CHARS, canonical_locale
 from vicino.services.kernel.times import InstantIn, InstantOut
 from vicino.services.runtime.http_problems import BODY_PROBLEMS, problem  # noqa: F401 (BODY_PROBLEMS re-exported to the routers)
 
@@ -68,6 +69,15 @@ class PushTokenRevocationOut(BaseModel):
     revoked: bool
 
 
+LOCALE_DESCRIPTION = ("the device's language, BCP 47 (`it`, `it-IT`, `en-GB`; `_` accepted): picks the language "
+                      "of a campaign's push message. Stored canonical (`it_it` -> `it-IT`); a tag Babel (CLDR) "
+                      "cannot read is refused (422 naming `locale`)")
+
+
+def _canonical_locale(v: str | None) -> str | None:
+    return None if v is None else canonical_locale(v)  # its ValueError says why: a 422 naming the field
+
+
 class DeviceIn(BaseModel):
     device_id: ClientId
     customer_id: ClientId
@@ -75,6 +85,10 @@ class DeviceIn(BaseModel):
     push_token: str = Field(min_length=1, max_length=MAX_PUSH_TOKEN_CHARS,
                             description="the platform's push token (checked per platform: kernel.contracts.push_tokens)")
     timezone: str = "Europe/Rome"
+    locale: str | None = Field(None, max_length=MAX_LOCALE_TAG_CHARS, description=LOCALE_DESCRIPTION,
+                               examples=["it-IT"])
+
+    _locale = field_validator("locale")(_canonical_locale)
 
     @field_validator("push_token")
     @classmethod
@@ -122,6 +136,21 @@ class PushTokenIn(BaseModel):
     push_token: str = Field(min_length=1, max_length=MAX_PUSH_TOKEN_CHARS,
                             description="the platform's new push token (checked for the device's platform: "
                                         "kernel.contracts.push_tokens)")
+
+
+class DeviceLocaleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    locale: str | None = Field(max_length=MAX_LOCALE_TAG_CHARS, description=LOCALE_DESCRIPTION + "; null forgets it",
+                               examples=["en-GB"])
+
+    _locale = field_validator("locale")(_canonical_locale)
+
+
+class DeviceLocaleOut(BaseModel):
+    device_id: str
+    locale: str | None = Field(description="as stored: canonical BCP 47")
+    locale_updated_at: str = Field(json_schema_extra=RFC3339)
 
 
 class PushTokenOut(BaseModel):
@@ -267,6 +296,7 @@ class DeviceRegistrationOut(BaseModel):
     customer_id: str
     platform: str
     timezone: str
+    locale: str | None = Field(description="canonical BCP 47; null when the app sent none")
     registered_at: str = Field(json_schema_extra=RFC3339)
     location_consent: bool
 

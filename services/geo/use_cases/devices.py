@@ -42,10 +42,12 @@ class DeviceDirectory:
         self.token_grace_s = token_grace_s
 
     async def register(self, device_id: str, customer_id: str, platform: str, push_token: str,
-                       timezone: str) -> IssuedToken:
+                       timezone: str, locale: str | None = None) -> IssuedToken:
+        """`locale`: canonical BCP 47 (kernel.locales.canonical_locale), or None."""
         now = self.clock.now()
         location, version = await self.repo.consent_version(customer_id)
-        reg = Registration(device_id, customer_id, platform, push_token, timezone, new_id("tok"), now, location)
+        reg = Registration(device_id, customer_id, platform, push_token, timezone, new_id("tok"), now, location,
+                           locale=locale or "")
         previous = await self.repo.register(reg, version)
         # A consent change that ran between our read and our joining the customer's device set
         # could not update this device's copy: read once more, now that we are in the set (any
@@ -95,6 +97,16 @@ class DeviceDirectory:
         if not await self.repo.set_push_token(reg.device_id, reg.token_id, push_token, now):
             raise Conflict("the device was registered again, refreshed its token or was removed while its push "
                            "token was being updated; nothing was changed, retry")
+        return now
+
+    async def update_locale(self, reg: Registration, locale: str | None) -> float:
+        """The device's language changed (the user switched the phone's language): `locale` is
+        canonical BCP 47 (checked at the edge), None to forget it. The device token is left as it
+        is. Returns when it was recorded."""
+        now = self.clock.now()
+        if not await self.repo.set_locale(reg.device_id, reg.token_id, locale or "", now):
+            raise Conflict("the device was registered again, refreshed its token or was removed while its locale "
+                           "was being updated; nothing was changed, retry")
         return now
 
     async def unregister(self, device_id: str) -> None:

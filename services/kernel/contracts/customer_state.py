@@ -3,7 +3,8 @@ a customer's consent and devices, and a device's registration.
 
 Writers: the geo service only (its HTTP API is how others change consent or remove devices).
 Readers: the recommender (consent for personalisation and marketing; a device token is checked
-against the registration's token ids with `accepts_device_token`; the profile lists devices) and
+against the registration's token ids with `accepts_device_token`; the profile lists devices; the
+locale picks a campaign message's language) and
 the push gateway (the push token, and the same token check).
 """
 from __future__ import annotations
@@ -43,10 +44,12 @@ def customer_devices_key(customer_id: str) -> str:
 
 
 def device_registration_key(device_id: str, shards: int) -> str:
-    """hash: customer_id, platform, push_token, timezone, token_id, registered_at, location_consent,
-    consent_v (the version of the consent change the copy comes from); after a token refresh also
-    prev_token_id and prev_token_until (the token it replaced, and the end of its grace, epoch
-    seconds) and token_refreshed_at; after a push token update push_token_updated_at"""
+    """hash: customer_id, platform, push_token, timezone, locale (the device's language, BCP 47 in
+    kernel.locales' canonical form, `it-IT`; empty or absent when the app sent none), token_id,
+    registered_at, location_consent, consent_v (the version of the consent change the copy comes
+    from); after a token refresh also prev_token_id and prev_token_until (the token it replaced,
+    and the end of its grace, epoch seconds) and token_refreshed_at; after a push token update
+    push_token_updated_at; after a locale update locale_updated_at"""
     return f"vicino:{shard_tag(device_shard(device_id, shards))}:device:{device_id}:registration"
 
 

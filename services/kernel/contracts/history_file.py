@@ -14,13 +14,15 @@ Two formats, told apart by the header (or forced with `fmt`):
 
 **vicino**: the InteractionV1 field names. Required: `event_id`, `customer_id`, `channel`,
 `type`, `ts`; optional: `item_id`, `offer_id`, `store_id`, `quantity`, `value`, `currency`,
-`country`, `received_at`; other columns are ignored. `ts`/`received_at` are ISO 8601 (a time
+`country`, `received_at`, `score` (a survey's integer 0-10), `reply_to` (the contact a
+support_reply answers); other columns are ignored. `ts`/`received_at` are ISO 8601 (a time
 without offset is UTC) or epoch seconds; `received_at` defaults to the time of the import. A
 row with an empty `customer_id` is dropped (`no_customer_id`), and so is one whose id the API's
 id pattern refuses (`invalid_customer_id`, `kernel.ids.CLIENT_ID_PATTERN`: such a customer could
 never be read or erased through the API; refused rather than rewritten, since a rewriting could
 make two customers one), a repeated `event_id` keeps its first row (`duplicate_event_id`); an
-unknown channel or type, or a missing event id or ts, is malformed.
+unknown channel or type, a missing event id or ts, or a score that is not an integer 0-10 on a
+survey (or any score on another type), is malformed.
 
 **online-retail**: the UCI Online Retail layout (Chen 2015, doi 10.24432/C5BW33), header
 `InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country`:
@@ -349,6 +351,8 @@ def _map_online_retail(t: pa.Table, received_at: float) -> _Mapped:
         "country": _trimmed(t["Country"]),
         "ts": ts,
         "received_at": pa.array(np.full(n, round(received_at * 1_000_000), dtype=np.int64), _TS),
+        "score": pa.nulls(n, pa.int8()),
+        "reply_to": pa.nulls(n, pa.string()),
     }
     return _Mapped(columns, malformed, reasons)
 
@@ -367,9 +371,16 @@ def _map_vicino(t: pa.Table, received_at: float) -> _Mapped:
     ts, bad_ts = _instants(text("ts"))
     got_at, bad_at = _instants(text("received_at"))
     got_at = pc.fill_null(got_at, pa.scalar(round(received_at * 1_000_000), _TS))
+    # a survey's score, as the API takes it: an integer 0-10, on surveys only
+    parsed, bad_s = _numbers(text("score"), _INT_RE, pa.int64())
+    is_survey = _np(pc.equal(kind, "survey"))
+    s = np.asarray(pc.fill_null(parsed, -1), dtype=np.int64)
+    in_range = _np(pc.is_valid(parsed)) & (s >= 0) & (s <= 10)
+    bad_s |= (is_survey & ~in_range) | (~is_survey & _np(pc.is_valid(parsed)))
+    score = pa.array(np.where(in_range, s, 0), type=pa.int8(), mask=~in_range)
     malformed = (_np(pc.is_null(event_id)) | ~_np(pc.is_in(channel, value_set=pa.array(CHANNELS)))
                  | ~_np(pc.is_in(kind, value_set=pa.array(TYPES)))
-                 | _np(pc.is_null(ts)) | bad_ts | bad_at | bad_q | bad_v)
+                 | _np(pc.is_null(ts)) | bad_ts | bad_at | bad_q | bad_v | bad_s)
     no_customer = _np(pc.is_null(customer))
     refused = _refused_ids(customer) & ~no_customer
     # a repeated event id keeps its first usable row
@@ -382,7 +393,7 @@ def _map_vicino(t: pa.Table, received_at: float) -> _Mapped:
     columns = {"event_id": event_id, "customer_id": customer, "channel": channel, "type": kind,
                "item_id": text("item_id"), "offer_id": text("offer_id"), "store_id": text("store_id"),
                "quantity": quantity, "value": value, "currency": text("currency"), "country": text("country"),
-               "ts": ts, "received_at": got_at}
+               "ts": ts, "received_at": got_at, "score": score, "reply_to": text("reply_to")}
     return _Mapped(columns, malformed, [("no_customer_id", no_customer), ("invalid_customer_id", refused),
                                         ("duplicate_event_id", repeated)])
 

@@ -20,6 +20,9 @@ under a hidden temporary name in its partition directory, then renamed over its 
 a reader never sees half a file and rewriting a file (erasure, re-import) replaces it whole.
 Readers skip hidden files and keep each event id once (its first row in log order).
 
+Columns only ever get added, at the end and nullable (`score`, `reply_to` came with the survey
+and support_reply types): a reader asks for INTERACTION_SCHEMA and older files give nulls there.
+
 Timestamps (`ts`, `received_at`) are `timestamp[us, tz=UTC]`: what pandas, DuckDB and Spark read
 as instants, and exact enough for the float epoch seconds of InteractionV1 (float64 holds epoch
 microseconds to within a fraction of a microsecond). Files are zstd-compressed.
@@ -27,6 +30,7 @@ microseconds to within a fraction of a microsecond). Files are zstd-compressed.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
@@ -57,6 +61,9 @@ INTERACTION_SCHEMA = pa.schema(
         pa.field("country", pa.string()),
         pa.field("ts", TIMESTAMP, nullable=False),
         pa.field("received_at", TIMESTAMP, nullable=False),
+        # added with the survey and support_reply types; files written before read them as nulls
+        pa.field("score", pa.int8()),
+        pa.field("reply_to", pa.string()),
     ],
     metadata={"vicino.schema": "vicino.interaction", "vicino.version": "1"},
 )
@@ -140,13 +147,15 @@ class LogReader:
     # reading -------------------------------------------------------------------------------------
 
     def read_interactions(self, start: dt.datetime | float | None = None,
-                          end: dt.datetime | float | None = None) -> pa.Table:
-        """Interactions with start <= ts < end, each event id once (its first row in log order:
-        partition date, then file name, then row), sorted by ts (ties in log order)."""
+                          end: dt.datetime | float | None = None, *, types: Collection[str] | None = None) -> pa.Table:
+        """Interactions with start <= ts < end (and of `types` when given, filtered while
+        reading), each event id once (its first row in log order: partition date, then file
+        name, then row), sorted by ts (ties in log order)."""
         lo = _as_timestamp(start) if start is not None else None
         hi = _as_timestamp(end) if end is not None else None
         filters = [f for f in (("ts", ">=", lo) if lo is not None else None,
-                               ("ts", "<", hi) if hi is not None else None) if f is not None]
+                               ("ts", "<", hi) if hi is not None else None,
+                               ("type", "in", sorted(types)) if types is not None else None) if f is not None]
         paths = self.files(INTERACTIONS,
                            first_date=partition_date(lo.value // DAY_US) if lo is not None else None,
                            last_date=partition_date(hi.value // DAY_US) if hi is not None else None)
@@ -158,6 +167,18 @@ class LogReader:
         table = table.take(firsts)
         table = table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("_row", "ascending")]))
         return table.drop_columns(["_row"])
+
+    def read_customer_ids(self, start: dt.datetime | float, end: dt.datetime | float) -> set[str]:
+        """The customers with any interaction with start <= ts < end: the customer column alone,
+        file by file, for a whole population's activity without its rows."""
+        lo, hi = _as_timestamp(start), _as_timestamp(end)
+        out: set[str] = set()
+        for path in self.files(INTERACTIONS, first_date=partition_date(lo.value // DAY_US),
+                               last_date=partition_date(hi.value // DAY_US)):
+            t = pq.read_table(path, filesystem=self._arrow_fs(), schema=INTERACTION_SCHEMA, columns=["customer_id"],
+                              filters=[("ts", ">=", lo), ("ts", "<", hi)])
+            out.update(pc.unique(t.column("customer_id")).to_pylist())
+        return out
 
     def read_merges(self) -> pa.Table:
         """Every merge once, sorted by ts."""

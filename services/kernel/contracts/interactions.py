@@ -16,14 +16,20 @@ SCHEMA = "vicino.interaction"
 SCHEMA_VERSION = 1
 
 CHANNELS = ("web", "app", "store", "email", "call_center", "social", "push")
+# New types go at the end: training encodes a type as its index here.
 TYPES = ("view", "add_to_cart", "purchase", "return", "reservation", "click_and_collect", "offer_open",
-         "offer_redeem", "support_contact")
+         "offer_redeem", "support_contact", "survey", "support_reply")
 Channel = Literal["web", "app", "store", "email", "call_center", "social", "push"]
 InteractionType = Literal["view", "add_to_cart", "purchase", "return", "reservation", "click_and_collect",
-                          "offer_open", "offer_redeem", "support_contact"]
+                          "offer_open", "offer_redeem", "support_contact", "survey", "support_reply"]
 # Which interaction types are about an item, and which about an offer.
 ITEM_TYPES = frozenset({"view", "add_to_cart", "purchase", "return", "reservation", "click_and_collect"})
 OFFER_TYPES = frozenset({"offer_open", "offer_redeem"})
+# A `survey` is a 0-10 answer ("how likely are you to recommend us?") that the retailer posts; a
+# `support_reply` is the care channel's answer to the `support_contact` named by `reply_to`,
+# given on one of these channels.
+SURVEY_SCORES = range(0, 11)
+SUPPORT_REPLY_CHANNELS = ("call_center", "email", "social", "app")
 
 
 def customer_shard(customer_id: str, shards: int) -> int:
@@ -63,6 +69,9 @@ class InteractionV1(BaseModel):
     value: float | None = None
     currency: str | None = None
     country: str | None = None
+    score: int | None = Field(None, description="a survey's 0-10 score (survey only)")
+    reply_to: str | None = Field(None, description="the event_id of the support_contact a support_reply answers "
+                                 "(support_reply only)")
     ts: float = Field(description="when it happened, epoch seconds")
     received_at: float = Field(description="when Vicino accepted it, epoch seconds")
 

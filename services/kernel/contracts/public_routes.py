@@ -8,8 +8,9 @@ Pure: no I/O.
 
 A path `/v1/<collection>/...` belongs to the collection's owner, except the sub-resources a
 different service keeps about the same thing (a store's inventory is the recommender's, a
-customer's consent is geo's). A custom method on a collection (`/v1/customers:batch`, Google's
-API style) is a collection of its own here: the first segment, verb included, is the key."""
+customer's consent is geo's). A custom method on a whole collection (`/v1/customers:batch`, in
+the `:verb` form of Google's API design guide) is a collection of its own here: its path is
+`customers:batch`, not under `customers/`, and only the verbs named in the table are routed."""
 from __future__ import annotations
 
 import re
@@ -20,11 +21,10 @@ COLLECTION_OWNERS: dict[str, str] = {
     # geo: the fences, the phones, where they are and who may use the API; consent in bulk
     "stores": "geo", "devices": "geo", "locations": "geo", "keys": "geo", "audit": "geo", "events": "geo",
     "consents:batch": "geo",
-    # recommender: customers and what they buy, offers, campaigns, KPIs and models
-    "customers": "recommender", "identifiers": "recommender", "interactions": "recommender",
-    "customers:batch": "recommender",
-    "offers": "recommender", "rules": "recommender", "campaigns": "recommender", "kpis": "recommender",
-    "model": "recommender", "models": "recommender",
+    # recommender: customers and what they buy, offers, campaigns and the decisions of visits, KPIs and models
+    "customers": "recommender", "customers:batch": "recommender", "identifiers": "recommender",
+    "interactions": "recommender", "offers": "recommender", "rules": "recommender", "campaigns": "recommender",
+    "visits": "recommender", "kpis": "recommender", "model": "recommender", "models": "recommender",
     # push gateway: deliveries and their opens
     "deliveries": "push",
     # scheduler: the periodic jobs

@@ -94,7 +94,7 @@ def receipt_of(rec: DeliveryRecord, now: float, status: str | None = None) -> De
     status = status or rec.status
     return DeliveryReceiptV1(delivery_id=rec.delivery_id, customer_id=rec.customer_id, device_id=rec.device_id,
                              store_id=rec.store_id, offer_id=rec.offer_id, visit_id=rec.visit_id,
-                             decision_id=rec.decision_id, status=status,
+                             decision_id=rec.decision_id, campaign_id=rec.campaign_id, test=rec.test, status=status,
                              reason=rec.reason if status not in ("queued", "opened") else None,
                              provider=rec.provider, attempts=rec.attempts, ts=now)
 

@@ -36,6 +36,8 @@ class DeliveryOut(BaseModel):
     offer_id: str
     visit_id: str
     decision_id: str
+    campaign_id: str | None = Field(description="the campaign that sent it; null: none")
+    test: bool = Field(description="a campaign's test send (never counted in the KPIs)")
     created_at: InstantOut
     expires_at: InstantOut = Field(description="not delivered after this instant")
     status: str

@@ -2,7 +2,8 @@
 
 A delivery is created `queued` from its job (one per idempotency key), is marked `sending` just
 before the provider is called, and ends `sent`, `failed`, `expired`, `token_invalid` or
-`suppressed`. The `sending` mark is what makes a push go out at most once: a worker that finds
+`suppressed`. A campaign's test send (`test`) goes through the same steps, except that it is
+never suppressed because its visit ended: it has no real visit. The `sending` mark is what makes a push go out at most once: a worker that finds
 a delivery `sending` past its lease knows that another worker died mid-send and cannot know
 whether the provider got the message, so it records `sent` (unconfirmed) and never resends.
 """
@@ -36,6 +37,8 @@ class DeliveryRecord:
     decision_id: str
     created_at: float
     expires_at: float
+    campaign_id: str | None = None    # the campaign that sent it (None: none, or before campaigns)
+    test: bool = False                # a campaign's test send: its receipts say so, the KPIs skip them
     status: str = "queued"
     reason: str | None = None
     provider: str | None = None
@@ -55,7 +58,7 @@ class DeliveryRecord:
                    customer_id=job.customer_id, device_id=job.device_id, platform=job.platform,
                    store_id=job.data.store_id, offer_id=job.data.offer_id, visit_id=job.data.visit_id,
                    decision_id=job.data.decision_id, created_at=job.created_at, expires_at=job.expires_at,
-                   history=({"status": "queued", "at": now},))
+                   campaign_id=job.data.campaign_id, test=job.data.test, history=({"status": "queued", "at": now},))
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)  # orjson serialises dataclasses natively (50× asdict + dumps)
@@ -118,7 +121,7 @@ def next_step(rec: DeliveryRecord, now: float, visit_ended: bool) -> Step:
                      confirmed=False)
     if now >= rec.expires_at:
         return Close("expired", "the push expired before it could be sent")
-    if visit_ended:
+    if visit_ended and not rec.test:  # a test send's visit id names no visit: nothing can end it
         return Close("suppressed", "visit_ended")
     if rec.next_attempt_at > now:
         return Wait(rec.next_attempt_at - now)

@@ -24,16 +24,37 @@ class Notification:
     token: str
     title: str
     body: str
-    data: dict[str, str]     # offer, store, visit, decision and delivery ids: all strings, as FCM wants
+    data: dict[str, str]     # what the app reads (`push_data`): all strings, as FCM wants
     collapse_key: str        # the visit: a newer notification of a visit (or a retried copy) replaces an older one
     expires_at: float
+    image_url: str | None = None   # a rich notification's picture (FCM notification.image, APNs mutable-content)
+    deep_link: str | None = None   # also in `data`: what the app opens on a tap
+    campaign_id: str | None = None
+    test: bool = False             # a campaign's test send
+
+
+def push_data(job: PushJobV1, delivery_id: str) -> dict[str, str]:
+    """The app's data keys. FCM takes string values only (it refuses a null, a number or a
+    boolean), so an absent campaign or deep link is an absent key, and a test send is `"1"`;
+    APNs and the webhook carry the same keys, so that the app reads one shape everywhere."""
+    d = job.data
+    out = {"offer_id": d.offer_id, "store_id": d.store_id, "visit_id": d.visit_id, "decision_id": d.decision_id,
+           "delivery_id": delivery_id}
+    if d.campaign_id:
+        out["campaign_id"] = d.campaign_id
+    if d.test:
+        out["test"] = "1"
+    if job.deep_link:
+        out["deep_link"] = job.deep_link
+    return out
 
 
 def notification_for(job: PushJobV1, delivery_id: str, token: str) -> Notification:
     return Notification(delivery_id=delivery_id, customer_id=job.customer_id, device_id=job.device_id,
                         platform=job.platform, token=token, title=job.title, body=job.body,
-                        data={**job.data.model_dump(), "delivery_id": delivery_id},
-                        collapse_key=job.collapse_key, expires_at=job.expires_at)
+                        data=push_data(job, delivery_id), collapse_key=job.collapse_key, expires_at=job.expires_at,
+                        image_url=job.image_url or None, deep_link=job.deep_link or None,
+                        campaign_id=job.data.campaign_id, test=job.data.test)
 
 
 def remaining_ttl_s(n: Notification, now: float) -> int:
@@ -42,10 +63,14 @@ def remaining_ttl_s(n: Notification, now: float) -> int:
 
 
 def fcm_message(n: Notification, now: float) -> dict:
-    """The body of FCM HTTP v1 `messages:send`."""
+    """The body of FCM HTTP v1 `messages:send`. An image goes in the common `notification.image`
+    (the device downloads it; FCM's "Send an image in the notification payload")."""
+    notification = {"title": n.title, "body": n.body}
+    if n.image_url:
+        notification["image"] = n.image_url
     return {"message": {
         "token": n.token,
-        "notification": {"title": n.title, "body": n.body},
+        "notification": notification,
         "data": n.data,
         # collapse_key collapses copies still waiting at Google; the notification's tag makes a copy
         # that reaches the device replace the one shown (a retry after a timeout adds nothing)
@@ -61,9 +86,15 @@ def fcm_payload_size(message: dict) -> int:
 
 
 def apns_payload(n: Notification) -> bytes:
-    return orjson.dumps({"aps": {"alert": {"title": n.title, "body": n.body}, "sound": "default",
-                                 "thread-id": n.data["store_id"]},
-                         **n.data})
+    """The `aps` dictionary, and the app's data as custom keys beside it (Apple's payload key
+    reference). With an image, `mutable-content: 1` wakes the app's notification service
+    extension, which downloads `image_url` and attaches it before the notification is shown."""
+    aps = {"alert": {"title": n.title, "body": n.body}, "sound": "default", "thread-id": n.data["store_id"]}
+    extra = {}
+    if n.image_url:
+        aps["mutable-content"] = 1
+        extra["image_url"] = n.image_url
+    return orjson.dumps({"aps": aps, **n.data, **extra})
 
 
 def apns_id(n: Notification) -> str:
@@ -82,9 +113,13 @@ def apns_headers(n: Notification, topic: str) -> dict[str, str]:
 
 def webhook_body(n: Notification, now: float) -> bytes:
     """The JSON a webhook receives: an outward contract, so its times are RFC 3339 like the API's
-    (the `Vicino-Timestamp` header of the signature stays integer seconds)."""
+    (the `Vicino-Timestamp` header of the signature stays integer seconds). Unlike FCM's data,
+    JSON has types: `campaign_id`, `deep_link` and `image_url` are null when absent, `test` a
+    boolean (and `data` carries the app's string keys as FCM and APNs do)."""
     return orjson.dumps({"delivery_id": n.delivery_id, "customer_id": n.customer_id, "device_id": n.device_id,
                          "platform": n.platform, "push_token": n.token, "title": n.title, "body": n.body,
+                         "deep_link": n.deep_link, "image_url": n.image_url, "campaign_id": n.campaign_id,
+                         "test": n.test,
                          "data": n.data, "collapse_key": n.collapse_key, "expires_at": rfc3339(n.expires_at),
                          "sent_at": rfc3339(now)})
 

@@ -1,6 +1,8 @@
 """An opened push: recorded on the delivery (once), then in the customer's history as an
 `offer_open` interaction on the push channel, which closes the loop for the model and the KPIs.
-The interaction's event id is derived from the delivery, so a retried open is counted once."""
+The interaction's event id is derived from the delivery, so a retried open is counted once.
+A campaign's test send is opened on the delivery only: its offer was never decided for that
+customer, so it stays out of their history (and out of the model and the KPIs)."""
 from __future__ import annotations
 
 from vicino.services.kernel.clock import Clock
@@ -33,6 +35,8 @@ class DeliveryOpens:
                     rec = await self.repo.get(rec.delivery_id) or rec
                     continue
                 rec = after
+            if rec.test:
+                return rec
             # recorded first, then told to the recommender: a 503 here is retried by the app, and
             # the event id makes the retry a duplicate, not a second open
             await self.recommender.record({

@@ -121,7 +121,7 @@ return out
 """)
 
 _HOT_FIELDS = ("event_id", "channel", "type", "item_id", "offer_id", "store_id", "quantity", "value", "currency", "country",
-               "ts", "received_at")
+               "score", "reply_to", "ts", "received_at")
 
 
 def hot_entry(i: InteractionV1) -> bytes:

@@ -1,6 +1,8 @@
 """What the KPIs read: the decisions streams (this service's), the push gateway's receipt
-streams (its published contract), the customers' purchases and redemptions (the Parquet log and
-what the interaction streams hold that is not exported yet), merges, and the daily roll-ups.
+streams (its published contract; the receipts of campaigns' test sends are left out here), the
+customers' interactions (the Parquet log and what the interaction streams hold that is not
+exported yet: purchases and redemptions, surveys, support contacts and replies, and who was
+active at all), merges, and the daily roll-ups.
 
 Stream entry ids are the server time of the append, so a period is read by id range with a
 margin, and the domain keeps exactly what belongs to it. Customers merged since a decision are
@@ -17,7 +19,7 @@ from vicino.services.kernel.contracts.decisions import DecisionV1, decisions_str
 from vicino.services.kernel.contracts.deliveries import DeliveryReceiptV1, receipts_stream_key
 from vicino.services.kernel.contracts.interactions import interactions_stream_key, merged_into_key
 
-from ..domain.kpis import CONVERSION_TYPES, ConversionEvent
+from ..domain.kpis import CARE_TYPES, CONVERSION_TYPES, ConversionEvent
 from .parquet_log import ParquetLog
 from .redis_keys import KPI_DAILY, CustomerKeys
 
@@ -68,7 +70,10 @@ class KpiSources:
         return await self._records(decisions_stream_key, DecisionV1.from_stream_fields, lo, hi)
 
     async def receipts(self, lo: float, hi: float) -> list[DeliveryReceiptV1]:
-        return await self._records(receipts_stream_key, DeliveryReceiptV1.from_stream_fields, lo, hi)
+        """The receipts of the period, without those of campaigns' test sends: a marketer's test
+        on their own phone is no customer's push, and must move no figure."""
+        return [r for r in await self._records(receipts_stream_key, DeliveryReceiptV1.from_stream_fields, lo, hi)
+                if not r.test]
 
     async def survivors(self, customer_ids: Iterable[str]) -> dict[str, str]:
         """customer -> the customer it is now (itself unless merged since), and every customer
@@ -98,8 +103,9 @@ class KpiSources:
                 out.setdefault(_s(alias), final)
         return out
 
-    async def unexported_events(self, lo: float, hi: float, customers: set[str]) -> list[ConversionEvent]:
-        """Purchases and redemptions still in the interaction streams (not yet in the log)."""
+    async def unexported(self, lo: float) -> list[ConversionEvent]:
+        """Every interaction with ts >= lo still in the interaction streams (not yet in the log:
+        a short tail, as the exporter flushes)."""
         out = []
         for shard in range(self.shards):
             # an interaction is appended when accepted, at most max_future_s before it happens
@@ -107,22 +113,41 @@ class KpiSources:
                 if _s(fields.get(b"kind") or fields.get("kind") or "") != "interaction":
                     continue
                 d = orjson.loads(fields.get(b"data") or fields.get("data"))
-                if d.get("type") in CONVERSION_TYPES and d.get("customer_id") in customers and lo <= d["ts"] < hi:
+                if d["ts"] >= lo:
                     out.append(ConversionEvent(d["event_id"], d["customer_id"], d["type"], d["channel"], d["ts"],
-                                               d.get("item_id"), d.get("offer_id"), d.get("store_id"), d.get("value")))
+                                               d.get("item_id"), d.get("offer_id"), d.get("store_id"), d.get("value"),
+                                               d.get("quantity"), d.get("score"), d.get("reply_to")))
         return out
 
+    async def unexported_events(self, lo: float, hi: float, customers: set[str]) -> list[ConversionEvent]:
+        """Purchases and redemptions of `customers` still in the interaction streams."""
+        return [e for e in await self.unexported(lo)
+                if e.type in CONVERSION_TYPES and e.customer_id in customers and e.ts < hi]
+
     def logged_events(self, lo: float, hi: float, customers: set[str]) -> list[ConversionEvent]:
-        """Purchases and redemptions in the Parquet log (blocking: call it in a thread)."""
-        table = ParquetLog(self.history_dir).read_interactions(lo, hi)
-        if table.num_rows == 0 or not customers:
+        """Purchases and redemptions of `customers` in the Parquet log (blocking: call it in a thread)."""
+        if not customers:
             return []
-        table = table.filter(pc.and_(pc.is_in(table["type"], value_set=_array(sorted(CONVERSION_TYPES))),
-                                     pc.is_in(table["customer_id"], value_set=_array(sorted(customers)))))
+        return self._logged(lo, hi, CONVERSION_TYPES, customers)
+
+    def logged_care_events(self, lo: float, hi: float) -> list[ConversionEvent]:
+        """Everyone's surveys, support contacts and replies in the Parquet log (blocking)."""
+        return self._logged(lo, hi, CARE_TYPES, None)
+
+    def _logged(self, lo: float, hi: float, types: frozenset, customers: set[str] | None) -> list[ConversionEvent]:
+        table = ParquetLog(self.history_dir).read_interactions(lo, hi, types=types)
+        if table.num_rows == 0:
+            return []
+        if customers is not None:
+            table = table.filter(pc.is_in(table["customer_id"], value_set=_array(sorted(customers))))
         cols = table.select(["event_id", "customer_id", "type", "channel", "ts", "item_id", "offer_id", "store_id",
-                             "value"]).to_pydict()
-        return [ConversionEvent(e, c, t, ch, ts.timestamp(), i, o, s, v) for e, c, t, ch, ts, i, o, s, v in
-                zip(*cols.values())]
+                             "value", "quantity", "score", "reply_to"]).to_pydict()
+        return [ConversionEvent(e, c, t, ch, ts.timestamp(), i, o, s, v, q, sc, rt)
+                for e, c, t, ch, ts, i, o, s, v, q, sc, rt in zip(*cols.values())]
+
+    def logged_active_customers(self, lo: float, hi: float) -> set[str]:
+        """The customers with any interaction in [lo, hi) in the Parquet log (blocking)."""
+        return ParquetLog(self.history_dir).read_customer_ids(lo, hi)
 
     def logged_merges(self) -> dict[str, str]:
         """merged -> into, as the log records them (older rows name the merged ids)."""

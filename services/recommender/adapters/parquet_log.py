@@ -24,7 +24,7 @@ from vicino.services.kernel.contracts.erasures import erasure_digests
 from vicino.services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1
 
 _STRING_FIELDS = ("event_id", "customer_id", "channel", "type", "item_id", "offer_id", "store_id", "currency",
-                  "country")
+                  "country", "reply_to")
 
 
 def interactions_table(items: Sequence[InteractionV1]) -> pa.Table:
@@ -33,6 +33,7 @@ def interactions_table(items: Sequence[InteractionV1]) -> pa.Table:
     cols["value"] = [i.value for i in items]
     cols["ts"] = [epoch_us(i.ts) for i in items]
     cols["received_at"] = [epoch_us(i.received_at) for i in items]
+    cols["score"] = [i.score for i in items]
     return pa.Table.from_pydict(cols, schema=INTERACTION_SCHEMA)
 
 

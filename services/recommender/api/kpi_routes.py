@@ -76,7 +76,8 @@ def period(c, from_: str | None, to: str | None) -> tuple[float, float]:
 
 
 @router.get("/kpis", tags=["kpis"], summary="decisions, deliveries, conversions by attribution key, revenue, "
-            "repurchase and the uplift against the holdout group over a period",
+            "repurchase and the uplift against the holdout group over a period, per store and per campaign; "
+            "retention, upselling, NPS and the care channel's responsiveness",
             responses={200: {"model": KpiReportOut}})
 async def kpis(_: AnalystDep, c: ContainerDep,
                from_: Annotated[str | None, Query(alias="from", max_length=40, description="start (default: 7 days "
@@ -84,11 +85,14 @@ async def kpis(_: AnalystDep, c: ContainerDep,
                to: Instant = None,
                store_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN)] = None,
                offer_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN)] = None,
+               campaign_id: Annotated[str | None, Query(pattern=CLIENT_ID_PATTERN, description="only this campaign's "
+                                                        "decisions (those it sent or held out), against its own "
+                                                        "holdout; an unknown campaign gives an empty report")] = None,
                window_h: Annotated[float | None, Query(gt=0, le=720, description="attribution window, hours "
                                                        "(default VICINO_ATTRIBUTION_WINDOW_H)")] = None) -> Response:
     start, end = period(c, from_, to)
     window_s = (window_h or c.settings.attribution_window_h) * 3600
-    return _json(_report_out(await c.kpis.report(KpiQuery(start, end, window_s, store_id, offer_id))))
+    return _json(_report_out(await c.kpis.report(KpiQuery(start, end, window_s, store_id, offer_id, campaign_id))))
 
 
 @router.get("/kpis/daily", tags=["kpis"], summary="the daily KPI roll-ups (days whose figures are final)",

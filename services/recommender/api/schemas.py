@@ -60,6 +60,8 @@ class InteractionOut(BaseModel):
     value: float | None = None
     currency: str | None = None
     country: str | None = None
+    score: int | None = Field(None, description="a survey's 0-10 score")
+    reply_to: str | None = Field(None, description="the support_contact a support_reply answers")
     ts: InstantOut = Field(description="when it happened")
     received_at: InstantOut = Field(description="when Vicino accepted it")
 
@@ -135,7 +137,7 @@ class KpiPeriodOut(BaseModel):
 class KpiReportOut(BaseModel):
     """The KPI report of a period (`GET /v1/kpis`); docs/architecture.md defines each figure."""
     period: KpiPeriodOut
-    filters: dict[str, str | None]
+    filters: dict[str, str | None] = Field(description="store_id, offer_id, campaign_id")
     attribution_window_s: float
     empty: bool
     empty_reason: str | None
@@ -146,4 +148,16 @@ class KpiReportOut(BaseModel):
     uplift: dict[str, Any]
     repurchase: dict[str, Any]
     by_store: list[dict[str, Any]]
+    by_campaign: list[dict[str, Any]] = Field(description="per campaign (sorted by campaign_id): decisions, sent, "
+                                              "held_out, conversions per key, revenue, uplift against its holdout")
+    retention: dict[str, Any] | None = Field(description="of the customers active in the period, the share active "
+                                             "again in the next period of the same length; treated against holdout; "
+                                             "null until that period has ended (see `unavailable`)")
+    upselling: dict[str, Any] | None = Field(description="baskets in the attribution window after an exposure: value "
+                                             "and items per basket, treated against holdout")
+    nps: dict[str, Any] | None = Field(description="net promoter score of the customers' latest surveys, and per "
+                                       "channel")
+    responsiveness: dict[str, Any] | None = Field(description="support contacts answered within 24 h, median and "
+                                                  "p90 time to answer, unanswered; and per channel")
+    unavailable: dict[str, str] = Field(default_factory=dict, description="why a figure is null: figure -> reason")
     notes: list[str] = Field(default_factory=list, description="what to keep in mind reading it (GET /v1/kpis only)")

@@ -15,6 +15,10 @@ final first, so the use case can skip the ranking when a visit is suppressed bef
 - `holdout`: everything says send, but the customer is in the holdout group: the decision is
   logged with the offer that would have been sent, and no push leaves.
 
+With campaigns (`domain.campaigns`), `gate` is the global protection checked once per visit
+(the settings' cap, cooldown and quiet hours); the holdout and the offer are each campaign's,
+and `decide` remains the single-campaign policy of before (the default campaign's).
+
 A holdout customer's would-be pushes count against their cap and cooldown as if sent, so that
 the holdout's decisions stay comparable with the treated group's (same caps, same spacing).
 """
@@ -91,6 +95,8 @@ class OfferChoice:
     title: str
     body: str
     reason: str  # why the ranking chose it: model, cold_start_features, popular_fallback
+    regular_price: float | None = None   # before any promotion (a message's {regular_price})
+    valid_to: float | None = None        # the offer's end (a message's {valid_to})
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,7 @@ class Situation:
 @dataclass(frozen=True)
 class Decision:
     outcome: Outcome
-    reason: Reason | None        # None when sent
+    reason: str | None           # None when sent: a Reason, or a campaign's (contracts.decisions.REASONS)
     offer: OfferChoice | None
     holdout: bool                # the customer is in the holdout group (whatever the outcome)
 

@@ -9,7 +9,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from vicino.services.kernel.contracts.interactions import ITEM_TYPES, OFFER_TYPES, Channel, InteractionType
+from vicino.services.kernel.contracts.interactions import (ITEM_TYPES, OFFER_TYPES, SUPPORT_REPLY_CHANNELS, Channel,
+                                                          InteractionType)
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 from vicino.services.kernel.times import InstantIn
 
@@ -42,6 +43,11 @@ class InteractionIn(BaseModel):
     value: float | None = Field(None, ge=0, le=1e9)
     currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
     country: str | None = Field(None, max_length=64)
+    score: int | None = Field(None, ge=0, le=10, strict=True, description="a survey's score, an integer 0-10 "
+                              "(9-10 promoter, 7-8 passive, 0-6 detractor): required for a survey, refused otherwise")
+    reply_to: str | None = Field(None, pattern=CLIENT_ID_PATTERN, description="the event_id of the customer's "
+                                 "support_contact that a support_reply answers: required for a support_reply, "
+                                 "refused otherwise")
     ts: InstantIn = Field(description="when it happened: RFC 3339 with an offset, or epoch seconds")
 
 
@@ -96,6 +102,19 @@ def judge(index: int, raw: object, now: float, max_future_s: float) -> Draft | R
         return Rejection(index, event_id, "missing_item_id", f"a {item.type} interaction names its item_id")
     if item.type in OFFER_TYPES and item.offer_id is None:
         return Rejection(index, event_id, "missing_offer_id", f"an {item.type} interaction names its offer_id")
+    if item.type == "survey" and item.score is None:
+        return Rejection(index, event_id, "missing_score", "a survey interaction carries its score (an integer 0-10)")
+    if item.type != "survey" and item.score is not None:
+        return Rejection(index, event_id, "invalid", f"score: only a survey carries a score, not a {item.type}")
+    if item.type == "support_reply" and item.reply_to is None:
+        return Rejection(index, event_id, "missing_reply_to",
+                         "a support_reply names the event_id of the support_contact it answers in reply_to")
+    if item.type != "support_reply" and item.reply_to is not None:
+        return Rejection(index, event_id, "invalid", f"reply_to: only a support_reply answers a contact, not a "
+                                                     f"{item.type}")
+    if item.type == "support_reply" and item.channel not in SUPPORT_REPLY_CHANNELS:
+        return Rejection(index, event_id, "invalid", f"channel: a support_reply is given on "
+                                                     f"{', '.join(SUPPORT_REPLY_CHANNELS)}, not {item.channel}")
     ts = float(item.ts)
     if ts > now + max_future_s:
         return Rejection(index, event_id, "ts_in_future", f"ts is {ts - now:.0f} s ahead of the server clock")

@@ -58,6 +58,18 @@ class RankedOffer:
     def body(self) -> str:
         return self.offer.body
 
+    @property
+    def item_ids(self) -> tuple[str, ...]:
+        return tuple(self.offer.item_ids)
+
+    @property
+    def regular_price(self) -> float:
+        return self.offer.price
+
+    @property
+    def valid_to(self) -> float:
+        return self.offer.valid_to
+
 
 @dataclass(frozen=True, slots=True)
 class CustomerView:
@@ -242,14 +254,27 @@ def rank_prepared(prepared: PreparedOffers, eligible: np.ndarray, customer: Cust
                         "model" if user_known and known_any[h] else "cold_start_features") for h in order]
 
 
-def _popular(offers: list[Offer], model: ModelArtifact | None, k: int) -> list[RankedOffer]:
+def popular_order(offers: list[Offer], model: ModelArtifact | None) -> tuple[np.ndarray, np.ndarray]:
+    """The popularity fallback's order of a whole catalogue, computed once per catalogue and
+    model: (offer indices, best first; each offer's best position among the popular items).
+    The eligible ones in this order are `_popular`'s answer for them."""
     popular = model.manifest.popular_items if model is not None else []
     position = {item: p for p, item in enumerate(popular)}
     worst = len(popular)
+    best = np.fromiter((min((position.get(i, worst) for i in o.item_ids), default=worst) for o in offers), np.int64,
+                       len(offers))
+    order = sorted(range(len(offers)), key=lambda n: (best[n], ranking_key(offers[n])))
+    return np.asarray(order, np.int64), best
 
-    def best_position(o: Offer) -> int:
-        return min((position.get(i, worst) for i in o.item_ids), default=worst)
 
-    ordered = sorted(offers, key=lambda o: (best_position(o), ranking_key(o)))[:k]
+def popular_prepared(offers: list[Offer], order: np.ndarray, best: np.ndarray, eligible: np.ndarray,
+                     k: int) -> list[RankedOffer]:
+    """`_popular` over the eligible offers of a catalogue whose `popular_order` is known."""
+    top = order[eligible[order]][:k]
     # a score that falls with popularity rank, so clients can compare offers within one answer
-    return [RankedOffer(o, 1.0 / (1 + best_position(o)), "popular_fallback") for o in ordered]
+    return [RankedOffer(offers[n], 1.0 / (1 + int(best[n])), "popular_fallback") for n in top.tolist()]
+
+
+def _popular(offers: list[Offer], model: ModelArtifact | None, k: int) -> list[RankedOffer]:
+    order, best = popular_order(offers, model)
+    return popular_prepared(offers, order, best, np.ones(len(offers), bool), k)

@@ -87,6 +87,7 @@ class Catalog:
         self.repo = repo
         self.clock = clock
         self._snapshot = _Snapshot(-1, {}, [], [])
+        self._items: tuple[list[Offer], list[str]] | None = None
 
     # offers ----------------------------------------------------------------------------------------
 
@@ -243,9 +244,15 @@ class Catalog:
         feature = await self.repo.store_feature(store_id)
         if feature is None:
             raise NotFound(f"store {store_id!r} does not exist (stores are managed by the geo service)")
-        items = sorted({item for o in offers for item in o.item_ids})
-        stock = await self.repo.stock_of(store_id, items)
+        stock = await self.repo.stock_of(store_id, self._items_of(offers))
         return Situation(StoreView.from_feature(feature), stock, doc.rules, channel, now), doc.revision
+
+    def _items_of(self, offers: list[Offer]) -> list[str]:
+        """Every item of these offers, sorted; kept for the catalogue's shared list (the same
+        object while its sequence number stays)."""
+        if self._items is None or self._items[0] is not offers:
+            self._items = (offers, sorted({item for o in offers for item in o.item_ids}))
+        return self._items[1]
 
     async def offers_at_store(self, store_id: str, channel: str, at: float | None) -> StoreOffers:
         offers = await self.offers()

@@ -1,6 +1,13 @@
 """The KPIs of a period (GET /v1/kpis) and the daily roll-ups (the `kpi_rollup` job, GET
 /v1/kpis/daily): read what was recorded, resolve merged customers, hand it to the pure
-computation (domain/kpis.py)."""
+computation (domain/kpis.py).
+
+What is read beyond the period: receipts up to the push's lifetime after it, the decided
+customers' purchases and redemptions up to two attribution windows after it (conversion, then
+repurchase), everyone's surveys, support contacts and replies up to REPLY_HORIZON_S after it (a
+late answer), and, once the next period of the same length has ended, who was active in either
+(retention: interactions from the log's customer column and the streams' tail, visits from the
+decisions)."""
 from __future__ import annotations
 
 import asyncio
@@ -12,11 +19,13 @@ from vicino.services.kernel.problems import NotFound
 
 from ..adapters.catalog_repository import CatalogRepository
 from ..adapters.kpi_sources import KpiSources
-from ..domain.kpis import compute_kpis
+from ..domain.kpis import ANSWER_IN_S, CARE_TYPES, CONVERSION_TYPES, compute_kpis
 from ..domain.offers import Offer
 
 DAY_S = 86_400
 MAX_ROLLUPS_PER_RUN = 62
+REPLY_HORIZON_S = 30 * DAY_S   # a support reply later than this after the period is not read: unanswered
+MAX_MERGE_HOPS = 16
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,7 @@ class KpiQuery:
     window_s: float
     store_id: str | None = None
     offer_id: str | None = None
+    campaign_id: str | None = None
 
 
 def _day(t: float) -> str:
@@ -54,7 +64,11 @@ class Kpis:
         return out
 
     async def report(self, q: KpiQuery, *, check_filters: bool = True) -> dict:
-        decisions = await self.sources.decisions(q.start, q.end)
+        now = self.clock.now()
+        after = q.end + (q.end - q.start)  # the end of the next period of the same length (retention)
+        next_ended = now >= after
+        # once the next period has ended, its decisions are read too: a store visit is activity
+        decisions = await self.sources.decisions(q.start, after if next_ended else q.end)
         offer_items = await self._offer_items()
         if check_filters:
             await self._check_filters(q, decisions, offer_items)
@@ -63,24 +77,36 @@ class Kpis:
         receipts = await self.sources.receipts(q.start, q.end + self.push_ttl_s)
         survivors = await self.sources.survivors(d.customer_id for d in decisions)
         lo, hi = q.start, q.end + 2 * q.window_s
+        care_hi = q.end + REPLY_HORIZON_S
         log_merges = await asyncio.to_thread(self.sources.logged_merges)
         for merged, into in log_merges.items():
             if into in survivors:
                 survivors.setdefault(merged, survivors[into])
+        canonical = _canonical(survivors, log_merges)
         wanted = set(survivors)
         events = await asyncio.to_thread(self.sources.logged_events, lo, hi, wanted)
-        events += await self.sources.unexported_events(lo, hi, wanted)
-        decisions = [d if survivors.get(d.customer_id, d.customer_id) == d.customer_id
-                     else d.model_copy(update={"customer_id": survivors[d.customer_id]}) for d in decisions]
-        events = [e if survivors.get(e.customer_id, e.customer_id) == e.customer_id
-                  else replace(e, customer_id=survivors[e.customer_id]) for e in events]
+        events += await asyncio.to_thread(self.sources.logged_care_events, q.start, care_hi)
+        tail = await self.sources.unexported(q.start)
+        events += [e for e in tail if (e.type in CONVERSION_TYPES and e.customer_id in wanted and e.ts < hi)
+                   or (e.type in CARE_TYPES and e.ts < care_hi)]
+        activity = None
+        if next_ended:
+            active = await asyncio.to_thread(self.sources.logged_active_customers, q.start, q.end)
+            again = await asyncio.to_thread(self.sources.logged_active_customers, q.end, after)
+            active.update(e.customer_id for e in tail if e.ts < q.end)
+            again.update(e.customer_id for e in tail if q.end <= e.ts < after)
+            activity = ({canonical(c) for c in active}, {canonical(c) for c in again})
+        decisions = [d if canonical(d.customer_id) == d.customer_id
+                     else d.model_copy(update={"customer_id": canonical(d.customer_id)}) for d in decisions]
+        events = [e if canonical(e.customer_id) == e.customer_id else replace(e, customer_id=canonical(e.customer_id))
+                  for e in events]
         report = await asyncio.to_thread(compute_kpis, decisions, receipts, events, offer_items=offer_items,
                                          period=(q.start, q.end), window_s=q.window_s, store_id=q.store_id,
-                                         offer_id=q.offer_id)
-        report["notes"] = self._notes(q, report["empty"])
+                                         offer_id=q.offer_id, campaign_id=q.campaign_id, activity=activity, now=now)
+        report["notes"] = self._notes(q, report)
         return report
 
-    def _notes(self, q: KpiQuery, empty: bool) -> list[str]:
+    def _notes(self, q: KpiQuery, report: dict) -> list[str]:
         notes = []
         now = self.clock.now()
         kept_from = now - self.retention_days * DAY_S
@@ -88,9 +114,11 @@ class Kpis:
             notes.append(f"decisions and receipts before {_day(kept_from)} are past their retention "
                          f"(VICINO_KPI_RETENTION_DAYS={self.retention_days:g}) and may be trimmed; "
                          "GET /v1/kpis/daily keeps the daily roll-ups")
-        if q.end + q.window_s > now and not empty:
+        if q.end + q.window_s > now and not report["empty"]:
             notes.append("the attribution window of the latest decisions has not closed yet: conversions "
                          "may still grow")
+        if q.end + ANSWER_IN_S > now and report["responsiveness"] is not None:
+            notes.append("support contacts of the last 24 h may still be answered in time")
         return notes
 
     async def _check_filters(self, q: KpiQuery, decisions, offer_items) -> None:
@@ -131,3 +159,19 @@ class Kpis:
 
     async def daily(self, first: str, last: str) -> list[dict]:
         return await self.sources.days(first, last)
+
+
+def _canonical(survivors: dict[str, str], log_merges: dict[str, str]):
+    """customer -> the customer they are now: the decided customers' survivors (Redis), else the
+    log's merge chain (a customer never decided on, merged since an interaction)."""
+    def canonical(customer: str) -> str:
+        if customer in survivors:
+            return survivors[customer]
+        c = customer
+        for _ in range(MAX_MERGE_HOPS):
+            nxt = log_merges.get(c)
+            if nxt is None or nxt == c:
+                break
+            c = nxt
+        return survivors.get(c, c)
+    return canonical

@@ -224,6 +224,10 @@ export interface DeliveryOut {
   offer_id: string;
   visit_id: string;
   decision_id: string;
+  /** the campaign that sent it; null: none */
+  campaign_id: string | null;
+  /** a campaign's test send (never counted in the KPIs) */
+  test: boolean;
   created_at: string;
   /** not delivered after this instant */
   expires_at: string;
@@ -245,6 +249,20 @@ export interface DeviceIn {
   /** the platform's push token (checked per platform: kernel.contracts.push_tokens) */
   push_token: string;
   timezone?: string;
+  /** the device's language, BCP 47 (`it`, `it-IT`, `en-GB`; `_` accepted): picks the language of a campaign's push message. Stored canonical (`it_it` -> `it-IT`); a tag Babel (CLDR) cannot read is refused (422 naming `locale`) */
+  locale?: string | null;
+}
+
+export interface DeviceLocaleIn {
+  /** the device's language, BCP 47 (`it`, `it-IT`, `en-GB`; `_` accepted): picks the language of a campaign's push message. Stored canonical (`it_it` -> `it-IT`); a tag Babel (CLDR) cannot read is refused (422 naming `locale`); null forgets it */
+  locale: string | null;
+}
+
+export interface DeviceLocaleOut {
+  device_id: string;
+  /** as stored: canonical BCP 47 */
+  locale: string | null;
+  locale_updated_at: string;
 }
 
 export interface DeviceOut {
@@ -263,6 +281,8 @@ export interface DeviceRegistrationOut {
   customer_id: string;
   platform: string;
   timezone: string;
+  /** canonical BCP 47; null when the app sent none */
+  locale: string | null;
   registered_at: string;
   location_consent: boolean;
 }
@@ -378,7 +398,7 @@ export interface InteractionIn {
   /** any identifier linked to the customer, instead of customer_id */
   identifier?: IdentifierIn | null;
   channel: "web" | "app" | "store" | "email" | "call_center" | "social" | "push";
-  type: "view" | "add_to_cart" | "purchase" | "return" | "reservation" | "click_and_collect" | "offer_open" | "offer_redeem" | "support_contact";
+  type: "view" | "add_to_cart" | "purchase" | "return" | "reservation" | "click_and_collect" | "offer_open" | "offer_redeem" | "support_contact" | "survey" | "support_reply";
   item_id?: string | null;
   offer_id?: string | null;
   store_id?: string | null;
@@ -387,6 +407,10 @@ export interface InteractionIn {
   value?: number | null;
   currency?: string | null;
   country?: string | null;
+  /** a survey's score, an integer 0-10 (9-10 promoter, 7-8 passive, 0-6 detractor): required for a survey, refused otherwise */
+  score?: number | null;
+  /** the event_id of the customer's support_contact that a support_reply answers: required for a support_reply, refused otherwise */
+  reply_to?: string | null;
   /** when it happened: RFC 3339 with an offset, or epoch seconds */
   ts: string | number;
 }
@@ -403,6 +427,10 @@ export interface InteractionOut {
   value?: number | null;
   currency?: string | null;
   country?: string | null;
+  /** a survey's 0-10 score */
+  score?: number | null;
+  /** the support_contact a support_reply answers */
+  reply_to?: string | null;
   /** when it happened */
   ts: string;
   /** when Vicino accepted it */
@@ -496,6 +524,7 @@ export interface KpiPeriodOut {
 /** The KPI report of a period (`GET /v1/kpis`); docs/architecture.md defines each figure. */
 export interface KpiReportOut {
   period: KpiPeriodOut;
+  /** store_id, offer_id, campaign_id */
   filters: {
     [key: string]: string | null;
   };
@@ -523,6 +552,30 @@ export interface KpiReportOut {
   by_store: {
     [key: string]: unknown;
   }[];
+  /** per campaign (sorted by campaign_id): decisions, sent, held_out, conversions per key, revenue, uplift against its holdout */
+  by_campaign: {
+    [key: string]: unknown;
+  }[];
+  /** of the customers active in the period, the share active again in the next period of the same length; treated against holdout; null until that period has ended (see `unavailable`) */
+  retention: {
+    [key: string]: unknown;
+  } | null;
+  /** baskets in the attribution window after an exposure: value and items per basket, treated against holdout */
+  upselling: {
+    [key: string]: unknown;
+  } | null;
+  /** net promoter score of the customers' latest surveys, and per channel */
+  nps: {
+    [key: string]: unknown;
+  } | null;
+  /** support contacts answered within 24 h, median and p90 time to answer, unanswered; and per channel */
+  responsiveness: {
+    [key: string]: unknown;
+  } | null;
+  /** why a figure is null: figure -> reason */
+  unavailable?: {
+    [key: string]: string;
+  };
   /** what to keep in mind reading it (GET /v1/kpis only) */
   notes?: string[];
 }
@@ -880,7 +933,7 @@ export interface Operations {
   /** recent interactions (hot history), most recent first, paged with `before` */
   "GET /v1/customers/{customer_id}/history": {
     path: { customer_id: string };
-    query: { limit?: number; before?: string | null; channel?: "web" | "app" | "store" | "email" | "call_center" | "social" | "push" | null; type?: "view" | "add_to_cart" | "purchase" | "return" | "reservation" | "click_and_collect" | "offer_open" | "offer_redeem" | "support_contact" | null };
+    query: { limit?: number; before?: string | null; channel?: "web" | "app" | "store" | "email" | "call_center" | "social" | "push" | null; type?: "view" | "add_to_cart" | "purchase" | "return" | "reservation" | "click_and_collect" | "offer_open" | "offer_redeem" | "support_contact" | "survey" | "support_reply" | null };
     body: never;
     response: CustomerHistoryOut;
   };
@@ -960,6 +1013,13 @@ export interface Operations {
     query: Record<string, never>;
     body: never;
     response: void;
+  };
+  /** the device's language changed (BCP 47; null forgets it); the device token stays as it is */
+  "PUT /v1/devices/{device_id}/locale": {
+    path: { device_id: string };
+    query: Record<string, never>;
+    body: DeviceLocaleIn;
+    response: DeviceLocaleOut;
   };
   /** the device's new push token (FCM or APNs rotated it); the device token stays as it is */
   "PUT /v1/devices/{device_id}/push-token": {
@@ -1045,10 +1105,10 @@ export interface Operations {
     body: never;
     response: KeyOut;
   };
-  /** decisions, deliveries, conversions by attribution key, revenue, repurchase and the uplift against the holdout group over a period */
+  /** decisions, deliveries, conversions by attribution key, revenue, repurchase and the uplift against the holdout group over a period, per store and per campaign; retention, upselling, NPS and the care channel's responsiveness */
   "GET /v1/kpis": {
     path: Record<string, never>;
-    query: { from?: string | null; to?: string | null; store_id?: string | null; offer_id?: string | null; window_h?: number | null };
+    query: { from?: string | null; to?: string | null; store_id?: string | null; offer_id?: string | null; campaign_id?: string | null; window_h?: number | null };
     body: never;
     response: KpiReportOut;
   };

@@ -24,7 +24,7 @@ const nowS = () => Date.now() / 1000;
 
 async function register(name: string): Promise<DeviceOut> {
   return backend.registerDevice({ device_id: `sdk-${name}`, customer_id: `sdk-customer-${name}`, platform: "android",
-    push_token: `fcm-sdk-${name}-token`, timezone: "Europe/Rome" });
+    push_token: `fcm-sdk-${name}-token`, timezone: "Europe/Rome", locale: "it-IT" });
 }
 
 function client(reg: DeviceOut, extra: Partial<VicinoClientOptions> = {}): VicinoClient {
@@ -189,6 +189,16 @@ test("push-token rotation: the new token is taken, a token not of the platform r
   assert.ok(instantMs(out.push_token_updated_at) > 0);
   await assert.rejects(c.updatePushToken("not a token"), (e: unknown) => e instanceof VicinoHttpError && e.status === 422);
   assert.equal((await c.getConsent()).customer_id, reg.customer_id, "the device token was left as it was");
+});
+
+test("locale: stored canonical, forgotten with null, a tag the server cannot read refused", async () => {
+  const reg = await register("locale");
+  const c = client(reg);
+  const out = await c.updateLocale("it_it");
+  assert.deepEqual([out.device_id, out.locale], [reg.device_id, "it-IT"]);
+  assert.ok(instantMs(out.locale_updated_at) > 0);
+  assert.equal((await c.updateLocale(null)).locale, null);
+  await assert.rejects(c.updateLocale("xx"), (e: unknown) => e instanceof VicinoHttpError && e.status === 422);
 });
 
 test("token refresh before expiry: the new token is handed over, the old one works through the grace", async () => {

@@ -21,7 +21,8 @@ class LogProvider:
 
     async def send(self, n: Notification, attempt: int) -> ProviderOutcome:
         line = {"push": {"delivery_id": n.delivery_id, "platform": n.platform, "device_id": n.device_id,
-                         "title": n.title, "body": n.body, "data": n.data, "collapse_key": n.collapse_key}}
+                         "title": n.title, "body": n.body, "image_url": n.image_url, "data": n.data,
+                         "collapse_key": n.collapse_key}}
         self._stream.write(orjson.dumps(line).decode() + "\n")
         self._stream.flush()
         return Delivered(n.delivery_id)
