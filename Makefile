@@ -47,6 +47,7 @@ bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.geo
 	$(BIN)/python -m bench.data_layer
 	$(BIN)/python -m bench.history
+	$(BIN)/python -m bench.customer_import
 	$(BIN)/python -m bench.recommender
 	$(BIN)/python -m bench.push
 	$(BIN)/python -m bench.kpis

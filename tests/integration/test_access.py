@@ -101,6 +101,11 @@ def test_each_role_opens_its_routes_and_no_other(client):
     assert client.get("/v1/customers/c1/consent", headers=bearer(support)).status_code == 200
     assert_problem(client.put("/v1/customers/c1/consent", headers=bearer(support), json=consent), 403, "app_backend")
     assert_problem(client.get("/v1/customers/c1/consent", headers=bearer(operator)), 403, "support")
+    # consent in batches (a CRM import): the app server only
+    batch = {"items": [{"customer_id": "c1", "consent": {"marketing": True}}]}
+    assert client.post("/v1/consents:batch", headers=bearer(app_backend), json=batch).json()["ok"] == 1
+    for other in (support, operator, analyst):
+        assert_problem(client.post("/v1/consents:batch", headers=bearer(other), json=batch), 403, "app_backend")
     # location data: erased by support only
     assert_problem(client.delete("/v1/customers/c1/location-data", headers=bearer(app_backend)), 403, "support")
     assert client.delete("/v1/customers/c1/location-data", headers=bearer(support)).status_code == 200

@@ -44,8 +44,14 @@ def test_identifier_forms():
     assert normalise_identifier("email", " X@Y.org ") == "email_sha256:" + digest
     assert normalise_identifier("email_sha256", digest.upper()) == "email_sha256:" + digest
     assert normalise_identifier("loyalty_card", "L-1") == "loyalty_card:L-1"
+    # a phone number in E.164, whatever its punctuation or international prefix, kept as its SHA-256
+    phone = "phone_sha256:" + hashlib.sha256(b"+390212345678").hexdigest()
+    for written in ("+39 02 1234 5678", "+39 (02) 12.34-56.78", "0039 02 12345678"):
+        assert normalise_identifier("phone", written) == phone
+    assert normalise_identifier("phone_sha256", phone.split(":")[1].upper()) == phone
     for kind, value in (("fax", "1"), ("email", "nope"), ("email_sha256", "12"), ("cookie", "a b"),
-                        ("cookie", ""), ("device", "x" * 200)):
+                        ("cookie", ""), ("device", "x" * 200), ("phone", "02 1234 5678"), ("phone", "+0 123456789"),
+                        ("phone", "+39 12"), ("phone", "+39 1234567890123456"), ("phone_sha256", "ab")):
         with pytest.raises(IdentifierError):
             normalise_identifier(kind, value)
 

@@ -21,6 +21,7 @@ though the consent still reads as granted until the request is retried.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import orjson
@@ -95,6 +96,14 @@ _NEXT_CONSENT_VERSION = memory_guarded("""
 return {redis.call('HINCRBY', KEYS[1], 'seq', 1), redis.call('SMEMBERS', KEYS[2])}
 """)
 
+# The same, and the values the change starts from (a batch item sets only the purposes it names).
+# Returns {version, device ids, location, marketing, personalisation} (false where none is set).
+_NEXT_CONSENT_VERSION_FROM = memory_guarded("""
+local v = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local cur = redis.call('HMGET', KEYS[1], 'location', 'marketing', 'personalisation')
+return {v, redis.call('SMEMBERS', KEYS[2]), cur[1], cur[2], cur[3]}
+""")
+
 # KEYS: consent hash, consent log, devices set. ARGV: version, location, marketing,
 # personalisation, updated_at, log entry JSON. Applies the change unless a newer one already was;
 # returns {applied (0/1), device ids}.
@@ -155,6 +164,11 @@ return 0
 """)
 
 CONSENT_FIELDS = ("location", "marketing", "personalisation")
+BATCH_IN_FLIGHT = 250  # a consent batch's scripts at once (a Cluster client opens a connection for each)
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else v
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +232,10 @@ class DeviceRepository:
         self._set_copy = redis.register_script(_SET_COPY)
         self._next_consent_version = redis.register_script(_NEXT_CONSENT_VERSION)
         self._apply_consent = redis.register_script(_APPLY_CONSENT)
+        # a batch's consent changes: many one-customer scripts at once (each customer is a slot of
+        # its own), multiplexed on the hot path client
+        self._batch_next_consent = hot.register_script(_NEXT_CONSENT_VERSION_FROM)
+        self._batch_apply_consent = hot.register_script(_APPLY_CONSENT)
         self._forget_silent = redis.register_script(_FORGET_SILENT)
         self._clear_push_token = redis.register_script(_CLEAR_PUSH_TOKEN)
         self._refresh_token = redis.register_script(_REFRESH_TOKEN)
@@ -410,38 +428,39 @@ class DeviceRepository:
     async def set_consents(self, changes: list[tuple[str, dict[str, bool], str | None]], actor: str,
                            now: float) -> list[tuple[dict, list[str]]]:
         """`set_consent` for many customers at once (a CRM import): the same steps in the same
-        order for each, each step one pipelined trip for the whole batch. A change names only
-        the purposes it sets (customer_id, {purpose: bool}, source); the others keep the value
-        they have when its version is allocated. Returns per change (the consent as recorded,
-        the customer's devices)."""
-        pipe = self._r.pipeline(transaction=False)
-        for customer_id, _, _ in changes:
-            ck = CustomerKeys(customer_id)
-            await self._next_consent_version(keys=[ck.consent, ck.devices], client=pipe)  # queued
-            pipe.hgetall(ck.consent)
-        replies = await pipe.execute()
+        order for each, each step run for the whole batch together (`BATCH_IN_FLIGHT` scripts at
+        a time). A change names only the purposes it sets (customer_id, {purpose: bool}, source);
+        the others keep the value they have when its version is allocated. Returns per change
+        (the consent as recorded, the customer's devices)."""
+        async def step(script, calls: list[tuple[list, list]]) -> list:
+            out = []
+            for i in range(0, len(calls), BATCH_IN_FLIGHT):
+                out += await asyncio.gather(*(script(keys=k, args=a) for k, a in calls[i:i + BATCH_IN_FLIGHT]))
+            return out
+
+        keys = [CustomerKeys(customer_id) for customer_id, _, _ in changes]
+        started = await step(self._batch_next_consent, [([ck.consent, ck.devices], []) for ck in keys])
         versions: list[int] = []
         full: list[dict[str, bool]] = []
-        for (customer_id, values, _), (version, members), raw in zip(changes, replies[::2], replies[1::2]):
+        for (_, values, _), (version, members, *current) in zip(changes, started):
             versions.append(int(version))
-            current = {k.decode(): v.decode() for k, v in raw.items()}
-            merged = {f: values[f] if f in values else current.get(f) == "1" for f in CONSENT_FIELDS}
+            was = dict(zip(CONSENT_FIELDS, current))
+            merged = {f: values[f] if f in values else was[f] == b"1" for f in CONSENT_FIELDS}
             full.append(merged)
             if not merged["location"]:
-                for device_id in sorted(m.decode() for m in members):  # the withdrawal holds on the devices first
+                for device_id in sorted(_text(m) for m in members):  # the withdrawal holds on the devices first
                     await self.set_location_copy(device_id, False, int(version))
-        pipe = self._r.pipeline(transaction=False)
-        for (customer_id, _, source), version, values in zip(changes, versions, full):
-            ck = CustomerKeys(customer_id)
+        calls = []
+        for (_, _, source), ck, version, values in zip(changes, keys, versions, full):
             flat = {f: "1" if values[f] else "0" for f in CONSENT_FIELDS}
             entry = {**flat, "at": now, "by": actor, **({"source": source} if source else {})}
-            await self._apply_consent(keys=[ck.consent, ck.consent_log, ck.devices],
-                                      args=[version, flat["location"], flat["marketing"], flat["personalisation"],
-                                            repr(now), orjson.dumps(entry)], client=pipe)  # queued
-        applied = await pipe.execute()
+            calls.append(([ck.consent, ck.consent_log, ck.devices],
+                          [version, flat["location"], flat["marketing"], flat["personalisation"], repr(now),
+                           orjson.dumps(entry)]))
+        applied = await step(self._batch_apply_consent, calls)
         out: list[tuple[dict, list[str]]] = []
         for (customer_id, _, _), version, values, (ok, members) in zip(changes, versions, full, applied):
-            devices = sorted(m.decode() for m in members)
+            devices = sorted(_text(m) for m in members)
             for device_id in devices:
                 await self.set_location_copy(device_id, values["location"], version)
             # a newer change that won meanwhile is what the customer's consent now is

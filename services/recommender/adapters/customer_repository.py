@@ -7,9 +7,12 @@ so an acknowledged interaction is always in the stream and a retried one is neve
 """
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 
-from vicino.services.kernel.contracts.interactions import CustomerMergedV1, InteractionV1, customer_shard
+from vicino.services.kernel.contracts.interactions import (CustomerMergedV1, InteractionV1, customer_shard,
+                                                          customer_shard_tag)
 
 from ..domain.identity import Moved
 from ..settings import RecommenderSettings
@@ -83,6 +86,40 @@ end
 return 'ok'
 """)
 
+# Batches, per slot. KEYS: one key per call; ARGV: per call a count, then that many values.
+# Each returns one reply per key, in order.
+# KEYS: ARGV[1] keys per customer, one customer after the other; one count per customer.
+_EXISTS_MANY = """
+local n, out = tonumber(ARGV[1]), {}
+for i = 1, #KEYS, n do out[#out + 1] = redis.call('EXISTS', unpack(KEYS, i, i + n - 1)) end
+return out
+"""
+_SETNX_MANY = memory_guarded("""
+local out = {}
+for i, k in ipairs(KEYS) do
+  out[i] = redis.call('SET', k, ARGV[2 * i], 'NX') and 1 or 0
+end
+return out
+""")
+_SADD_MANY = memory_guarded("""
+local out, a = {}, 1
+for i, k in ipairs(KEYS) do
+  local n = tonumber(ARGV[a])
+  out[i] = redis.call('SADD', k, unpack(ARGV, a + 1, a + n))
+  a = a + n + 1
+end
+return out
+""")
+_HSET_MANY = memory_guarded("""
+local out, a = {}, 1
+for i, k in ipairs(KEYS) do
+  local n = tonumber(ARGV[a])
+  out[i] = redis.call('HSET', k, unpack(ARGV, a + 1, a + n))
+  a = a + n + 1
+end
+return out
+""")
+
 _HOT_FIELDS = ("event_id", "channel", "type", "item_id", "offer_id", "store_id", "quantity", "value", "currency", "country",
                "score", "reply_to", "ts", "received_at")
 
@@ -90,6 +127,13 @@ _HOT_FIELDS = ("event_id", "channel", "type", "item_id", "offer_id", "store_id",
 def hot_entry(i: InteractionV1) -> bytes:
     """The compact form kept in the hot history (the customer is implied by the key)."""
     return orjson.dumps({f: getattr(i, f) for f in _HOT_FIELDS if getattr(i, f) is not None})
+
+
+def _slot_tag(key: str) -> str:
+    """The hash tag that picks a key's Cluster slot (`{cs:007}`): keys sharing it share a slot."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start:end + 1] if 0 <= start < end - 1 else key
 
 
 def _s(v) -> str:
@@ -112,6 +156,10 @@ class CustomerRepository:
         self._shards = settings.customer_shards
         self._append = redis.register_script(_APPEND)
         self._record_visit = redis.register_script(_RECORD_VISIT)
+        self._exists_many = redis.register_script(_EXISTS_MANY)
+        self._setnx_many = redis.register_script(_SETNX_MANY)
+        self._sadd_many = redis.register_script(_SADD_MANY)
+        self._hset_many = redis.register_script(_HSET_MANY)
 
     @property
     def erasure_key(self) -> bytes:
@@ -273,11 +321,10 @@ class CustomerRepository:
         return {_s(k): _s(v) for k, v in raw.items()}
 
     async def set_attributes(self, updates: list[tuple[str, dict[str, str]]], now: float) -> None:
-        """Per (customer, {field: value}): those fields set, the others kept; one pipelined trip."""
-        pipe = self._r.pipeline(transaction=False)
-        for customer_id, values in updates:
-            pipe.hset(self.keys(customer_id).attributes, mapping={**values, "updated_at": repr(now)})
-        await pipe.execute()
+        """Per (customer, {field: value}): those fields set, the others kept."""
+        await self._per_slot(self._hset_many, [
+            (self.keys(c).attributes, [len(v) * 2 + 2, *(x for kv in v.items() for x in kv), "updated_at", repr(now)])
+            for c, v in updates])
 
     async def fill_attributes(self, customer_id: str, values: dict[str, str]) -> None:
         """Sets only the fields the customer does not have (a merge: the survivor's own win)."""
@@ -285,57 +332,86 @@ class CustomerRepository:
         for name, value in values.items():
             await self._r.hsetnx(k, name, value)
 
+    # Batches (a CRM import): one script or MGET per hash tag and step, never one command per
+    # customer: a thousand customers fall into a few dozen slots.
+
+    async def _per_slot(self, script, calls: list[tuple[str, list]]) -> list:
+        """`script` once per slot over the (key, its args) of that slot (args: a count, then that
+        many values); the replies per call, in order."""
+        groups: dict[str, list[int]] = {}
+        for n, (key, _) in enumerate(calls):
+            groups.setdefault(_slot_tag(key), []).append(n)
+        replies = await asyncio.gather(*(script(keys=[calls[n][0] for n in ns],
+                                                args=[a for n in ns for a in calls[n][1]])
+                                         for ns in groups.values()))
+        out: list = [None] * len(calls)
+        for ns, reply in zip(groups.values(), replies):
+            for n, r in zip(ns, reply):
+                out[n] = r
+        return out
+
+    async def _mget(self, keys: list[str]) -> list:
+        groups: dict[str, list[int]] = {}
+        for n, key in enumerate(keys):
+            groups.setdefault(_slot_tag(key), []).append(n)
+        replies = await asyncio.gather(*(self._r.mget([keys[n] for n in ns]) for ns in groups.values()))
+        out: list = [None] * len(keys)
+        for ns, reply in zip(groups.values(), replies):
+            for n, r in zip(ns, reply):
+                out[n] = None if r is None else _s(r)
+        return out
+
     async def canonical_many(self, customer_ids: list[str], max_hops: int) -> list[str | None]:
-        """Each id followed through its merge pointers, one pipelined trip per hop; None where
-        the chain is longer than `max_hops`."""
+        """Each id followed through its merge pointers, one round per hop; None where the chain
+        is longer than `max_hops`."""
         out: list[str | None] = list(customer_ids)
         pending = list(range(len(customer_ids)))
         for _ in range(max_hops):
             if not pending:
                 return out
-            pipe = self._r.pipeline(transaction=False)
-            for n in pending:
-                pipe.get(self.keys(out[n]).merged_into)
             moved = []
-            for n, nxt in zip(pending, await pipe.execute()):
-                if nxt is not None and _s(nxt) != out[n]:
-                    out[n] = _s(nxt)
+            for n, nxt in zip(pending, await self._mget([self.keys(out[n]).merged_into for n in pending])):
+                if nxt is not None and nxt != out[n]:
+                    out[n] = nxt
                     moved.append(n)
             pending = moved
         for n in pending:
             out[n] = None
         return out
 
-    async def known(self, customer_ids: list[str], published_keys: list[str]) -> list[bool]:
-        """Whether Vicino holds anything of each customer: any key of theirs, or the published
-        key beside it (their consent record at geo); one pipelined trip."""
-        pipe = self._r.pipeline(transaction=False)
-        for customer_id, published in zip(customer_ids, published_keys):
-            k = self.keys(customer_id)
-            pipe.exists(k.history, k.identifiers, k.visits, k.redeemed, k.aliases, k.attributes, k.merged_into)
-            pipe.exists(published)
-        replies = await pipe.execute()
-        return [bool(a) or bool(b) for a, b in zip(replies[::2], replies[1::2])]
+    async def known(self, customer_ids: list[str]) -> list[bool]:
+        """Whether the recommender holds anything of each customer: history, identifiers,
+        visits, attributes or a merge pointer (redeemed offers and aliases come with these)."""
+        groups: dict[str, list[int]] = {}
+        for n, c in enumerate(customer_ids):
+            groups.setdefault(customer_shard_tag(self.keys(c).shard), []).append(n)
+
+        def owned(c: str) -> list[str]:
+            k = self.keys(c)
+            return [k.history, k.identifiers, k.visits, k.attributes, k.merged_into]
+
+        replies = await asyncio.gather(*(self._exists_many(keys=[key for n in ns for key in owned(customer_ids[n])],
+                                                           args=[5]) for ns in groups.values()))
+        out = [False] * len(customer_ids)
+        for ns, reply in zip(groups.values(), replies):
+            for n, r in zip(ns, reply):
+                out[n] = bool(int(r))
+        return out
 
     async def identifier_owners(self, identifiers: list[str]) -> list[str | None]:
-        """`identifier_owner` of each, one pipelined trip."""
-        pipe = self._r.pipeline(transaction=False)
-        for identifier in identifiers:
-            pipe.get(self._idkey(identifier))
-        return [None if v is None else _s(v) for v in await pipe.execute()]
+        """`identifier_owner` of each."""
+        return await self._mget([self._idkey(i) for i in identifiers])
 
     async def claim_identifiers(self, claims: list[tuple[str, str]]) -> list[bool]:
         """`claim_identifier` of each (identifier, customer): True where the identifier was free
-        and is now the customer's; two pipelined trips."""
-        pipe = self._r.pipeline(transaction=False)
-        for identifier, customer_id in claims:
-            pipe.set(self._idkey(identifier), customer_id, nx=True)
-        won = [bool(v) for v in await pipe.execute()]
-        pipe = self._r.pipeline(transaction=False)
+        and is now the customer's."""
+        won = [bool(int(r)) for r in await self._per_slot(self._setnx_many, [
+            (self._idkey(identifier), [1, customer_id]) for identifier, customer_id in claims])]
+        mine: dict[str, list[str]] = {}
         for (identifier, customer_id), ok in zip(claims, won):
             if ok:
-                pipe.sadd(self.keys(customer_id).identifiers, identifier)
-        await pipe.execute()
+                mine.setdefault(customer_id, []).append(identifier)
+        await self._per_slot(self._sadd_many, [(self.keys(c).identifiers, [len(ids), *ids]) for c, ids in mine.items()])
         return won
 
     async def release_identifiers(self, claims: list[tuple[str, str]]) -> None:

@@ -102,7 +102,8 @@ class CustomerBatchResultOut(BaseModel):
     index: int = Field(description="the item's position in `customers`")
     customer_id: str | None
     status: Literal["created", "updated", "rejected"] = Field(
-        description="created: Vicino knew nothing of the customer before; updated: it did")
+        description="created: the recommender held nothing of the customer before (no identifiers, interactions, "
+                    "visits or attributes); updated: it did")
     errors: list[FieldErrorOut] | None = Field(None, description="why the item was rejected")
 
 

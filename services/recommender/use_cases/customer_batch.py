@@ -12,7 +12,6 @@ consent and attributes, changes nothing more.
 from __future__ import annotations
 
 from vicino.services.kernel.clock import Clock
-from vicino.services.kernel.contracts.customer_state import consent_key
 
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.geo_client import GeoClient
@@ -51,7 +50,7 @@ class CustomerBatch:
                 seen.add(judged.customer_id)
                 accepted.append((n, judged))
         ids = [r.customer_id for _, r in accepted]
-        known = await self.customers.known(ids, [consent_key(c) for c in ids])
+        known = await self.customers.known(ids)
         links = await self.identity.link_batch([(r.customer_id, r.identifiers) for _, r in accepted])
         linked: list[tuple[int, CustomerRecord, str, bool]] = []
         for (n, record), link, was_known in zip(accepted, links, known):

@@ -48,6 +48,35 @@ export interface CampaignRules {
   low_stock_threshold?: number;
 }
 
+/** Each item is judged alone: a bad one is rejected with its reasons, the others are recorded. */
+export interface ConsentBatchIn {
+  items: ConsentBatchItemIn[];
+}
+
+export interface ConsentBatchItemIn {
+  customer_id: string;
+  consent: ConsentPurposesIn;
+  /** where the change comes from (e.g. `crm-import`), kept in its audit entry */
+  source?: string | null;
+}
+
+export interface ConsentBatchOut {
+  ok: number;
+  rejected: number;
+  /** one per item, in order */
+  results: ConsentBatchResultOut[];
+}
+
+export interface ConsentBatchResultOut {
+  index: number;
+  customer_id: string | null;
+  status: "ok" | "rejected";
+  /** the consent as recorded (status ok) */
+  consent?: ConsentRecordOut | null;
+  /** why the item was rejected (status rejected) */
+  errors?: FieldErrorOut[] | null;
+}
+
 export interface ConsentChangeOut {
   at: string;
   /** who set it: `admin`, `key:<key_id>` or `device:<device_id>` */
@@ -55,6 +84,8 @@ export interface ConsentChangeOut {
   location: boolean;
   marketing: boolean;
   personalisation: boolean;
+  /** where a batch change came from (e.g. `crm-import`), as its caller named it */
+  source?: string | null;
 }
 
 export interface ConsentIn {
@@ -73,6 +104,20 @@ export interface ConsentOut {
   history?: ConsentChangeOut[];
 }
 
+/** The purposes a batch item sets; one left out keeps its current value (none set: False). */
+export interface ConsentPurposesIn {
+  location?: boolean | null;
+  marketing?: boolean | null;
+  personalisation?: boolean | null;
+}
+
+export interface ConsentRecordOut {
+  location: boolean;
+  marketing: boolean;
+  personalisation: boolean;
+  updated_at: string | null;
+}
+
 export interface ConsentViewOut {
   location: boolean;
   marketing: boolean;
@@ -80,6 +125,29 @@ export interface ConsentViewOut {
   updated_at: string | null;
   /** false: the customer never set consent (everything off) */
   recorded: boolean;
+}
+
+/** Each customer is judged alone: a bad one is rejected with its reasons, the others are kept. */
+export interface CustomerBatchIn {
+  customers: CustomerIn[];
+}
+
+export interface CustomerBatchOut {
+  created: number;
+  updated: number;
+  rejected: number;
+  /** one per item, in order */
+  results: CustomerBatchResultOut[];
+}
+
+export interface CustomerBatchResultOut {
+  /** the item's position in `customers` */
+  index: number;
+  customer_id: string | null;
+  /** created: the recommender held nothing of the customer before (no identifiers, interactions, visits or attributes); updated: it did */
+  status: "created" | "updated" | "rejected";
+  /** why the item was rejected */
+  errors?: FieldErrorOut[] | null;
 }
 
 export interface CustomerErasureOut {
@@ -98,6 +166,22 @@ export interface CustomerHistoryOut {
   next_before: string | null;
 }
 
+export interface CustomerIdentifierIn {
+  /** device, loyalty_card, email, email_sha256, phone, phone_sha256 or cookie (an e-mail address or phone number is kept only as its SHA-256) */
+  kind: string;
+  value: string;
+}
+
+export interface CustomerIn {
+  customer_id: string;
+  identifiers?: CustomerIdentifierIn[];
+  consent?: RecommenderConsentPurposesIn | null;
+  /** BCP 47 language tag ("it-IT", "en"), kept in canonical form */
+  locale?: string | null;
+  /** ISO 3166-1 alpha-2 ("IT") */
+  country?: string | null;
+}
+
 /** One view of a customer across channels (`GET /v1/customers/{customer_id}`). */
 export interface CustomerProfileOut {
   /** the canonical customer (the survivor of any merge) */
@@ -105,6 +189,10 @@ export interface CustomerProfileOut {
   requested_id: string;
   merged_from: string[];
   identifiers: IdentifierOut[];
+  /** BCP 47, canonical ("it-IT"), as a CRM import set it; null if unknown */
+  locale: string | null;
+  /** ISO 3166-1 alpha-2, as a CRM import set it; null if unknown */
+  country: string | null;
   consent: ConsentViewOut;
   devices: DeviceViewOut[];
   history: HistorySummaryOut;
@@ -223,6 +311,11 @@ export interface ExcludedOut {
   reason: string;
 }
 
+export interface FieldErrorOut {
+  field: string;
+  message: string;
+}
+
 export interface FixIn {
   lat: number;
   lon: number;
@@ -248,7 +341,7 @@ export interface HistorySummaryOut {
 }
 
 export interface IdentifierBody {
-  kind: "device" | "loyalty_card" | "email" | "email_sha256" | "cookie";
+  kind: "device" | "loyalty_card" | "email" | "email_sha256" | "phone" | "phone_sha256" | "cookie";
   value: string;
   /** the person proved they hold the identifier (a card scanned at the till, an e-mail confirmed by a link): only then does linking an identifier of another customer merge the two; otherwise 409 */
   verified?: boolean;
@@ -670,6 +763,13 @@ export interface RankingOut {
   offers: RankedOfferOut[];
 }
 
+/** The purposes to set (geo keeps consent); one left out keeps its current value. */
+export interface RecommenderConsentPurposesIn {
+  location?: boolean | null;
+  marketing?: boolean | null;
+  personalisation?: boolean | null;
+}
+
 export interface RegionOut {
   store_id: string;
   /** centre of a circle that encloses the store's whole fence */
@@ -795,6 +895,13 @@ export interface Operations {
     body: never;
     response: AuditEntryOut[];
   };
+  /** set the consent of up to 1,000 customers (a CRM import); each change audited as a single one */
+  "POST /v1/consents:batch": {
+    path: Record<string, never>;
+    query: Record<string, never>;
+    body: ConsentBatchIn;
+    response: ConsentBatchOut;
+  };
   /** profile: identifiers, consent, devices, channel mix, last purchases and visits */
   "GET /v1/customers/{customer_id}": {
     path: { customer_id: string };
@@ -857,6 +964,13 @@ export interface Operations {
     query: { store_id?: string | null; k?: number; channel?: "web" | "app" | "store" | "email" | "call_center" | "social" | "push" };
     body: never;
     response: RankingOut;
+  };
+  /** create or update up to 1,000 customers (a CRM import): identifiers, consent, locale, country; each judged alone */
+  "POST /v1/customers:batch": {
+    path: Record<string, never>;
+    query: Record<string, never>;
+    body: CustomerBatchIn;
+    response: CustomerBatchOut;
   };
   /** a customer's or a device's deliveries, newest first */
   "GET /v1/deliveries": {
