@@ -2,6 +2,26 @@
 // Vicino API (version 1). Regenerate with `npm run generate`.
 /* eslint-disable */
 
+export interface Audience {
+  /** the customer's country is one of these (case-insensitive) */
+  countries?: string[] | null;
+  /** the customer used at least one of these channels */
+  channels?: ("web" | "app" | "store" | "email" | "call_center" | "social" | "push")[] | null;
+  min_purchases?: number | null;
+  max_purchases?: number | null;
+  /** last purchase at most this old */
+  purchased_within_days?: number | null;
+  /** no purchase this recent (lapsed customers) */
+  not_purchased_within_days?: number | null;
+  bought_items?: string[] | null;
+  never_bought_items?: string[] | null;
+  bought_categories?: string[] | null;
+  never_bought_categories?: string[] | null;
+  /** only these customers */
+  include_customer_ids?: string[] | null;
+  exclude_customer_ids?: string[] | null;
+}
+
 export interface AuditEntryOut {
   key_id: string;
   method: string;
@@ -34,6 +54,33 @@ export interface BulkStoresOut {
   warnings: {
     [key: string]: unknown;
   }[];
+}
+
+export interface CampaignListOut {
+  campaigns: CampaignOut[];
+  /** true while no campaign is stored: the default campaign built from the VICINO_* settings decides */
+  default_active: boolean;
+}
+
+/** a campaign as stored; the ETag is its revision */
+export interface CampaignOut {
+  campaign_id: string;
+  revision: number;
+  name: string;
+  status: "draft" | "active" | "paused" | "ended";
+  starts_at: string | null;
+  ends_at: string | null;
+  hours: string | null;
+  timezone: string;
+  priority: number;
+  trigger: Trigger;
+  audience: Audience;
+  offers: OfferPool;
+  limits: Limits;
+  message: Message | null;
+  created_at: string;
+  updated_at: string;
+  spend: SpendOut;
 }
 
 export interface CampaignRules {
@@ -150,6 +197,12 @@ export interface CustomerBatchResultOut {
   errors?: FieldErrorOut[] | null;
 }
 
+export interface CustomerDecisionsOut {
+  customer_id: string;
+  decisions: DecisionOut[];
+  next_before: string | null;
+}
+
 export interface CustomerErasureOut {
   /** the customer and every customer merged into it */
   erased_customers: number;
@@ -209,37 +262,53 @@ export interface DataWindowOut {
   [key: string]: unknown;
 }
 
+export interface DecisionOfferOut {
+  offer_id: string;
+  score: number | null;
+  price: number | null;
+  currency: string | null;
+  rank_reason: string | null;
+  model_version: string | null;
+}
+
+export interface DecisionOut {
+  decision_id: string;
+  visit_id: string;
+  store_id: string;
+  device_id: string;
+  event: EventOut;
+  decided_at: string;
+  outcome: "send" | "suppress";
+  reason: string | null;
+  holdout: boolean;
+  campaign_id: string | null;
+  campaigns: ExplainedCampaignOut[];
+  offer: DecisionOfferOut | null;
+  message: MessageV1 | null;
+  job_id: string | null;
+  /** null: no push, or the gateway has not taken it yet */
+  delivery: DeliveryOut | null;
+}
+
 export interface DeliveriesOut {
   customer_id: string;
-  deliveries: DeliveryOut[];
+  deliveries: PushDeliveryOut[];
 }
 
 export interface DeliveryOut {
   delivery_id: string;
-  job_id: string;
-  customer_id: string;
-  device_id: string;
-  platform: string;
-  store_id: string;
-  offer_id: string;
-  visit_id: string;
-  decision_id: string;
-  /** the campaign that sent it; null: none */
-  campaign_id: string | null;
-  /** a campaign's test send (never counted in the KPIs) */
-  test: boolean;
-  created_at: string;
-  /** not delivered after this instant */
-  expires_at: string;
   status: string;
   reason: string | null;
   provider: string | null;
   attempts: number;
-  /** when a retry is due; null: none was scheduled */
-  next_attempt_at: string | null;
-  confirmed: boolean;
+  created_at: string | null;
   opened_at: string | null;
-  history: StatusChangeOut[];
+  history: DeliveryStepOut[];
+}
+
+export interface DeliveryStepOut {
+  status: string;
+  at: string;
 }
 
 export interface DeviceIn {
@@ -305,10 +374,27 @@ export interface DeviceViewOut {
   location_consent: boolean;
 }
 
+export interface EventOut {
+  event_id: string;
+  type: string;
+  ts: string;
+}
+
 export interface ExcludedOut {
   offer_id: string;
   title: string;
   reason: string;
+}
+
+export interface ExplainedCampaignOut {
+  campaign_id: string;
+  /** the campaign's revision the decision used */
+  revision: number;
+  outcome: "sent" | "held_out" | "suppressed";
+  reason?: "visit_ended" | "no_marketing_consent" | "quiet_hours" | "daily_cap" | "store_cooldown" | "paused" | "outside_schedule" | "outside_hours" | "not_in_audience" | "cap_reached" | "cooldown" | "budget_spent" | "no_eligible_offer" | "outranked" | null;
+  offer_id?: string | null;
+  score?: number | null;
+  name: string | null;
 }
 
 export interface FieldErrorOut {
@@ -580,6 +666,27 @@ export interface KpiReportOut {
   notes?: string[];
 }
 
+export interface Limits {
+  /** the customer's local day */
+  per_customer_per_day?: number | null;
+  /** the last 7 local days */
+  per_customer_per_week?: number | null;
+  per_customer_total?: number | null;
+  /** no second push of this campaign to the customer at the same store within this many seconds */
+  store_cooldown_s?: number;
+  /** budget: pushes sent per day (campaign time zone) */
+  sends_per_day?: number | null;
+  /** budget: pushes sent in total */
+  sends_total?: number | null;
+  /** HH:MM-HH:MM, customer's local time; on top of the global quiet hours */
+  quiet_hours?: string | null;
+  holdout_percent?: number;
+  /** the holdout hash's salt; default the campaign id (a different group per campaign) */
+  holdout_salt?: string | null;
+  /** the push expires this long after the decision */
+  ttl_s?: number;
+}
+
 export interface LocationBatchIn {
   device_id: string;
   fixes: FixIn[];
@@ -597,6 +704,25 @@ export interface LocationResultOut {
   events: VisitEventOut[];
   location_consent: boolean;
   detail?: string | null;
+}
+
+export interface Message {
+  /** BCP 47 locale -> title and body templates */
+  templates: {
+    [key: string]: Template;
+  };
+  default_locale: string;
+  deep_link?: string | null;
+  image_url?: string | null;
+}
+
+/** The rendered push: the campaign's template in the chosen locale, fields filled in. */
+export interface MessageV1 {
+  locale: string;
+  title: string;
+  body: string;
+  deep_link?: string | null;
+  image_url?: string | null;
 }
 
 /** The fields after model_dir are there only while a model serves. */
@@ -705,9 +831,70 @@ export interface OfferPageOut {
   next_after: string | null;
 }
 
+export interface OfferPool {
+  /** the pool; absent: every offer eligible at the store */
+  offer_ids?: string[] | null;
+  /** replenish: the model's ranking; discover: only items the customer has not bought in the last discover_days */
+  mode?: "replenish" | "discover";
+  discover_days?: number;
+}
+
+export interface PreviewOfferOut {
+  offer_id: string;
+  score: number;
+  rank_reason: string;
+  model_version: string | null;
+}
+
+export interface PreviewOut {
+  campaign_id: string;
+  revision: number;
+  status: "draft" | "active" | "paused" | "ended";
+  customer_id: string;
+  store_id: string;
+  event_type: string;
+  at: string;
+  /** the global protection that would stop any push now, if any */
+  global_reason: string | null;
+  would_send: boolean;
+  outcome: "sent" | "held_out" | "suppressed";
+  /** the campaign's reason not to send (also `ended`, `not_triggered_here`) */
+  reason: string | null;
+  offer: PreviewOfferOut | null;
+  message: MessageV1 | null;
+}
+
 export interface PruneOut {
   removed: string[];
   kept: string[];
+}
+
+export interface PushDeliveryOut {
+  delivery_id: string;
+  job_id: string;
+  customer_id: string;
+  device_id: string;
+  platform: string;
+  store_id: string;
+  offer_id: string;
+  visit_id: string;
+  decision_id: string;
+  /** the campaign that sent it; null: none */
+  campaign_id: string | null;
+  /** a campaign's test send (never counted in the KPIs) */
+  test: boolean;
+  created_at: string;
+  /** not delivered after this instant */
+  expires_at: string;
+  status: string;
+  reason: string | null;
+  provider: string | null;
+  attempts: number;
+  /** when a retry is due; null: none was scheduled */
+  next_attempt_at: string | null;
+  confirmed: boolean;
+  opened_at: string | null;
+  history: StatusChangeOut[];
 }
 
 export interface PushTokenIn {
@@ -816,6 +1003,14 @@ export interface RunningOut {
   started_at: string;
 }
 
+export interface SpendOut {
+  /** pushes sent today, in the campaign's time zone */
+  today: number;
+  total: number;
+  per_day_budget: number | null;
+  total_budget: number | null;
+}
+
 export interface StatusChangeOut {
   status: string;
   at: string;
@@ -865,6 +1060,46 @@ export interface StoreOffersOut {
   excluded: ExcludedOut[];
 }
 
+export interface StoreRefOut {
+  store_id: string;
+  name: string | null;
+  brand: string | null;
+}
+
+export interface Template {
+  title: string;
+  body?: string;
+}
+
+export interface TestSendOut {
+  job_id: string;
+  campaign_id: string;
+  device_id: string;
+  store_id: string;
+  offer_id: string;
+  title: string;
+  body: string;
+  test: boolean;
+}
+
+export interface Trigger {
+  /** enter, dwell or both */
+  on?: ("enter" | "dwell")[];
+  /** only these stores */
+  store_ids?: string[] | null;
+  /** only stores of these brands (case-insensitive) */
+  brands?: string[] | null;
+}
+
+export interface VisitDecisionOut {
+  visit_id: string;
+  customer_id: string;
+  device_id: string;
+  store: StoreRefOut;
+  /** oldest first: an enter decided without a push, then the dwell */
+  decisions: DecisionOut[];
+}
+
 export interface VisitEventOut {
   type: "enter" | "dwell" | "exit";
   store_id: string;
@@ -894,6 +1129,128 @@ export interface Operations {
     query: { from?: string | null; to?: string | null; key_id?: string | null; customer_id?: string | null; limit?: number };
     body: never;
     response: AuditEntryOut[];
+  };
+  /** every campaign, with its spend against its budget */
+  "GET /v1/campaigns": {
+    path: Record<string, never>;
+    query: { status?: "draft" | "active" | "paused" | "ended" | null };
+    body: never;
+    response: CampaignListOut;
+  };
+  /** one campaign; its ETag is the revision to send back in If-Match */
+  "GET /v1/campaigns/{campaign_id}": {
+    path: { campaign_id: string };
+    query: Record<string, never>;
+    body: never;
+    response: CampaignOut;
+  };
+  /** create or replace a campaign (If-Match: the ETag you read, when it exists) */
+  "PUT /v1/campaigns/{campaign_id}": {
+    path: { campaign_id: string };
+    query: Record<string, never>;
+    body: {
+      name: string;
+      status?: "draft" | "active" | "paused" | "ended";
+      /** not before (RFC 3339 or epoch s); absent: at once */
+      starts_at?: string | number | null;
+      /** not at or after; absent: until ended */
+      ends_at?: string | number | null;
+      /** OpenStreetMap opening_hours: when in the week it may fire, store's time zone */
+      hours?: string | null;
+      /** IANA zone of the campaign's budget days */
+      timezone?: string;
+      /** higher is tried first */
+      priority?: number;
+      trigger?: {
+        /** enter, dwell or both */
+        on?: ("enter" | "dwell")[];
+        /** only these stores */
+        store_ids?: string[] | null;
+        /** only stores of these brands (case-insensitive) */
+        brands?: string[] | null;
+      };
+      audience?: {
+        /** the customer's country is one of these (case-insensitive) */
+        countries?: string[] | null;
+        /** the customer used at least one of these channels */
+        channels?: ("web" | "app" | "store" | "email" | "call_center" | "social" | "push")[] | null;
+        min_purchases?: number | null;
+        max_purchases?: number | null;
+        /** last purchase at most this old */
+        purchased_within_days?: number | null;
+        /** no purchase this recent (lapsed customers) */
+        not_purchased_within_days?: number | null;
+        bought_items?: string[] | null;
+        never_bought_items?: string[] | null;
+        bought_categories?: string[] | null;
+        never_bought_categories?: string[] | null;
+        /** only these customers */
+        include_customer_ids?: string[] | null;
+        exclude_customer_ids?: string[] | null;
+      };
+      offers?: {
+        /** the pool; absent: every offer eligible at the store */
+        offer_ids?: string[] | null;
+        /** replenish: the model's ranking; discover: only items the customer has not bought in the last discover_days */
+        mode?: "replenish" | "discover";
+        discover_days?: number;
+      };
+      limits?: {
+        /** the customer's local day */
+        per_customer_per_day?: number | null;
+        /** the last 7 local days */
+        per_customer_per_week?: number | null;
+        per_customer_total?: number | null;
+        /** no second push of this campaign to the customer at the same store within this many seconds */
+        store_cooldown_s?: number;
+        /** budget: pushes sent per day (campaign time zone) */
+        sends_per_day?: number | null;
+        /** budget: pushes sent in total */
+        sends_total?: number | null;
+        /** HH:MM-HH:MM, customer's local time; on top of the global quiet hours */
+        quiet_hours?: string | null;
+        holdout_percent?: number;
+        /** the holdout hash's salt; default the campaign id (a different group per campaign) */
+        holdout_salt?: string | null;
+        /** the push expires this long after the decision */
+        ttl_s?: number;
+      };
+      /** absent: the offer's own title and body, verbatim */
+      message?: {
+        /** BCP 47 locale -> title and body templates */
+        templates: {
+          [key: string]: {
+            title: string;
+            body?: string;
+          };
+        };
+        default_locale: string;
+        deep_link?: string | null;
+        image_url?: string | null;
+      } | null;
+    };
+    response: CampaignOut;
+  };
+  /** remove a draft; end any other campaign (kept for its KPIs) */
+  "DELETE /v1/campaigns/{campaign_id}": {
+    path: { campaign_id: string };
+    query: Record<string, never>;
+    body: never;
+    response: CampaignOut;
+  };
+  /** what the campaign would send now to this customer at this store, and why or why not; nothing is recorded or sent */
+  "POST /v1/campaigns/{campaign_id}/preview": {
+    path: { campaign_id: string };
+    query: Record<string, never>;
+    body: never;
+    response: PreviewOut;
+  };
+  /** send the campaign's message to one device, marked as a test (never in the KPIs; caps, hours, audience and holdout do not apply) */
+  "POST /v1/campaigns/{campaign_id}/test-sends": {
+    path: { campaign_id: string };
+    query: Record<string, never>;
+    body: never;
+    response: TestSendOut;
   };
   /** set the consent of up to 1,000 customers (a CRM import); each change audited as a single one */
   "POST /v1/consents:batch": {
@@ -929,6 +1286,13 @@ export interface Operations {
     query: Record<string, never>;
     body: ConsentIn;
     response: ConsentOut;
+  };
+  /** the customer's recent visit decisions, newest first, each explained */
+  "GET /v1/customers/{customer_id}/decisions": {
+    path: { customer_id: string };
+    query: { limit?: number; before?: string | null };
+    body: never;
+    response: CustomerDecisionsOut;
   };
   /** recent interactions (hot history), most recent first, paged with `before` */
   "GET /v1/customers/{customer_id}/history": {
@@ -984,14 +1348,14 @@ export interface Operations {
     path: { delivery_id: string };
     query: Record<string, never>;
     body: never;
-    response: DeliveryOut;
+    response: PushDeliveryOut;
   };
   /** the app reports the push opened (recipient's device token); idempotent */
   "POST /v1/deliveries/{delivery_id}/opened": {
     path: { delivery_id: string };
     query: Record<string, never>;
     body: never;
-    response: DeliveryOut;
+    response: PushDeliveryOut;
   };
   /** register a device (or re-register: rotates its token and push token, and revokes every earlier token at once) */
   "POST /v1/devices": {
@@ -1470,6 +1834,13 @@ export interface Operations {
     query: { channel?: "web" | "app" | "store" | "email" | "call_center" | "social" | "push"; at?: string | null };
     body: never;
     response: StoreOffersOut;
+  };
+  /** why this visit did (or did not) get a push: every campaign's outcome, the offer, the message and the delivery */
+  "GET /v1/visits/{visit_id}/decision": {
+    path: { visit_id: string };
+    query: Record<string, never>;
+    body: never;
+    response: VisitDecisionOut;
   };
 }
 
