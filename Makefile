@@ -55,6 +55,7 @@ bench: $(TSTAMP) ## benchmarks: tables on stdout, JSON under bench/results/
 	$(BIN)/python -m bench.replica_wait
 	$(BIN)/python -m bench.rate_limit
 	$(BIN)/python -m bench.front_door
+	$(BIN)/python -m bench.campaigns
 
 DURATION ?= 60
 

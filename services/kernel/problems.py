@@ -133,3 +133,9 @@ def describe_validation_errors(errors: list[dict]) -> tuple[str, list[dict]]:
     if len(items) > 5:
         head += f"; and {len(items) - 5} more"
     return head, items
+
+
+def invalid_input(error) -> InvalidInput:
+    """The 422 of a pydantic `ValidationError`: a summary, and each invalid field with its message."""
+    detail, items = describe_validation_errors(list(error.errors()))
+    return InvalidInput(detail, errors=items)

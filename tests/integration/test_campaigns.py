@@ -21,7 +21,7 @@ from vicino.services.kernel.contracts.push_jobs import PushJobV1, push_jobs_stre
 from vicino.services.recommender.domain.campaigns import campaign_holdout
 from vicino.services.recommender.adapters.campaign_repository import decode
 from tests.conftest import circle_store
-from tests.integration.test_decisions import decisions, drain, event, jobs, publish, register
+from tests.integration.test_decisions import Offer, Ranking, decisions, drain, event, jobs, publish, register
 from tests.support import assert_problem, redis_dump
 
 ROME = ZoneInfo("Europe/Rome")
@@ -31,26 +31,6 @@ DAY = 86_400
 def at(hour: int, minute: int = 0, day: int = 3) -> float:
     """Wednesday 3 June 2026 (a weekday) in Rome."""
     return datetime(2026, 6, day, hour, minute, tzinfo=ROME).timestamp()
-
-
-@dataclass(frozen=True)
-class Offer:
-    offer_id: str
-    score: float
-    price: float | None
-    currency: str | None
-    title: str
-    body: str
-    reason: str = "model"
-    item_ids: tuple[str, ...] = ()
-    regular_price: float | None = None
-    valid_to: float | None = None
-
-
-@dataclass(frozen=True)
-class Ranking:
-    offers: list[Offer]
-    model_version: str | None
 
 
 CATALOGUE = [Offer("o-mug", 0.9, 8.0, "EUR", "Tazza", "-20%", item_ids=("mug",), regular_price=10.0,
@@ -127,7 +107,12 @@ def test_a_campaigns_life_with_revisions_and_legal_transitions(rec_client, admin
     assert (active["revision"], active["status"]) == (2, "active")
     assert_problem(rec_client.put("/v1/campaigns/c-1", headers={**admin, "If-Match": '"2"'},
                                   json=campaign(status="draft")), 409, "from active to draft")
-    paused = put(rec_client, admin, "c-1", campaign(status="paused"), 200, '"2"')
+    paused = put(rec_client, admin, "c-1", campaign(status="paused"), 200, 'W/"2"')
+    paused = put(rec_client, admin, "c-1", campaign(status="paused"), 200, "*")  # whatever is current
+    assert paused["revision"] == 4
+    assert_problem(rec_client.put("/v1/campaigns/c-9", headers={**admin, "If-Match": "*"}, json=campaign()), 412)
+    assert_problem(rec_client.put("/v1/campaigns/c-1", headers={**admin, "If-Match": "abc"}, json=campaign()), 412,
+                   "not a revision")
     put(rec_client, admin, "c-1", campaign(status="active"), 200, f'"{paused["revision"]}"')
     listed = rec_client.get("/v1/campaigns?status=active", headers=admin).json()
     assert [c["campaign_id"] for c in listed["campaigns"]] == ["c-1"] and listed["default_active"] is False

@@ -50,6 +50,9 @@ class Offer:
     title: str
     body: str
     reason: str = "model"
+    item_ids: tuple[str, ...] = ()
+    regular_price: float | None = None
+    valid_to: float | None = None
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,6 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
-import orjson
-
 from vicino.services.runtime.redis_client import ReplicaWait
 from vicino.services.kernel.contracts.decisions import DecisionV1, decisions_stream_key
 from vicino.services.kernel.contracts.interactions import customer_shard, customer_shard_tag

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from vicino.services.kernel.contracts.decisions import CampaignOutcomeV1, MessageV1
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
-from vicino.services.kernel.problems import InvalidInput, describe_validation_errors
+from vicino.services.kernel.problems import InvalidInput, invalid_input
 from vicino.services.kernel.times import InstantOut, rfc3339
 from vicino.services.runtime.api_keys import role_dependency
 from vicino.services.runtime.http_edge import INSTANT_PARAM, JsonBody, instant_param
@@ -25,8 +25,8 @@ from ..adapters.push_jobs import PushJobQueue
 from ..domain.campaigns import Audience, CampaignIn, Limits, Message, OfferPool, Status, Trigger
 from ..domain.messages import canonical_locale
 from ..use_cases.campaigns import to_public
-from ..use_cases.catalog import PreconditionFailed
 from .deps import CatalogReaderDep, ContainerDep, OperatorDep, caller
+from .revisions import if_match_revision
 from .schemas import BODY_PROBLEMS, PROBLEMS, problem
 
 router = APIRouter(prefix="/v1", responses=PROBLEMS)
@@ -59,16 +59,8 @@ def _json(body, status: int = 200, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-def _revision(if_match: str | None) -> int | None:
-    if if_match is None:
-        return None
-    tag = if_match.strip()
-    if tag.startswith("W/"):
-        tag = tag[2:]
-    tag = tag.strip('"')
-    if not tag.isdigit():
-        raise PreconditionFailed(f"If-Match {if_match!r} is not a revision of the campaign (send the ETag of a GET)")
-    return int(tag)
+def _revision(if_match: str | None) -> int | str | None:
+    return if_match_revision(if_match, "the campaign")
 
 
 # --- documented shapes ---------------------------------------------------------------------------
@@ -341,5 +333,4 @@ def _model(model: type[BaseModel], body):
     try:
         return model.model_validate(body)
     except ValidationError as e:
-        detail, items = describe_validation_errors(list(e.errors()))
-        raise InvalidInput(detail, errors=items) from None
+        raise invalid_input(e) from None

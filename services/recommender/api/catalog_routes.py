@@ -22,8 +22,9 @@ from vicino.services.kernel.times import INSTANT_OUT_SCHEMA, InstantOut, rfc3339
 
 from ..domain.campaign_rules import CampaignRules
 from ..domain.offers import Offer
-from ..use_cases.catalog import MAX_BULK_OFFERS, PreconditionFailed, RulesDocument
+from ..use_cases.catalog import MAX_BULK_OFFERS, RulesDocument
 from .deps import CatalogReaderDep, ContainerDep, OfferReaderDep, OperatorDep
+from .revisions import ANY, if_match_revision
 from .schemas import BODY_PROBLEMS, PROBLEMS, problem
 
 router = APIRouter(prefix="/v1", responses=PROBLEMS)
@@ -205,15 +206,8 @@ def _rules_out(doc: RulesDocument) -> Response:
 
 
 def _expected_revision(if_match: str | None) -> int | None:
-    if if_match is None or if_match.strip() == "*":
-        return None
-    tag = if_match.strip()
-    if tag.startswith("W/"):
-        tag = tag[2:]
-    tag = tag.strip('"')
-    if not tag.isdigit():
-        raise PreconditionFailed(f"If-Match {if_match!r} is not a revision of the rules (send the ETag of a GET)")
-    return int(tag)
+    revision = if_match_revision(if_match, "the rules")
+    return None if revision == ANY else revision
 
 
 @router.get("/rules", tags=["rules"], response_model=RulesOut, summary="the campaign switches, with their revision")

@@ -49,12 +49,12 @@ from opening_hours import OpeningHours
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints,
                       field_validator, model_validator)
 
-from vicino.services.kernel.contracts.interactions import CHANNELS, Channel
+from vicino.services.kernel.contracts.interactions import Channel
 from vicino.services.kernel.ids import CLIENT_ID_PATTERN
 from vicino.services.kernel.times import InstantIn
 
 from . import messages
-from .decision_policy import QuietHours, in_holdout, local_day_start, local_minute_of_day
+from .decision_policy import QuietHours, in_holdout, local_day_start, local_minute_of_day, zone
 
 Status = Literal["draft", "active", "paused", "ended"]
 EventType = Literal["enter", "dwell"]
@@ -140,6 +140,11 @@ class Audience(_Strict):
     never_bought_categories: Names | None = None
     include_customer_ids: Ids | None = Field(None, description="only these customers")
     exclude_customer_ids: Ids | None = None
+
+    @property
+    def everyone(self) -> bool:
+        """No filter given: nothing about the customer needs to be read."""
+        return all(getattr(self, f) is None for f in type(self).model_fields)
 
     @model_validator(mode="after")
     def _bands(self) -> "Audience":
@@ -405,15 +410,7 @@ class VisitContext:
 
 
 def budget_day(now: float, timezone: str) -> str:
-    return datetime.fromtimestamp(now, _zone(timezone)).strftime("%Y-%m-%d")
-
-
-@lru_cache(maxsize=256)
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("Europe/Rome")
+    return datetime.fromtimestamp(now, zone(timezone)).strftime("%Y-%m-%d")
 
 
 @lru_cache(maxsize=1024)
@@ -453,7 +450,7 @@ def precheck(c: Campaign, ctx: VisitContext, facts: CustomerFacts, counters: Cam
         return "outside_schedule"
     if s.hours is not None:
         try:
-            local = datetime.fromtimestamp(ctx.now, _zone(ctx.store_timezone)).replace(tzinfo=None)
+            local = datetime.fromtimestamp(ctx.now, zone(ctx.store_timezone)).replace(tzinfo=None)
             if not _hours(s.hours).is_open(local):
                 return "outside_hours"
         except (ValueError, OverflowError, OSError):
@@ -488,7 +485,7 @@ def precheck(c: Campaign, ctx: VisitContext, facts: CustomerFacts, counters: Cam
 
 def week_start_at(now: float, timezone: str) -> float:
     """The start of the customer's local day six days ago: 'this week' is the last 7 local days."""
-    day = datetime.fromtimestamp(local_day_start(now, timezone), _zone(timezone))
+    day = datetime.fromtimestamp(local_day_start(now, timezone), zone(timezone))
     return (day - timedelta(days=6)).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 

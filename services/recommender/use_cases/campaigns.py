@@ -20,12 +20,12 @@ import orjson
 from pydantic import ValidationError
 
 from vicino.services.kernel.clock import Clock
-from vicino.services.kernel.problems import Conflict, InvalidInput, NotFound, Problem, describe_validation_errors
+from vicino.services.kernel.problems import Conflict, InvalidInput, NotFound, Problem, invalid_input
 from vicino.services.kernel.times import rfc3339
 
 from ..adapters.campaign_repository import CampaignRepository, Spend
 from ..adapters.catalog_repository import CatalogRepository
-from ..domain.campaigns import Campaign, CampaignIn, budget_day, default_campaign, transition_error
+from ..domain.campaigns import Campaign, CampaignIn, budget_day, transition_error
 from .catalog import PreconditionFailed
 
 
@@ -77,17 +77,21 @@ class CampaignBook:
         return await self.repo.spend([c.campaign_id for c in campaigns],
                                      {c.campaign_id: budget_day(now, c.spec.timezone) for c in campaigns})
 
-    async def put(self, campaign_id: str, body: Any, if_match: int | None) -> tuple[Campaign, bool]:
-        """(the campaign as stored, whether it was created)."""
+    async def put(self, campaign_id: str, body: Any, if_match: int | str | None) -> tuple[Campaign, bool]:
+        """(the campaign as stored, whether it was created). `if_match`: a revision, "*" (any
+        current one) or None (creating only)."""
         if not isinstance(body, dict):
             raise InvalidInput("expected the campaign as a JSON object")
         try:
             spec = CampaignIn.model_validate(body)
         except ValidationError as e:
-            detail, items = describe_validation_errors(list(e.errors()))
-            raise InvalidInput(detail, errors=items) from None
+            raise invalid_input(e) from None
         await self._check_references(spec)
         current = await self.repo.get(campaign_id)
+        if if_match == "*":
+            if current is None:
+                raise PreconditionFailed(f"campaign {campaign_id!r} does not exist (If-Match: * needs one)")
+            if_match = current.revision
         if current is None and if_match not in (None, 0):
             raise PreconditionFailed(f"campaign {campaign_id!r} does not exist, so it has no revision {if_match}")
         if current is not None:
@@ -109,10 +113,10 @@ class CampaignBook:
             raise PreconditionFailed(f"campaign {campaign_id!r} changed while it was being written; GET it again")
         return Campaign(campaign_id, revision, spec, created_at, now), current is None
 
-    async def delete(self, campaign_id: str, if_match: int | None) -> Campaign | None:
+    async def delete(self, campaign_id: str, if_match: int | str | None) -> Campaign | None:
         """A draft is removed (None); any other campaign is ended (the ended campaign)."""
         current = await self.get(campaign_id)
-        if if_match is not None and if_match != current.revision:
+        if if_match not in (None, "*") and if_match != current.revision:
             raise PreconditionFailed(f"campaign {campaign_id!r} is at revision {current.revision}, not {if_match}",
                                      headers={"ETag": f'"{current.revision}"'})
         now = self.clock.now()

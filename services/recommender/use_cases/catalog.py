@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from vicino.services.kernel.clock import Clock
 from vicino.services.kernel.problems import (Conflict, InvalidInput, NotFound, PayloadTooLarge, Problem,
-                                      describe_validation_errors)
+                                      describe_validation_errors, invalid_input)
 
 from ..adapters.catalog_repository import CatalogRepository, StoredRules
 from ..domain.campaign_rules import CampaignRules
@@ -222,8 +222,7 @@ class Catalog:
         try:
             rules = CampaignRules.model_validate(body)
         except ValidationError as e:
-            detail, items = describe_validation_errors(list(e.errors()))
-            raise InvalidInput(detail, errors=items) from None
+            raise invalid_input(e) from None
         now = self.clock.now()
         written, revision = await self.repo.put_rules(rules.model_dump_json().encode(), expected_revision, now)
         if not written:

@@ -40,7 +40,6 @@ from vicino.services.kernel.problems import Conflict, NotFound
 
 from vicino.services.kernel.contracts.decisions import CampaignOutcomeV1, MessageV1
 
-from ..adapters.catalog_repository import CatalogRepository
 from ..adapters.customer_repository import CustomerRepository
 from ..adapters.decision_repository import Counters, DecisionRepository
 from ..adapters.published_state import PublishedCustomerState
@@ -217,7 +216,7 @@ class VisitDecisions:
     async def _facts(self, customer: str, hits: list[Campaign]) -> tuple[CustomerFacts, dict, list[dict] | None]:
         """What the audiences and discover pools look at, read only when one of them needs it;
         the CRM attributes (locale, country) are read whenever a campaign has a message."""
-        needs_history = any(c.spec.audience.model_fields_set or c.spec.offers.mode == "discover" for c in hits)
+        needs_history = any(not c.spec.audience.everyone or c.spec.offers.mode == "discover" for c in hits)
         needs_attributes = needs_history or any(c.spec.message is not None for c in hits)
         attributes = await self.customers.attributes(customer) if needs_attributes else {}
         if not needs_history:
