@@ -8,6 +8,8 @@ Keys (hash tags keep each multi-key script in one Cluster slot):
   when the seq moves; a write, its seq bump and its change entry are one script
   (vicino.services.runtime.change_logged_hash, as for geo's stores).
 - `vicino:{inv:<store_id>}:stock`  hash: item_id -> units held (a non-negative integer).
+- `vicino:{inv:<store_id>}:stock_version`  counter: bumped by every write of that stock, in the
+  same script, so a reader that keeps a store's stock re-reads it only when it moved.
 - `vicino:{rules}:campaign`  hash: revision (integer, 0 = never written), rules (JSON of
   domain.campaign_rules.CampaignRules), updated_at (epoch seconds).
 
@@ -34,8 +36,13 @@ def stock_key(store_id: str) -> str:
     return f"vicino:{{inv:{store_id}}}:stock"
 
 
+def stock_version_key(store_id: str) -> str:
+    return f"vicino:{{inv:{store_id}}}:stock_version"
+
+
 # Full replace: the old stock and the new never mix, whatever reads in between.
 _REPLACE_STOCK = memory_guarded("""
+redis.call('INCR', KEYS[2])
 redis.call('DEL', KEYS[1])
 for i = 1, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
@@ -57,6 +64,7 @@ for i = 1, #ARGV, 2 do
   end
 end
 if #refused > 1 then return refused end
+redis.call('INCR', KEYS[2])
 local out = {1}
 for i = 1, #ARGV, 2 do
   out[#out + 1] = ARGV[i]
@@ -140,6 +148,9 @@ class CatalogRepository:
         raw = await self._r.hgetall(stock_key(store_id))
         return {_text(k): int(v) for k, v in raw.items()}
 
+    async def stock_version(self, store_id: str) -> int:
+        return int(await self._r.get(stock_version_key(store_id)) or 0)
+
     async def stock_of(self, store_id: str, item_ids: list[str]) -> dict[str, int]:
         """Only the given items (those the offers name), not a store's whole assortment."""
         out: dict[str, int] = {}
@@ -153,13 +164,13 @@ class CatalogRepository:
         args: list = []
         for item, qty in quantities.items():
             args += [item, qty]
-        await self._replace_stock(keys=[stock_key(store_id)], args=args)
+        await self._replace_stock(keys=[stock_key(store_id), stock_version_key(store_id)], args=args)
 
     async def patch_stock(self, store_id: str, deltas: dict[str, int]) -> PatchOutcome:
         args: list = []
         for item, delta in deltas.items():
             args += [item, delta]
-        out = await self._patch_stock(keys=[stock_key(store_id)], args=args)
+        out = await self._patch_stock(keys=[stock_key(store_id), stock_version_key(store_id)], args=args)
         triples = out[1:]
         if int(out[0]) == 1:
             return PatchOutcome(True, {_text(triples[i]): int(triples[i + 1]) for i in range(0, len(triples), 2)}, [])

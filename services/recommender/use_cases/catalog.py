@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,9 @@ from ..domain.eligibility import Situation, StoreView, Verdicts, sort_out
 from ..domain.offers import READ_ONLY_FIELDS, Offer
 
 MAX_BULK_OFFERS = 10_000
+
+
+STOCKS_KEPT = 4096  # stores whose stock a replica keeps between requests
 
 
 class PreconditionFailed(Problem):
@@ -88,6 +92,8 @@ class Catalog:
         self.clock = clock
         self._snapshot = _Snapshot(-1, {}, [], [])
         self._items: tuple[list[Offer], list[str]] | None = None
+        # store -> (stock version, the catalogue it was read for, the stock of its items)
+        self._stock: OrderedDict[str, tuple[int, list[Offer], dict[str, int]]] = OrderedDict()
 
     # offers ----------------------------------------------------------------------------------------
 
@@ -234,17 +240,28 @@ class Catalog:
     # eligibility at a store ------------------------------------------------------------------------
 
     async def situation(self, store_id: str | None, channel: str, now: float,
-                        offers: list[Offer]) -> tuple[Situation, int]:
+                        offers: list[Offer]) -> tuple[Situation, int, int]:
         """Where, what the store holds of these offers' items, the rules: what eligibility needs
-        (and the rules' revision). No store: only the time and channel checks will apply."""
+        (and the rules' revision and the stock's version). No store: only the time and channel
+        checks will apply. A store's stock is kept between calls and read again only when its
+        version (bumped by every stock write) or the catalogue moved."""
         doc = await self.rules()
         if store_id is None:
-            return Situation(None, {}, doc.rules, channel, now), doc.revision
+            return Situation(None, {}, doc.rules, channel, now), doc.revision, 0
         feature = await self.repo.store_feature(store_id)
         if feature is None:
             raise NotFound(f"store {store_id!r} does not exist (stores are managed by the geo service)")
-        stock = await self.repo.stock_of(store_id, self._items_of(offers))
-        return Situation(StoreView.from_feature(feature), stock, doc.rules, channel, now), doc.revision
+        version = await self.repo.stock_version(store_id)
+        kept = self._stock.get(store_id)
+        if kept is not None and kept[0] == version and kept[1] is offers:
+            self._stock.move_to_end(store_id)
+            stock = kept[2]
+        else:
+            stock = await self.repo.stock_of(store_id, self._items_of(offers))
+            self._stock[store_id] = (version, offers, stock)
+            if len(self._stock) > STOCKS_KEPT:
+                self._stock.popitem(last=False)
+        return Situation(StoreView.from_feature(feature), stock, doc.rules, channel, now), doc.revision, version
 
     def _items_of(self, offers: list[Offer]) -> list[str]:
         """Every item of these offers, sorted; kept for the catalogue's shared list (the same
@@ -256,6 +273,6 @@ class Catalog:
     async def offers_at_store(self, store_id: str, channel: str, at: float | None) -> StoreOffers:
         offers = await self.offers()
         now = self.clock.now() if at is None else at
-        situation, revision = await self.situation(store_id, channel, now, offers)
+        situation, revision, _ = await self.situation(store_id, channel, now, offers)
         verdicts = sort_out(offers, situation)
         return StoreOffers(situation.store, channel, now, revision, verdicts)

@@ -63,8 +63,8 @@ class OfferRanker:
         the customer's hot history when the caller has just read it (else it is read here)."""
         now = self.clock.now() if now is None else now
         seq, offers = await self.catalog.versioned_offers()
-        situation, rules_revision = await self.catalog.situation(store_id, channel, now, offers)
-        verdicts = self._store_verdicts(seq, offers, situation, rules_revision).copy()
+        situation, rules_revision, stock_version = await self.catalog.situation(store_id, channel, now, offers)
+        verdicts = self._store_verdicts(seq, offers, situation, rules_revision, stock_version).copy()
         redeemed = await self.customers.redeemed(customer)
         if redeemed:
             for n, o in enumerate(offers):
@@ -78,13 +78,13 @@ class OfferRanker:
             ranked = popular_prepared(offers, *self._popular_order(seq, offers, model), verdicts, k)
         return Ranking(customer, store_id, channel, ranked, model.version if model is not None else None, now)
 
-    def _store_verdicts(self, seq: int, offers: list[Offer], s: Situation, rules_revision: int) -> np.ndarray:
+    def _store_verdicts(self, seq: int, offers: list[Offer], s: Situation, rules_revision: int,
+                        stock_version: int) -> np.ndarray:
         """The store checks' verdict per offer, computed once per store, channel, catalogue, rules
         revision and stock, and reused until the next instant at which one could change (an
         offer's validity starting or ending, or the next minute while closed stores are
         suppressed: opening hours change on the minute)."""
-        key = (s.store.store_id if s.store else None, s.channel, seq, id(offers), rules_revision,
-               hash(frozenset(s.stock.items())))
+        key = (s.store.store_id if s.store else None, s.channel, seq, id(offers), rules_revision, stock_version)
         hit = self._masks.get(key)
         if hit is not None and hit[0] <= s.now < hit[1]:
             self._masks.move_to_end(key)
