@@ -1,6 +1,6 @@
 """The `vicino` command: run the stack, serve one service, manage stores, offers, history, jobs,
 train the model. The root: builds the typer app from the groups, one module each
-(up, serve, stores, offers, customers, history, train, jobs, keys, models); their shared guards and exits are in
+(up, serve, stores, offers, customers, history, train, jobs, keys, campaigns, models); their shared guards and exits are in
 guards.py, the progress bar in progress.py, the jobs of every service in job_catalog.py. No
 module of this package imports this one back."""
 from __future__ import annotations
@@ -10,6 +10,7 @@ import typer
 from vicino.services.cli.customers import customers_app
 from vicino.services.cli.history import history_app
 from vicino.services.cli.jobs import jobs_app
+from vicino.services.cli.campaigns import campaigns_app
 from vicino.services.cli.keys import keys_app
 from vicino.services.cli.models import models_app
 from vicino.services.cli.offers import offers_app
@@ -54,6 +55,7 @@ app.add_typer(customers_app, name="customers", help="Customers from a CRM: impor
 app.add_typer(history_app, name="history", help="Customers' interaction history: import, export, erasure.")
 app.command("train")(train_command)
 app.add_typer(keys_app, name="keys", help="API keys with roles: create, list, revoke.")
+app.add_typer(campaigns_app, name="campaigns", help="Campaigns: list, show, apply, pause, resume, end, preview, why.")
 app.add_typer(jobs_app, name="jobs", help="The periodic jobs: list them, run one now.")
 app.add_typer(models_app, name="models", help="Model versions: list, roll back, prune.")
 

@@ -450,3 +450,52 @@ def test_a_campaign_edited_while_a_decision_runs_is_seen_whole(rec_client, admin
     worker.join(20)
     [d] = decisions(redis_sync)
     assert (d.campaigns[0].revision, d.message.title) == (1, "Tazza da Coop Centro")
+
+
+# --- the command line, against a served recommender ------------------------------------------------
+
+def test_the_campaigns_commands_against_a_served_recommender(redis_url, geo_url, geo_http, tmp_path, admin):
+    import json
+    import subprocess
+    import sys
+
+    from testbed.processes import ROOT, served_service
+    from tests.conftest import ADMIN_TOKEN
+
+    assert geo_http.put("/v1/stores/s-1", json=circle_store("s-1", 45.46, 9.19, name="Coop Centro",
+                                                            brand="Coop")).status_code in (200, 201)
+    register(geo_http, "ph-1", "cu-1")
+
+    with served_service("recommender", redis_url, tmp_path, env={"VICINO_GEO_URL": geo_url,
+                                                                 "VICINO_HISTORY_DIR": str(tmp_path / "h")}) as url:
+        def vicino(*args: str, code: int = 0) -> str:
+            run = subprocess.run([sys.executable, "-m", "vicino.services.cli", "campaigns", *args, "--url", url,
+                                  "--token", ADMIN_TOKEN], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert run.returncode == code, run.stdout + run.stderr
+            return run.stdout + run.stderr
+
+        assert "default campaign built from the VICINO_* settings decides" in vicino("list")
+        spec = tmp_path / "caffe.json"
+        spec.write_text(json.dumps(campaign(status="draft", message=ITALIAN,
+                                            limits={"holdout_percent": 0, "sends_total": 100})))
+        assert "caffe: revision 1, draft" in vicino("apply", str(spec))
+        assert "caffe: revision 2, draft" in vicino("apply", str(spec))  # re-applied with the ETag it read
+        assert "caffe: active (revision 3)" in vicino("resume", "caffe")
+        assert "caffe: paused (revision 4)" in vicino("pause", "caffe")
+        listed = vicino("list", "--status", "paused")
+        assert "caffe" in listed and "0/100" in listed
+        shown = json.loads(vicino("show", "caffe"))
+        assert (shown["revision"], shown["message"]["default_locale"]) == (4, "it")
+        out = vicino("preview", "caffe", "cu-1", "s-1", "--locale", "en")
+        assert "caffe (revision 4, paused) for cu-1 at s-1" in out
+        assert "cannot go from paused to draft" in vicino("apply", str(spec), code=1)  # the file says draft
+        spec.write_text(json.dumps(campaign(status="ended")))
+        assert "caffe: revision 5, ended" in vicino("apply", str(spec))
+        assert "409" in vicino("resume", "caffe", code=1)  # ended is final
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(campaign(message={"templates": {"it": {"title": "{prize}"}},
+                                                    "default_locale": "it"})))
+        assert "422" in vicino("apply", str(bad), code=1) and "prize" in vicino("apply", str(bad), code=1)
+        bad.write_text("[1, 2]")
+        assert "one JSON object" in vicino("apply", str(bad), code=2)
+        assert "404" in vicino("why", "v-none", code=1)
