@@ -456,11 +456,12 @@ def test_a_campaign_edited_while_a_decision_runs_is_seen_whole(rec_client, admin
 
 def test_the_campaigns_commands_against_a_served_recommender(redis_url, geo_url, geo_http, tmp_path, admin):
     import json
-    import subprocess
-    import sys
 
-    from testbed.processes import ROOT, served_service
+    from typer.testing import CliRunner
+
+    from testbed.processes import served_service
     from tests.conftest import ADMIN_TOKEN
+    from vicino.services.cli import app as cli
 
     assert geo_http.put("/v1/stores/s-1", json=circle_store("s-1", 45.46, 9.19, name="Coop Centro",
                                                             brand="Coop")).status_code in (200, 201)
@@ -468,11 +469,12 @@ def test_the_campaigns_commands_against_a_served_recommender(redis_url, geo_url,
 
     with served_service("recommender", redis_url, tmp_path, env={"VICINO_GEO_URL": geo_url,
                                                                  "VICINO_HISTORY_DIR": str(tmp_path / "h")}) as url:
+        runner = CliRunner()
+
         def vicino(*args: str, code: int = 0) -> str:
-            run = subprocess.run([sys.executable, "-m", "vicino.services.cli", "campaigns", *args, "--url", url,
-                                  "--token", ADMIN_TOKEN], cwd=ROOT, capture_output=True, text=True, timeout=60)
-            assert run.returncode == code, run.stdout + run.stderr
-            return run.stdout + run.stderr
+            run = runner.invoke(cli, ["campaigns", *args, "--url", url, "--token", ADMIN_TOKEN])
+            assert run.exit_code == code, run.output
+            return run.output
 
         assert "default campaign built from the VICINO_* settings decides" in vicino("list")
         spec = tmp_path / "caffe.json"
