@@ -63,36 +63,39 @@ class Kpis:
             out[offer.offer_id] = frozenset(offer.item_ids)
         return out
 
-    async def report(self, q: KpiQuery, *, check_filters: bool = True) -> dict:
+    async def report(self, q: KpiQuery, *, check_filters: bool = True, sources=None) -> dict:
+        """`sources`: what to read from (default the service's; the roll-up passes a copy that
+        reads the log once for all its days)."""
+        src = sources or self.sources
         now = self.clock.now()
         after = q.end + (q.end - q.start)  # the end of the next period of the same length (retention)
         next_ended = now >= after
         # once the next period has ended, its decisions are read too: a store visit is activity
-        decisions = await self.sources.decisions(q.start, after if next_ended else q.end)
+        decisions = await src.decisions(q.start, after if next_ended else q.end)
         offer_items = await self._offer_items()
         if check_filters:
             await self._check_filters(q, decisions, offer_items)
         # receipts of a decision follow it by at most the push's lifetime; conversions by the
         # window, and a repurchase by one more window after a conversion
-        receipts = await self.sources.receipts(q.start, q.end + self.push_ttl_s)
-        survivors = await self.sources.survivors(d.customer_id for d in decisions)
+        receipts = await src.receipts(q.start, q.end + self.push_ttl_s)
+        survivors = await src.survivors(d.customer_id for d in decisions)
         lo, hi = q.start, q.end + 2 * q.window_s
         care_hi = q.end + REPLY_HORIZON_S
-        log_merges = await asyncio.to_thread(self.sources.logged_merges)
+        log_merges = await asyncio.to_thread(src.logged_merges)
         for merged, into in log_merges.items():
             if into in survivors:
                 survivors.setdefault(merged, survivors[into])
         canonical = _canonical(survivors, log_merges)
         wanted = set(survivors)
-        events = await asyncio.to_thread(self.sources.logged_events, lo, hi, wanted)
-        events += await asyncio.to_thread(self.sources.logged_care_events, q.start, care_hi)
-        tail = await self.sources.unexported(q.start)
+        events = await asyncio.to_thread(src.logged_events, lo, hi, wanted)
+        events += await asyncio.to_thread(src.logged_care_events, q.start, care_hi)
+        tail = await src.unexported(q.start)
         events += [e for e in tail if (e.type in CONVERSION_TYPES and e.customer_id in wanted and e.ts < hi)
                    or (e.type in CARE_TYPES and e.ts < care_hi)]
         activity = None
         if next_ended:
-            active = await asyncio.to_thread(self.sources.logged_active_customers, q.start, q.end)
-            again = await asyncio.to_thread(self.sources.logged_active_customers, q.end, after)
+            active = await asyncio.to_thread(src.logged_active_customers, q.start, q.end)
+            again = await asyncio.to_thread(src.logged_active_customers, q.end, after)
             active.update(e.customer_id for e in tail if e.ts < q.end)
             again.update(e.customer_id for e in tail if q.end <= e.ts < after)
             activity = ({canonical(c) for c in active}, {canonical(c) for c in again})
@@ -146,11 +149,13 @@ class Kpis:
         now = self.clock.now()
         done = await self.sources.rolled_days()
         todo = [d for d in self.final_days(now) if d not in done][-MAX_ROLLUPS_PER_RUN:]
+        shared = _SharedLogReads(self.sources)  # consecutive days read overlapping spans of the log
         for i, day in enumerate(todo):
             if progress:
                 progress("days", i, len(todo))
             start = _day_start(day)
-            report = await self.report(KpiQuery(start, start + DAY_S, self.window_s), check_filters=False)
+            report = await self.report(KpiQuery(start, start + DAY_S, self.window_s), check_filters=False,
+                                       sources=shared)
             report.pop("notes", None)
             await self.sources.save_day(day, {"date": day, "report": report, "rolled_at": now})
         if progress:
@@ -159,6 +164,46 @@ class Kpis:
 
     async def daily(self, first: str, last: str) -> list[dict]:
         return await self.sources.days(first, last)
+
+
+class _SharedLogReads:
+    """The KPI sources for a roll-up run: the Parquet log's care events and merges are read once
+    (the widest span asked for, then cut per day), who was active in a span once per span (a
+    day's "next period" is the next day's period), the interaction streams' tail once; the rest
+    is the sources' own."""
+
+    def __init__(self, sources) -> None:
+        self._sources = sources
+        self._care: tuple[float, float, list] | None = None
+        self._active: dict[tuple[float, float], set[str]] = {}
+        self._merges: dict[str, str] | None = None
+        self._tail: tuple[float, list] | None = None
+
+    def __getattr__(self, name):
+        return getattr(self._sources, name)
+
+    def logged_care_events(self, lo: float, hi: float) -> list:
+        if self._care is None or lo < self._care[0] or hi > self._care[1]:
+            # read a month ahead at once: the next days ask for spans inside it
+            lo_all, hi_all = lo, hi + 31 * DAY_S
+            self._care = (lo_all, hi_all, self._sources.logged_care_events(lo_all, hi_all))
+        return [e for e in self._care[2] if lo <= e.ts < hi]
+
+    def logged_active_customers(self, lo: float, hi: float) -> set[str]:
+        key = (lo, hi)
+        if key not in self._active:
+            self._active[key] = self._sources.logged_active_customers(lo, hi)
+        return set(self._active[key])
+
+    def logged_merges(self) -> dict[str, str]:
+        if self._merges is None:
+            self._merges = self._sources.logged_merges()
+        return dict(self._merges)
+
+    async def unexported(self, lo: float) -> list:
+        if self._tail is None or lo < self._tail[0]:
+            self._tail = (lo, await self._sources.unexported(lo))
+        return [e for e in self._tail[1] if e.ts >= lo]
 
 
 def _canonical(survivors: dict[str, str], log_merges: dict[str, str]):
