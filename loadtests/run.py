@@ -18,11 +18,9 @@ import csv
 import json
 import math
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -78,24 +76,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def port_block(n: int = 6) -> int:
-    """A base port such that base..base+n-1 are free on 127.0.0.1 (the stack's consecutive ports)."""
-    rng = random.Random()
-    for _ in range(500):
-        base = rng.randrange(20000, 60000 - n)
-        socks = []
-        try:
-            for i in range(n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no block of free loopback ports")
 
 
 def wait_http(url: str, proc: subprocess.Popen | None, timeout_s: float, what: str) -> None:
@@ -345,6 +325,8 @@ class Run:
             self.pids.update(self.failover.pids())
             # a decision and a push's sending mark wait for a replica: the failover loses no push
             os.environ["VICINO_REDIS_WAIT_REPLICAS"] = "1"
+        from testbed.processes import port_block  # (ROOT is on sys.path by now: see main)
+
         settings = LauncherSettings(host="127.0.0.1", port=port_block(len(SERVICES)), data_dir=data_dir, demo=True,
                                     redis_url=redis_url, admin_token=secrets.token_urlsafe(24),
                                     token_secret=secrets.token_urlsafe(32), demo_radius_m=80.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -22,6 +23,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_block(n: int = 6) -> int:
+    """A base port such that base..base+n-1 are free on 127.0.0.1 (a stack's consecutive ports),
+    below Linux's ephemeral range (32768-60999), where an outgoing connection of any process may
+    take one of them between this check and the stack's bind."""
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(20000, 32700 - n)
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no block of free loopback ports")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from vicino.services.runtime.api_keys import AUDIT, KEYS
-from testbed.processes import ROOT, free_port, port_open, served_service, stop_process, wait_until  # noqa: F401
+from testbed.processes import ROOT, free_port, port_block, port_open, served_service, stop_process, wait_until  # noqa: F401
 from vicino.services.kernel.contracts.geofence_events import GeofenceEventV1, device_shard, events_stream_key
 from vicino.services.kernel.problems import REFUSAL_CODES
 

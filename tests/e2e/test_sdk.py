@@ -27,7 +27,7 @@ import redis as redis_lib
 from vicino.services.kernel.auth import DeviceClaims, TokenSigner
 from vicino.services.launcher.embedded_redis import EmbeddedRedis
 from vicino.services.launcher.stack_file import read_stack_file
-from tests.support import ROOT, free_port, port_open, wait_until
+from tests.support import ROOT, port_block, port_open, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +60,7 @@ class Stack:
     """One `vicino up` (its own process group): the front door on VICINO_PORT, its stack file."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.port = free_port()
+        self.port = port_block(6)  # the front door and the five services behind it
         self.data_dir = tmp_path / "vicino-data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("VICINO_")}
         env.update(STACK_ENV, VICINO_PORT=str(self.port), VICINO_DATA_DIR=str(self.data_dir))

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import assert_problem, free_port, port_open, wait_until
+from tests.support import assert_problem, port_block, port_open, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +42,7 @@ class Up:
     """One `vicino up` process, its stdout collected by a reader thread."""
 
     def __init__(self, tmp_path: Path, demo: bool, env_extra: dict | None = None) -> None:
-        self.port = free_port()
+        self.port = port_block(6)  # the front door and the five services behind it
         self.cwd = tmp_path / "cwd"
         self.cwd.mkdir(exist_ok=True)
         self.data_dir = self.cwd / "var"  # the default data dir, seen from the user's directory
