@@ -41,7 +41,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -107,22 +107,18 @@ class Trigger(_Strict):
     def matches(self, event_type: str, store_id: str, brand: str) -> bool:
         if event_type not in self.on:
             return False
-        if self.store_ids is not None and store_id not in self._stores:
+        if self.store_ids is not None and store_id not in self.store_set:
             return False
-        return self.brands is None or brand.casefold() in self._brands
+        return self.brands is None or brand.casefold() in self.brand_set
 
-    @property
-    def _stores(self) -> frozenset[str]:
-        return _frozen(tuple(self.store_ids or ()))
+    # the lists as sets, built once per (immutable) campaign: a decision looks them up per visit
+    @cached_property
+    def store_set(self) -> frozenset[str]:
+        return frozenset(self.store_ids or ())
 
-    @property
-    def _brands(self) -> frozenset[str]:
-        return _frozen(tuple(b.casefold() for b in self.brands or ()))
-
-
-@lru_cache(maxsize=4096)
-def _frozen(values: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(values)
+    @cached_property
+    def brand_set(self) -> frozenset[str]:
+        return frozenset(b.casefold() for b in self.brands or ())
 
 
 class Audience(_Strict):
@@ -141,6 +137,18 @@ class Audience(_Strict):
     include_customer_ids: Ids | None = Field(None, description="only these customers")
     exclude_customer_ids: Ids | None = None
 
+    @cached_property
+    def include_set(self) -> frozenset[str]:
+        return frozenset(self.include_customer_ids or ())
+
+    @cached_property
+    def exclude_set(self) -> frozenset[str]:
+        return frozenset(self.exclude_customer_ids or ())
+
+    @cached_property
+    def country_set(self) -> frozenset[str]:
+        return frozenset(c.casefold() for c in self.countries or ())
+
     @property
     def everyone(self) -> bool:
         """No filter given: nothing about the customer needs to be read."""
@@ -158,6 +166,10 @@ class OfferPool(_Strict):
     mode: Mode = Field("replenish", description="replenish: the model's ranking; discover: only items the "
                        "customer has not bought in the last discover_days")
     discover_days: float = Field(90.0, gt=0, le=3650)
+
+    @cached_property
+    def offer_set(self) -> frozenset[str]:
+        return frozenset(self.offer_ids or ())
 
 
 class Limits(_Strict):
@@ -359,12 +371,11 @@ def facts_from_history(customer_id: str, history: Sequence[Mapping], attributes:
 
 
 def in_audience(a: Audience, f: CustomerFacts, now: float) -> bool:
-    if a.include_customer_ids is not None and f.customer_id not in _frozen(tuple(a.include_customer_ids)):
+    if a.include_customer_ids is not None and f.customer_id not in a.include_set:
         return False
-    if a.exclude_customer_ids and f.customer_id in _frozen(tuple(a.exclude_customer_ids)):
+    if a.exclude_customer_ids and f.customer_id in a.exclude_set:
         return False
-    if a.countries is not None and (f.country is None or f.country.casefold() not in
-                                    _frozen(tuple(c.casefold() for c in a.countries))):
+    if a.countries is not None and (f.country is None or f.country.casefold() not in a.country_set):
         return False
     if a.channels is not None and not f.channels.intersection(a.channels):
         return False
@@ -492,7 +503,7 @@ def week_start_at(now: float, timezone: str) -> float:
 def offer_allowed(pool: OfferPool, offer_id: str, item_ids: Sequence[str], facts: CustomerFacts, now: float) -> bool:
     """Whether a ranked, eligible offer may be this campaign's: in its pool and, in discover
     mode, about none of the items the customer bought in the last `discover_days`."""
-    if pool.offer_ids is not None and offer_id not in _frozen(tuple(pool.offer_ids)):
+    if pool.offer_ids is not None and offer_id not in pool.offer_set:
         return False
     if pool.mode == "discover":
         horizon = now - pool.discover_days * 86_400
