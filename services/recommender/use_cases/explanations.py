@@ -39,24 +39,29 @@ class DecisionExplanations:
         found.sort(key=lambda d: d.decided_at)
         first = found[0]
         store = await self.catalog.store_feature(first.store_id)
+        names = await self._names()
         return {"visit_id": visit_id, "customer_id": customer, "device_id": first.device_id,
                 "store": {"store_id": first.store_id,
                           "name": ((store or {}).get("properties") or {}).get("name"),
                           "brand": ((store or {}).get("properties") or {}).get("brand")},
-                "decisions": [await self._explain(d) for d in found]}
+                "decisions": [await self._explain(d, names) for d in found]}
 
     async def for_customer(self, customer_id: str, limit: int, before: float | None) -> dict:
         customer = await self.identity.canonical(customer_id)
         found = await self.decisions.recent_decisions(customer, limit, before)
-        return {"customer_id": customer, "decisions": [await self._explain(d) for d in found],
+        names = await self._names()
+        return {"customer_id": customer, "decisions": [await self._explain(d, names) for d in found],
                 "next_before": rfc3339(found[-1].decided_at) if len(found) == limit else None}
 
-    async def _explain(self, d: DecisionV1) -> dict:
-        names = {}
-        for c in d.campaigns:
-            stored = await self.campaigns.repo.get(c.campaign_id)
-            names[c.campaign_id] = stored.spec.name if stored else (
-                "default (from the VICINO_* settings)" if c.campaign_id == "default" else None)
+    async def _names(self) -> dict[str, str]:
+        """campaign_id -> name, read once per answer (not once per campaign of each decision)."""
+        _, stored = await self.campaigns.repo.all()
+        names = {c.campaign_id: c.spec.name for c in stored}
+        if self.campaigns.default is not None:
+            names.setdefault(self.campaigns.default.campaign_id, self.campaigns.default.spec.name)
+        return names
+
+    async def _explain(self, d: DecisionV1, names: dict[str, str]) -> dict:
         delivery = None
         if d.job_id is not None:
             delivery = await self.deliveries.of_visit(d.customer_id, d.store_id, d.visit_id)
